@@ -1,0 +1,290 @@
+"""Elastic ticket transformations (E-LTH): stretch a ticket to a deeper network, squeeze it to a shallower one.
+
+A mapping says, per stage, which source block fills each target block. The mask and the init
+weights (BatchNorm statistics included) go through the same mapping; stem and head are copied
+unchanged; block 0 of every stage (the one that changes shape) is kept 1:1; every target block
+is filled. The reference implementation's mapping syntax ``src:dst,dst;src:dst`` (local block
+ids within a stage, one string for all stages or one per stage joined by ``|``) is accepted
+and written back into the output's metadata.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor
+
+from elth_cli import archs
+from elth_cli.archs import ArchSpec, BlockLayout
+from elth_cli.errors import UsageError
+from elth_cli.ticket import Ticket
+
+STRETCH_STRATEGIES = ("append", "interpolate")
+SQUEEZE_STRATEGIES = ("keep-first", "spaced")
+
+# mapping[s][j] = the source block (local id within stage s) that fills target block j.
+Mapping = tuple[tuple[int, ...], ...]
+
+
+class MappingError(UsageError):
+    """A mapping that cannot be applied (empty target block, block 0 moved, unknown block, shape mismatch)."""
+
+
+# ----- planning: strategies -----------------------------------------------------------------------
+def _stage_append(n_src: int, n_tgt: int) -> tuple[int, ...]:
+    # The extra blocks cycle through the source's non-first blocks in order: 3->5 is 0 1 2 1 2.
+    return tuple(range(n_src)) + tuple(1 + (j % (n_src - 1)) for j in range(n_tgt - n_src))
+
+
+def _stage_interpolate(n_src: int, n_tgt: int) -> tuple[int, ...]:
+    # Each non-first block repeated in place, earlier blocks taking the extra copies: 3->5 is 0 1 1 2 2.
+    copies, extra = divmod(n_tgt - 1, n_src - 1)
+    out = [0]
+    for i in range(1, n_src):
+        out += [i] * (copies + (1 if i - 1 < extra else 0))
+    return tuple(out)
+
+
+def _stage_keep_first(n_src: int, n_tgt: int) -> tuple[int, ...]:
+    return tuple(range(n_tgt))
+
+
+def _stage_spaced(n_src: int, n_tgt: int) -> tuple[int, ...]:
+    # Evenly spaced source blocks, always block 0 (and the last when n_tgt > 1): 9->5 keeps 0 2 4 6 8.
+    if n_tgt == 1:
+        return (0,)
+    return tuple(int(j * (n_src - 1) / (n_tgt - 1) + 0.5) for j in range(n_tgt))
+
+
+_PLANNERS = {
+    "append": _stage_append,
+    "interpolate": _stage_interpolate,
+    "keep-first": _stage_keep_first,
+    "spaced": _stage_spaced,
+}
+
+
+def plan_mapping(src_depths: tuple[int, ...], tgt_depths: tuple[int, ...], strategy: str) -> Mapping:
+    """The per-stage mapping a named strategy gives for these blocks-per-stage."""
+    if strategy not in _PLANNERS:
+        raise UsageError(f"unknown strategy {strategy!r}; stretch: {', '.join(STRETCH_STRATEGIES)}; squeeze: {', '.join(SQUEEZE_STRATEGIES)}")
+    if len(src_depths) != len(tgt_depths):
+        raise MappingError(f"source has {len(src_depths)} stages and target {len(tgt_depths)}; the number of stages never changes")
+    stretching = strategy in STRETCH_STRATEGIES
+    stages = []
+    for s, (n_src, n_tgt) in enumerate(zip(src_depths, tgt_depths)):
+        if n_src == n_tgt:
+            stages.append(tuple(range(n_src)))
+        elif stretching and n_tgt > n_src and n_src == 1:
+            raise MappingError(
+                f"stage {s} of the source has only its block 0, which is never copied; nothing can fill the "
+                f"{n_tgt - 1} extra block(s); pass an explicit --mapping or use a deeper source"
+            )
+        elif (n_tgt > n_src) != stretching:
+            raise MappingError(f"strategy {strategy!r} cannot take stage {s} from {n_src} to {n_tgt} blocks")
+        else:
+            stages.append(_PLANNERS[strategy](n_src, n_tgt))
+    return tuple(stages)
+
+
+# ----- the reference syntax -----------------------------------------------------------------------
+def parse_mapping(text: str, src_depths: tuple[int, ...], tgt_depths: tuple[int, ...]) -> Mapping:
+    """Parse ``src:dst,dst;src:dst`` (one string for all stages, or one per stage joined by ``|``)."""
+    parts = [p.strip() for p in text.strip().split("|")]
+    n_stages = len(tgt_depths)
+    if len(parts) == 1:
+        parts = parts * n_stages
+    elif len(parts) != n_stages:
+        raise MappingError(f"mapping has {len(parts)} stage parts joined by '|' but the network has {n_stages} stages; give one string or {n_stages}")
+    stages: list[tuple[int, ...]] = []
+    for s, part in enumerate(parts):
+        fill: dict[int, int] = {}
+        for item in filter(None, (i.strip() for i in part.split(";"))):
+            src_text, sep, dst_text = item.partition(":")
+            try:
+                src = int(src_text)
+                dsts = [int(d) for d in dst_text.split(",") if d.strip()] if sep else []
+            except ValueError:
+                raise MappingError(f"mapping item {item!r} of stage {s} is not 'src:dst[,dst...]' with block numbers") from None
+            if not dsts:
+                raise MappingError(f"mapping item {item!r} of stage {s} names no target block")
+            if not 0 <= src < src_depths[s]:
+                raise MappingError(f"mapping names source block {src} of stage {s}, which does not exist (the source has blocks 0..{src_depths[s] - 1})")
+            for d in dsts:
+                if not 0 <= d < tgt_depths[s]:
+                    raise MappingError(f"mapping names target block {d} of stage {s}, which does not exist (the target has blocks 0..{tgt_depths[s] - 1})")
+                if d in fill:
+                    raise MappingError(f"target block {d} of stage {s} is filled twice (from source blocks {fill[d]} and {src})")
+                fill[d] = src
+        empty = [j for j in range(tgt_depths[s]) if j not in fill]
+        if empty:
+            raise MappingError(f"target block {empty[0]} of stage {s} is left empty by the mapping; every target block must be filled")
+        stages.append(tuple(fill[j] for j in range(tgt_depths[s])))
+    mapping = tuple(stages)
+    check_mapping(mapping, src_depths, tgt_depths)
+    return mapping
+
+
+def format_mapping(mapping: Mapping) -> str:
+    """The reference syntax for a mapping: one string if every stage is the same, else joined by ``|``."""
+    def stage_text(stage: tuple[int, ...]) -> str:
+        dsts: dict[int, list[int]] = {}
+        for j, src in enumerate(stage):
+            dsts.setdefault(src, []).append(j)
+        return ";".join(f"{src}:{','.join(map(str, d))}" for src, d in sorted(dsts.items()))
+
+    texts = [stage_text(s) for s in mapping]
+    return texts[0] if len(set(texts)) == 1 else "|".join(texts)
+
+
+def check_mapping(mapping: Mapping, src_depths: tuple[int, ...], tgt_depths: tuple[int, ...]) -> None:
+    """Refuse a mapping that moves block 0, leaves a block empty or names blocks that do not exist."""
+    if len(mapping) != len(tgt_depths) or len(src_depths) != len(tgt_depths):
+        raise MappingError("the number of stages never changes; the mapping must have one entry per stage")
+    for s, stage in enumerate(mapping):
+        if len(stage) != tgt_depths[s]:
+            raise MappingError(f"stage {s}: the mapping fills {len(stage)} target blocks but the target has {tgt_depths[s]}")
+        for j, src in enumerate(stage):
+            if not 0 <= src < src_depths[s]:
+                raise MappingError(f"stage {s}: source block {src} does not exist (the source has blocks 0..{src_depths[s] - 1})")
+            if (j == 0) != (src == 0):
+                raise MappingError(
+                    f"stage {s}: block 0 (the one that changes shape) must map to block 0 and only there; "
+                    f"the mapping fills target block {j} from source block {src}"
+                )
+
+
+def inverse_mapping(mapping: Mapping, src_depths: tuple[int, ...]) -> Mapping:
+    """The mapping that undoes a stretch: each source block taken back from its first copy."""
+    out = []
+    for s, stage in enumerate(mapping):
+        out.append(tuple(stage.index(i) for i in range(src_depths[s])))
+    return tuple(out)
+
+
+# ----- applying a mapping -------------------------------------------------------------------------
+def map_state(
+    state: dict[str, Tensor], src_layout: BlockLayout, tgt_layout: BlockLayout,
+    mapping: Mapping, tgt_keys: list[str], tgt_shapes: dict[str, tuple[int, ...]],
+) -> dict[str, Tensor]:
+    """Map a state dict (or a mask dict) onto the target's keys; every target key is written."""
+    out: dict[str, Tensor] = {}
+    for key in tgt_keys:
+        kind, s, j = tgt_layout.locate(key)
+        if kind == "block":
+            src_prefix = src_layout.stages[s][mapping[s][j]]
+            src_key = src_prefix + key[len(tgt_layout.stages[s][j]):]
+        else:
+            src_key = key
+        if src_key not in state:
+            raise MappingError(
+                f"target {key} would come from source {src_key}, which does not exist: "
+                f"stage {s} block {mapping[s][j] if kind == 'block' else '-'} has another structure"
+            )
+        t = state[src_key]
+        if tuple(t.shape) != tuple(tgt_shapes[key]):
+            raise MappingError(
+                f"stage {s}: source block {mapping[s][j]} and target block {j} have different shapes "
+                f"({src_key} {list(t.shape)} vs {key} {list(tgt_shapes[key])}); the mapping mixes shapes"
+            )
+        # Copies are independent tensors: two target blocks never share storage.
+        out[key] = t.clone()
+    return out
+
+
+@dataclass(frozen=True)
+class TransformPlan:
+    """What a stretch or squeeze will do, before any tensor is touched."""
+
+    kind: str
+    strategy: str
+    source: ArchSpec
+    target: ArchSpec
+    mapping: Mapping
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "strategy": self.strategy,
+            "source_arch": self.source.name,
+            "target_arch": self.target.name,
+            "source_blocks_per_stage": list(self.source.depths),
+            "target_blocks_per_stage": list(self.target.depths),
+            "mapping": [list(s) for s in self.mapping],
+            "mapping_string": format_mapping(self.mapping),
+        }
+
+
+def plan_transform(
+    source: ArchSpec, target_name: str | ArchSpec, kind: str, strategy: str | None = None, mapping: str | None = None
+) -> TransformPlan:
+    """Resolve the target within the source's family, check the direction, and fix the mapping."""
+    target = target_name if isinstance(target_name, ArchSpec) else archs.resolve_target(source, target_name)
+    src_d, tgt_d = source.depths, target.depths
+    other = {"stretch": "squeeze", "squeeze": "stretch"}[kind]
+    if tgt_d == src_d:
+        raise UsageError(f"target {target.name} has the same blocks per stage as the source ({source.name}); nothing to {kind}")
+    deeper = all(t >= s for s, t in zip(src_d, tgt_d))
+    shallower = all(t <= s for s, t in zip(src_d, tgt_d))
+    wrong_way = (kind == "stretch" and shallower) or (kind == "squeeze" and deeper)
+    mixed = not deeper and not shallower
+    if wrong_way or (mixed and mapping is None):
+        relation = "deeper" if kind == "stretch" else "shallower"
+        hint = f"use elth {other}" if wrong_way else "give an explicit --mapping for a target deeper in some stages and shallower in others"
+        raise UsageError(f"target {target.name} ({target.depth_label} blocks) is not {relation} than {source.name} ({source.depth_label}); {hint}")
+    if mapping is not None:
+        if strategy is not None:
+            raise UsageError("give either --strategy or --mapping, not both")
+        return TransformPlan(kind, "mapping", source, target, parse_mapping(mapping, src_d, tgt_d))
+    strategy = strategy or ("append" if kind == "stretch" else "keep-first")
+    allowed = STRETCH_STRATEGIES if kind == "stretch" else SQUEEZE_STRATEGIES
+    if strategy not in allowed:
+        raise UsageError(f"{kind} strategies are {', '.join(allowed)}; got {strategy!r}")
+    plan = plan_mapping(src_d, tgt_d, strategy)
+    check_mapping(plan, src_d, tgt_d)
+    return TransformPlan(kind, strategy, source, target, plan)
+
+
+def apply_transform(ticket: Ticket, plan: TransformPlan) -> Ticket:
+    """Build the transformed ticket: masks and init weights through the plan's mapping, provenance recorded."""
+    if ticket.spec != plan.source:
+        raise UsageError(f"the plan is for {plan.source.name} but the ticket is {ticket.arch}")
+    src_layout, tgt_layout = archs.block_layout(plan.source), archs.block_layout(plan.target)
+    expected = archs.expected_state(plan.target, ticket.input_shape, ticket.num_classes)
+    shapes = {k: v[0] for k, v in expected.items()}
+    mask_keys = archs.prunable_keys(plan.target, ticket.input_shape, ticket.num_classes)
+    masks = map_state(ticket.masks, src_layout, tgt_layout, plan.mapping, mask_keys, shapes)
+    init = map_state(ticket.init, src_layout, tgt_layout, plan.mapping, list(expected), shapes)
+    transform = plan.describe()
+    transform["source_method"] = ticket.method
+    transform["source_sparsity"] = ticket.sparsity
+    if ticket.metrics:
+        transform["source_metrics"] = ticket.metrics
+    return Ticket(
+        arch=plan.target.name,
+        input_shape=ticket.input_shape,
+        num_classes=ticket.num_classes,
+        masks=masks,
+        init=init,
+        trained=None,
+        method=plan.kind,
+        rewind_step=ticket.rewind_step,
+        dataset=ticket.dataset,
+        parents=[ticket.parent_record()],
+        transform=transform,
+        hparams=ticket.hparams,
+        metrics=None,
+        # A transformation is a file copy: the ticket costs what its source cost, once.
+        cost=dict(ticket.cost),
+    )
+
+
+def stretch(ticket: Ticket, target: str | ArchSpec, strategy: str | None = None, mapping: str | None = None) -> Ticket:
+    """Stretch a ticket to a deeper network of its family (``append`` by default, or ``interpolate``)."""
+    return apply_transform(ticket, plan_transform(ticket.spec, target, "stretch", strategy, mapping))
+
+
+def squeeze(ticket: Ticket, target: str | ArchSpec, strategy: str | None = None, mapping: str | None = None) -> Ticket:
+    """Squeeze a ticket to a shallower network of its family (``keep-first`` by default, or ``spaced``)."""
+    return apply_transform(ticket, plan_transform(ticket.spec, target, "squeeze", strategy, mapping))

@@ -1,0 +1,367 @@
+"""The ticket file format (v1): a safetensors file holding masks, init weights and provenance.
+
+Tensors: ``mask/<key>`` (bool, one per prunable weight), ``init/<key>`` (the whole state dict
+the ticket starts training from, pruned entries zero) and optionally ``trained/<key>``.
+``__metadata__`` is a flat str->str map; structured values are JSON. docs/ticket-format.md is
+the specification; this module is the one place that reads and writes it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import math
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import Tensor, nn
+
+from elth_cli import __version__, archs
+from elth_cli.archs import ArchSpec
+from elth_cli.errors import TicketError, UsageError
+from elth_cli.fileio import STDIO, check_output_path, read_bytes, write_bytes_atomic
+
+FORMAT = "elth.ticket"
+FORMAT_VERSION = 1
+MASK, INIT, TRAINED = "mask/", "init/", "trained/"
+# Metadata keys that have a field of their own; anything else round-trips through Ticket.extra.
+_KNOWN_META = {
+    "format", "format_version", "elth_version", "created", "arch", "family", "input_shape", "num_classes",
+    "dataset", "sparsity", "method", "rewind_step", "parents", "transform", "hparams", "metrics", "cost",
+}
+# A header larger than this is not a ticket header (safetensors itself caps it at 100 MB).
+_MAX_HEADER = 100_000_000
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def now_utc() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+@dataclass
+class Ticket:
+    """A sparse subnetwork: masks over the prunable weights, the weights it starts from, provenance.
+
+    ``masks`` maps each prunable state-dict key to a bool tensor; ``init`` is the whole state
+    dict (pruned entries zero) at training step ``rewind_step``; ``trained`` the state dict
+    after training, when the ticket has been trained.
+    """
+
+    arch: str
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    masks: dict[str, Tensor]
+    init: dict[str, Tensor]
+    trained: dict[str, Tensor] | None = None
+    method: str = "unknown"
+    rewind_step: int = 0
+    dataset: str | None = None
+    parents: list[dict[str, Any]] = field(default_factory=list)
+    transform: dict[str, Any] | None = None
+    hparams: dict[str, Any] | None = None
+    metrics: dict[str, Any] | None = None
+    # Compute spent to obtain this ticket's mask and init (not to train it): summed along its provenance.
+    cost: dict[str, Any] = field(default_factory=dict)
+    created: str = field(default_factory=now_utc)
+    elth_version: str = __version__
+    extra: dict[str, str] = field(default_factory=dict)
+    # sha256 of the file this ticket was loaded from or last saved to (not stored in the file).
+    sha256: str | None = field(default=None, compare=False)
+
+    # ----- derived properties -------------------------------------------------------------
+    @property
+    def spec(self) -> ArchSpec:
+        return archs.resolve_arch(self.arch)
+
+    @property
+    def family(self) -> str:
+        return self.spec.family
+
+    @property
+    def is_trained(self) -> bool:
+        return self.trained is not None
+
+    def layer_sparsity(self) -> dict[str, tuple[int, int]]:
+        """Per prunable key: (pruned count, total count)."""
+        out = {}
+        for key, m in self.masks.items():
+            total = m.numel()
+            out[key] = (total - int(m.sum()), total)
+        return out
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of prunable weights that are pruned (not the density)."""
+        pruned = total = 0
+        for p, t in self.layer_sparsity().values():
+            pruned += p
+            total += t
+        return pruned / total if total else 0.0
+
+    def state(self, weights: str = "init") -> dict[str, Tensor]:
+        """The ``init`` or ``trained`` state dict."""
+        if weights == "init":
+            return self.init
+        if weights == "trained":
+            if self.trained is None:
+                raise UsageError("this ticket has no trained weights; train it first (elth train) or use --weights init")
+            return self.trained
+        raise UsageError(f"weights must be 'init' or 'trained', not {weights!r}")
+
+    def build_model(self, weights: str = "init", device: str | torch.device = "cpu") -> nn.Module:
+        """A model of the ticket's architecture holding its ``init`` or ``trained`` weights."""
+        model = archs.build_model(self.spec, self.input_shape, self.num_classes)
+        model.load_state_dict(self.state(weights), strict=True)
+        return model.to(device)
+
+    def parent_record(self) -> dict[str, Any]:
+        """How a child ticket refers to this one in its ``parents`` list."""
+        return {
+            "sha256": self.sha256,
+            "arch": self.arch,
+            "method": self.method,
+            "sparsity": self.sparsity,
+        }
+
+    # ----- serialisation --------------------------------------------------------------------
+    def metadata(self) -> dict[str, str]:
+        meta = dict(self.extra)
+        meta.update(
+            {
+                "format": FORMAT,
+                "format_version": str(FORMAT_VERSION),
+                "elth_version": self.elth_version,
+                "created": self.created,
+                "arch": self.arch,
+                "family": self.family,
+                "input_shape": json.dumps(list(self.input_shape)),
+                "num_classes": str(self.num_classes),
+                "sparsity": repr(self.sparsity),
+                "method": self.method,
+                "rewind_step": str(self.rewind_step),
+                "parents": json.dumps(self.parents),
+                "cost": json.dumps(self.cost, sort_keys=True),
+            }
+        )
+        if self.dataset is not None:
+            meta["dataset"] = self.dataset
+        for name in ("transform", "hparams", "metrics"):
+            value = getattr(self, name)
+            if value is not None:
+                meta[name] = json.dumps(value, sort_keys=True)
+        return meta
+
+    def to_bytes(self) -> bytes:
+        """The ticket as safetensors bytes (validated first, so an invalid ticket is never written)."""
+        validate(self)
+        tensors: dict[str, Tensor] = {}
+        for prefix, state in ((MASK, self.masks), (INIT, self.init), (TRAINED, self.trained or {})):
+            for key, t in state.items():
+                # safetensors refuses tensors that share storage; clone into contiguous CPU memory.
+                tensors[prefix + key] = t.detach().to("cpu").contiguous().clone()
+        return st_save(tensors, metadata=self.metadata())
+
+    def save(self, path: str | Path, force: bool = False) -> str:
+        """Write the ticket atomically (``-`` for stdout); return the file's sha256."""
+        check_output_path(path, force)
+        data = self.to_bytes()
+        write_bytes_atomic(path, data)
+        self.sha256 = sha256_hex(data)
+        return self.sha256
+
+    @classmethod
+    def from_bytes(cls, data: bytes, source: str = "<bytes>") -> "Ticket":
+        """Parse and validate ticket bytes; raise TicketError naming ``source`` when they are not a valid ticket."""
+        meta = read_header(data, source)
+        if meta.get("format") != FORMAT:
+            fmt = meta.get("format")
+            what = f"format={fmt!r}" if fmt else "no elth metadata"
+            raise TicketError(f"{source} is a safetensors file but not an elth ticket ({what})")
+        version = meta.get("format_version", "")
+        if not version.isdigit():
+            raise TicketError(f"{source}: format_version {version!r} is not a number")
+        if int(version) > FORMAT_VERSION:
+            raise TicketError(
+                f"{source} uses ticket format version {version}, newer than this elth ({__version__}) reads "
+                f"(version {FORMAT_VERSION}); upgrade elth"
+            )
+        try:
+            tensors = st_load(data)
+        except Exception as e:  # safetensors raises its own error types for broken payloads
+            raise TicketError(f"{source} is not a readable safetensors file ({e}); the file may be truncated") from None
+        masks, init, trained, stray = {}, {}, {}, []
+        for name, t in tensors.items():
+            for prefix, target in ((MASK, masks), (INIT, init), (TRAINED, trained)):
+                if name.startswith(prefix):
+                    target[name[len(prefix):]] = t
+                    break
+            else:
+                stray.append(name)
+        if stray:
+            raise TicketError(f"{source}: unexpected tensor {stray[0]!r} (tensors must start with mask/, init/ or trained/)")
+        try:
+            ticket = cls(
+                arch=_meta_str(meta, "arch", source),
+                input_shape=tuple(_meta_json(meta, "input_shape", source)),
+                num_classes=int(_meta_str(meta, "num_classes", source)),
+                masks=masks,
+                init=init,
+                trained=trained or None,
+                method=meta.get("method", "unknown"),
+                rewind_step=int(meta.get("rewind_step", "0")),
+                dataset=meta.get("dataset"),
+                parents=_meta_json(meta, "parents", source, default=[]),
+                transform=_meta_json(meta, "transform", source, default=None),
+                hparams=_meta_json(meta, "hparams", source, default=None),
+                metrics=_meta_json(meta, "metrics", source, default=None),
+                cost=_meta_json(meta, "cost", source, default={}),
+                created=meta.get("created", ""),
+                elth_version=meta.get("elth_version", ""),
+                extra={k: v for k, v in meta.items() if k not in _KNOWN_META},
+            )
+        except (ValueError, TypeError) as e:
+            raise TicketError(f"{source}: malformed metadata ({e})") from None
+        validate(ticket, source)
+        # safetensors stores tensors sorted by name; restore the model's own order.
+        order = list(archs.expected_state(ticket.spec, ticket.input_shape, ticket.num_classes))
+        ticket.masks = {k: ticket.masks[k] for k in order if k in ticket.masks}
+        ticket.init = {k: ticket.init[k] for k in order}
+        if ticket.trained is not None:
+            ticket.trained = {k: ticket.trained[k] for k in order}
+        stored = meta.get("sparsity")
+        if stored is not None:
+            try:
+                ok = math.isclose(float(stored), ticket.sparsity, abs_tol=1e-9)
+            except ValueError:
+                ok = False
+            if not ok:
+                raise TicketError(
+                    f"{source}: metadata says sparsity {stored} but the masks have {ticket.sparsity:.6f}; the file is inconsistent"
+                )
+        ticket.sha256 = sha256_hex(data)
+        return ticket
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Ticket":
+        """Read and validate a ticket file (``-`` for stdin)."""
+        source = "stdin" if str(path) == STDIO else str(path)
+        return cls.from_bytes(read_bytes(path), source)
+
+
+def read_header(data: bytes, source: str = "<bytes>") -> dict[str, str]:
+    """Check the safetensors framing (8-byte length + JSON header) and return ``__metadata__``."""
+    if len(data) < 8:
+        raise TicketError(f"{source} is not a safetensors file (only {len(data)} bytes)")
+    (n,) = struct.unpack("<Q", data[:8])
+    if n == 0 or n > _MAX_HEADER:
+        raise TicketError(f"{source} is not a safetensors file (header length {n} is implausible)")
+    if 8 + n > len(data):
+        raise TicketError(f"{source} is truncated: its header needs {8 + n} bytes but the file has {len(data)}")
+    try:
+        header = json.loads(data[8 : 8 + n].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise TicketError(f"{source} is not a safetensors file (its header is not JSON)") from None
+    if not isinstance(header, dict):
+        raise TicketError(f"{source} is not a safetensors file (its header is not a JSON object)")
+    end = 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            end = max(end, int(entry["data_offsets"][1]))
+        except (TypeError, KeyError, IndexError, ValueError):
+            raise TicketError(f"{source}: tensor entry {name!r} in the header is malformed") from None
+    if 8 + n + end > len(data):
+        raise TicketError(
+            f"{source} is truncated: its tensors need {8 + n + end} bytes but the file has {len(data)}; re-create or re-copy it"
+        )
+    meta = header.get("__metadata__") or {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise TicketError(f"{source}: __metadata__ must be a map of strings")
+    return meta
+
+
+def _meta_str(meta: dict[str, str], key: str, source: str) -> str:
+    if key not in meta:
+        raise TicketError(f"{source}: metadata lacks {key!r}; the file was not written by elth or is damaged")
+    return meta[key]
+
+
+def _meta_json(meta: dict[str, str], key: str, source: str, default: Any = ...) -> Any:
+    if key not in meta:
+        if default is ...:
+            raise TicketError(f"{source}: metadata lacks {key!r}; the file was not written by elth or is damaged")
+        return default
+    try:
+        return json.loads(meta[key])
+    except json.JSONDecodeError:
+        raise TicketError(f"{source}: metadata {key!r} is not valid JSON") from None
+
+
+def validate(ticket: Ticket, source: str = "ticket") -> None:
+    """Check a ticket against its architecture: keys, shapes, dtypes, 0/1 masks, zeros where pruned."""
+    try:
+        spec = archs.resolve_arch(ticket.arch)
+    except UsageError as e:
+        raise TicketError(f"{source}: {e}") from None
+    shape = tuple(ticket.input_shape)
+    if len(shape) != 3 or any(int(d) < 1 for d in shape) or ticket.num_classes < 1:
+        raise TicketError(f"{source}: input_shape {list(shape)} / num_classes {ticket.num_classes} are not valid")
+    expected = archs.expected_state(spec, shape, ticket.num_classes)
+    prunable = archs.prunable_keys(spec, shape, ticket.num_classes)
+    where = f"{source} ({spec.name}, input {'x'.join(map(str, shape))}, {ticket.num_classes} classes)"
+
+    missing = [k for k in prunable if k not in ticket.masks]
+    extra = [k for k in ticket.masks if k not in expected or k not in prunable]
+    if missing:
+        raise TicketError(f"{where}: mask/{missing[0]} is missing ({len(missing)} mask(s) missing); is this a mask for another architecture?")
+    if extra:
+        raise TicketError(f"{where}: mask/{extra[0]} is not a prunable weight of {spec.name}; is this a mask for another architecture?")
+    for key, m in ticket.masks.items():
+        want = expected[key][0]
+        if tuple(m.shape) != want:
+            raise TicketError(f"{where}: mask/{key} has shape {list(m.shape)} but {spec.name} needs {list(want)}; is this a mask for another architecture?")
+        if m.dtype != torch.bool:
+            raise TicketError(f"{where}: mask/{key} has dtype {m.dtype} but masks must be bool (0/1)")
+        if m.numel() and int(m.view(torch.uint8).max()) > 1:
+            raise TicketError(f"{where}: mask/{key} holds values other than 0 and 1")
+
+    for label, state in (("init", ticket.init), ("trained", ticket.trained)):
+        if state is None:
+            continue
+        missing = [k for k in expected if k not in state]
+        extra = [k for k in state if k not in expected]
+        if missing:
+            raise TicketError(f"{where}: {label}/{missing[0]} is missing ({len(missing)} tensor(s) missing)")
+        if extra:
+            raise TicketError(f"{where}: {label}/{extra[0]} is not in the state dict of {spec.name}")
+        for key, (want, dtype) in expected.items():
+            t = state[key]
+            if tuple(t.shape) != want:
+                raise TicketError(f"{where}: {label}/{key} has shape {list(t.shape)} but {spec.name} needs {list(want)}")
+            if t.dtype.is_floating_point != dtype.is_floating_point:
+                raise TicketError(f"{where}: {label}/{key} has dtype {t.dtype} but {spec.name} needs {dtype}")
+        for key, m in ticket.masks.items():
+            w = state[key]
+            if not torch.isfinite(w).all():
+                raise TicketError(f"{where}: {label}/{key} holds NaN or infinite values")
+            if bool((w[~m] != 0).any()):
+                raise TicketError(f"{where}: {label}/{key} is nonzero where its mask is 0; pruned weights must be zero")
+
+
+def apply_masks(state: dict[str, Tensor], masks: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A copy of ``state`` with every masked weight zeroed where its mask is 0."""
+    out = dict(state)
+    for key, m in masks.items():
+        # where() rather than a product, so pruned entries are +0.0 and not -0.0.
+        out[key] = torch.where(m, state[key], torch.zeros((), dtype=state[key].dtype))
+    return out
