@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 
 from torch import nn
-from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from elth_cli.archs.base import ArchSpec, BlockLayout, Family
 from elth_cli.errors import UsageError
@@ -60,6 +59,9 @@ def resolve_target(source: ArchSpec, name: str) -> ArchSpec | None:
 
 
 def build(spec: ArchSpec, in_channels: int, num_classes: int) -> nn.Module:
+    # Imported here: torchvision.models takes over a second to import, and most runs never need it.
+    from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+
     block = BasicBlock if spec.variant == "basic" else Bottleneck
     model = ResNet(block, list(spec.depths), num_classes=num_classes)
     if in_channels != 3:

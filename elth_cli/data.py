@@ -1,0 +1,847 @@
+"""Data sets: one registry, one loader, batches that are a pure function of (seed, epoch).
+
+Two paths share one interface, :class:`DataBundle`:
+
+* In-memory sets (digits, mnist, fashion-mnist, svhn, cifar10, cifar100) are read once into a
+  uint8 tensor ``[N, C, H, W]`` on the target device. Every training step is a handful of tensor
+  ops on that device (gather, pad, crop-gather, normalise): no DataLoader, no worker processes,
+  no per-example Python, and no host-device synchronisation per step. On a GPU this keeps a small
+  network's step time bound by the network, not by the input pipeline.
+* Folder sets (imagenet, imagefolder) are too large for that and go through a
+  ``torch.utils.data.DataLoader`` with worker processes, pinned memory and uint8 transfer.
+
+In both paths an epoch's order and every augmentation parameter are drawn up front from a CPU
+``torch.Generator`` seeded from (seed, epoch), so ``train_batches(..., start_batch=k)`` yields
+exactly the batches k, k+1, ... of the uninterrupted epoch and all DDP ranks agree on the order.
+"""
+
+from __future__ import annotations
+
+import abc
+import gzip
+import hashlib
+import importlib.resources
+import importlib.util
+import io
+import math
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from elth_cli.errors import ElthError, UsageError
+
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a model needs to know about a data set; nothing here requires loading it."""
+
+    name: str
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    in_memory: bool
+    description: str
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Training augmentation of an in-memory set: zero-pad by ``pad``, random crop back, maybe flip."""
+
+    pad: int
+    flip: bool
+
+
+@dataclass(frozen=True)
+class _Entry:
+    info: DatasetInfo
+    augment: Augment | None  # None: folder set, augmented by torchvision transforms in workers
+    expected: str  # what the set's folder should contain, for "not found" messages
+
+
+# Per-channel statistics of each set's training images in [0, 1] units. Digits' values were
+# computed from its train split (1,437 images) by _digits_stats(); tests/test_data.py recomputes them.
+DIGITS_MEAN = (0.3051509,)
+DIGITS_STD = (0.3759414,)
+
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_REGISTRY: dict[str, _Entry] = {
+    e.info.name: e
+    for e in [
+        _Entry(
+            DatasetInfo("digits", (1, 8, 8), 10, DIGITS_MEAN, DIGITS_STD, True,
+                        "UCI handwritten digits, 8x8 grey, 10 classes, embedded (no download)"),
+            Augment(pad=1, flip=False), "nothing (embedded in elth)"),
+        _Entry(
+            DatasetInfo("cifar10", (3, 32, 32), 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), True,
+                        "CIFAR-10, 32x32 colour, 10 classes, 50k train / 10k test"),
+            Augment(pad=4, flip=True), "cifar-10-batches-py/"),
+        _Entry(
+            DatasetInfo("cifar100", (3, 32, 32), 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), True,
+                        "CIFAR-100, 32x32 colour, 100 classes, 50k train / 10k test"),
+            Augment(pad=4, flip=True), "cifar-100-python/"),
+        _Entry(
+            DatasetInfo("svhn", (3, 32, 32), 10, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), True,
+                        "SVHN house numbers, 32x32 colour, 10 classes, 73k train / 26k test"),
+            Augment(pad=4, flip=False), "train_32x32.mat and test_32x32.mat"),
+        _Entry(
+            DatasetInfo("mnist", (1, 28, 28), 10, (0.1307,), (0.3081,), True,
+                        "MNIST handwritten digits, 28x28 grey, 10 classes, 60k train / 10k test"),
+            Augment(pad=2, flip=False), "MNIST/raw/"),
+        _Entry(
+            DatasetInfo("fashion-mnist", (1, 28, 28), 10, (0.2860,), (0.3530,), True,
+                        "Fashion-MNIST clothing, 28x28 grey, 10 classes, 60k train / 10k test"),
+            Augment(pad=2, flip=False), "FashionMNIST/raw/"),
+        _Entry(
+            DatasetInfo("imagenet", (3, 224, 224), 1000, _IMAGENET_MEAN, _IMAGENET_STD, False,
+                        "ImageNet-1k from train/ and val/ class folders, 224x224, 1000 classes"),
+            None, "train/ and val/ class folders"),
+        _Entry(
+            DatasetInfo("imagefolder", (3, 224, 224), 0, _IMAGENET_MEAN, _IMAGENET_STD, False,
+                        "any train/ and val/ class folders (ImageFolder layout), 224x224, ImageNet statistics"),
+            None, "train/ and val/ class folders"),
+    ]
+}
+
+_ALIASES = {
+    "fashion_mnist": "fashion-mnist",
+    "fashionmnist": "fashion-mnist",
+    "fmnist": "fashion-mnist",
+    "cifar-10": "cifar10",
+    "cifar_10": "cifar10",
+    "cifar-100": "cifar100",
+    "cifar_100": "cifar100",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry look-ups
+# ---------------------------------------------------------------------------------------------
+
+
+def dataset_names() -> list[str]:
+    """Canonical names of all registered data sets, in registry order."""
+    return list(_REGISTRY)
+
+
+def dataset_descriptions() -> dict[str, str]:
+    """One-line description of every data set by name, for help texts (loads nothing)."""
+    return {name: e.info.description for name, e in _REGISTRY.items()}
+
+
+def canonical_name(name: str) -> str:
+    """Map a user-typed name or alias (``fmnist``, ``cifar-10``) to its registry name."""
+    key = name.strip().lower()
+    key = _ALIASES.get(key, key)
+    if key not in _REGISTRY:
+        raise UsageError(f"unknown data set '{name}'; choose one of: {', '.join(_REGISTRY)}")
+    return key
+
+
+def get_dataset_info(name: str, data_dir: str | Path | None = None) -> DatasetInfo:
+    """Describe a data set without loading it.
+
+    ``imagefolder`` has no fixed class count: it is the number of class folders in
+    ``data_dir/train``, so it needs ``data_dir``.
+    """
+    entry = _REGISTRY[canonical_name(name)]
+    if entry.info.name != "imagefolder":
+        return entry.info
+    classes = _folder_classes(_folder_root("imagefolder", data_dir) / "train", "imagefolder")
+    return _with_classes(entry.info, len(classes))
+
+
+def default_data_dir() -> Path:
+    """Where data sets are looked for and downloaded: $ELTH_DATA, else $XDG_CACHE_HOME/elth/data,
+    else ~/.cache/elth/data."""
+    env = os.environ.get("ELTH_DATA")
+    if env:
+        return Path(env).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME")
+    base = Path(cache).expanduser() if cache else Path.home() / ".cache"
+    return base / "elth" / "data"
+
+
+def check_compatible(info: DatasetInfo, input_shape: tuple[int, int, int], num_classes: int,
+                     what: str = "ticket") -> None:
+    """Raise ElthError when a model made for ``input_shape``/``num_classes`` cannot run on ``info``."""
+    shape = tuple(int(s) for s in input_shape)
+    if shape == info.input_shape and int(num_classes) == info.num_classes:
+        return
+    raise ElthError(
+        f"{what} expects {_shape_str(shape)} inputs and {num_classes} classes but {info.name} gives "
+        f"{_shape_str(info.input_shape)} and {info.num_classes} classes; use a {what} made for this data set"
+    )
+
+
+def _shape_str(shape: tuple[int, ...]) -> str:
+    return "x".join(str(s) for s in shape)
+
+
+def _with_classes(info: DatasetInfo, num_classes: int) -> DatasetInfo:
+    return DatasetInfo(info.name, info.input_shape, num_classes, info.mean, info.std, info.in_memory,
+                       info.description)
+
+
+# ---------------------------------------------------------------------------------------------
+# Deterministic epoch plans and batch slicing (shared by both paths)
+# ---------------------------------------------------------------------------------------------
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A 63-bit generator seed that depends only on (seed, epoch), the same on every machine."""
+    digest = hashlib.sha256(f"elth-epoch:{int(seed)}:{int(epoch)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def _per_rank_batch(batch_size: int, world_size: int) -> int:
+    if batch_size < 1:
+        raise UsageError(f"batch size must be at least 1, got {batch_size}")
+    if world_size < 1:
+        raise UsageError(f"world size must be at least 1, got {world_size}")
+    if batch_size % world_size:
+        raise UsageError(
+            f"batch size {batch_size} is the global batch and must be divisible by the world size "
+            f"{world_size}; choose a multiple of {world_size}"
+        )
+    return batch_size // world_size
+
+
+def _check_rank(rank: int, world_size: int) -> None:
+    if not 0 <= rank < world_size:
+        raise UsageError(f"rank {rank} is outside 0..{world_size - 1} for world size {world_size}")
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise UsageError(f"unknown split '{split}'; choose one of: {', '.join(SPLITS)}")
+
+
+def _train_steps(n: int, batch_size: int, world_size: int) -> int:
+    _per_rank_batch(batch_size, world_size)
+    if world_size == 1:
+        return math.ceil(n / batch_size)  # keep the last partial batch, as the reference code does
+    # Every rank must take the same number of steps or DDP's all-reduce hangs: drop the partial tail.
+    steps = n // batch_size
+    if steps == 0:
+        raise UsageError(f"global batch size {batch_size} is larger than the {n} training examples; "
+                         f"choose a smaller batch size")
+    return steps
+
+
+def _train_ranges(n: int, batch_size: int, world_size: int, rank: int,
+                  start_batch: int) -> list[tuple[int, int]]:
+    """Positions [lo, hi) in the epoch's permutation that this rank takes at each step."""
+    steps = _train_steps(n, batch_size, world_size)
+    _check_rank(rank, world_size)
+    if not 0 <= start_batch <= steps:
+        raise UsageError(f"start batch {start_batch} is outside 0..{steps} for an epoch of {steps} steps")
+    per = batch_size // world_size
+    ranges = []
+    for step in range(start_batch, steps):
+        lo = step * batch_size + rank * per
+        ranges.append((lo, min(lo + per, n)))
+    return ranges
+
+
+def _eval_ranges(n: int, batch_size: int, world_size: int, rank: int) -> list[tuple[int, int]]:
+    """Fixed-order batches of this rank's contiguous shard; together the ranks see every example once."""
+    per = _per_rank_batch(batch_size, world_size)
+    _check_rank(rank, world_size)
+    lo, hi = rank * n // world_size, (rank + 1) * n // world_size
+    return [(s, min(s + per, hi)) for s in range(lo, hi, per)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Device-side augmentation
+# ---------------------------------------------------------------------------------------------
+
+
+def crop_flip(padded: Tensor, top: Tensor, left: Tensor, flip: Tensor | None, height: int, width: int,
+              channels_last: bool = False) -> Tensor:
+    """Crop ``height x width`` windows from a padded batch in one gather, mirroring where ``flip``.
+
+    ``padded`` is ``[B, C, Hp, Wp]``; ``top``/``left`` (int64, ``[B]``) are each window's offsets and
+    ``flip`` (bool, ``[B]``) mirrors the window left-right. Everything stays on ``padded``'s device
+    and no value is read back to the host. With ``channels_last`` the result is gathered straight
+    into NHWC memory, so the conv layers get their preferred layout without another copy.
+    """
+    dev = padded.device
+    rows = top[:, None] + torch.arange(height, device=dev)  # [B, h]
+    ar_w = torch.arange(width, device=dev)
+    cols = left[:, None] + ar_w  # [B, w]
+    if flip is not None:
+        # Mirroring the window is the same as reading its columns right to left.
+        cols = torch.where(flip[:, None], left[:, None] + (width - 1 - ar_w), cols)
+    b = torch.arange(padded.shape[0], device=dev)
+    c = torch.arange(padded.shape[1], device=dev)
+    if channels_last:
+        out = padded[b[:, None, None, None], c[None, None, None, :], rows[:, :, None, None], cols[:, None, :, None]]
+        return out.permute(0, 3, 1, 2)
+    return padded[b[:, None, None, None], c[None, :, None, None], rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def _normalise(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    # float() keeps the memory format, and in-place ops avoid three batch-sized temporaries.
+    return x.float().mul_(1.0 / 255.0).sub_(mean).div_(std)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bundles
+# ---------------------------------------------------------------------------------------------
+
+
+class DataBundle(abc.ABC):
+    """A loaded data set: its info, the device batches land on, and deterministic batch iterators."""
+
+    info: DatasetInfo
+    device: torch.device
+
+    def __init__(self, info: DatasetInfo, device: torch.device) -> None:
+        self.info = info
+        self.device = device
+        # NHWC is what cuDNN's fastest convolution kernels want; on CPU plain NCHW is the safe default.
+        self.channels_last = device.type == "cuda"
+        c = info.input_shape[0]
+        self._mean = torch.tensor(info.mean, dtype=torch.float32, device=device).view(1, c, 1, 1)
+        self._std = torch.tensor(info.std, dtype=torch.float32, device=device).view(1, c, 1, 1)
+
+    @abc.abstractmethod
+    def num_examples(self, split: str) -> int:
+        """Number of examples in ``split`` ("train" or "test")."""
+
+    def steps_per_epoch(self, batch_size: int, world_size: int = 1) -> int:
+        """Steps each rank takes per epoch at global ``batch_size``; equals what train_batches yields."""
+        return _train_steps(self.num_examples("train"), batch_size, world_size)
+
+    @abc.abstractmethod
+    def train_batches(self, batch_size: int, epoch: int, seed: int, start_batch: int = 0, rank: int = 0,
+                      world_size: int = 1, augment: bool = True) -> Iterator[tuple[Tensor, Tensor]]:
+        """Shuffled, augmented training batches of one epoch for one rank, from step ``start_batch`` on.
+
+        ``batch_size`` is global: each of ``world_size`` ranks gets ``batch_size // world_size``
+        examples per step, disjoint from the other ranks'. Order and augmentation depend only on
+        (seed, epoch), so resuming at ``start_batch=k`` reproduces the uninterrupted epoch exactly.
+        """
+
+    @abc.abstractmethod
+    def eval_batches(self, batch_size: int, split: str = "test", rank: int = 0,
+                     world_size: int = 1) -> Iterator[tuple[Tensor, Tensor]]:
+        """Unaugmented batches of ``split`` in fixed order; the ranks' shards together cover it once."""
+
+    def _finish(self, x: Tensor) -> Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return _normalise(x, self._mean, self._std)
+
+
+class TensorBundle(DataBundle):
+    """An in-memory data set held once on the device as uint8 images and int64 labels."""
+
+    def __init__(self, info: DatasetInfo, augment: Augment, device: torch.device,
+                 images: dict[str, Tensor], labels: dict[str, Tensor]) -> None:
+        super().__init__(info, device)
+        self.augment = augment
+        self.images = {k: v.to(device).contiguous() for k, v in images.items()}
+        self.labels = {k: v.to(device=device, dtype=torch.int64) for k, v in labels.items()}
+
+    def num_examples(self, split: str) -> int:
+        _check_split(split)
+        return int(self.labels[split].shape[0])
+
+    def epoch_plan(self, epoch: int, seed: int) -> dict[str, Tensor]:
+        """The whole epoch's permutation and crop/flip parameters, drawn on the CPU, moved once."""
+        n = self.num_examples("train")
+        g = torch.Generator().manual_seed(epoch_seed(seed, epoch))
+        span = 2 * self.augment.pad + 1
+        plan = torch.stack([
+            torch.randperm(n, generator=g),
+            torch.randint(0, span, (n,), generator=g),  # top offsets
+            torch.randint(0, span, (n,), generator=g),  # left offsets
+            torch.randint(0, 2, (n,), generator=g),  # flips
+        ]).to(self.device)  # one host-to-device copy per epoch
+        return {"perm": plan[0], "top": plan[1], "left": plan[2], "flip": plan[3].bool()}
+
+    def train_batches(self, batch_size: int, epoch: int, seed: int, start_batch: int = 0, rank: int = 0,
+                      world_size: int = 1, augment: bool = True) -> Iterator[tuple[Tensor, Tensor]]:
+        ranges = _train_ranges(self.num_examples("train"), batch_size, world_size, rank, start_batch)
+        return self._train_iter(ranges, epoch, seed, augment)
+
+    def _train_iter(self, ranges: list[tuple[int, int]], epoch: int, seed: int,
+                    augment: bool) -> Iterator[tuple[Tensor, Tensor]]:
+        plan = self.epoch_plan(epoch, seed)
+        images, labels = self.images["train"], self.labels["train"]
+        _, _, h, w = images.shape
+        p = self.augment.pad
+        for lo, hi in ranges:
+            idx = plan["perm"][lo:hi]
+            x = images.index_select(0, idx)
+            y = labels.index_select(0, idx)
+            if augment:
+                flip = plan["flip"][lo:hi] if self.augment.flip else None
+                x = crop_flip(F.pad(x, (p, p, p, p)), plan["top"][lo:hi], plan["left"][lo:hi], flip, h, w,
+                              channels_last=self.channels_last)
+            yield self._finish(x), y
+
+    def eval_batches(self, batch_size: int, split: str = "test", rank: int = 0,
+                     world_size: int = 1) -> Iterator[tuple[Tensor, Tensor]]:
+        _check_split(split)
+        ranges = _eval_ranges(self.num_examples(split), batch_size, world_size, rank)
+        return self._eval_iter(split, ranges)
+
+    def _eval_iter(self, split: str, ranges: list[tuple[int, int]]) -> Iterator[tuple[Tensor, Tensor]]:
+        images, labels = self.images[split], self.labels[split]
+        for lo, hi in ranges:
+            yield self._finish(images[lo:hi]), labels[lo:hi]
+
+
+# ---------------------------------------------------------------------------------------------
+# Folder data sets (ImageFolder layout) through a DataLoader
+# ---------------------------------------------------------------------------------------------
+
+
+class _SeededImages(torch.utils.data.Dataset):
+    """Images addressed by ``(index, seed, augment)``: the transform's randomness comes from ``seed``.
+
+    torchvision's transforms draw from the global CPU generator; seeding it per example (and
+    restoring it afterwards) makes each image's crop independent of which worker loads it and of
+    where in the epoch loading started, which is what makes mid-epoch resume exact.
+    """
+
+    def __init__(self, samples: list[tuple[str, int]], train_tf: Callable[[Any], Tensor],
+                 eval_tf: Callable[[Any], Tensor]) -> None:
+        self.samples = samples
+        self.train_tf = train_tf
+        self.eval_tf = eval_tf
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, key: tuple[int, int, bool]) -> tuple[Tensor, int]:
+        from torchvision.datasets.folder import default_loader
+
+        index, seed, augment = key
+        path, label = self.samples[index]
+        img = default_loader(path)
+        if not augment:
+            return self.eval_tf(img), label
+        state = torch.get_rng_state()
+        try:
+            # Only the CPU generator: torch.manual_seed would also reseed (and clobber) CUDA's.
+            torch.random.default_generator.manual_seed(seed)
+            return self.train_tf(img), label
+        finally:
+            torch.set_rng_state(state)
+
+
+class _PlanBatchSampler(torch.utils.data.Sampler):
+    """Yields the batches of whatever plan was set last; lets one persistent DataLoader serve every epoch.
+
+    The DataLoader iterates its batch sampler in the main process, so replacing the plan before
+    each pass changes the batches without restarting the worker processes.
+    """
+
+    def __init__(self) -> None:
+        self.perm: np.ndarray | None = None
+        self.seeds: np.ndarray | None = None
+        self.ranges: list[tuple[int, int]] = []
+        self.augment = False
+
+    def set_plan(self, perm: np.ndarray | None, seeds: np.ndarray | None, ranges: list[tuple[int, int]],
+                 augment: bool) -> None:
+        self.perm, self.seeds, self.ranges, self.augment = perm, seeds, ranges, augment
+
+    def __len__(self) -> int:
+        return len(self.ranges)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int, bool]]]:
+        for lo, hi in self.ranges:
+            idx = range(lo, hi) if self.perm is None else self.perm[lo:hi].tolist()
+            seeds = [0] * (hi - lo) if self.seeds is None else self.seeds[lo:hi].tolist()
+            yield [(int(i), int(s), self.augment) for i, s in zip(idx, seeds)]
+
+
+class FolderBundle(DataBundle):
+    """An image-folder data set read from disk by DataLoader workers; batches normalised on the device.
+
+    Each split has one persistent DataLoader, so iterate one train (or eval) iterator at a time:
+    starting a new one re-plans the loader that an unfinished one is still reading.
+    """
+
+    def __init__(self, info: DatasetInfo, device: torch.device, root: Path,
+                 train: list[tuple[str, int]], test: list[tuple[str, int]], num_workers: int) -> None:
+        super().__init__(info, device)
+        from torchvision import transforms as T
+
+        self.root = root
+        self.num_workers = num_workers
+        size = info.input_shape[1]
+        # Workers hand over uint8 tensors: a quarter of float32's bytes through shared and pinned
+        # memory; normalisation then runs on the device in whole batches.
+        train_tf = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.PILToTensor()])
+        eval_tf = T.Compose([T.Resize(size * 256 // 224), T.CenterCrop(size), T.PILToTensor()])
+        self._sets = {"train": _SeededImages(train, train_tf, eval_tf), "test": _SeededImages(test, train_tf, eval_tf)}
+        self._loaders: dict[str, tuple[torch.utils.data.DataLoader, _PlanBatchSampler]] = {}
+
+    def num_examples(self, split: str) -> int:
+        _check_split(split)
+        return len(self._sets[split])
+
+    def _loader(self, split: str) -> tuple[torch.utils.data.DataLoader, _PlanBatchSampler]:
+        if split not in self._loaders:
+            sampler = _PlanBatchSampler()
+            loader = torch.utils.data.DataLoader(
+                self._sets[split], batch_sampler=sampler, num_workers=self.num_workers,
+                pin_memory=self.device.type == "cuda", persistent_workers=self.num_workers > 0,
+            )
+            self._loaders[split] = (loader, sampler)
+        return self._loaders[split]
+
+    def train_batches(self, batch_size: int, epoch: int, seed: int, start_batch: int = 0, rank: int = 0,
+                      world_size: int = 1, augment: bool = True) -> Iterator[tuple[Tensor, Tensor]]:
+        n = self.num_examples("train")
+        ranges = _train_ranges(n, batch_size, world_size, rank, start_batch)
+        g = torch.Generator().manual_seed(epoch_seed(seed, epoch))
+        perm = torch.randperm(n, generator=g).numpy()
+        seeds = torch.randint(0, 2**62, (n,), generator=g).numpy()
+        return self._iterate("train", perm, seeds, ranges, augment)
+
+    def eval_batches(self, batch_size: int, split: str = "test", rank: int = 0,
+                     world_size: int = 1) -> Iterator[tuple[Tensor, Tensor]]:
+        _check_split(split)
+        ranges = _eval_ranges(self.num_examples(split), batch_size, world_size, rank)
+        return self._iterate(split, None, None, ranges, False)
+
+    def _iterate(self, split: str, perm: np.ndarray | None, seeds: np.ndarray | None,
+                 ranges: list[tuple[int, int]], augment: bool) -> Iterator[tuple[Tensor, Tensor]]:
+        loader, sampler = self._loader(split)
+        sampler.set_plan(perm, seeds, ranges, augment)
+        for x, y in loader:
+            x = x.to(self.device, non_blocking=True)
+            y = y.to(self.device, non_blocking=True)
+            yield self._finish(x), y
+
+
+def _folder_root(name: str, data_dir: str | Path | None) -> Path:
+    if name == "imagefolder":
+        if data_dir is None:
+            raise UsageError("imagefolder needs --data-dir pointing to a folder with train/ and val/ "
+                             "class folders (one sub-folder per class)")
+        return Path(data_dir).expanduser()
+    base = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+    # Accept both --data-dir pointing at ImageNet itself and a shared data folder holding imagenet/.
+    if not (base / "train").is_dir() and (base / "imagenet" / "train").is_dir():
+        return base / "imagenet"
+    return base
+
+
+def _folder_classes(train_dir: Path, name: str) -> list[str]:
+    root = train_dir.parent
+    if not train_dir.is_dir() or not (root / "val").is_dir():
+        download = " (it cannot be downloaded)" if name == "imagenet" else ""
+        raise ElthError(f"{name} not found in {root} (expected train/ and val/ class folders){download}; "
+                        f"pass --data-dir pointing to a folder with train/ and val/, one sub-folder per class")
+    classes = sorted(e.name for e in os.scandir(train_dir) if e.is_dir())
+    if not classes:
+        raise ElthError(f"{train_dir} has no class folders; put each class's images in its own sub-folder")
+    return classes
+
+
+def _load_folder(name: str, data_dir: str | Path | None, device: torch.device,
+                 num_workers: int | None) -> FolderBundle:
+    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
+
+    root = _folder_root(name, data_dir)
+    classes = _folder_classes(root / "train", name)
+    info = _REGISTRY[name].info
+    if name == "imagenet" and len(classes) != info.num_classes:
+        raise ElthError(f"imagenet in {root} has {len(classes)} class folders in train/, expected "
+                        f"{info.num_classes}; use --dataset imagefolder for other folder trees")
+    val_classes = sorted(e.name for e in os.scandir(root / "val") if e.is_dir())
+    extra = sorted(set(val_classes) - set(classes))
+    if extra:
+        raise ElthError(f"{root / 'val'} has class folders that train/ lacks ({', '.join(extra[:5])}); "
+                        f"give train/ and val/ the same class folders")
+    # Both splits use train/'s class indices, so a val/ missing some classes keeps its labels right.
+    class_to_idx = {c: i for i, c in enumerate(classes)}
+    try:
+        train = make_dataset(str(root / "train"), class_to_idx, IMG_EXTENSIONS, allow_empty=True)
+        test = make_dataset(str(root / "val"), class_to_idx, IMG_EXTENSIONS, allow_empty=True)
+    except (OSError, ValueError) as exc:
+        raise ElthError(f"cannot read {name} in {root}: {_one_line(exc)}") from exc
+    for split, samples in (("train", train), ("val", test)):
+        if not samples:
+            raise ElthError(f"{root / split} holds no images ({', '.join(IMG_EXTENSIONS[:4])}, ...); "
+                            f"put the images in one sub-folder per class")
+    if num_workers is None:
+        num_workers = min(8, os.cpu_count() or 1)
+    if num_workers < 0:
+        raise UsageError(f"number of workers must be 0 or more, got {num_workers}")
+    return FolderBundle(_with_classes(info, len(classes)), device, root, train, test, num_workers)
+
+
+# ---------------------------------------------------------------------------------------------
+# In-memory readers: each returns {split: uint8 [N, C, H, W]}, {split: int64 [N]}
+# ---------------------------------------------------------------------------------------------
+
+Arrays = tuple[dict[str, Tensor], dict[str, Tensor]]
+
+DIGITS_RESOURCE = "data_files/uci-digits.csv.gz"
+DIGITS_TEST_SIZE = 360
+
+
+def _digits_table() -> np.ndarray:
+    raw = importlib.resources.files("elth_cli").joinpath(DIGITS_RESOURCE).read_bytes()
+    table = np.loadtxt(io.BytesIO(gzip.decompress(raw)), delimiter=",", dtype=np.int64)
+    if table.shape != (1797, 65):
+        raise ElthError(f"the embedded digits file has shape {table.shape}, expected (1797, 65); reinstall elth")
+    return table
+
+
+def digits_pixels_to_uint8(values: np.ndarray) -> np.ndarray:
+    """Scale digits' 0..16 pixel values to 0..255 as round(v * 255 / 16), in exact integer arithmetic."""
+    return ((values.astype(np.int64) * 255 + 8) // 16).astype(np.uint8)
+
+
+def digits_split(labels: np.ndarray, test_size: int = DIGITS_TEST_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices (train, test) of the fixed digits split, stratified by class.
+
+    Rows are ranked by a SHA-256 hash of their row number rather than by a random generator, so
+    the split is the same on every machine and every torch or numpy version. Each class gives the
+    test split its share of ``test_size`` (largest remainders break the rounding).
+    """
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = counts * test_size / len(labels)
+    share = np.floor(exact).astype(np.int64)
+    for i in np.argsort(-(exact - share), kind="stable")[: test_size - int(share.sum())]:
+        share[i] += 1
+    test: list[int] = []
+    for c, k in zip(classes, share):
+        rows = np.flatnonzero(labels == c)
+        ranked = sorted(rows.tolist(), key=lambda r: hashlib.sha256(f"uci-digits:{r}".encode()).digest())
+        test.extend(ranked[:k])
+    test_idx = np.array(sorted(test), dtype=np.int64)
+    train_idx = np.setdiff1d(np.arange(len(labels)), test_idx)
+    return train_idx, test_idx
+
+
+def _read_digits(root: Path, download: bool) -> Arrays:
+    table = _digits_table()
+    images = digits_pixels_to_uint8(table[:, :64]).reshape(-1, 1, 8, 8)
+    labels = table[:, 64]
+    train_idx, test_idx = digits_split(labels)
+    return ({"train": torch.from_numpy(images[train_idx]), "test": torch.from_numpy(images[test_idx])},
+            {"train": torch.from_numpy(labels[train_idx]), "test": torch.from_numpy(labels[test_idx])})
+
+
+def _digits_stats() -> tuple[float, float]:
+    """Mean and std of the digits train split in [0, 1] units (the source of DIGITS_MEAN/STD)."""
+    images, _ = _read_digits(Path("."), False)
+    x = images["train"].double() / 255.0
+    return float(x.mean()), float(x.std(unbiased=False))
+
+
+def _cifar_classes() -> tuple[type, type]:
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    class _PresentFiles:
+        """CIFAR that trusts files found in the official layout; md5 is checked only on download.
+
+        torchvision refuses any file whose md5 differs from the official release, which rules out
+        subsets and re-packed copies; a damaged file still fails loudly when it is unpickled.
+        """
+
+        def _check_integrity(self) -> bool:
+            folder = Path(self.root) / self.base_folder
+            return all((folder / f).is_file() for f, _ in self.train_list + self.test_list)
+
+        def _load_meta(self) -> None:
+            path = Path(self.root) / self.base_folder / self.meta["filename"]
+            if path.is_file():
+                with open(path, "rb") as f:
+                    self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
+            else:
+                self.classes = []  # class names are cosmetic; the labels are in the data files
+            self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+
+    class LenientCIFAR10(_PresentFiles, CIFAR10):
+        pass
+
+    class LenientCIFAR100(_PresentFiles, CIFAR100):
+        pass
+
+    return LenientCIFAR10, LenientCIFAR100
+
+
+def _svhn_class() -> type:
+    from torchvision.datasets import SVHN
+
+    class LenientSVHN(SVHN):
+        """SVHN that trusts a .mat file that is present; md5 is checked only on download."""
+
+        def _check_integrity(self) -> bool:
+            return (Path(self.root) / self.filename).is_file()
+
+        def download(self) -> None:
+            # torchvision re-downloads any file whose md5 differs, which would overwrite a subset.
+            if not self._check_integrity():
+                super().download()
+
+    return LenientSVHN
+
+
+def _read_cifar(name: str) -> Callable[[Path, bool], Arrays]:
+    def read(root: Path, download: bool) -> Arrays:
+        cls = _cifar_classes()[0 if name == "cifar10" else 1]
+        images, labels = {}, {}
+        for split in SPLITS:
+            ds = cls(str(root), train=split == "train", download=download and split == "train")
+            # torchvision keeps CIFAR as NHWC numpy; the bundle wants NCHW.
+            images[split] = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))
+            labels[split] = torch.as_tensor(ds.targets, dtype=torch.int64)
+        return images, labels
+
+    return read
+
+
+def _read_svhn(root: Path, download: bool) -> Arrays:
+    if importlib.util.find_spec("scipy") is None:
+        raise ElthError("svhn needs scipy: pip install scipy")
+    cls = _svhn_class()
+    images, labels = {}, {}
+    for split in SPLITS:
+        ds = cls(str(root), split=split, download=download)
+        images[split] = torch.from_numpy(np.ascontiguousarray(ds.data))  # torchvision already made it NCHW
+        labels[split] = torch.as_tensor(ds.labels, dtype=torch.int64).reshape(-1)
+    return images, labels
+
+
+def _read_mnist(name: str) -> Callable[[Path, bool], Arrays]:
+    def read(root: Path, download: bool) -> Arrays:
+        from torchvision.datasets import MNIST, FashionMNIST
+
+        cls = MNIST if name == "mnist" else FashionMNIST
+        images, labels = {}, {}
+        for split in SPLITS:
+            ds = cls(str(root), train=split == "train", download=download)
+            images[split] = ds.data.to(torch.uint8).unsqueeze(1).contiguous()
+            labels[split] = ds.targets.to(torch.int64)
+        return images, labels
+
+    return read
+
+
+_READERS: dict[str, Callable[[Path, bool], Arrays]] = {
+    "digits": _read_digits,
+    "cifar10": _read_cifar("cifar10"),
+    "cifar100": _read_cifar("cifar100"),
+    "svhn": _read_svhn,
+    "mnist": _read_mnist("mnist"),
+    "fashion-mnist": _read_mnist("fashion-mnist"),
+}
+
+# Files that must all be present for a set to load without --download.
+_REQUIRED_FILES: dict[str, list[str]] = {
+    "cifar10": [f"cifar-10-batches-py/{f}" for f in
+                ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"]],
+    "cifar100": ["cifar-100-python/train", "cifar-100-python/test"],
+    "svhn": ["train_32x32.mat", "test_32x32.mat"],
+    "mnist": [f"MNIST/raw/{f}" for f in ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                                         "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]],
+    "fashion-mnist": [f"FashionMNIST/raw/{f}" for f in ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                                                         "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]],
+}
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    if isinstance(exc, (OSError, ElthError)):
+        return text or type(exc).__name__
+    # KeyError('data') alone reads as "'data'"; the type says what went wrong.
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _check_present(name: str, root: Path) -> None:
+    missing = [f for f in _REQUIRED_FILES.get(name, []) if not (root / f).is_file()]
+    if not missing:
+        return
+    fix = "pass --download to fetch it, or --data-dir / ELTH_DATA pointing to the folder that holds it"
+    if len(missing) == len(_REQUIRED_FILES[name]):
+        raise ElthError(f"{name} not found in {root} (expected {_REGISTRY[name].expected}); {fix}")
+    raise ElthError(f"{name} in {root} is incomplete (missing {', '.join(missing)}); {fix}")
+
+
+def _read_in_memory(name: str, root: Path, download: bool) -> Arrays:
+    if name != "digits" and not download:
+        _check_present(name, root)
+    if download and name != "digits":
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ElthError(f"cannot create {root} to download {name} into: {_one_line(exc)}") from exc
+    try:
+        images, labels = _READERS[name](root, download)
+    except ElthError:
+        raise
+    except (OSError, RuntimeError) as exc:
+        if download:
+            raise ElthError(f"downloading {name} into {root} failed ({_one_line(exc)}); check the network, "
+                            f"or put the files there by hand") from exc
+        raise ElthError(f"cannot read {name} from {root} ({_one_line(exc)}); delete its files and pass "
+                        f"--download to fetch them again") from exc
+    except Exception as exc:  # unpickling / .mat / idx parse errors of a damaged file
+        raise ElthError(f"cannot read {name} from {root} ({_one_line(exc)}); delete its files and pass "
+                        f"--download to fetch them again") from exc
+    _validate(name, root, images, labels)
+    return images, labels
+
+
+def _validate(name: str, root: Path, images: dict[str, Tensor], labels: dict[str, Tensor]) -> None:
+    info = _REGISTRY[name].info
+    for split in SPLITS:
+        x, y = images[split], labels[split]
+        if x.dtype != torch.uint8 or tuple(x.shape[1:]) != info.input_shape or x.shape[0] != y.shape[0]:
+            raise ElthError(f"{name} {split} split in {root} has images of shape {tuple(x.shape)} for "
+                            f"{y.shape[0]} labels, expected N x {_shape_str(info.input_shape)} uint8; "
+                            f"delete its files and pass --download to fetch them again")
+        if x.shape[0] == 0:
+            raise ElthError(f"{name} {split} split in {root} is empty; delete its files and pass --download")
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or hi >= info.num_classes:
+            raise ElthError(f"{name} {split} split in {root} has labels {lo}..{hi}, outside "
+                            f"0..{info.num_classes - 1}; check the files")
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------------------------
+
+
+def load_dataset(name: str, data_dir: str | Path | None = None, download: bool = False,
+                 device: str | torch.device = "cpu", num_workers: int | None = None) -> DataBundle:
+    """Load a data set for training and evaluation on ``device``.
+
+    ``data_dir`` defaults to :func:`default_data_dir`. In-memory sets are read through
+    torchvision's own data set classes (``download`` fetches them when missing) and copied once
+    to the device; folder sets are indexed and read lazily by ``num_workers`` DataLoader workers
+    (default ``min(8, cpu_count)``). Digits is embedded and ignores ``data_dir``/``download``.
+    """
+    name = canonical_name(name)
+    dev = torch.device(device)
+    entry = _REGISTRY[name]
+    if entry.augment is None:
+        return _load_folder(name, data_dir, dev, num_workers)
+    root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+    images, labels = _read_in_memory(name, root, download)
+    return TensorBundle(entry.info, entry.augment, dev, images, labels)

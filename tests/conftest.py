@@ -1,0 +1,77 @@
+"""Shared fixtures: small tickets built without any data set, and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from elth_cli.find import random_ticket
+from elth_cli.ticket import Ticket
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGITS_SHAPE = (1, 8, 8)
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+def make_ticket(arch: str = "resnet20-w4", sparsity: float = 0.5, seed: int = 0,
+                input_shape=DIGITS_SHAPE, num_classes: int = 10) -> Ticket:
+    """A random ticket for a digits-shaped input (no data set is read)."""
+    return random_ticket(arch, input_shape, num_classes, sparsity, seed=seed, dataset="digits")
+
+
+@pytest.fixture
+def ticket() -> Ticket:
+    return make_ticket()
+
+
+@pytest.fixture
+def ticket_file(tmp_path: Path, ticket: Ticket) -> Path:
+    path = tmp_path / "r20.safetensors"
+    ticket.save(path)
+    return path
+
+
+@dataclass
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+
+
+def run_elth(*args: str, stdin: bytes | None = None, cwd: Path | None = None, timeout: float = 300) -> Result:
+    """Run the real CLI in a subprocess (exit status, streams and pipes exactly as a user sees them)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="200")
+    proc = subprocess.run([sys.executable, "-m", "elth_cli", *args], input=stdin, capture_output=True,
+                          cwd=cwd, env=env, timeout=timeout)
+    return Result(proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace"))
+
+
+def run_elth_bytes(*args: str, stdin: bytes | None = None) -> tuple[int, bytes, str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-m", "elth_cli", *args], input=stdin, capture_output=True, env=env, timeout=300)
+    return proc.returncode, proc.stdout, proc.stderr.decode(errors="replace")
+
+
+def assert_clean_error(result: Result, codes=(1, 2), contains: str | None = None) -> None:
+    """A one-line error on stderr, an expected non-zero status, and no traceback."""
+    assert result.code in codes, (result.code, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: "), lines[0]
+    if contains:
+        assert contains.lower() in lines[0].lower(), lines[0]

@@ -1,0 +1,189 @@
+"""The CLI as a user meets it: real subprocesses, exit statuses, streams and files."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from safetensors.torch import save_file
+
+from conftest import ROOT, assert_clean_error, run_elth, run_elth_bytes
+from elth_cli.cli import app
+from elth_cli.ticket import Ticket
+
+COMMANDS = [c.name or c.callback.__name__.replace("_", "-") for c in app.registered_commands]
+
+
+def test_version_and_help():
+    r = run_elth("--version")
+    assert r.code == 0 and r.stdout.startswith("elth ")
+    r = run_elth("--help")
+    assert r.code == 0
+    for name in COMMANDS:
+        assert name in r.stdout
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_help_has_an_example(command):
+    r = run_elth(command, "--help")
+    assert r.code == 0, r.stderr
+    assert "Example" in r.stdout and f"elth {command}" in r.stdout
+
+
+def test_archs_json():
+    r = run_elth("archs", "--json")
+    assert r.code == 0
+    rows = json.loads(r.stdout)
+    by_name = {row["name"]: row for row in rows}
+    assert by_name["resnet20"]["parameters"] == 272_474
+    assert by_name["imagenet-resnet26"]["blocks_per_stage"] == [2, 3, 4, 3]
+    assert by_name["vgg19"]["family"] == "cifar-vgg"
+
+
+def test_find_stretch_info_pipeline(tmp_path):
+    """`elth find ... -o - | elth stretch - ...` through a real shell pipe."""
+    out = tmp_path / "r32.safetensors"
+    cmd = (f"{sys.executable} -m elth_cli find --method random --arch resnet20-w4 --dataset digits --sparsity 0.8 -o - "
+           f"| {sys.executable} -m elth_cli stretch - --target resnet32 -o {out}")
+    proc = subprocess.run(cmd, shell=True, capture_output=True, cwd=ROOT, timeout=300,
+                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert b"stretch resnet20-w4 -> resnet32-w4" in proc.stderr
+    ticket = Ticket.load(out)
+    assert ticket.arch == "resnet32-w4" and ticket.method == "stretch"
+    assert ticket.sparsity == pytest.approx(0.8, abs=0.01)
+    r = run_elth("info", str(out), "--json")
+    doc = json.loads(r.stdout)
+    assert doc["transform"]["mapping_string"] == "0:0;1:1,3;2:2,4"
+    assert doc["parents"][0]["arch"] == "resnet20-w4"
+    assert len(doc["parents"][0]["sha256"]) == 64
+    assert set(doc["layers"]) == set(ticket.masks)
+
+
+def test_stdout_carries_only_the_ticket(ticket_file):
+    code, out, err = run_elth_bytes("stretch", "-", "--target", "resnet32", "-o", "-", stdin=ticket_file.read_bytes())
+    assert code == 0, err
+    t = Ticket.from_bytes(out)
+    assert t.arch == "resnet32-w4"
+    # the parent's hash is that of the bytes that came in on stdin
+    assert t.parents[0]["sha256"] == Ticket.load(ticket_file).sha256
+
+
+def test_stretch_json_and_squeeze_back(tmp_path, ticket_file):
+    s = tmp_path / "s.safetensors"
+    r = run_elth("stretch", str(ticket_file), "--target", "resnet44", "--strategy", "interpolate", "-o", str(s), "--json")
+    assert r.code == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["transform"]["mapping"] == [[0, 1, 1, 1, 2, 2, 2]] * 3
+    assert doc["target"]["arch"] == "resnet44-w4"
+    back = tmp_path / "back.safetensors"
+    r = run_elth("squeeze", str(s), "--target", "resnet20", "--mapping", "0:0;1:1;4:2", "-o", str(back))
+    assert r.code == 0, r.stderr
+    a, b = Ticket.load(ticket_file), Ticket.load(back)
+    assert all((a.init[k] == b.init[k]).all() for k in a.init)
+
+
+# ----- bad input: one line, status 1 or 2, no traceback, nothing written ----------------------------
+def _no_output(tmp_path, name="out.safetensors"):
+    assert not (tmp_path / name).exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_not_safetensors(tmp_path):
+    bad = tmp_path / "notes.txt"
+    bad.write_text("just some text that is long enough to have a header")
+    r = run_elth("stretch", str(bad), "--target", "resnet32", "-o", str(tmp_path / "out.safetensors"))
+    assert_clean_error(r, (1,), "not a safetensors file")
+    _no_output(tmp_path)
+
+
+def test_truncated(tmp_path, ticket_file):
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(ticket_file.read_bytes()[:-100])
+    r = run_elth("stretch", str(cut), "--target", "resnet32", "-o", str(tmp_path / "out.safetensors"))
+    assert_clean_error(r, (1,), "truncated")
+    _no_output(tmp_path)
+
+
+def test_other_format(tmp_path):
+    import torch
+    other = tmp_path / "model.safetensors"
+    save_file({"weight": torch.zeros(2)}, str(other))
+    r = run_elth("info", str(other))
+    assert_clean_error(r, (1,), "not an elth ticket")
+
+
+def test_mask_for_another_arch(tmp_path, ticket):
+    from safetensors.torch import save
+    meta = ticket.metadata()
+    meta["arch"] = "resnet32-w4"
+    tensors = {f"mask/{k}": v for k, v in ticket.masks.items()} | {f"init/{k}": v for k, v in ticket.init.items()}
+    path = tmp_path / "wrong.safetensors"
+    path.write_bytes(save(tensors, metadata=meta))
+    r = run_elth("info", str(path))
+    assert_clean_error(r, (1,), "another architecture")
+
+
+def test_unknown_arch(tmp_path):
+    r = run_elth("find", "--arch", "resnet21", "--dataset", "digits", "--sparsity", "0.5", "-o", str(tmp_path / "out.safetensors"))
+    assert_clean_error(r, (2,), "6n+2")
+    _no_output(tmp_path)
+    r = run_elth("find", "--arch", "alexnet", "--dataset", "digits", "-o", str(tmp_path / "out.safetensors"))
+    assert_clean_error(r, (2,), "unknown architecture")
+
+
+def test_unknown_dataset(tmp_path):
+    r = run_elth("find", "--arch", "resnet20", "--dataset", "imagenette", "-o", str(tmp_path / "out.safetensors"))
+    assert_clean_error(r, (2,), "imagenette")
+    _no_output(tmp_path)
+
+
+def test_target_of_another_family(tmp_path, ticket_file):
+    r = run_elth("stretch", str(ticket_file), "--target", "vgg19", "-o", str(tmp_path / "out.safetensors"))
+    assert_clean_error(r, (2,), "within their family")
+    _no_output(tmp_path)
+
+
+def test_wrong_direction(tmp_path, ticket_file):
+    r = run_elth("stretch", str(ticket_file), "--target", "resnet14", "-o", str(tmp_path / "out.safetensors"))
+    assert_clean_error(r, (2,), "elth squeeze")
+    r = run_elth("squeeze", str(ticket_file), "--target", "resnet56", "-o", str(tmp_path / "out.safetensors"))
+    assert_clean_error(r, (2,), "elth stretch")
+    _no_output(tmp_path)
+
+
+def test_bad_mapping(tmp_path, ticket_file):
+    r = run_elth("stretch", str(ticket_file), "--target", "resnet32", "--mapping", "0:0;1:1;2:2", "-o", str(tmp_path / "out.safetensors"))
+    assert_clean_error(r, (2,), "left empty")
+    _no_output(tmp_path)
+
+
+def test_output_exists_without_force(tmp_path, ticket_file):
+    out = tmp_path / "out.safetensors"
+    out.write_bytes(b"precious")
+    r = run_elth("stretch", str(ticket_file), "--target", "resnet32", "-o", str(out))
+    assert_clean_error(r, (2,), "--force")
+    assert out.read_bytes() == b"precious"
+    r = run_elth("stretch", str(ticket_file), "--target", "resnet32", "-o", str(out), "--force")
+    assert r.code == 0 and Ticket.load(out).arch == "resnet32-w4"
+
+
+@pytest.mark.parametrize("value, hint", [("1.0", "[0, 1)"), ("-0.1", "[0, 1)"), ("80", "did you mean 0.8")])
+def test_sparsity_out_of_range(tmp_path, value, hint):
+    r = run_elth("find", "--arch", "resnet20-w4", "--dataset", "digits", "--sparsity", value, "-o", str(tmp_path / "out.safetensors"))
+    assert_clean_error(r, (2,), hint)
+    _no_output(tmp_path)
+
+
+def test_missing_input_and_usage_errors(tmp_path):
+    r = run_elth("info", str(tmp_path / "nope.safetensors"))
+    assert_clean_error(r, (2,), "does not exist")
+    r = run_elth("stretch", "--target", "resnet32")
+    assert_clean_error(r, (2,), "missing")
+    r = run_elth("info", "x", "--bogus")
+    assert_clean_error(r, (2,), "--bogus")
+
+
+def test_json_and_stdout_ticket_conflict(ticket_file):
+    r = run_elth("stretch", str(ticket_file), "--target", "resnet32", "-o", "-", "--json")
+    assert_clean_error(r, (2,), "stdout")

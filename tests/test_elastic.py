@@ -1,0 +1,224 @@
+import functools
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import make_ticket
+from elth_cli import archs, elastic
+from elth_cli.elastic import MappingError, inverse_mapping, plan_mapping, squeeze, stretch
+from elth_cli.errors import UsageError
+from elth_cli.ticket import Ticket
+
+
+@functools.lru_cache(maxsize=None)
+def cached_ticket(arch: str, seed: int = 0) -> Ticket:
+    return make_ticket(arch, sparsity=0.6, seed=seed)
+
+
+def assert_tickets_equal(a: Ticket, b: Ticket) -> None:
+    assert a.arch == b.arch
+    assert list(a.masks) == list(b.masks) and list(a.init) == list(b.init)
+    for k in a.masks:
+        assert torch.equal(a.masks[k], b.masks[k]), k
+    for k in a.init:
+        assert torch.equal(a.init[k], b.init[k]), k
+
+
+def assert_blocks_copied(src: Ticket, out: Ticket) -> None:
+    """Each target block's mask and init equal its source block's; stem and head unchanged."""
+    mapping = out.transform["mapping"]
+    s_lay, t_lay = archs.block_layout(src.spec), archs.block_layout(out.spec)
+    for key, value in out.init.items():
+        kind, s, j = t_lay.locate(key)
+        if kind == "block":
+            src_key = s_lay.stages[s][mapping[s][j]] + key[len(t_lay.stages[s][j]):]
+        else:
+            src_key = key
+        assert torch.equal(value, src.init[src_key]), (key, src_key)
+        if key in out.masks:
+            assert torch.equal(out.masks[key], src.masks[src_key]), key
+    assert set(out.init) == set(archs.expected_state(out.spec, out.input_shape, out.num_classes))
+    assert set(out.masks) == set(archs.prunable_keys(out.spec, out.input_shape, out.num_classes))
+
+
+# ----- strategies ---------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "src, tgt, strategy, expected",
+    [
+        (3, 5, "append", (0, 1, 2, 1, 2)),
+        (3, 5, "interpolate", (0, 1, 1, 2, 2)),
+        (5, 7, "interpolate", (0, 1, 1, 2, 2, 3, 4)),
+        (5, 9, "append", (0, 1, 2, 3, 4, 1, 2, 3, 4)),
+        (5, 9, "interpolate", (0, 1, 1, 2, 2, 3, 3, 4, 4)),
+        (2, 5, "append", (0, 1, 1, 1, 1)),
+        (3, 7, "append", (0, 1, 2, 1, 2, 1, 2)),
+        (9, 5, "keep-first", (0, 1, 2, 3, 4)),
+        (9, 5, "spaced", (0, 2, 4, 6, 8)),
+        (5, 3, "spaced", (0, 2, 4)),
+        (5, 1, "spaced", (0,)),
+    ],
+)
+def test_stage_strategies(src, tgt, strategy, expected):
+    assert plan_mapping((src,), (tgt,), strategy) == (expected,)
+
+
+def test_reference_mapping_equals_interpolate():
+    src = cached_ticket("resnet32-w2")
+    ref = stretch(src, "resnet56", mapping="0:0;1:1,2;2:3,4;3:5,6;4:7,8")
+    interp = stretch(src, "resnet56", strategy="interpolate")
+    assert_tickets_equal(ref, interp)
+    assert ref.transform["mapping"] == interp.transform["mapping"]
+    assert ref.transform["mapping_string"] == "0:0;1:1,2;2:3,4;3:5,6;4:7,8"
+
+
+def test_stretch_copies_blocks_and_keeps_stem_head():
+    src = cached_ticket("resnet20-w4")
+    out = stretch(src, "resnet32")
+    assert out.arch == "resnet32-w4"
+    assert out.transform["mapping"] == [[0, 1, 2, 1, 2]] * 3
+    assert_blocks_copied(src, out)
+    for key in ("conv.weight", "bn.running_mean", "fc.weight", "fc.bias"):
+        assert torch.equal(out.init[key], src.init[key])
+    assert out.method == "stretch" and out.parents[0]["arch"] == "resnet20-w4"
+    assert out.rewind_step == src.rewind_step and out.cost == src.cost
+    # the copies are independent tensors (safetensors refuses shared storage)
+    assert out.init["blocks.1.conv1.weight"].data_ptr() != out.init["blocks.3.conv1.weight"].data_ptr()
+    Ticket.from_bytes(out.to_bytes())
+
+
+def test_squeeze_spaced_keeps_every_other_block():
+    src = cached_ticket("resnet56-w2")
+    out = squeeze(src, "resnet32", strategy="spaced")
+    assert out.transform["mapping"] == [[0, 2, 4, 6, 8]] * 3
+    assert_blocks_copied(src, out)
+
+
+def test_vgg_stretch_and_imagenet_stretch():
+    src = cached_ticket("vgg13-w4")
+    out = stretch(src, "vgg19")
+    assert out.transform["mapping"] == [[0, 1], [0, 1], [0, 1, 1, 1], [0, 1, 1, 1], [0, 1, 1, 1]]
+    assert_blocks_copied(src, out)
+    src = cached_ticket("imagenet-resnet26")
+    out = stretch(src, "imagenet-resnet34")
+    assert out.transform["mapping"] == [[0, 1, 1], [0, 1, 2, 1], [0, 1, 2, 3, 1, 2], [0, 1, 2]]
+    assert_blocks_copied(src, out)
+    # the paper's 26 -> 34 mapping from the reference syntax, one string per stage
+    out2 = stretch(src, "imagenet-resnet34", mapping="0:0;1:1,2|0:0;1:1,3;2:2|0:0;1:1,4;2:2,5;3:3|0:0;1:1;2:2")
+    assert_tickets_equal(out, out2)
+
+
+# ----- property: stretch then squeeze with the inverse mapping is the identity ---------------------
+def _family_cases():
+    cifar = [(f"resnet{6 * a + 2}-w2", f"resnet{6 * b + 2}-w2") for a in range(2, 6) for b in range(a + 1, 8)]
+    vgg = [("vgg13-w4", "vgg16-w4"), ("vgg13-w4", "vgg19-w4"), ("vgg16-w4", "vgg19-w4")]
+    imagenet = [("imagenet-resnet18", "imagenet-resnet26"), ("imagenet-resnet18", "imagenet-resnet34"),
+                ("imagenet-resnet26", "imagenet-resnet34")]
+    return cifar, vgg, imagenet
+
+
+CIFAR_CASES, VGG_CASES, IMAGENET_CASES = _family_cases()
+
+
+def _roundtrip(src_name: str, tgt_name: str, strategy: str, seed: int) -> None:
+    src = cached_ticket(src_name, seed)
+    out = stretch(src, tgt_name, strategy=strategy)
+    assert_blocks_copied(src, out)
+    inverse = inverse_mapping(tuple(map(tuple, out.transform["mapping"])), src.spec.depths)
+    back = squeeze(out, src.spec, mapping=elastic.format_mapping(inverse))
+    assert_tickets_equal(src, back)
+    if strategy == "append":  # keep-first is the inverse of append
+        assert_tickets_equal(src, squeeze(out, src.spec, strategy="keep-first"))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=st.sampled_from(CIFAR_CASES), strategy=st.sampled_from(["append", "interpolate"]), seed=st.integers(0, 2))
+def test_roundtrip_cifar_resnet(case, strategy, seed):
+    _roundtrip(*case, strategy, seed)
+
+
+@settings(max_examples=6, deadline=None)
+@given(case=st.sampled_from(VGG_CASES), strategy=st.sampled_from(["append", "interpolate"]))
+def test_roundtrip_vgg(case, strategy):
+    _roundtrip(*case, strategy, 0)
+
+
+@settings(max_examples=4, deadline=None)
+@given(case=st.sampled_from(IMAGENET_CASES), strategy=st.sampled_from(["append", "interpolate"]))
+def test_roundtrip_imagenet_resnet(case, strategy):
+    _roundtrip(*case, strategy, 0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(src=st.integers(2, 12), extra=st.integers(1, 20), strategy=st.sampled_from(["append", "interpolate"]))
+def test_stretch_plans_are_valid_and_use_distinct_blocks(src, extra, strategy):
+    tgt = src + extra
+    (stage,) = plan_mapping((src,), (tgt,), strategy)
+    elastic.check_mapping((stage,), (src,), (tgt,))
+    assert stage[:1] == (0,) and 0 not in stage[1:]
+    counts = [stage.count(i) for i in range(1, src)]
+    assert max(counts) - min(counts) <= 1  # as evenly as possible
+    assert sorted(set(stage)) == list(range(src)) or tgt - 1 < src - 1
+    if strategy == "interpolate":
+        assert list(stage) == sorted(stage)  # in place
+        assert counts == sorted(counts, reverse=True)  # earlier blocks take the extra copies
+
+
+@settings(max_examples=40, deadline=None)
+@given(tgt=st.integers(1, 12), extra=st.integers(1, 20), strategy=st.sampled_from(["keep-first", "spaced"]))
+def test_squeeze_plans_keep_order(tgt, extra, strategy):
+    src = tgt + extra
+    (stage,) = plan_mapping((src,), (tgt,), strategy)
+    elastic.check_mapping((stage,), (src,), (tgt,))
+    assert list(stage) == sorted(set(stage)) and stage[0] == 0
+
+
+# ----- refusals -----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "mapping, message",
+    [
+        ("0:0;1:1;2:2", "left empty"),
+        ("0:0,1;1:2;2:3,4", "block 0"),
+        ("0:0;1:1,2;2:3;5:4", "does not exist"),
+        ("0:0;1:1,2;2:3,4,5", "does not exist"),
+        ("0:0;1:1,2;2:2,3,4", "filled twice"),
+        ("0:0;1:x", "not 'src:dst"),
+        ("0:0;1:1,3;2:2,4|0:0;1:1,3;2:2,4", "stage parts"),
+        ("1:0;0:1,2;2:3,4", "block 0"),
+    ],
+)
+def test_bad_mappings(mapping, message):
+    with pytest.raises(MappingError, match=message):
+        stretch(cached_ticket("resnet20-w4"), "resnet32", mapping=mapping)
+
+
+def test_direction_and_family_refusals():
+    r20 = cached_ticket("resnet20-w4")
+    with pytest.raises(UsageError, match="use elth squeeze"):
+        stretch(r20, "resnet14")
+    with pytest.raises(UsageError, match="use elth stretch"):
+        squeeze(r20, "resnet32")
+    with pytest.raises(UsageError, match="same blocks"):
+        stretch(r20, "resnet20")
+    with pytest.raises(UsageError, match="within their family"):
+        stretch(r20, "vgg19")
+    with pytest.raises(UsageError, match="unknown target"):
+        stretch(r20, "resnet-huge")
+    with pytest.raises(UsageError, match="not both"):
+        stretch(r20, "resnet32", strategy="append", mapping="0:0;1:1,3;2:2,4")
+    with pytest.raises(UsageError, match="strategies are"):
+        stretch(r20, "resnet32", strategy="spaced")
+    with pytest.raises(MappingError, match="only its block 0"):
+        stretch(cached_ticket("resnet8-w4"), "resnet14")
+    with pytest.raises(MappingError, match="only its block 0"):
+        stretch(cached_ticket("vgg11-w4"), "vgg13")
+
+
+def test_mixed_depths_need_a_mapping():
+    src = cached_ticket("imagenet-resnet26")  # 2/3/4/3
+    target = archs.ArchSpec("custom", "imagenet-resnet", (3, 2, 4, 3), 64, "basic")
+    with pytest.raises(UsageError, match="explicit --mapping"):
+        elastic.plan_transform(src.spec, target, "stretch")
+    plan = elastic.plan_transform(src.spec, target, "stretch", mapping="0:0;1:1,2|0:0;1:1|0:0;1:1;2:2;3:3|0:0;1:1;2:2")
+    assert plan.mapping == ((0, 1, 1), (0, 1), (0, 1, 2, 3), (0, 1, 2))
