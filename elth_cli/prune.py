@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import math
+from typing import Iterable
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from elth_cli.errors import UsageError
 
@@ -65,3 +68,188 @@ def random_masks(
         flat[torch.randperm(total, generator=generator)[: round(sparsity * total)]] = False
         return {key: part.view(shapes[key]).clone() for key, part in zip(keys, torch.split(flat, sizes))}
     raise UsageError(f"unknown random distribution {distribution!r}; choose {' or '.join(RANDOM_DISTRIBUTIONS)}")
+
+
+# ----- exact pruning by scores ---------------------------------------------------------------------
+def prune_lowest(
+    scores: dict[str, Tensor], masks: dict[str, Tensor], n_prune: int, exclude: Iterable[str] = ()
+) -> dict[str, Tensor]:
+    """New masks with the ``n_prune`` lowest-scoring surviving weights removed, over all tensors together.
+
+    Only weights that survive in ``masks`` and whose key is not in ``exclude`` compete. The
+    threshold comes from ``torch.kthvalue`` on the device (no full sort, no host copy of the
+    weights); ties at the threshold are broken by position, so exactly ``n_prune`` weights go.
+    """
+    excluded = set(exclude)
+    keys = [k for k in masks if k not in excluded]
+    if n_prune <= 0 or not keys:
+        return {k: m.clone() for k, m in masks.items()}
+    alive = [scores[k][masks[k]].float() for k in keys]
+    flat = torch.cat([a.reshape(-1) for a in alive])
+    if n_prune > flat.numel():
+        raise UsageError(f"cannot prune {n_prune} weights: only {flat.numel()} prunable weights remain")
+    threshold = torch.kthvalue(flat, n_prune).values
+    # Everything strictly below the threshold goes; of the ties, only as many as still needed (in order).
+    below_total = int((flat < threshold).sum())
+    ties_to_prune = n_prune - below_total
+    out = {k: m.clone() for k, m in masks.items()}
+    for key in keys:
+        score = scores[key].float()
+        m = out[key]
+        drop = (score < threshold) & m
+        if ties_to_prune > 0:
+            tie = ((score == threshold) & m).reshape(-1)
+            tie_idx = tie.nonzero().squeeze(1)[:ties_to_prune]
+            ties_to_prune -= int(tie_idx.numel())
+            drop.view(-1)[tie_idx] = True
+        m[drop] = False
+    return out
+
+
+def prune_lowest_per_layer(
+    scores: dict[str, Tensor], masks: dict[str, Tensor], counts: dict[str, int]
+) -> dict[str, Tensor]:
+    """Remove ``counts[key]`` lowest-scoring surviving weights from each tensor separately."""
+    out = {k: m.clone() for k, m in masks.items()}
+    for key, n in counts.items():
+        if n > 0:
+            out[key] = prune_lowest({key: scores[key]}, {key: masks[key]}, n)[key]
+    return out
+
+
+def count_pruned(masks: dict[str, Tensor]) -> tuple[int, int]:
+    """(pruned, total) over all masks."""
+    total = sum(m.numel() for m in masks.values())
+    kept = sum(int(m.sum()) for m in masks.values())
+    return total - kept, total
+
+
+def prune_to_sparsity(
+    scores: dict[str, Tensor], masks: dict[str, Tensor], sparsity: float, exclude: Iterable[str] = ()
+) -> dict[str, Tensor]:
+    """Prune the lowest scores until exactly ``round(sparsity * total)`` prunable weights are pruned."""
+    check_sparsity(sparsity)
+    pruned, total = count_pruned(masks)
+    target = round(sparsity * total)
+    if target < pruned:
+        raise UsageError(
+            f"the starting mask is already at {pruned / total:.4f} sparsity, above the requested {sparsity}; "
+            "start from a denser ticket"
+        )
+    excluded = set(exclude)
+    available = sum(int(m.sum()) for k, m in masks.items() if k not in excluded)
+    if target - pruned > available:
+        reachable = (pruned + available) / total
+        raise UsageError(
+            f"sparsity {sparsity} is impossible with {', '.join(sorted(excluded)) or 'nothing'} kept dense: "
+            f"at most {reachable:.4f} is reachable; lower --sparsity or change --exclude"
+        )
+    return prune_lowest(scores, masks, target - pruned, excluded)
+
+
+# ----- scores: higher = more important ------------------------------------------------------------
+def magnitude_scores(state: dict[str, Tensor], keys: Iterable[str]) -> dict[str, Tensor]:
+    """|w|: IMP's and one-shot magnitude pruning's criterion."""
+    return {k: state[k].detach().abs() for k in keys}
+
+
+def _masked_params(model: nn.Module, keys: Iterable[str]) -> dict[str, nn.Parameter]:
+    params = dict(model.named_parameters())
+    return {k: params[k] for k in keys}
+
+
+def _batches(bundle, n_batches: int, batch_size: int, seed: int):
+    """A few unaugmented, shuffled training batches (the same ones for a given seed)."""
+    steps = min(n_batches, bundle.steps_per_epoch(batch_size))
+    it = bundle.train_batches(batch_size, epoch=0, seed=seed, augment=False)
+    for _ in range(steps):
+        yield next(it)
+
+
+def snip_scores(model: nn.Module, keys: list[str], bundle, n_batches: int = 10, batch_size: int = 128,
+                seed: int = 0) -> dict[str, Tensor]:
+    """SNIP (Lee et al. 2019): |g * w|, with g the loss gradient summed over a few batches."""
+    params = _masked_params(model, keys)
+    model.zero_grad(set_to_none=True)
+    model.train()
+    for x, y in _batches(bundle, n_batches, batch_size, seed):
+        F.cross_entropy(model(x), y).backward()
+    return {k: (p.grad * p).detach().abs() for k, p in params.items()}
+
+
+def grasp_scores(model: nn.Module, keys: list[str], bundle, n_batches: int = 10, batch_size: int = 128,
+                 seed: int = 0, temperature: float = 200.0) -> dict[str, Tensor]:
+    """GraSP (Wang et al. 2020), the original sign convention.
+
+    GraSP removes the weights with the *largest* S(-w) = -w * Hg (removing them reduces gradient
+    flow least). elth prunes the lowest scores, so the score returned is -S(-w) = w * Hg. (The
+    E-LTH reference code instead keeps the largest |Hg * w|, which differs from the paper.)
+    """
+    params = _masked_params(model, keys)
+    weights = list(params.values())
+    model.train()
+    batches = list(_batches(bundle, n_batches, batch_size, seed))
+    grad_w = [torch.zeros_like(w) for w in weights]
+    for x, y in batches:
+        loss = F.cross_entropy(model(x) / temperature, y)
+        for acc, g in zip(grad_w, torch.autograd.grad(loss, weights)):
+            acc += g
+    model.zero_grad(set_to_none=True)
+    for x, y in batches:
+        loss = F.cross_entropy(model(x) / temperature, y)
+        grads = torch.autograd.grad(loss, weights, create_graph=True)
+        z = sum((g * gw.detach()).sum() for g, gw in zip(grads, grad_w))
+        z.backward()  # accumulates Hg into .grad
+    return {k: (p.grad * p).detach() for k, p in params.items()}
+
+
+@torch.no_grad()
+def _linearise(model: nn.Module) -> dict[str, Tensor]:
+    signs = {}
+    for name, t in model.state_dict().items():
+        if t.is_floating_point():
+            signs[name] = torch.sign(t)
+            t.abs_()
+    return signs
+
+
+@torch.no_grad()
+def _restore_signs(model: nn.Module, signs: dict[str, Tensor]) -> None:
+    for name, t in model.state_dict().items():
+        if name in signs:
+            t.mul_(signs[name])
+
+
+def synflow_masks(
+    model: nn.Module, masks: dict[str, Tensor], sparsity: float, input_shape: tuple[int, int, int],
+    iterations: int = 100, exclude: Iterable[str] = (),
+) -> dict[str, Tensor]:
+    """SynFlow (Tanaka et al. 2020): iterative, data-free pruning to exactly ``sparsity``.
+
+    Each of ``iterations`` rounds scores |w * dR/dw| with R = sum(f(1)) of the network with all
+    parameters replaced by their absolute values (BatchNorm in eval mode, float64 to avoid
+    overflow in deep networks), then prunes to the exponentially scheduled density
+    d_k = d^(k/iterations). No data is read: the input is a tensor of ones of ``input_shape``.
+    """
+    check_sparsity(sparsity)
+    if iterations < 1:
+        raise UsageError("synflow needs at least one iteration")
+    work = copy.deepcopy(model).double().eval()
+    _linearise(work)
+    params = _masked_params(work, list(masks))
+    current = {k: m.clone() for k, m in masks.items()}
+    pruned0, total = count_pruned(masks)
+    ones = torch.ones((1, *input_shape), dtype=torch.float64, device=next(work.parameters()).device)
+    for k in range(1, iterations + 1):
+        with torch.no_grad():
+            for key, p in params.items():
+                p.mul_(current[key].to(p.dtype))
+        work.zero_grad(set_to_none=True)
+        work(ones).sum().backward()
+        scores = {key: (p.grad * p).detach().abs() for key, p in params.items()}
+        # Exponential schedule from the starting density to the target one.
+        density0 = 1 - pruned0 / total
+        density_k = density0 * ((1 - sparsity) / density0) ** (k / iterations)
+        step_sparsity = sparsity if k == iterations else 1 - density_k
+        current = prune_to_sparsity(scores, current, max(step_sparsity, count_pruned(current)[0] / total), exclude)
+    return current
