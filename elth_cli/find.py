@@ -1,23 +1,29 @@
-"""Finding tickets: random tickets now; iterative magnitude pruning builds on the same pieces."""
+"""Finding tickets: iterative magnitude pruning with rewinding, one-shot baselines, random tickets."""
 
 from __future__ import annotations
 
+import json
+import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
 from elth_cli import archs, data
 from elth_cli.data import check_compatible
-from elth_cli.errors import UsageError
+from elth_cli.errors import ElthError, UsageError
+from elth_cli.fileio import write_bytes_atomic
 from elth_cli.prune import (
-    RANDOM_DISTRIBUTIONS, allocate_counts, check_sparsity, count_pruned, grasp_scores, magnitude_scores,
+    RANDOM_DISTRIBUTIONS, allocate_counts, check_sparsity, grasp_scores, magnitude_scores, prune_lowest,
     prune_lowest_per_layer, prune_to_sparsity, random_masks, snip_scores, synflow_masks,
 )
 from elth_cli.ticket import Ticket, apply_masks
+from elth_cli.train import TrainConfig, parse_steps, remove_checkpoint, train_state
 
-FIND_METHODS = ("random",)
+FIND_METHODS = ("imp", "random", "magnitude", "snip", "grasp", "synflow")
 
 
 def random_ticket(
@@ -189,3 +195,265 @@ def _uniform_layer_targets(masks: dict[str, Tensor], sparsity: float, exclude: t
     out = {k: 0 for k in masks}
     out.update(dict(zip(keys, counts)))
     return out
+
+
+# ----- iterative magnitude pruning with rewinding ---------------------------------------------------
+@dataclass(frozen=True)
+class ImpOptions:
+    """What an IMP run does, apart from the training recipe (a TrainConfig)."""
+
+    arch: str
+    dataset: str
+    rounds: int | None = None
+    sparsity: float | None = None
+    prune_rate: float = 0.2
+    rewind: str = "0it"
+    exclude: tuple[str, ...] | None = None  # None: the family's default (fc for VGG)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["exclude"] = None if self.exclude is None else list(self.exclude)
+        return d
+
+
+@dataclass
+class RoundRecord:
+    """One finished IMP round, as find.jsonl and the summary table show it."""
+
+    round: int
+    sparsity: float
+    test_acc: float
+    best_test_acc: float
+    test_loss: float
+    steps: int
+    seconds: float
+    path: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def imp_sparsities(rounds: int, prune_rate: float) -> list[float]:
+    """Nominal sparsity after each round r = 0..rounds: 1 - (1 - p)^r."""
+    return [1 - (1 - prune_rate) ** r for r in range(rounds + 1)]
+
+
+def rounds_for_sparsity(sparsity: float, prune_rate: float) -> int:
+    """Fewest rounds at ``prune_rate`` whose nominal sparsity reaches ``sparsity`` (the last round prunes to it exactly)."""
+    if sparsity <= 0:
+        return 0
+    return max(1, math.ceil(math.log(1 - sparsity) / math.log(1 - prune_rate) - 1e-9))
+
+
+def round_path(out_dir: Path, r: int) -> Path:
+    return out_dir / f"round-{r:02d}.safetensors"
+
+
+def _check_imp_options(opts: ImpOptions) -> int:
+    if not 0 < opts.prune_rate < 1:
+        raise UsageError(f"--prune-rate must be in (0, 1) (the fraction of remaining weights pruned per round), got {opts.prune_rate}")
+    if (opts.rounds is None) == (opts.sparsity is None):
+        raise UsageError("give exactly one of --rounds and --sparsity")
+    if opts.rounds is not None:
+        if opts.rounds < 0 or opts.rounds > 100:
+            raise UsageError(f"--rounds must be between 0 and 100, got {opts.rounds}")
+        return opts.rounds
+    check_sparsity(opts.sparsity)
+    return rounds_for_sparsity(opts.sparsity, opts.prune_rate)
+
+
+RUN_FILE = "find.json"
+LOG_FILE = "find.jsonl"
+
+
+def _run_identity(opts: ImpOptions, cfg: TrainConfig) -> dict[str, Any]:
+    return {"method": "imp", "imp": opts.as_dict(), "train": cfg.as_dict()}
+
+
+def _check_run_dir(out_dir: Path, identity: dict[str, Any]) -> None:
+    """Refuse an existing run folder made with other arguments; record the identity of a new one."""
+    run_file = out_dir / RUN_FILE
+    if run_file.exists():
+        try:
+            saved = json.loads(run_file.read_text())
+        except (OSError, json.JSONDecodeError):
+            raise ElthError(f"{run_file} is unreadable; move the folder away or pick another --out-dir") from None
+        diffs = _differences(saved, identity)
+        if diffs:
+            raise UsageError(
+                f"{out_dir} holds an IMP run made with other arguments ({'; '.join(diffs)}); "
+                "re-run with the original arguments to resume, or choose another --out-dir"
+            )
+        return
+    if out_dir.exists() and any(p.name.startswith("round-") for p in out_dir.iterdir()):
+        raise UsageError(f"{out_dir} holds round files but no {RUN_FILE}; choose an empty --out-dir")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(run_file, (json.dumps(identity, indent=2, sort_keys=True) + "\n").encode())
+
+
+def _differences(saved: Any, wanted: Any, prefix: str = "") -> list[str]:
+    if isinstance(saved, dict) and isinstance(wanted, dict):
+        out = []
+        for key in sorted(set(saved) | set(wanted)):
+            out += _differences(saved.get(key), wanted.get(key), f"{prefix}{key}.")
+        return out
+    if saved != wanted:
+        return [f"{prefix.rstrip('.')}: was {saved!r}, now {wanted!r}"]
+    return []
+
+
+def _imp_masks(prev: Ticket, n_round: int, last: int, opts: ImpOptions, exclude: tuple[str, ...]) -> dict[str, Tensor]:
+    """Round ``n_round``'s mask: prune ``prune_rate`` of the surviving weights by |trained weight| of the previous round."""
+    assert prev.trained is not None
+    scores = magnitude_scores(prev.trained, prev.masks)
+    if opts.sparsity is not None and n_round == last:
+        return prune_to_sparsity(scores, prev.masks, opts.sparsity, exclude)
+    remaining = sum(int(m.sum()) for k, m in prev.masks.items() if k not in exclude)
+    return prune_lowest(scores, prev.masks, round(opts.prune_rate * remaining), exclude)
+
+
+def find_imp(
+    opts: ImpOptions, cfg: TrainConfig, bundle, out_dir: str | Path, log: Any = None,
+    on_round: Callable[[RoundRecord], None] | None = None, handle_signals: bool = True,
+    stop_at: tuple[int, int] | None = None,
+) -> tuple[list[RoundRecord], Ticket]:
+    """Iterative magnitude pruning with rewinding; one ticket per round in ``out_dir``.
+
+    Round 0 trains the dense network from step 0 and keeps the weights at the rewind step.
+    Each later round prunes ``prune_rate`` of the remaining weights by global magnitude of the
+    previous round's trained weights (``exclude`` kept dense), rewinds the survivors to the
+    rewind-step weights and trains again from the rewind step. Re-running with the same
+    arguments skips finished rounds and resumes the current one from its checkpoint.
+    ``stop_at=(round, step)`` stops that round at that step as a signal would (for tests).
+    """
+    last = _check_imp_options(opts)
+    spec = archs.resolve_arch(opts.arch)
+    check_compatible(bundle.info, bundle.info.input_shape, bundle.info.num_classes)
+    exclude = default_exclude(spec) if opts.exclude is None else tuple(opts.exclude)
+    prunable = archs.prunable_keys(spec, bundle.info.input_shape, bundle.info.num_classes)
+    unknown = [k for k in exclude if k not in prunable]
+    if unknown:
+        raise UsageError(f"--exclude {unknown[0]} is not a prunable weight of {spec.name}; prunable: {', '.join(prunable[:4])}, ...")
+    spe = bundle.steps_per_epoch(cfg.batch_size)
+    total = cfg.total_steps(spe)
+    rewind_step = parse_steps(opts.rewind, spe)
+    if rewind_step >= total:
+        raise UsageError(f"--rewind {opts.rewind} ({rewind_step} steps) is not before the end of training ({total} steps)")
+    if opts.sparsity is not None:
+        # Check reachability before any training: the last round must be able to prune that far.
+        dense = archs.expected_state(spec, bundle.info.input_shape, bundle.info.num_classes)
+        sizes = {k: math.prod(dense[k][0]) for k in prunable}
+        reachable = sum(v for k, v in sizes.items() if k not in exclude) / sum(sizes.values())
+        if opts.sparsity > reachable:
+            raise UsageError(f"sparsity {opts.sparsity} is impossible with {', '.join(exclude)} kept dense: at most "
+                             f"{reachable:.4f} is reachable; lower --sparsity or change --exclude")
+    out_dir = Path(out_dir)
+    _check_run_dir(out_dir, _run_identity(opts, cfg))
+    records: list[RoundRecord] = []
+    log_path = out_dir / LOG_FILE
+    done = _read_log(log_path)
+    prev: Ticket | None = None
+    rewind_state: dict[str, Tensor] | None = None
+    cost = {"train_steps": 0, "train_seconds": 0.0, "trainings": 0}
+    for r in range(last + 1):
+        path = round_path(out_dir, r)
+        if path.exists():
+            ticket = Ticket.load(path)
+            record = done.get(r) or _record_from_ticket(r, ticket, path)
+        else:
+            ticket = _run_round(r, last, opts, cfg, bundle, spec, prev, rewind_state, rewind_step, exclude, cost,
+                                out_dir, log, handle_signals, stop_at)
+            ticket.save(path, force=True)
+            remove_checkpoint(_ckpt(out_dir, r))
+            record = _record_from_ticket(r, ticket, path)
+            with open(log_path, "a") as f:
+                f.write(json.dumps(record.as_dict(), sort_keys=True) + "\n")
+        records.append(record)
+        if on_round is not None:
+            on_round(record)
+        if r == 0:
+            rewind_state = dict(ticket.init)
+        cost = {
+            "train_steps": cost["train_steps"] + record.steps,
+            "train_seconds": round(cost["train_seconds"] + record.seconds, 3),
+            "trainings": cost["trainings"] + 1,
+        }
+        prev = ticket
+    assert prev is not None
+    return records, prev
+
+
+def _ckpt(out_dir: Path, r: int) -> Path:
+    return out_dir / f"round-{r:02d}.ckpt"
+
+
+def _read_log(path: Path) -> dict[int, RoundRecord]:
+    out: dict[int, RoundRecord] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                rec = RoundRecord(**json.loads(line))
+            except (json.JSONDecodeError, TypeError):
+                continue  # a line cut by a crash; the round file is the authority
+            out[rec.round] = rec
+    return out
+
+
+def _record_from_ticket(r: int, ticket: Ticket, path: Path) -> RoundRecord:
+    m = ticket.metrics or {}
+    return RoundRecord(r, ticket.sparsity, m.get("test_acc", float("nan")), m.get("best_test_acc", float("nan")),
+                       m.get("test_loss", float("nan")), int(m.get("steps", 0)), float(m.get("wall_time_s", 0.0)),
+                       str(path))
+
+
+def _run_round(
+    r: int, last: int, opts: ImpOptions, cfg: TrainConfig, bundle, spec: archs.ArchSpec, prev: Ticket | None,
+    rewind_state: dict[str, Tensor] | None, rewind_step: int, exclude: tuple[str, ...], cost: dict[str, Any],
+    out_dir: Path, log: Any, handle_signals: bool, stop_at: tuple[int, int] | None,
+) -> Ticket:
+    shape, classes = bundle.info.input_shape, bundle.info.num_classes
+    stop_step = stop_at[1] if stop_at is not None and stop_at[0] == r else None
+    title = f"IMP round {r}/{last} {spec.name}"
+    if r == 0:
+        model = archs.build_model(spec, shape, classes, seed=cfg.seed)
+        init_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        masks = {k: torch.ones(init_state[k].shape, dtype=torch.bool) for k in archs.prunable_keys(spec, shape, classes)}
+        result = train_state(model, masks, bundle, cfg, 0, checkpoint_path=_ckpt(out_dir, r),
+                             snapshot_steps={rewind_step} if rewind_step > 0 else (), log=log,
+                             handle_signals=handle_signals, stop_at_step=stop_step, title=title)
+        rewind = result.snapshots[rewind_step] if rewind_step > 0 else init_state
+        total = result.metrics["total_steps"]
+        # The dense ticket costs the training up to the rewind point (the weights it starts from).
+        fraction = rewind_step / total
+        ticket_cost = {"train_steps": rewind_step, "train_seconds": round(result.metrics["wall_time_s"] * fraction, 3),
+                       "trainings": 0}
+        parents: list[dict[str, Any]] = []
+        start = 0
+    else:
+        assert prev is not None and rewind_state is not None
+        masks = _imp_masks(prev, r, last, opts, exclude)
+        state = apply_masks(rewind_state, masks)
+        result = train_state(state, masks, bundle, cfg, rewind_step, arch=spec, checkpoint_path=_ckpt(out_dir, r),
+                             log=log, handle_signals=handle_signals, stop_at_step=stop_step, title=title)
+        rewind = state
+        ticket_cost = dict(cost)
+        parents = [prev.parent_record()]
+        start = rewind_step
+    metrics = dict(result.metrics)
+    metrics["round"] = r
+    return Ticket(
+        arch=spec.name,
+        input_shape=shape,
+        num_classes=classes,
+        masks=masks,
+        init=apply_masks(rewind, masks),
+        trained=apply_masks(result.state, masks),
+        method="imp",
+        rewind_step=rewind_step,
+        dataset=bundle.info.name,
+        parents=parents,
+        hparams={"imp": opts.as_dict() | {"round": r, "rounds": last, "exclude": list(exclude)},
+                 **cfg.resolved(bundle.steps_per_epoch(cfg.batch_size), start)},
+        metrics=metrics,
+        cost=ticket_cost,
+    )

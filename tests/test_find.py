@@ -1,0 +1,139 @@
+"""IMP with rewinding on digits with a narrow network (a few epochs per round, on the CPU)."""
+
+import json
+
+import pytest
+import torch
+
+from elth_cli import archs, data, train
+from elth_cli.errors import UsageError
+from elth_cli.find import ImpOptions, find_imp, imp_sparsities, round_path, rounds_for_sparsity
+from elth_cli.ticket import Ticket
+from elth_cli.train import TrainingStopped
+
+ARCH = "resnet14-w4"
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return data.load_dataset("digits")
+
+
+def short_config(bundle, epochs=2):
+    spec = archs.resolve_arch(ARCH)
+    return train.default_recipe(spec, bundle.info).replace(epochs=epochs, warmup="1ep", eval_every=0)
+
+
+@pytest.fixture(scope="module")
+def imp_run(tmp_path_factory, digits):
+    out = tmp_path_factory.mktemp("imp")
+    opts = ImpOptions(ARCH, "digits", rounds=3, rewind="10it")
+    records, final = find_imp(opts, short_config(digits), digits, out, handle_signals=False)
+    return out, records, final
+
+
+def test_rounds_and_nominal_sparsities():
+    assert [round(100 * s, 2) for s in imp_sparsities(10, 0.2)][6] == 73.79
+    assert round(100 * imp_sparsities(10, 0.2)[10], 2) == 89.26
+    assert rounds_for_sparsity(0.8926, 0.2) == 10
+    assert rounds_for_sparsity(0.945, 0.2) == 13
+    assert rounds_for_sparsity(0.2, 0.2) == 1
+
+
+def test_masks_nested_and_sparsity_schedule(imp_run):
+    out, records, final = imp_run
+    tickets = [Ticket.load(round_path(out, r)) for r in range(4)]
+    nominal = imp_sparsities(3, 0.2)
+    for r, t in enumerate(tickets):
+        total = sum(m.numel() for m in t.masks.values())
+        assert abs(t.sparsity - nominal[r]) * total <= len(t.masks), (r, t.sparsity)
+        assert records[r].sparsity == t.sparsity
+    for a, b in zip(tickets, tickets[1:]):
+        for k in a.masks:
+            assert not (b.masks[k] & ~a.masks[k]).any(), k  # nested: nothing revived
+    assert final.sparsity == tickets[-1].sparsity
+
+
+def test_surviving_init_equals_rewind_weights_and_pruned_are_zero(imp_run):
+    out, _, _ = imp_run
+    dense = Ticket.load(round_path(out, 0))
+    assert all(m.all() for m in dense.masks.values())
+    assert dense.rewind_step == 10
+    for r in range(1, 4):
+        t = Ticket.load(round_path(out, r))
+        assert t.rewind_step == 10
+        for k, v in t.init.items():
+            if k in t.masks:
+                assert torch.equal(v[t.masks[k]], dense.init[k][t.masks[k]]), k
+                assert (v[~t.masks[k]] == 0).all()
+                assert (t.trained[k][~t.masks[k]] == 0).all()
+            else:
+                assert torch.equal(v, dense.init[k]), k
+        assert t.parents[0]["sha256"] == Ticket.load(round_path(out, r - 1)).sha256
+        assert t.cost["trainings"] == r
+
+
+def test_rewind_weights_differ_from_initialisation(imp_run):
+    out, _, _ = imp_run
+    dense = Ticket.load(round_path(out, 0))
+    fresh = archs.build_model(archs.resolve_arch(ARCH), (1, 8, 8), 10, seed=0).state_dict()
+    assert not torch.equal(fresh["conv.weight"], dense.init["conv.weight"])  # 10 steps of training happened
+
+
+def test_log_and_run_file(imp_run):
+    out, records, _ = imp_run
+    lines = [json.loads(line) for line in (out / "find.jsonl").read_text().splitlines()]
+    assert [line["round"] for line in lines] == [0, 1, 2, 3]
+    assert json.loads((out / "find.json").read_text())["imp"]["rounds"] == 3
+    assert not list(out.glob("*.ckpt"))
+
+
+def test_changed_arguments_refused(imp_run, digits):
+    out, _, _ = imp_run
+    opts = ImpOptions(ARCH, "digits", rounds=3, rewind="20it")
+    with pytest.raises(UsageError, match="rewind"):
+        find_imp(opts, short_config(digits), digits, out, handle_signals=False)
+    with pytest.raises(UsageError, match="lr"):
+        find_imp(ImpOptions(ARCH, "digits", rounds=3, rewind="10it"), short_config(digits).replace(lr=0.01), digits, out,
+                 handle_signals=False)
+
+
+def test_sparsity_target_is_exact(tmp_path, digits):
+    opts = ImpOptions(ARCH, "digits", sparsity=0.3, rewind="0")
+    records, final = find_imp(opts, short_config(digits, epochs=1), digits, tmp_path, handle_signals=False)
+    assert len(records) == 3  # 20 %, then the last round prunes to exactly 30 %
+    total = sum(m.numel() for m in final.masks.values())
+    assert round(final.sparsity * total) == round(0.3 * total)
+
+
+def test_killed_mid_round_resumes_to_the_same_tickets(tmp_path, digits):
+    opts = ImpOptions(ARCH, "digits", rounds=2, rewind="5it")
+    cfg = short_config(digits)
+    ref_dir, cut_dir = tmp_path / "ref", tmp_path / "cut"
+    _, ref = find_imp(opts, cfg, digits, ref_dir, handle_signals=False)
+    with pytest.raises(TrainingStopped):
+        find_imp(opts, cfg, digits, cut_dir, handle_signals=False, stop_at=(1, 30))
+    assert round_path(cut_dir, 0).exists() and not round_path(cut_dir, 1).exists()
+    assert (cut_dir / "round-01.ckpt").exists()
+    _, resumed = find_imp(opts, cfg, digits, cut_dir, handle_signals=False)
+    for r in range(3):
+        a, b = Ticket.load(round_path(ref_dir, r)), Ticket.load(round_path(cut_dir, r))
+        for name in ("masks", "init", "trained"):
+            sa, sb = getattr(a, name), getattr(b, name)
+            assert all(torch.equal(sa[k], sb[k]) for k in sa), (r, name)
+        assert a.metrics["test_acc"] == b.metrics["test_acc"]
+
+
+def test_bad_options(tmp_path, digits):
+    cfg = short_config(digits)
+    with pytest.raises(UsageError, match="exactly one"):
+        find_imp(ImpOptions(ARCH, "digits"), cfg, digits, tmp_path / "a")
+    with pytest.raises(UsageError, match="prune-rate"):
+        find_imp(ImpOptions(ARCH, "digits", rounds=1, prune_rate=1.5), cfg, digits, tmp_path / "b")
+    with pytest.raises(UsageError, match="not before the end"):
+        find_imp(ImpOptions(ARCH, "digits", rounds=1, rewind="50ep"), cfg, digits, tmp_path / "c")
+    with pytest.raises(UsageError, match="impossible"):
+        find_imp(ImpOptions("vgg11-w4", "digits", sparsity=0.999), cfg, digits, tmp_path / "d")
+    with pytest.raises(UsageError, match="not a prunable"):
+        find_imp(ImpOptions(ARCH, "digits", rounds=1, exclude=("fc.bias",)), cfg, digits, tmp_path / "e")
+    assert not any((tmp_path / n).exists() for n in "abcde")
