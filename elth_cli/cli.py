@@ -259,6 +259,381 @@ def find(
                     f"seed {seed} -> {output if output != STDIO else 'stdout'}")
 
 
+# ----- compare ------------------------------------------------------------------------------------
+def _print_compare(doc: dict) -> None:
+    """The text form of ``elth compare``: tickets, mask overlap, aligned profile, interpolation."""
+    con = stdout_console()
+    letter = lambda i: chr(65 + i) if i < 26 else str(i)  # noqa: E731 - tickets are A, B, C... in every table
+    rows = []
+    for i, t in enumerate(doc["tickets"]):
+        parents = ", ".join(f"{(p['sha256'] or '?')[:12]} {p['arch']}" for p in t["parents"]) or "-"
+        cost = t["cost"]
+        cost_text = "-" if all(cost.get(k) is None for k in ("train_steps", "train_seconds", "trainings")) else (
+            f"{fmt_int(cost.get('train_steps') or 0)} steps, {float(cost.get('train_seconds') or 0):.0f} s, "
+            f"{cost.get('trainings') or 0} trainings")
+        loss = "-" if t["test_loss"] is None else f"{t['test_loss']:.4f}"
+        rows.append((letter(i), t["name"], t["arch"], fmt_pct(t["sparsity"]), t["method"],
+                     t["rewind_step"], parents, "yes" if t["trained"] else "no", fmt_pct(t["test_acc"]), loss, cost_text))
+    con.print(make_table(["", "ticket", "arch", "sparsity", "method", "rewind", "parents (sha256 arch)", "trained",
+                          "test acc", "test loss", "cost to obtain"], rows, title="tickets",
+                         right=["sparsity", "rewind", "test acc", "test loss"]))
+    if len(doc["tickets"]) == 2 and doc["pairs"]:
+        pair = doc["pairs"][0]
+        lrows = [(l["key"], fmt_int(l["weights"]), fmt_pct(l["sparsity_a"]), fmt_pct(l["sparsity_b"]),
+                  f"{l['jaccard']:.4f}", f"{l['expected_random_jaccard']:.4f}", fmt_int(l["hamming"]))
+                 for l in pair["layers"]]
+        con.print(make_table(["layer", "weights", "sparsity A", "sparsity B", "jaccard", "random", "hamming"], lrows,
+                             title="per layer (random: expected jaccard of independent random masks, same densities)",
+                             right=["weights", "sparsity A", "sparsity B", "jaccard", "random", "hamming"]))
+    if doc["pairs"]:
+        prows = [(f"{letter(p['a'])}-{letter(p['b'])}", f"{p['jaccard']:.4f}", f"{p['expected_random_jaccard']:.4f}",
+                  "-" if p["jaccard_over_random"] is None else f"{p['jaccard_over_random']:.2f}x",
+                  fmt_int(p["hamming"]), fmt_pct(p["hamming_fraction"])) for p in doc["pairs"]]
+        con.print(make_table(["pair", "jaccard", "random", "vs random", "hamming", "hamming %"], prows,
+                             title="mask overlap of kept weights (same architecture)",
+                             right=["jaccard", "random", "vs random", "hamming", "hamming %"]))
+    if not doc["same_arch"] or len(doc["tickets"]) > 2:
+        names = [f"{letter(i)} {t['arch']}" for i, t in enumerate(doc["tickets"])]
+        prof = []
+        for r in doc["profile"]:
+            cells = []
+            for s, src in zip(r["sparsity"], r["copied_from"]):
+                cell = "-" if s is None else fmt_pct(s)
+                if src is not None and src != f"s{r['stage']}.b{r['block']}":
+                    cell += f" (<- {src})"
+                cells.append(cell)
+            prof.append((r["label"], *cells))
+        con.print(make_table(["position", *names], prof, title="sparsity by aligned position ('-': no such layer; "
+                             "(<- sX.bY): copied from that source block)", right=names))
+    interp = doc.get("interpolation")
+    if interp:
+        irows = [(f"{p['alpha']:.3f}", fmt_pct(p["accuracy"]), f"{p['loss']:.4f}") for p in interp["points"]]
+        bn = (f"BN statistics recomputed on {interp['bn_batches']} training batches of {interp['bn_batch_size']}"
+              if interp["recompute_bn"] else "BN statistics interpolated")
+        con.print(make_table(["alpha", f"{interp['split']} acc", "loss"], irows, right=["alpha", f"{interp['split']} acc", "loss"],
+                             title=f"linear interpolation A -> B on {interp['dataset']} ({bn})"))
+        con.print(f"error barrier {fmt_pct(interp['error_barrier'])} (max over alpha of the error above the line "
+                  f"between the end points); vs the end points' mean {fmt_pct(interp['error_barrier_vs_mean'])}",
+                  markup=False)
+
+
+@app.command(epilog="Example: elth compare r20.safetensors r32.safetensors --plot profile.png  "
+             "(two trainings of one ticket: elth compare a.safetensors b.safetensors --interpolate --dataset digits)")
+def compare(
+    tickets: Annotated[list[str], typer.Argument(metavar="TICKET...", help="Two or more ticket files of one "
+                       "family ('-' for stdin, once).")],
+    json_out: JsonOpt = False,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG: layer-wise sparsity profiles and, "
+                    "with --interpolate, accuracy against alpha (needs matplotlib: pip install 'elth[plot]').")] = None,
+    interpolate: Annotated[bool, typer.Option("--interpolate", help="Evaluate the straight line between two "
+                           "trained tickets with one mask (needs --dataset).")] = False,
+    dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Data set for --interpolate.")] = None,
+    points: Annotated[int, typer.Option("--points", help="Interpolation points, alpha evenly spaced in [0, 1].")] = 11,
+    recompute_bn: Annotated[bool, typer.Option("--recompute-bn/--no-recompute-bn", help="Recompute BatchNorm "
+                            "statistics at every point (default) or use the interpolated ones.")] = True,
+    bn_batches: Annotated[Optional[int], typer.Option("--bn-batches", help="Training batches for the BatchNorm "
+                          "recompute (default: one whole epoch).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Batch size of the BatchNorm recompute.")] = 128,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N (for --interpolate).")] = "auto",
+    data_dir: DataDirOpt = None,
+    download: Annotated[bool, typer.Option("--download", help="Download the data set if missing.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite the --plot file if it exists.")] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Compare tickets: sparsity, provenance, accuracy and cost; mask overlap (Jaccard against the random
+    expectation, Hamming) for one architecture; the layer-wise profile aligned by stage and block for
+    different depths; with --interpolate, linear mode connectivity of two trainings of one ticket.
+    """
+    from elth_cli import compare as cmp
+
+    if plot is not None:
+        cmp.require_matplotlib()  # before any work: a missing extra must not cost an interpolation
+        check_output_path(plot, force)
+    if len(tickets) < 2:
+        raise UsageError("compare needs at least two tickets")
+    if tickets.count(STDIO) > 1:
+        raise UsageError("only one ticket can come from stdin ('-')")
+    if interpolate and dataset is None:
+        raise UsageError("--interpolate needs --dataset (the data set to evaluate the interpolated weights on)")
+    if dataset is not None and not interpolate:
+        raise UsageError("--dataset is only used with --interpolate")
+    if interpolate and len(tickets) != 2:
+        raise UsageError(f"--interpolate takes exactly two tickets, got {len(tickets)}")
+    log = Log(quiet)
+    names = ["stdin" if p == STDIO else p for p in tickets]
+    loaded = [Ticket.load(p) for p in tickets]
+    doc = cmp.compare_tickets(loaded, names)
+    if interpolate:
+        from elth_cli import data
+        from elth_cli.train import resolve_device
+
+        cmp.check_interpolable(loaded[0], loaded[1], (names[0], names[1]))
+        if points < 2:
+            raise UsageError(f"--points must be at least 2 (the two end points), got {points}")
+        bundle = data.load_dataset(dataset, str(data_dir) if data_dir else None, download, resolve_device(device))
+        log.info(f"interpolating {names[0]} -> {names[1]} on {bundle.info.name}: {points} points"
+                 + (", BatchNorm statistics recomputed at each" if recompute_bn else ""))
+        doc["interpolation"] = cmp.interpolate(
+            loaded[0], loaded[1], bundle, points, recompute_bn=recompute_bn, bn_batches=bn_batches,
+            batch_size=batch_size, names=(names[0], names[1]),
+            progress=lambda a, p: log.info(f"  alpha {a:.3f}: accuracy {fmt_pct(p['accuracy'])}, loss {p['loss']:.4f}"))
+    if plot is not None:
+        cmp.plot_comparison(doc, plot)
+        log.info(f"wrote {plot}")
+    if json_out:
+        print_json(doc)
+    else:
+        _print_compare(doc)
+
+
+# ----- import / export (open_lth run folders) ------------------------------------------------------
+@app.command("import", epilog="Example: elth import ~/open_lth_data/lottery_<hash>/replicate_1/level_10/main "
+             "--arch cifar_resnet_20 --dataset cifar10 --steps-per-epoch 391 -o r20-l10.safetensors")
+def import_cmd(
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="open_lth / ElasticLTH run folder (holds "
+                       "mask.pth and model_ep<E>_it<I>.pth).")],
+    output: OutOpt,
+    arch: Annotated[str, typer.Option("--arch", "-a", help="Architecture, elth's or open_lth's name "
+                    "(resnet20, cifar_resnet_20, cifar_vgg_16).")],
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="Data set the run trained on: fixes input "
+                       "channels and classes (checked against the weights).")] = "cifar10",
+    init_step: Annotated[Optional[str], typer.Option("--init-step", help="Step of the init (rewind) weights: "
+                         "1000it, 2ep218it or a file name (default: the earliest model file).")] = None,
+    trained_step: Annotated[Optional[str], typer.Option("--trained-step", help="Step of the trained weights "
+                            "(default: the latest model file; 'none' imports no trained weights).")] = None,
+    steps_per_epoch: Annotated[Optional[int], typer.Option("--steps-per-epoch", help="Iterations per epoch of the "
+                               "run (needed when a file's epoch is not 0, e.g. 391 for CIFAR-10 at batch 128).")] = None,
+    data_dir: DataDirOpt = None,
+    force: ForceOpt = False,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Import an open_lth / ElasticLTH run folder as a ticket (method 'imported').
+
+    .pth files are read with torch.load(weights_only=True): tensors only, never arbitrary pickled objects.
+    """
+    from elth_cli import interop
+
+    _check_stdout_use(output, json_out)
+    check_output_path(output, force)
+    result = interop.import_run(run_dir, arch, dataset, data_dir=str(data_dir) if data_dir else None,
+                                init_step=init_step, trained_step=trained_step, steps_per_epoch=steps_per_epoch)
+    log = Log(quiet)
+    for w in result.warnings:
+        log.warn(w)
+    sha = result.ticket.save(output, force=force)
+    doc = {"source": str(run_dir), "output": output, "sha256": sha, "init_file": result.init_file,
+           "trained_file": result.trained_file, "dense_keys": result.dense_keys, "zeroed_pruned": result.zeroed,
+           **interop.summary(result.ticket)}
+    if json_out:
+        print_json(doc)
+        return
+    t = result.ticket
+    log.info(f"imported {run_dir}: {t.arch}, sparsity {fmt_pct(t.sparsity)}, rewind step {t.rewind_step} "
+             f"({result.init_file}), " + (f"trained {result.trained_file}" if result.trained_file else "untrained")
+             + (f", dense: {', '.join(result.dense_keys)}" if result.dense_keys else ""))
+    log.info(f"wrote {output if output != STDIO else 'stdout'}")
+
+
+@app.command(epilog="Example: elth export r20-trained.safetensors runs/r20/main  "
+             "(writes mask.pth, model_ep0_it0.pth, model_ep30_it0.pth, sparsity_report.json)")
+def export(
+    ticket_path: Annotated[str, typer.Argument(metavar="TICKET", help="Ticket file ('-' for stdin).")],
+    out_dir: Annotated[Path, typer.Argument(metavar="OUT_DIR", help="Folder to create (open_lth run layout).")],
+    trained_step: Annotated[Optional[str], typer.Option("--trained-step", help="Step to name the trained weights "
+                            "with when the ticket does not record it (160ep, 62560it).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace OUT_DIR if it exists and is not empty.")] = False,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Export a ticket as an open_lth run folder: mask.pth (int 0/1), model_ep<E>_it<I>.pth state dicts
+    (init at the rewind step, trained at the final step) and sparsity_report.json."""
+    from elth_cli import interop
+
+    ticket = Ticket.load(ticket_path)
+    plan = interop.export_ticket(ticket, out_dir, force=force, trained_step=trained_step)
+    doc = {"ticket": ticket_path, "sha256": ticket.sha256, "output": str(out_dir), "files": plan.files,
+           **interop.summary(ticket)}
+    if json_out:
+        print_json(doc)
+        return
+    Log(quiet).info(f"exported {ticket.arch} ({fmt_pct(ticket.sparsity)} sparse) to {out_dir}: {', '.join(plan.files)}")
+
+
+# ----- train / eval -------------------------------------------------------------------------------
+DatasetOpt = Annotated[
+    Optional[str],
+    typer.Option("--dataset", "-d", help="Data set (default: the one the ticket records)."),
+]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu, cuda or cuda:N.")]
+DownloadOpt = Annotated[bool, typer.Option("--download", help="Download the data set when it is missing.")]
+WorkersOpt = Annotated[
+    Optional[int], typer.Option("--workers", help="DataLoader workers for folder data sets (imagenet, imagefolder).")
+]
+
+
+def _dataset_for(ticket: Ticket, dataset: Optional[str]) -> str:
+    name = dataset or ticket.dataset
+    if not name:
+        raise UsageError("the ticket records no data set; pass --dataset")
+    return name
+
+
+@app.command(epilog="Example: elth train r20.safetensors --dataset digits -o r20-trained.safetensors  "
+             "(stopped by SIGTERM/SIGUSR1: exit 75, re-run the same command to resume)")
+def train(
+    ticket_path: Annotated[str, typer.Argument(metavar="TICKET", help="Ticket file ('-' for stdin).")],
+    output: OutOpt,
+    dataset: DatasetOpt = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Epochs of the whole schedule (the run starts "
+                      "at the ticket's rewind step). Recipe: 160 CIFAR, 90 ImageNet, 30 digits.")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Base learning rate.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", help="Global batch size.")] = None,
+    momentum: Annotated[Optional[float], typer.Option("--momentum", help="SGD momentum.")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option("--weight-decay", help="Weight decay (all parameters).")] = None,
+    milestones: Annotated[Optional[str], typer.Option("--milestones", help="Step schedule: steps where the LR is "
+                          "multiplied by --gamma, e.g. 80ep,120ep or 32000it ('none' for no drops).")] = None,
+    gamma: Annotated[Optional[float], typer.Option("--gamma", help="LR factor at each milestone.")] = None,
+    warmup: Annotated[Optional[str], typer.Option("--warmup", help="Linear warm-up length: 5ep, 1000it or 1000.")] = None,
+    schedule: Annotated[Optional[str], typer.Option("--schedule", help="step (milestones) or cosine (to 0).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the data order and augmentation.")] = 0,
+    augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Random crops (and flips where the "
+                       "data set has them).")] = True,
+    eval_every: Annotated[int, typer.Option("--eval-every", help="Test every N epochs (0: only after the last; "
+                          "the last epoch is always tested).")] = 1,
+    device: DeviceOpt = "auto",
+    precision: Annotated[str, typer.Option("--precision", help="auto (bf16 on CUDA that supports it, else fp32), "
+                         "bf16, fp16 (CUDA, with a grad scaler) or fp32.")] = "auto",
+    compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the model (faster on GPUs after a "
+                             "slow first step).")] = False,
+    deterministic: Annotated[bool, typer.Option("--deterministic", help="Deterministic kernels only (slower).")] = False,
+    checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="Checkpoint file (default: OUT.ckpt "
+                          "beside the output; with '-o -' there is none unless given).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Insist on resuming from the checkpoint (an existing "
+                      "checkpoint is resumed even without it).")] = False,
+    restart: Annotated[bool, typer.Option("--restart", help="Ignore an existing checkpoint and start over.")] = False,
+    log_jsonl: Annotated[Optional[Path], typer.Option("--log-jsonl", help="Write one JSON line per epoch here.")] = None,
+    data_dir: DataDirOpt = None,
+    download: DownloadOpt = False,
+    workers: WorkersOpt = None,
+    force: ForceOpt = False,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train a ticket's subnetwork from its init weights at its rewind step; pruned weights stay zero.
+
+    Recipes (the paper's, every value overridable): CIFAR SGD 0.1, batch 128, 160 epochs, x0.1 at 80ep/120ep;
+    ImageNet 0.4, batch 1024, 90 epochs, 5ep warm-up; digits 30 epochs, cosine, 2ep warm-up.
+
+    Step values read 1000it, 2ep or a bare number of iterations.
+
+    A checkpoint is written every epoch and on SIGTERM/SIGUSR1 (exit 75) or Ctrl-C (exit 130): re-run the same
+    command to resume. The output ticket holds the trained weights, the resolved config and the metrics.
+    """
+    from elth_cli import data as data_mod
+    from elth_cli import train as train_mod
+    from elth_cli.report import TrainProgress
+
+    _check_stdout_use(output, json_out)
+    check_output_path(output, force)
+    if resume and restart:
+        raise UsageError("--resume and --restart contradict each other; pass one of them")
+    ckpt = checkpoint if checkpoint is not None else (None if output == STDIO else train_mod.checkpoint_path_for(output))
+    for what, path in (("checkpoint", ckpt), ("--log-jsonl", log_jsonl)):
+        if path is not None and not Path(path).parent.exists():
+            raise UsageError(f"folder {Path(path).parent} of the {what} file does not exist; create it first")
+    if resume and (ckpt is None or not Path(ckpt).exists()):
+        raise UsageError(f"--resume given but there is no checkpoint {ckpt}; drop --resume to start a new run")
+    ticket = Ticket.load(ticket_path)
+    info = data_mod.get_dataset_info(_dataset_for(ticket, dataset), str(data_dir) if data_dir else None)
+    data_mod.check_compatible(info, ticket.input_shape, ticket.num_classes)
+    dev = train_mod.resolve_device(device)
+    cfg = train_mod.config_from_options(
+        ticket.spec, info, epochs=epochs, lr=lr, batch_size=batch_size, momentum=momentum,
+        weight_decay=weight_decay, milestones=milestones, gamma=gamma, warmup=warmup, schedule=schedule,
+        seed=seed, augment=augment, eval_every=eval_every, device=str(dev),
+        precision=train_mod.resolve_precision(precision, dev), compile=compile_model, deterministic=deterministic,
+    )
+    bundle = data_mod.load_dataset(info.name, str(data_dir) if data_dir else None, download=download, device=dev,
+                                   num_workers=workers)
+    try:
+        trained = train_mod.train_ticket(
+            ticket, bundle, cfg, checkpoint_path=ckpt, resume="require" if resume else "never" if restart else "auto",
+            log=TrainProgress(quiet), jsonl_path=log_jsonl,
+        )
+    except train_mod.TrainingStopped as e:
+        print(f"elth train: {e}", file=sys.stderr)
+        raise typer.Exit(e.exit_code) from None
+    sha = trained.save(output, force=force)
+    train_mod.remove_checkpoint(ckpt)
+    if json_out:
+        print_json(train_mod.train_summary(trained, output, sha))
+        return
+    m = trained.metrics or {}
+    ips = m.get("images_per_s")
+    Log(quiet).info(
+        f"trained {trained.arch} on {info.name}: test accuracy {fmt_pct(m.get('test_acc'))} "
+        f"(best {fmt_pct(m.get('best_test_acc'))}), {fmt_int(m.get('steps', 0))} steps in {m.get('wall_time_s', 0):.1f} s"
+        f"{f', {ips:,.0f} img/s' if ips else ''} ({cfg.precision} on {m.get('device')}) "
+        f"-> {output if output != STDIO else 'stdout'}"
+    )
+
+
+@app.command("eval", epilog="Example: elth eval r20-trained.safetensors --json  "
+             "(reproduces the final test accuracy that elth train recorded)")
+def eval_cmd(
+    ticket_path: Annotated[str, typer.Argument(metavar="TICKET", help="Ticket file ('-' for stdin).")],
+    dataset: DatasetOpt = None,
+    split: Annotated[str, typer.Option("--split", help="test or train (unaugmented).")] = "test",
+    weights: Annotated[str, typer.Option("--weights", help="trained, or init (the weights at the rewind step).")] = "trained",
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", help="Batch size (default: the one "
+                          "training evaluated with).")] = None,
+    device: DeviceOpt = "auto",
+    precision: Annotated[str, typer.Option("--precision", help="auto (the training precision on the same kind of "
+                         "device, else bf16 on CUDA / fp32 on CPU), bf16, fp16 or fp32.")] = "auto",
+    data_dir: DataDirOpt = None,
+    download: DownloadOpt = False,
+    workers: WorkersOpt = None,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Evaluate a ticket: top-1 accuracy (top-5 with more than 10 classes) and mean loss, BN in eval mode."""
+    from elth_cli import data as data_mod
+    from elth_cli import train as train_mod
+
+    if split not in ("test", "train"):
+        raise UsageError(f"unknown split {split!r}; choose test or train")
+    ticket = Ticket.load(ticket_path)
+    ticket.state(weights)  # an untrained ticket with --weights trained fails here, before any data is read
+    info = data_mod.get_dataset_info(_dataset_for(ticket, dataset), str(data_dir) if data_dir else None)
+    data_mod.check_compatible(info, ticket.input_shape, ticket.num_classes)
+    dev = train_mod.resolve_device(device)
+    recorded = ticket.hparams or {}
+    if precision == "auto" and weights == "trained" and str(recorded.get("device", "")).split(":")[0] == dev.type:
+        precision = str(recorded.get("precision", "auto"))
+    prec = train_mod.resolve_precision(precision, dev)
+    if batch_size is None:
+        batch_size = int(recorded.get("eval_batch_size") or (1000 if info.in_memory else 250))
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+    bundle = data_mod.load_dataset(info.name, str(data_dir) if data_dir else None, download=download, device=dev,
+                                   num_workers=workers)
+    model = train_mod.prepare_model(ticket.build_model(weights), dev)
+    result = train_mod.evaluate(model, bundle, split, batch_size, prec)
+    doc = {"ticket": ticket_path, "sha256": ticket.sha256, "arch": ticket.arch, "dataset": info.name,
+           "weights": weights, "device": train_mod.device_name(dev), "precision": prec, "batch_size": batch_size,
+           **result}
+    if json_out:
+        print_json(doc)
+        return
+    if quiet:
+        return
+    top5 = f", top-5 {fmt_pct(result['top5'])}" if "top5" in result else ""
+    stdout_console().print(
+        f"{ticket.arch} ({weights} weights) on {info.name} {split}: accuracy {fmt_pct(result['accuracy'])}{top5}, "
+        f"loss {result['loss']:.4f} ({fmt_int(result['examples'])} images, {prec} on {doc['device']})", markup=False)
+
+
 # ----- entry point --------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI: user errors become one line on stderr and a non-zero exit status, never a traceback."""

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from typing import Any, Iterable, Sequence
 
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 
@@ -71,3 +73,74 @@ def fmt_pct(x: float | None, digits: int = 2) -> str:
 
 def fmt_int(n: int) -> str:
     return f"{n:,}"
+
+
+class TrainProgress:
+    """Training progress on stderr: a live rich bar on a terminal, one plain line per epoch elsewhere.
+
+    SLURM logs and pipes get the plain lines only, so they stay readable; ``quiet`` prints nothing.
+    Live loss/accuracy on the bar are read from the device at most once per ``refresh_s`` seconds
+    (each read is a host-device sync).
+    """
+
+    def __init__(self, quiet: bool = False, stream=None, refresh_s: float = 1.0) -> None:
+        self.quiet = quiet
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = self.stream.isatty()
+        self.console = _console(self.stream)
+        self.refresh_s = refresh_s
+        self._progress = None
+        self._task = None
+        self._last_read = 0.0
+        self._start_step = 0
+        self._t0 = 0.0
+        self._batch = 0
+
+    def start(self, title: str, step: int, total: int, steps_per_epoch: int, batch_size: int) -> None:
+        if self.quiet:
+            return
+        self._start_step, self._batch, self._t0 = step, batch_size, time.perf_counter()
+        where = f"from step {step}" + (" (resumed)" if step else "")
+        self.console.print(f"{title}: {total} steps ({total // steps_per_epoch} epochs of {steps_per_epoch}), "
+                           f"batch {batch_size}, {where}", markup=False)
+        if not self.tty:
+            return
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"), TextColumn("ETA"), TimeRemainingColumn(),
+            console=self.console, transient=True,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task("train", total=total, completed=step, stats="")
+
+    def step(self, step: int, live) -> None:
+        if self._progress is None:
+            return
+        now = time.perf_counter()
+        fields = {}
+        if now - self._last_read >= self.refresh_s:
+            self._last_read = now
+            loss, acc = live()
+            ips = (step - self._start_step) * self._batch / max(now - self._t0, 1e-9)
+            fields["stats"] = f"loss {loss:.4f} acc {fmt_pct(acc)} {ips:,.0f} img/s"
+        self._progress.update(self._task, completed=step, **fields)
+
+    def epoch(self, record: dict[str, Any], epochs: int, total: int) -> None:
+        if self.quiet:
+            return
+        self.console.print(format_epoch(record, epochs, total), markup=False)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+def format_epoch(record: dict[str, Any], epochs: int, total: int) -> str:
+    """One plain line per epoch: what SLURM logs show."""
+    test = (f"test loss {record['test_loss']:.4f} acc {fmt_pct(record['test_acc'])}"
+            if record.get("test_acc") is not None else "test -")
+    ips = record.get("images_per_s")
+    return (f"epoch {record['epoch']}/{epochs} step {record['step']}/{total} lr {record['lr']:.4g} "
+            f"train loss {record['train_loss']:.4f} acc {fmt_pct(record['train_acc'])} {test} "
+            f"{'-' if ips is None else f'{ips:,.0f}'} img/s {record['seconds']:.1f} s")

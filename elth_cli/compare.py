@@ -1,0 +1,523 @@
+"""Comparing tickets: provenance and cost side by side, mask overlap, aligned sparsity profiles, interpolation.
+
+* :func:`compare_tickets` builds the ``elth compare --json`` document (docs/compare.md is its
+  specification): one row per ticket, mask overlap for every pair of the same architecture
+  (Jaccard next to what two independent random masks of the same per-layer densities would give,
+  and the Hamming distance), and the layer-wise sparsity profile aligned by stage and block
+  position, so a stretched ticket can be read against its source.
+* :func:`interpolate` evaluates the straight line between two trained tickets with one mask
+  (linear mode connectivity, Frankle et al. 2020; section 4 of the E-LTH paper), BatchNorm
+  statistics recomputed at every point by default, and reports the error barrier.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from elth_cli import archs
+from elth_cli.data import DataBundle, check_compatible
+from elth_cli.errors import ElthError, UsageError
+from elth_cli.fileio import atomic_path
+from elth_cli.ticket import Ticket, apply_masks
+
+SCHEMA = "elth.compare"
+SCHEMA_VERSION = 1
+PLOT_MISSING = "--plot needs matplotlib: pip install 'elth[plot]'"
+
+# Metric names, most specific first: train.py records test_acc/test_loss (of the final step);
+# the others are what hand-written or older tickets use.
+ACCURACY_KEYS = ("test_acc", "final_test_acc", "test_accuracy", "accuracy")
+LOSS_KEYS = ("test_loss", "final_test_loss", "loss")
+COST_KEYS = ("train_steps", "train_seconds", "trainings")
+
+
+# ----- masks: overlap and distance ----------------------------------------------------------------
+def _as_masks(masks: Mapping[str, Tensor] | Tensor) -> dict[str, Tensor]:
+    return {"": masks} if isinstance(masks, Tensor) else dict(masks)
+
+
+def _check_same_layout(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> None:
+    if set(a) != set(b):
+        only = sorted(set(a) ^ set(b))[0]
+        raise UsageError(f"the masks cover different weights ({only!r} is in one only); compare masks of one architecture")
+    for key in a:
+        if a[key].shape != b[key].shape:
+            raise UsageError(f"mask {key!r} has shape {list(a[key].shape)} in one ticket and {list(b[key].shape)} "
+                             "in the other; compare masks of one architecture")
+
+
+def _counts(a: Tensor, b: Tensor) -> tuple[int, int, int, int, int]:
+    """(weights, kept in a, kept in b, kept in both, kept in either) of one layer."""
+    a, b = a.bool(), b.bool()
+    return a.numel(), int(a.sum()), int(b.sum()), int((a & b).sum()), int((a | b).sum())
+
+
+def jaccard(a_masks: Mapping[str, Tensor] | Tensor, b_masks: Mapping[str, Tensor] | Tensor) -> float:
+    """|A∩B| / |A∪B| of the kept weights of two masks (all layers pooled); 1.0 when both keep nothing."""
+    a, b = _as_masks(a_masks), _as_masks(b_masks)
+    _check_same_layout(a, b)
+    inter = union = 0
+    for key in a:
+        _, _, _, i, u = _counts(a[key], b[key])
+        inter += i
+        union += u
+    # Two empty kept sets are the same set: call that full overlap rather than 0/0.
+    return inter / union if union else 1.0
+
+
+def _expected_parts(n: int, kept_a: int, kept_b: int) -> tuple[float, float]:
+    """E|A∩B| and E|A∪B| of one layer for independent random masks with these densities."""
+    p, q = kept_a / n if n else 0.0, kept_b / n if n else 0.0
+    return n * p * q, n * (p + q - p * q)
+
+
+def expected_random_jaccard(a_masks: Mapping[str, Tensor] | Tensor, b_masks: Mapping[str, Tensor] | Tensor) -> float:
+    """The Jaccard index two independent random masks with the same per-layer densities would have.
+
+    Per layer with n weights and densities p, q: E|A∩B| = n p q and E|A∪B| = n (p + q - p q)
+    (both for independent Bernoulli masks and for uniformly random masks with exactly np and nq
+    kept weights, since the overlap is then hypergeometric with mean n p q). The pooled value is
+    sum(E∩) / sum(E∪): a ratio of expectations, which differs from the expected ratio by O(1/n).
+    """
+    a, b = _as_masks(a_masks), _as_masks(b_masks)
+    _check_same_layout(a, b)
+    e_inter = e_union = 0.0
+    for key in a:
+        n, ka, kb, _, _ = _counts(a[key], b[key])
+        i, u = _expected_parts(n, ka, kb)
+        e_inter += i
+        e_union += u
+    return e_inter / e_union if e_union else 1.0
+
+
+def hamming(a: Mapping[str, Tensor] | Tensor, b: Mapping[str, Tensor] | Tensor) -> int:
+    """Number of weights kept by one mask and pruned by the other (masks as tensors or dicts of tensors)."""
+    a_m, b_m = _as_masks(a), _as_masks(b)
+    _check_same_layout(a_m, b_m)
+    return sum(int((a_m[k].bool() ^ b_m[k].bool()).sum()) for k in a_m)
+
+
+def _ratio(x: float, y: float) -> float | None:
+    return x / y if y else None
+
+
+def mask_overlap(a: Ticket, b: Ticket) -> dict[str, Any]:
+    """Overlap of two masks of one architecture, pooled and per layer (the ``pairs`` entry of the JSON)."""
+    _check_same_layout(a.masks, b.masks)
+    layers = []
+    tot = dict(weights=0, kept_a=0, kept_b=0, inter=0, union=0, e_inter=0.0, e_union=0.0)
+    for key in a.masks:
+        n, ka, kb, inter, union = _counts(a.masks[key], b.masks[key])
+        e_inter, e_union = _expected_parts(n, ka, kb)
+        for name, value in zip(tot, (n, ka, kb, inter, union, e_inter, e_union)):
+            tot[name] += value
+        layers.append({
+            "key": key,
+            "weights": n,
+            "sparsity_a": 1 - ka / n if n else 0.0,
+            "sparsity_b": 1 - kb / n if n else 0.0,
+            "intersection": inter,
+            "union": union,
+            "jaccard": inter / union if union else 1.0,
+            "expected_random_jaccard": e_inter / e_union if e_union else 1.0,
+            "hamming": union - inter,
+            "hamming_fraction": (union - inter) / n if n else 0.0,
+        })
+    j = tot["inter"] / tot["union"] if tot["union"] else 1.0
+    ej = tot["e_inter"] / tot["e_union"] if tot["e_union"] else 1.0
+    ham = tot["union"] - tot["inter"]  # |A xor B| = |A∪B| - |A∩B|
+    return {
+        "weights": tot["weights"],
+        "intersection": tot["inter"],
+        "union": tot["union"],
+        "jaccard": j,
+        "expected_random_jaccard": ej,
+        "jaccard_over_random": _ratio(j, ej),
+        "hamming": ham,
+        "hamming_fraction": ham / tot["weights"] if tot["weights"] else 0.0,
+        "identical_masks": ham == 0,
+        "layers": layers,
+    }
+
+
+# ----- per-ticket rows --------------------------------------------------------------------------
+def metric_value(metrics: Mapping[str, Any] | None, keys: tuple[str, ...]) -> float | None:
+    """The first of ``keys`` present in ``metrics`` as a finite number, else None."""
+    for key in keys:
+        value = (metrics or {}).get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+    return None
+
+
+def ticket_row(ticket: Ticket, name: str) -> dict[str, Any]:
+    """What ``compare`` reports about one ticket: identity, sparsity, provenance, metrics and cost."""
+    kept = sum(int(m.sum()) for m in ticket.masks.values())
+    total = sum(m.numel() for m in ticket.masks.values())
+    cost = {key: ticket.cost.get(key) for key in COST_KEYS}
+    cost.update({k: v for k, v in ticket.cost.items() if k not in cost})
+    return {
+        "name": name,
+        "sha256": ticket.sha256,
+        "arch": ticket.arch,
+        "family": ticket.family,
+        "blocks_per_stage": list(ticket.spec.depths),
+        "dataset": ticket.dataset,
+        "input_shape": list(ticket.input_shape),
+        "num_classes": ticket.num_classes,
+        "sparsity": ticket.sparsity,
+        "prunable_weights": total,
+        "kept_weights": kept,
+        "method": ticket.method,
+        "rewind_step": ticket.rewind_step,
+        "trained": ticket.is_trained,
+        "parents": [
+            {"sha256": p.get("sha256"), "arch": p.get("arch"), "method": p.get("method"), "sparsity": p.get("sparsity")}
+            for p in ticket.parents
+        ],
+        "test_acc": metric_value(ticket.metrics, ACCURACY_KEYS),
+        "test_loss": metric_value(ticket.metrics, LOSS_KEYS),
+        "cost": cost,
+    }
+
+
+# ----- aligned sparsity profiles ------------------------------------------------------------------
+@dataclass(frozen=True)
+class Position:
+    """Where a prunable weight sits: the stem, block ``block`` of stage ``stage``, or the head.
+
+    ``param`` is the key inside its block (``conv1.weight``, ``shortcut.0.weight``); for the stem
+    and the head it is the whole key. Tickets of one family at different depths share positions.
+    """
+
+    section: str
+    stage: int | None
+    block: int | None
+    param: str
+
+    @property
+    def label(self) -> str:
+        if self.section == "block":
+            return f"s{self.stage}.b{self.block}.{self.param}"
+        return f"{self.section}.{self.param}"
+
+    @property
+    def block_label(self) -> str | None:
+        return f"s{self.stage}.b{self.block}" if self.section == "block" else None
+
+
+def positions(ticket: Ticket) -> dict[Position, str]:
+    """Every prunable key of a ticket by its aligned position."""
+    layout = archs.block_layout(ticket.spec)
+    out: dict[Position, str] = {}
+    for key in ticket.masks:
+        kind, s, j = layout.locate(key)
+        if kind == "block":
+            out[Position("block", s, j, key[len(layout.stages[s][j]):])] = key
+        else:
+            out[Position(kind, None, None, key)] = key
+    return out
+
+
+def _copied_from(ticket: Ticket, pos: Position) -> str | None:
+    """For a stretched or squeezed ticket: the source block that filled this block (its transform mapping)."""
+    t = ticket.transform or {}
+    mapping = t.get("mapping")
+    if pos.section != "block" or not isinstance(mapping, list) or t.get("target_arch") != ticket.arch:
+        return None
+    try:
+        return f"s{pos.stage}.b{int(mapping[pos.stage][pos.block])}"
+    except (IndexError, TypeError, ValueError):
+        return None
+
+
+def aligned_profile(tickets: list[Ticket]) -> list[dict[str, Any]]:
+    """Layer-wise sparsity of tickets of one family, one row per aligned position (None: no such layer).
+
+    Rows: the stem, then stage by stage each block position up to the deepest ticket's, then the head.
+    """
+    per_ticket = [positions(t) for t in tickets]
+    order: list[Position] = []
+    seen: set[Position] = set()
+    for pos_map in per_ticket:
+        for pos in pos_map:
+            if pos not in seen:
+                seen.add(pos)
+                order.append(pos)
+    # Within a block keep the order the params first appeared in (conv1, conv2, shortcut).
+    first = {pos: i for i, pos in enumerate(order)}
+    section_rank = {"stem": 0, "block": 1, "head": 2}
+    param_rank: dict[str, int] = {}
+    for pos in order:
+        param_rank.setdefault(pos.param, len(param_rank))
+    order.sort(key=lambda p: (section_rank[p.section], p.stage if p.stage is not None else -1,
+                              p.block if p.block is not None else -1,
+                              param_rank[p.param] if p.section == "block" else first[p]))
+    rows = []
+    for pos in order:
+        keys = [pm.get(pos) for pm in per_ticket]
+        weights, sparsity = [], []
+        for t, key in zip(tickets, keys):
+            if key is None:
+                weights.append(None)
+                sparsity.append(None)
+            else:
+                m = t.masks[key]
+                weights.append(m.numel())
+                sparsity.append(1 - int(m.sum()) / m.numel() if m.numel() else 0.0)
+        rows.append({
+            "label": pos.label,
+            "section": pos.section,
+            "stage": pos.stage,
+            "block": pos.block,
+            "param": pos.param,
+            "keys": keys,
+            "weights": weights,
+            "sparsity": sparsity,
+            "copied_from": [_copied_from(t, pos) if key is not None else None for t, key in zip(tickets, keys)],
+        })
+    return rows
+
+
+# ----- the comparison document ---------------------------------------------------------------------
+def check_one_family(tickets: list[Ticket], names: list[str]) -> None:
+    """Refuse tickets of different families: their layers do not correspond."""
+    families = {t.family for t in tickets}
+    if len(families) > 1:
+        parts = ", ".join(f"{n} is {t.arch} ({t.family})" for n, t in zip(names, tickets))
+        raise UsageError(f"tickets of different families cannot be compared layer by layer: {parts}")
+
+
+def comparable_masks(a: Ticket, b: Ticket) -> bool:
+    """Same architecture and identical mask shapes: the masks can be overlaid weight by weight."""
+    return a.spec == b.spec and set(a.masks) == set(b.masks) and all(
+        a.masks[k].shape == b.masks[k].shape for k in a.masks)
+
+
+def compare_tickets(tickets: list[Ticket], names: list[str]) -> dict[str, Any]:
+    """The ``elth compare`` document for two or more tickets of one family (see docs/compare.md)."""
+    if len(tickets) < 2:
+        raise UsageError("compare needs at least two tickets")
+    if len(names) != len(tickets):
+        raise UsageError(f"{len(tickets)} tickets but {len(names)} names")
+    check_one_family(tickets, names)
+    pairs = []
+    for i, j in itertools.combinations(range(len(tickets)), 2):
+        if comparable_masks(tickets[i], tickets[j]):
+            pairs.append({"a": i, "b": j, **mask_overlap(tickets[i], tickets[j])})
+    return {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "family": tickets[0].family,
+        "same_arch": all(comparable_masks(tickets[0], t) for t in tickets[1:]),
+        "tickets": [ticket_row(t, n) for t, n in zip(tickets, names)],
+        "pairs": pairs,
+        "profile": aligned_profile(tickets),
+        "interpolation": None,
+    }
+
+
+# ----- linear interpolation -----------------------------------------------------------------------
+def check_interpolable(a: Ticket, b: Ticket, names: tuple[str, str] = ("A", "B")) -> None:
+    """Refuse what cannot be interpolated: untrained tickets, other architectures or masks."""
+    for t, n in zip((a, b), names):
+        if not t.is_trained:
+            raise UsageError(f"{n} has no trained weights; --interpolate needs two trained tickets (elth train)")
+    if a.spec != b.spec or tuple(a.input_shape) != tuple(b.input_shape) or a.num_classes != b.num_classes:
+        raise UsageError(f"{names[0]} is {a.arch} and {names[1]} is {b.arch} "
+                         f"({a.num_classes} vs {b.num_classes} classes); --interpolate needs one architecture")
+    if not comparable_masks(a, b) or any(not torch.equal(a.masks[k], b.masks[k]) for k in a.masks):
+        n_diff = hamming(a.masks, b.masks) if comparable_masks(a, b) else None
+        what = f" ({n_diff} weights differ)" if n_diff is not None else ""
+        raise UsageError(f"{names[0]} and {names[1]} have different masks{what}; --interpolate needs two trainings of one ticket")
+
+
+def interpolate_state(a: Mapping[str, Tensor], b: Mapping[str, Tensor], alpha: float,
+                      masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """(1 - alpha) a + alpha b for every float tensor (BN buffers too); exact at alpha 0 and 1.
+
+    torch.lerp returns ``a`` bit for bit at weight 0 and ``b`` at weight 1, so the end points are
+    the tickets' own weights. Integer buffers (num_batches_tracked) come from the nearer end.
+    Pruned weights are zero in both ends and stay zero.
+    """
+    out = {}
+    for key, ta in a.items():
+        tb = b[key]
+        if ta.is_floating_point():
+            out[key] = torch.lerp(ta, tb, float(alpha))
+        else:
+            out[key] = (ta if alpha < 0.5 else tb).clone()
+    return apply_masks(out, masks)
+
+
+def _batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+@torch.no_grad()
+def recompute_bn_stats(model: nn.Module, bundle: DataBundle, batches: int | None = None,
+                       batch_size: int = 128, seed: int = 0) -> int:
+    """Replace every BatchNorm's running statistics by their average over training batches.
+
+    Running stats are reset, momentum set to None (a cumulative average, every batch weighted
+    equally), then ``batches`` unaugmented training batches (None: one whole epoch) go forward in
+    train mode without gradients, in the fixed order of epoch 0 of ``seed``: the same batches at
+    every interpolation point. Weights are not touched. Returns the number of batches used.
+    """
+    bns = _batch_norms(model)
+    if not bns:
+        return 0
+    momenta = [m.momentum for m in bns]
+    was_training = model.training
+    used = 0
+    try:
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None
+        model.train()
+        it = bundle.train_batches(batch_size, 0, seed, augment=False)
+        for x, _ in itertools.islice(it, batches):
+            model(x)
+            used += 1
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()
+    finally:
+        for m, momentum in zip(bns, momenta):
+            m.momentum = momentum
+        model.train(was_training)
+    if used == 0:
+        raise ElthError(f"{bundle.info.name} gave no training batch of size {batch_size} to recompute BatchNorm "
+                        "statistics; lower --batch-size")
+    return used
+
+
+def error_barriers(alphas: list[float], errors: list[float]) -> tuple[float, float]:
+    """(barrier against the line between the end errors, barrier against their mean).
+
+    The first is max over alpha of e(alpha) - ((1 - alpha) e(0) + alpha e(1)); the second is
+    Frankle et al.'s (2020) error barrier height, max e(alpha) - (e(0) + e(1)) / 2. Both are
+    taken over the evaluated points only.
+    """
+    e0, e1 = errors[0], errors[-1]
+    linear = max(e - ((1 - a) * e0 + a * e1) for a, e in zip(alphas, errors))
+    mean = max(errors) - (e0 + e1) / 2
+    return linear, mean
+
+
+def interpolate(
+    a: Ticket, b: Ticket, bundle: DataBundle, points: int = 11, *, recompute_bn: bool = True,
+    bn_batches: int | None = None, batch_size: int = 128, eval_batch_size: int = 1000, seed: int = 0,
+    split: str = "test", names: tuple[str, str] = ("A", "B"),
+    progress: Callable[[float, dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Accuracy along the straight line between two trained tickets with one mask.
+
+    ``points`` alphas evenly spaced in [0, 1] (0: ``a``'s trained weights, 1: ``b``'s). With
+    ``recompute_bn`` (the default) each point's BatchNorm statistics are recomputed by
+    :func:`recompute_bn_stats` before evaluation; without it the interpolated running statistics
+    are used as they are, so alpha 0 is exactly ``evaluate`` of ``a``. Evaluation is
+    :func:`elth_cli.train.evaluate` (top-1, BN in eval mode, fp32: reduced precision would blur
+    small barriers) on ``split``. Returns the ``interpolation`` entry of the ``compare`` document.
+    """
+    from elth_cli.train import evaluate, prepare_model  # training code is heavy; only interpolation needs it
+
+    check_interpolable(a, b, names)
+    check_compatible(bundle.info, a.input_shape, a.num_classes)
+    if points < 2:
+        raise UsageError(f"--points must be at least 2 (the two end points), got {points}")
+    if bn_batches is not None and bn_batches < 1:
+        raise UsageError(f"--bn-batches must be at least 1, got {bn_batches}")
+    if batch_size < 1 or eval_batch_size < 1:
+        raise UsageError("batch sizes must be at least 1")
+    alphas = [i / (points - 1) for i in range(points)]
+    model = prepare_model(archs.build_model(a.spec, a.input_shape, a.num_classes), bundle.device)
+    results = []
+    used = 0
+    for alpha in alphas:
+        state = interpolate_state(a.trained, b.trained, alpha, a.masks)
+        model.load_state_dict(state, strict=True)
+        if recompute_bn:
+            used = recompute_bn_stats(model, bundle, bn_batches, batch_size, seed)
+        r = evaluate(model, bundle, split, eval_batch_size)
+        point = {"alpha": alpha, "accuracy": r["accuracy"], "loss": r["loss"], "error": 1 - r["accuracy"]}
+        results.append(point)
+        if progress is not None:
+            progress(alpha, point)
+    barrier, barrier_mean = error_barriers(alphas, [p["error"] for p in results])
+    return {
+        "dataset": bundle.info.name,
+        "split": split,
+        "examples": r["examples"],
+        "points": results,
+        "recompute_bn": recompute_bn,
+        "bn_batches": used if recompute_bn else None,
+        "bn_batch_size": batch_size if recompute_bn else None,
+        "bn_seed": seed if recompute_bn else None,
+        "error_barrier": barrier,
+        "error_barrier_vs_mean": barrier_mean,
+    }
+
+
+# ----- plotting -----------------------------------------------------------------------------------
+def require_matplotlib() -> None:
+    """Fail with a one-line install hint when the optional plotting extra is missing."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise ElthError(PLOT_MISSING, exit_code=1) from None
+
+
+def plot_comparison(doc: dict[str, Any], path: str | Path) -> None:
+    """Sparsity profiles (and, with an interpolation, accuracy against alpha) as a PNG, written atomically."""
+    require_matplotlib()
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed; must precede pyplot
+    import matplotlib.pyplot as plt
+
+    interp = doc.get("interpolation")
+    ncols = 2 if interp else 1
+    fig, axes = plt.subplots(1, ncols, figsize=(7 * ncols + 3, 4.5), squeeze=False)
+    ax = axes[0][0]
+    rows = doc["profile"]
+    xs = list(range(len(rows)))
+    for i, t in enumerate(doc["tickets"]):
+        ys = [r["sparsity"][i] if r["sparsity"][i] is not None else float("nan") for r in rows]
+        # Distinct markers and dashes: a stretched ticket's line lies exactly on its source's.
+        ax.plot(xs, ys, marker="os^Dv"[i % 5], markersize=4 + 2 * ((len(doc["tickets"]) - 1 - i) % 3),
+                linestyle=("-", "--", "-.", ":")[i % 4], alpha=0.85,
+                label=f"{t['name']} ({t['arch']}, {100 * t['sparsity']:.1f}%)")
+    # Tick every block start (or every row on short profiles) so stage/block positions stay readable.
+    ticks = [i for i, r in enumerate(rows) if len(rows) <= 40 or r["section"] != "block" or r is rows[0]
+             or (r["stage"], r["block"]) != (rows[i - 1]["stage"], rows[i - 1]["block"])]
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([rows[i]["label"] for i in ticks], rotation=90, fontsize=6)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_ylabel("sparsity (fraction pruned)")
+    ax.set_title("layer-wise sparsity, aligned by stage and block")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    if interp:
+        ax2 = axes[0][1]
+        alphas = [p["alpha"] for p in interp["points"]]
+        ax2.plot(alphas, [100 * p["accuracy"] for p in interp["points"]], marker="o")
+        ax2.set_xlabel(f"alpha (0: {doc['tickets'][0]['name']}, 1: {doc['tickets'][1]['name']})")
+        ax2.set_ylabel(f"{interp['split']} accuracy (%)")
+        bn = "BN recomputed" if interp["recompute_bn"] else "BN interpolated"
+        ax2.set_title(f"linear interpolation on {interp['dataset']} ({bn}); "
+                      f"barrier {100 * interp['error_barrier']:.2f}%", fontsize=9)
+        ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=120)
+    finally:
+        plt.close(fig)
