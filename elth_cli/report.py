@@ -96,11 +96,12 @@ class TrainProgress:
         self._t0 = 0.0
         self._batch = 0
 
-    def start(self, title: str, step: int, total: int, steps_per_epoch: int, batch_size: int) -> None:
+    def start(self, title: str, step: int, total: int, steps_per_epoch: int, batch_size: int,
+              resumed: bool = False) -> None:
         if self.quiet:
             return
         self._start_step, self._batch, self._t0 = step, batch_size, time.perf_counter()
-        where = f"from step {step}" + (" (resumed)" if step else "")
+        where = f"from step {step}" + (" (resumed)" if resumed else "")
         self.console.print(f"{title}: {total} steps ({total // steps_per_epoch} epochs of {steps_per_epoch}), "
                            f"batch {batch_size}, {where}", markup=False)
         if not self.tty:
@@ -129,6 +130,9 @@ class TrainProgress:
         if self.quiet:
             return
         self.console.print(format_epoch(record, epochs, total), markup=False)
+        if self._progress is not None:
+            self._progress.update(self._task, stats=f"loss {record['train_loss']:.4f} acc {fmt_pct(record['train_acc'])}"
+                                  + (f" {record['images_per_s']:,.0f} img/s" if record.get("images_per_s") else ""))
 
     def close(self) -> None:
         if self._progress is not None:

@@ -377,7 +377,9 @@ def training_module(model: nn.Module, cfg: TrainConfig) -> nn.Module:
     The compiled module shares the model's parameters, so masks and checkpoints act on ``model``.
     """
     if cfg.compile:
-        return torch.compile(model)
+        # Static shapes: the epoch's last, smaller batch gets a graph of its own instead of turning
+        # the main graph dynamic (slower kernels); it compiles once, as warm-up.
+        return torch.compile(model, dynamic=False)
     return model
 
 
@@ -406,11 +408,11 @@ class MaskSet:
         missing = [k for k in masks if k not in params]
         if missing:
             raise UsageError(f"mask {missing[0]!r} names no parameter of the model; is it a mask for another architecture?")
-        self.keys = list(masks)
+        # All-ones masks (a dense network, layers left unpruned) would multiply by 1: leave them out.
+        self.keys = [k for k in masks if not bool(masks[k].all())]
         self.params = [params[k] for k in self.keys]
         # empty_like keeps channels_last strides, so the foreach product runs over matching layouts.
         self.values = [torch.empty_like(p).copy_(masks[k].to(p.device)) for k, p in zip(self.keys, self.params)]
-        self.bool_masks = {k: masks[k].to("cpu", dtype=torch.bool) for k in self.keys}
 
     @torch.no_grad()
     def apply(self) -> None:
@@ -468,8 +470,8 @@ class TrainStep:
         self.masks.apply()
         n = y.shape[0]
         with torch.no_grad():
-            self.loss_sum += loss.detach().double() * n
-            self.correct += (out.detach().argmax(1) == y).sum()
+            self.loss_sum.add_(loss.detach(), alpha=n)  # one kernel, accumulated in float64
+            self.correct.add_((out.detach().argmax(1) == y).sum())
         self.seen += n
 
     def read_stats(self) -> tuple[float, float]:
@@ -773,7 +775,8 @@ def remove_checkpoint(path: str | os.PathLike[str] | None) -> None:
 class Reporter(Protocol):
     """What the loop tells about its progress (report.TrainProgress implements it)."""
 
-    def start(self, title: str, step: int, total: int, steps_per_epoch: int, batch_size: int) -> None: ...
+    def start(self, title: str, step: int, total: int, steps_per_epoch: int, batch_size: int,
+              resumed: bool) -> None: ...
 
     def step(self, step: int, live: Callable[[], tuple[float, float]]) -> None: ...
 
@@ -801,6 +804,11 @@ def _same_device(a: torch.device, b: torch.device) -> bool:
         return True
     current = torch.cuda.current_device()
     return (a.index if a.index is not None else current) == (b.index if b.index is not None else current)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _write_jsonl(path: Path | None, history: list[dict[str, Any]], append: dict[str, Any] | None = None) -> None:
@@ -909,7 +917,7 @@ def train_state(
     segment_start = time.perf_counter()
     model.train()
     if log is not None:
-        log.start(title, run.step, total, spe, cfg.batch_size)
+        log.start(title, run.step, total, spe, cfg.batch_size, resumed_from is not None)
     try:
         with signals:
             _loop(model, bundle, cfg, schedule, step_fn, mask_set, optimizer, scaler, run, total, spe,
@@ -946,16 +954,19 @@ def _loop(model: nn.Module, bundle: DataBundle, cfg: TrainConfig, schedule: Sche
           stop_at_step: int | None, ckpt_path: Path | None, identity: dict[str, Any], jsonl: Path | None,
           log: Reporter | None, segment_start: float, rank: int, world_size: int) -> None:
     device = bundle.device
-    cuda = device.type == "cuda"
     wall_base = run.wall_seconds
 
     def wall() -> float:
         return wall_base + time.perf_counter() - segment_start
 
+    saved_at = -1
+
     def checkpoint() -> None:
-        if ckpt_path is not None:
+        nonlocal saved_at
+        if ckpt_path is not None and saved_at != run.step:
             run.wall_seconds = wall()
             save_checkpoint(ckpt_path, identity, model, optimizer, scaler, step_fn, run)
+            saved_at = run.step
 
     def stopped() -> None:
         checkpoint()
@@ -970,33 +981,38 @@ def _loop(model: nn.Module, bundle: DataBundle, cfg: TrainConfig, schedule: Sche
         raise TrainingStopped(f"stopped by {name} at {where}; checkpoint {ckpt_path} written; re-run the same "
                               "command to resume", code, run.step, ckpt_path)
 
-    first_step = True  # the first step of a segment (compilation, cuDNN autotuning) is not timed
+    # The first step at each batch shape of a segment (compilation, cuDNN autotuning) is warm-up:
+    # left out of images/s, and bracketed by syncs, the only ones inside an epoch.
+    warm_shapes: set[tuple[int, ...]] = set()
     while run.step < total:
         epoch, batch = divmod(run.step, spe)
         if batch == 0:
             step_fn.reset_stats()
-        epoch_start = time.perf_counter()
-        timed_from, timed_images = epoch_start, 0
+        epoch_start = mark = time.perf_counter()
+        train_time, timed_images = 0.0, 0
         for x, y in bundle.train_batches(cfg.batch_size, epoch, cfg.seed, start_batch=batch, rank=rank,
                                          world_size=world_size, augment=cfg.augment):
             if flag.requested or run.step == stop_at_step:
                 stopped()
             if run.step in snapshot_steps and run.step not in run.snapshots:
                 run.snapshots[run.step] = cpu_state(model)
+            warmup = tuple(x.shape) not in warm_shapes
+            if warmup:
+                _sync(device)
+                train_time += time.perf_counter() - mark
             step_fn(x, y, schedule(run.step))
             run.step += 1
-            if first_step:
-                first_step = False
-                if cuda:
-                    torch.cuda.synchronize(device)
-                timed_from = time.perf_counter()
+            if warmup:
+                _sync(device)
+                warm_shapes.add(tuple(x.shape))
+                mark = time.perf_counter()
             else:
                 timed_images += y.shape[0]
             if log is not None:
                 log.step(run.step, step_fn.read_stats)
         # End of epoch: the one place where results are read back from the device.
         train_loss, train_acc = step_fn.read_stats()
-        train_time = time.perf_counter() - timed_from
+        train_time += time.perf_counter() - mark
         if not bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all()):
             raise ElthError(f"training diverged in epoch {epoch + 1} (weights became NaN or infinite; last lr "
                             f"{schedule(run.step - 1):.4g}); lower --lr or lengthen --warmup")

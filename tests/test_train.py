@@ -9,7 +9,6 @@ import json
 import math
 import os
 import signal
-from pathlib import Path
 
 import pytest
 import torch
@@ -402,11 +401,7 @@ def test_train_state_from_a_state_dict(digits) -> None:
 # CUDA
 # ---------------------------------------------------------------------------------------------
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
-
 @pytest.mark.cuda
-@needs_cuda
 @pytest.mark.parametrize("precision", ["bf16", "fp16", "fp32"])
 def test_cuda_training_keeps_pruned_weights_zero(precision) -> None:
     if precision == "bf16" and not torch.cuda.is_bf16_supported():
@@ -423,7 +418,6 @@ def test_cuda_training_keeps_pruned_weights_zero(precision) -> None:
 
 
 @pytest.mark.cuda
-@needs_cuda
 def test_cuda_step_is_channels_last_and_fused() -> None:
     bundle = data.load_dataset("digits", device="cuda")
     ticket = digits_ticket("resnet20-w4")
@@ -443,7 +437,6 @@ def test_cuda_step_is_channels_last_and_fused() -> None:
 
 
 @pytest.mark.cuda
-@needs_cuda
 def test_cuda_eval_matches_cpu_eval(trained_pair, digits) -> None:
     _, trained = trained_pair
     cpu = train.evaluate(trained.build_model("trained"), digits, "test", 1000)

@@ -1,0 +1,217 @@
+"""`elth train` and `elth eval` as a user meets them: exit statuses, streams, files, signals.
+
+Most commands run in-process through ``cli.main`` (the same code path as the console script,
+without a second torch import); the signal test runs a real subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, Result, assert_clean_error, make_ticket
+from elth_cli import cli, data, train
+from elth_cli.find import random_ticket
+from elth_cli.ticket import Ticket
+
+
+def elth(capsys, *args: str) -> Result:
+    """Run the CLI in-process; return its exit status and captured streams."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    code = exit_info.value.code
+    return Result(code if isinstance(code, int) else 0, out, err)
+
+
+@pytest.fixture
+def r8_file(tmp_path: Path) -> Path:
+    path = tmp_path / "r8.safetensors"
+    make_ticket("resnet8-w4").save(path)
+    return path
+
+
+def test_train_then_eval_reproduces_the_recorded_accuracy(capsys, tmp_path, r8_file) -> None:
+    out, log = tmp_path / "trained.safetensors", tmp_path / "log.jsonl"
+    r = elth(capsys, "train", r8_file, "-o", out, "--epochs", "2", "--log-jsonl", log, "--json")
+    assert r.code == 0, r.stderr
+    summary = json.loads(r.stdout)
+    m = summary["metrics"]
+    assert summary["output"] == str(out) and summary["sha256"] == Ticket.load(out).sha256
+    assert (m["epochs"], m["steps"], m["precision"]) == (2, 46, "fp32")
+    assert summary["hparams"]["dataset"] == "digits" and summary["hparams"]["epochs"] == 2
+    # Logs went to stderr as plain lines (stderr is not a terminal), one per epoch.
+    epoch_lines = [line for line in r.stderr.splitlines() if line.startswith("epoch ")]
+    assert [line.split()[1] for line in epoch_lines] == ["1/2", "2/2"]
+    assert "step 46/46" in epoch_lines[-1] and "img/s" in epoch_lines[-1]
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [rec["epoch"] for rec in records] == [1, 2]
+    assert set(records[0]) == {"epoch", "step", "lr", "train_loss", "train_acc", "test_loss", "test_acc",
+                               "images_per_s", "seconds"}
+    assert records[-1]["test_acc"] == m["test_acc"]
+    assert not train.checkpoint_path_for(out).exists()
+
+    r = elth(capsys, "eval", out, "--json")
+    assert r.code == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["accuracy"] == m["test_acc"] and doc["loss"] == m["test_loss"]
+    assert (doc["split"], doc["weights"], doc["examples"], doc["dataset"]) == ("test", "trained", 360, "digits")
+    assert "top5" not in doc  # 10 classes
+
+    r = elth(capsys, "eval", out, "--split", "train", "--weights", "init", "--batch-size", "100")
+    assert r.code == 0, r.stderr
+    assert "init weights" in r.stdout and "1,437 images" in r.stdout
+
+
+def test_train_to_stdout(capsysbinary, tmp_path, r8_file) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", str(r8_file), "-o", "-", "--epochs", "1", "--quiet"])
+    out, err = capsysbinary.readouterr()
+    assert exit_info.value.code == 0, err
+    assert err == b""
+    ticket = Ticket.from_bytes(out)
+    assert ticket.is_trained and ticket.metrics["steps"] == 23
+    assert not list(tmp_path.glob("*.ckpt"))  # no checkpoint without a path for it
+
+
+def test_sigterm_stops_resumably_and_rerun_finishes(tmp_path, r8_file) -> None:
+    out, log = tmp_path / "out.safetensors", tmp_path / "log.jsonl"
+    ckpt = train.checkpoint_path_for(out)
+    cmd = [sys.executable, "-m", "elth_cli", "train", str(r8_file), "-o", str(out), "--epochs", "12",
+           "--log-jsonl", str(log)]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        deadline = time.monotonic() + 240
+        while not (log.exists() and log.read_text().strip()):  # the first epoch is done: the next has started
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "training never finished an epoch"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = stderr.decode()
+    assert proc.returncode == 75, err
+    assert "Traceback" not in err
+    stop_line = err.strip().splitlines()[-1]
+    assert stop_line.startswith("elth train: stopped by SIGTERM at step ") and "re-run the same command" in stop_line
+    assert ckpt.exists() and not out.exists() and stdout == b""
+    stopped_at = train.read_checkpoint(ckpt).step
+    assert 23 <= stopped_at < 12 * 23
+
+    proc = subprocess.run(cmd, capture_output=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert f"from step {stopped_at} (resumed)" in proc.stderr.decode()
+    ticket = Ticket.load(out)
+    assert ticket.is_trained and ticket.metrics["total_steps"] == 12 * 23
+    assert not ckpt.exists()
+    assert [json.loads(line)["epoch"] for line in log.read_text().splitlines()] == list(range(1, 13))
+
+
+def test_changed_options_refuse_the_checkpoint(capsys, tmp_path, r8_file) -> None:
+    out = tmp_path / "out.safetensors"
+    ckpt = train.checkpoint_path_for(out)
+    ticket = Ticket.load(r8_file)
+    info = data.get_dataset_info("digits")
+    cfg = train.config_from_options(ticket.spec, info, epochs=2, device="cpu", precision="fp32", seed=0)
+    with pytest.raises(train.TrainingStopped):
+        train.train_ticket(ticket, data.load_dataset("digits"), cfg, checkpoint_path=ckpt, stop_at_step=30)
+
+    r = elth(capsys, "train", r8_file, "-o", out, "--epochs", "2", "--lr", "0.01", "--seed", "1")
+    assert_clean_error(r, codes=(2,), contains="differs in: lr 0.05 -> 0.01; seed 0 -> 1")
+    assert "--restart" in r.stderr and ckpt.exists() and not out.exists()
+    r = elth(capsys, "train", r8_file, "-o", out, "--epochs", "2", "--resume", "--restart")
+    assert_clean_error(r, codes=(2,), contains="contradict")
+    r = elth(capsys, "train", r8_file, "-o", out, "--epochs", "2", "--resume")
+    assert r.code == 0, r.stderr
+    assert "from step 30 (resumed)" in r.stderr
+    assert Ticket.load(out).metrics["steps"] == 46 and not ckpt.exists()
+    r = elth(capsys, "train", r8_file, "-o", tmp_path / "other.safetensors", "--epochs", "2", "--resume")
+    assert_clean_error(r, codes=(2,), contains="no checkpoint")
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad inputs: one line on stderr, non-zero status, no traceback, no output
+# ---------------------------------------------------------------------------------------------
+
+
+def test_eval_of_an_untrained_ticket(capsys, r8_file) -> None:
+    r = elth(capsys, "eval", r8_file)
+    assert_clean_error(r, codes=(2,), contains="train it first (elth train) or use --weights init")
+    assert r.stdout == ""
+
+
+def test_wrong_channel_count(capsys, tmp_path) -> None:
+    path = tmp_path / "cifar.safetensors"
+    random_ticket("resnet8-w4", (3, 32, 32), 10, 0.5, dataset="cifar10").save(path)
+    r = elth(capsys, "eval", path, "--dataset", "digits", "--weights", "init")
+    assert_clean_error(r, codes=(1,), contains="expects 3x32x32 inputs")
+    out = tmp_path / "out.safetensors"
+    r = elth(capsys, "train", path, "--dataset", "digits", "-o", out)
+    assert_clean_error(r, codes=(1,), contains="expects 3x32x32 inputs")
+    assert not out.exists() and not train.checkpoint_path_for(out).exists()
+
+
+def test_missing_data_set(capsys, tmp_path) -> None:
+    path = tmp_path / "cifar.safetensors"
+    random_ticket("resnet8-w4", (3, 32, 32), 10, 0.5, dataset="cifar10").save(path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = tmp_path / "out.safetensors"
+    r = elth(capsys, "train", path, "-o", out, "--data-dir", empty)
+    assert_clean_error(r, codes=(1,), contains="cifar10 not found")
+    assert "--download" in r.stderr and not out.exists()
+    r = elth(capsys, "eval", path, "--weights", "init", "--data-dir", empty)
+    assert_clean_error(r, codes=(1,), contains="cifar10 not found")
+
+
+def test_unknown_data_set(capsys, tmp_path, r8_file) -> None:
+    out = tmp_path / "out.safetensors"
+    r = elth(capsys, "train", r8_file, "-o", out, "--dataset", "mnist-9000")
+    assert_clean_error(r, codes=(2,), contains="unknown data set")
+    assert not out.exists()
+    r = elth(capsys, "eval", r8_file, "--weights", "init", "--dataset", "mnist-9000")
+    assert_clean_error(r, codes=(2,), contains="unknown data set")
+
+
+def test_existing_output_is_refused_before_training(capsys, tmp_path, r8_file) -> None:
+    out = tmp_path / "out.safetensors"
+    out.write_bytes(b"keep me")
+    log = tmp_path / "log.jsonl"
+    r = elth(capsys, "train", r8_file, "-o", out, "--log-jsonl", log)
+    assert_clean_error(r, codes=(2,), contains="already exists; pass --force")
+    assert out.read_bytes() == b"keep me"
+    assert not log.exists() and not train.checkpoint_path_for(out).exists()  # refused before training
+
+
+@pytest.mark.parametrize("args, contains", [
+    (["-o", "-", "--json"], "both want stdout"),
+    (["--epochs", "0"], "--epochs must be at least 1"),
+    (["--warmup", "2 epochs"], "is not a step count"),
+    (["--milestones", "10ep"], "--milestones only apply to --schedule step"),
+    (["--precision", "fp16", "--device", "cpu"], "fp16 training needs a CUDA GPU"),
+    (["--device", "tpu"], "unknown device"),
+    (["--schedule", "linear"], "unknown --schedule"),
+])
+def test_bad_training_options(capsys, tmp_path, r8_file, args, contains) -> None:
+    out = tmp_path / "out.safetensors"
+    out_args = [] if "-o" in args else ["-o", out]
+    r = elth(capsys, "train", r8_file, *out_args, *args)
+    assert_clean_error(r, codes=(2,), contains=contains)
+    assert not out.exists()
+
+
+def test_bad_eval_options(capsys, r8_file) -> None:
+    assert_clean_error(elth(capsys, "eval", r8_file, "--split", "val"), codes=(2,), contains="unknown split")
+    assert_clean_error(elth(capsys, "eval", r8_file, "--weights", "final"), codes=(2,), contains="weights must be")
+    assert_clean_error(elth(capsys, "eval", r8_file, "--weights", "init", "--batch-size", "0"), codes=(2,),
+                       contains="--batch-size must be at least 1")
