@@ -20,7 +20,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh $(DEMO_OUT)
+	$(BIN)/elth demo --out-dir $(DEMO_OUT)
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -10,7 +11,7 @@ import typer
 
 from elth_cli import __version__, archs, elastic
 from elth_cli.errors import ElthError, UsageError
-from elth_cli.fileio import STDIO, check_output_path
+from elth_cli.fileio import STDIO, check_output_path, write_bytes_atomic
 from elth_cli.report import Log, fmt_int, fmt_pct, make_table, print_json, stdout_console
 from elth_cli.ticket import Ticket
 
@@ -226,39 +227,6 @@ def squeeze(
     _transform_command("squeeze", source, target, output, strategy, mapping, force, json_out, quiet)
 
 
-# ----- find ---------------------------------------------------------------------------------------
-@app.command(epilog="Example: elth find --method random --arch resnet20-w4 --dataset digits --sparsity 0.8 -o r20.safetensors")
-def find(
-    arch: Annotated[str, typer.Option("--arch", "-a", help="Architecture (elth archs lists them).")],
-    dataset: Annotated[str, typer.Option("--dataset", "-d", help="Data set: fixes input shape and class count.")],
-    output: OutOpt,
-    method: Annotated[str, typer.Option("--method", "-m", help="random: seeded random init + random mask.")] = "random",
-    sparsity: Annotated[float, typer.Option("--sparsity", help="Fraction of prunable weights pruned, in [0, 1).")] = 0.0,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the initialisation and the mask.")] = 0,
-    distribution: Annotated[str, typer.Option("--distribution", help="random masks: layerwise (same rate per "
-                            "tensor, the paper's baseline) or global.")] = "layerwise",
-    data_dir: DataDirOpt = None,
-    force: ForceOpt = False,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
-) -> None:
-    """Find a ticket. --method random: a randomly initialised network with a random mask at --sparsity."""
-    from elth_cli import find as find_mod
-
-    _check_stdout_use(output, json_out)
-    check_output_path(output, force)
-    if method not in find_mod.FIND_METHODS:
-        raise UsageError(f"unknown method {method!r}; available: {', '.join(find_mod.FIND_METHODS)}")
-    ticket = find_mod.find_random(arch, dataset, sparsity, seed=seed, distribution=distribution,
-                                  data_dir=str(data_dir) if data_dir else None)
-    sha = ticket.save(output, force=force)
-    if json_out:
-        print_json({"path": output, "arch": ticket.arch, "sparsity": ticket.sparsity, "method": ticket.method, "sha256": sha})
-        return
-    Log(quiet).info(f"random ticket {ticket.arch} on {ticket.dataset}: sparsity {fmt_pct(ticket.sparsity)}, "
-                    f"seed {seed} -> {output if output != STDIO else 'stdout'}")
-
-
 # ----- compare ------------------------------------------------------------------------------------
 def _print_compare(doc: dict) -> None:
     """The text form of ``elth compare``: tickets, mask overlap, aligned profile, interpolation."""
@@ -472,6 +440,30 @@ WorkersOpt = Annotated[
 ]
 
 
+# The training flags, shared by `train` and `find` (IMP trains with the same recipe).
+EpochsOpt = Annotated[Optional[int], typer.Option("--epochs", help="Epochs of the whole schedule (a run starts "
+                      "at the ticket's rewind step). Recipe: 160 CIFAR, 90 ImageNet, 30 digits.")]
+LrOpt = Annotated[Optional[float], typer.Option("--lr", help="Base learning rate.")]
+BatchSizeOpt = Annotated[Optional[int], typer.Option("--batch-size", "-b", help="Global batch size.")]
+MomentumOpt = Annotated[Optional[float], typer.Option("--momentum", help="SGD momentum.")]
+WeightDecayOpt = Annotated[Optional[float], typer.Option("--weight-decay", help="Weight decay (all parameters).")]
+MilestonesOpt = Annotated[Optional[str], typer.Option("--milestones", help="Step schedule: steps where the LR is "
+                          "multiplied by --gamma, e.g. 80ep,120ep or 32000it ('none' for no drops).")]
+GammaOpt = Annotated[Optional[float], typer.Option("--gamma", help="LR factor at each milestone.")]
+WarmupOpt = Annotated[Optional[str], typer.Option("--warmup", help="Linear warm-up length: 5ep, 1000it or 1000.")]
+ScheduleOpt = Annotated[Optional[str], typer.Option("--schedule", help="step (milestones) or cosine (to 0).")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the initialisation (find), data order and augmentation.")]
+AugmentOpt = Annotated[bool, typer.Option("--augment/--no-augment", help="Random crops (and flips where the "
+                       "data set has them).")]
+EvalEveryOpt = Annotated[int, typer.Option("--eval-every", help="Test every N epochs (0: only after the last; "
+                         "the last epoch is always tested).")]
+PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto (bf16 on CUDA that supports it, else fp32), "
+                         "bf16, fp16 (CUDA, with a grad scaler) or fp32.")]
+CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the model (faster on GPUs after a "
+                       "slow first step).")]
+DeterministicOpt = Annotated[bool, typer.Option("--deterministic", help="Deterministic kernels only (slower).")]
+
+
 def _dataset_for(ticket: Ticket, dataset: Optional[str]) -> str:
     name = dataset or ticket.dataset
     if not name:
@@ -485,28 +477,22 @@ def train(
     ticket_path: Annotated[str, typer.Argument(metavar="TICKET", help="Ticket file ('-' for stdin).")],
     output: OutOpt,
     dataset: DatasetOpt = None,
-    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Epochs of the whole schedule (the run starts "
-                      "at the ticket's rewind step). Recipe: 160 CIFAR, 90 ImageNet, 30 digits.")] = None,
-    lr: Annotated[Optional[float], typer.Option("--lr", help="Base learning rate.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", help="Global batch size.")] = None,
-    momentum: Annotated[Optional[float], typer.Option("--momentum", help="SGD momentum.")] = None,
-    weight_decay: Annotated[Optional[float], typer.Option("--weight-decay", help="Weight decay (all parameters).")] = None,
-    milestones: Annotated[Optional[str], typer.Option("--milestones", help="Step schedule: steps where the LR is "
-                          "multiplied by --gamma, e.g. 80ep,120ep or 32000it ('none' for no drops).")] = None,
-    gamma: Annotated[Optional[float], typer.Option("--gamma", help="LR factor at each milestone.")] = None,
-    warmup: Annotated[Optional[str], typer.Option("--warmup", help="Linear warm-up length: 5ep, 1000it or 1000.")] = None,
-    schedule: Annotated[Optional[str], typer.Option("--schedule", help="step (milestones) or cosine (to 0).")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the data order and augmentation.")] = 0,
-    augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Random crops (and flips where the "
-                       "data set has them).")] = True,
-    eval_every: Annotated[int, typer.Option("--eval-every", help="Test every N epochs (0: only after the last; "
-                          "the last epoch is always tested).")] = 1,
+    epochs: EpochsOpt = None,
+    lr: LrOpt = None,
+    batch_size: BatchSizeOpt = None,
+    momentum: MomentumOpt = None,
+    weight_decay: WeightDecayOpt = None,
+    milestones: MilestonesOpt = None,
+    gamma: GammaOpt = None,
+    warmup: WarmupOpt = None,
+    schedule: ScheduleOpt = None,
+    seed: SeedOpt = 0,
+    augment: AugmentOpt = True,
+    eval_every: EvalEveryOpt = 1,
     device: DeviceOpt = "auto",
-    precision: Annotated[str, typer.Option("--precision", help="auto (bf16 on CUDA that supports it, else fp32), "
-                         "bf16, fp16 (CUDA, with a grad scaler) or fp32.")] = "auto",
-    compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the model (faster on GPUs after a "
-                             "slow first step).")] = False,
-    deterministic: Annotated[bool, typer.Option("--deterministic", help="Deterministic kernels only (slower).")] = False,
+    precision: PrecisionOpt = "auto",
+    compile_model: CompileOpt = False,
+    deterministic: DeterministicOpt = False,
     checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="Checkpoint file (default: OUT.ckpt "
                           "beside the output; with '-o -' there is none unless given).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Insist on resuming from the checkpoint (an existing "
@@ -632,6 +618,208 @@ def eval_cmd(
     stdout_console().print(
         f"{ticket.arch} ({weights} weights) on {info.name} {split}: accuracy {fmt_pct(result['accuracy'])}{top5}, "
         f"loss {result['loss']:.4f} ({fmt_int(result['examples'])} images, {prec} on {doc['device']})", markup=False)
+
+
+# ----- find ---------------------------------------------------------------------------------------
+def _train_config(spec, info, dev, precision: str, **flags):
+    """The resolved TrainConfig of the shared training flags (``train`` and ``find --method imp``)."""
+    from elth_cli import train as train_mod
+
+    return train_mod.config_from_options(spec, info, device=str(dev),
+                                         precision=train_mod.resolve_precision(precision, dev), **flags)
+
+
+@app.command(epilog="Example: elth find --method imp --arch resnet20-w4 --dataset digits --rounds 10 --rewind 1ep "
+             "--out-dir runs/r20 -o r20-l10.safetensors  |  elth find --method snip --from runs/r20/round-00.safetensors "
+             "--like runs/r20/round-10.safetensors -o r20-snip.safetensors")
+def find(
+    method: Annotated[str, typer.Option("--method", "-m", help="imp (iterative magnitude pruning with rewinding), or "
+                      "a one-shot baseline: random, magnitude, snip, grasp, synflow.")] = "imp",
+    arch: Annotated[Optional[str], typer.Option("--arch", "-a", help="Architecture (elth archs lists them); "
+                    "baselines take it from --from when given.")] = None,
+    dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Data set: fixes input shape and class "
+                       "count; IMP trains on it, snip/grasp read a few batches of it.")] = None,
+    output: Annotated[Optional[str], typer.Option("-o", "--output", help="Output ticket ('-' for stdout); for imp, "
+                      "a copy of the final round's ticket.")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out-dir", help="imp: folder for one ticket per round, "
+                       "find.jsonl and checkpoints; re-running the same command resumes.")] = None,
+    rounds: Annotated[Optional[int], typer.Option("--rounds", help="imp: pruning rounds after the dense round 0 "
+                      "(sparsity 1-(1-p)^r).")] = None,
+    sparsity: Annotated[Optional[float], typer.Option("--sparsity", help="Fraction of prunable weights pruned, in "
+                        "[0, 1); imp: the last round prunes to exactly this.")] = None,
+    prune_rate: Annotated[float, typer.Option("--prune-rate", help="imp: fraction of the remaining weights pruned "
+                          "per round.")] = 0.2,
+    rewind: Annotated[str, typer.Option("--rewind", help="imp: training step the survivors rewind to: 1000it, 2ep "
+                      "or 0 (the initialisation).")] = "0",
+    exclude: Annotated[Optional[list[str]], typer.Option("--exclude", help="Prunable weights kept dense (repeat the "
+                       "option); default: fc.weight for VGGs, nothing for ResNets.")] = None,
+    from_ticket: Annotated[Optional[str], typer.Option("--from", help="Baselines: prune at this ticket's init "
+                           "(rewind) weights, e.g. an IMP run's round-00.safetensors.")] = None,
+    like: Annotated[Optional[str], typer.Option("--like", help="Baselines: match this ticket's sparsity (instead of "
+                    "--sparsity).")] = None,
+    match: Annotated[str, typer.Option("--match", help="With --like: overall, or layerwise (same count per layer).")] = "overall",
+    distribution: Annotated[str, typer.Option("--distribution", help="random: layerwise (every tensor at the same "
+                            "rate, the paper's baseline) or global.")] = "layerwise",
+    batches: Annotated[int, typer.Option("--batches", help="snip/grasp: training batches whose gradients score the "
+                       "weights.")] = 10,
+    iterations: Annotated[int, typer.Option("--iterations", help="synflow: pruning iterations.")] = 100,
+    epochs: EpochsOpt = None,
+    lr: LrOpt = None,
+    batch_size: BatchSizeOpt = None,
+    momentum: MomentumOpt = None,
+    weight_decay: WeightDecayOpt = None,
+    milestones: MilestonesOpt = None,
+    gamma: GammaOpt = None,
+    warmup: WarmupOpt = None,
+    schedule: ScheduleOpt = None,
+    seed: SeedOpt = 0,
+    augment: AugmentOpt = True,
+    eval_every: EvalEveryOpt = 1,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    compile_model: CompileOpt = False,
+    deterministic: DeterministicOpt = False,
+    data_dir: DataDirOpt = None,
+    download: DownloadOpt = False,
+    workers: WorkersOpt = None,
+    force: ForceOpt = False,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Find a ticket: IMP with rewinding (one ticket per round), or a one-shot pruning baseline.
+
+    imp trains the dense network (round 0), then each round prunes --prune-rate of the remaining weights by global
+    magnitude, rewinds the survivors to the --rewind step and trains again (every flag of elth train applies).
+    Baselines prune once at --from's init weights (or a fresh seeded network of --arch) to --sparsity or --like's
+    sparsity: random, magnitude, snip, grasp (original sign convention), synflow (iterative, data-free).
+    """
+    from elth_cli import data as data_mod
+    from elth_cli import find as find_mod
+    from elth_cli import train as train_mod
+    from elth_cli.report import TrainProgress
+
+    if method not in find_mod.FIND_METHODS:
+        raise UsageError(f"unknown method {method!r}; choose one of {', '.join(find_mod.FIND_METHODS)}")
+    log = Log(quiet)
+    data_dir_s = str(data_dir) if data_dir else None
+    if output is not None:
+        _check_stdout_use(output, json_out)
+        check_output_path(output, force)
+    if sparsity is not None:
+        find_mod.check_sparsity(sparsity)
+    if arch is not None:
+        archs.resolve_arch(arch)  # an unknown name is the first thing to report
+    if dataset is not None:
+        data_mod.get_dataset_info(dataset, data_dir_s)
+
+    if method == "imp":
+        for flag, value in (("--from", from_ticket), ("--like", like)):
+            if value is not None:
+                raise UsageError(f"{flag} is for the one-shot baselines; imp starts from a fresh network of --arch")
+        if arch is None or dataset is None or out_dir is None:
+            raise UsageError("imp needs --arch, --dataset and --out-dir")
+        spec = archs.resolve_arch(arch)
+        info = data_mod.get_dataset_info(dataset, data_dir_s)
+        dev = train_mod.resolve_device(device)
+        cfg = _train_config(spec, info, dev, precision, epochs=epochs, lr=lr, batch_size=batch_size,
+                            momentum=momentum, weight_decay=weight_decay, milestones=milestones, gamma=gamma,
+                            warmup=warmup, schedule=schedule, seed=seed, augment=augment, eval_every=eval_every,
+                            compile=compile_model, deterministic=deterministic)
+        opts = find_mod.ImpOptions(spec.name, info.name, rounds=rounds, sparsity=sparsity, prune_rate=prune_rate,
+                                   rewind=train_mod.normalise_steps(rewind), exclude=tuple(exclude) if exclude else None)
+        find_mod.check_imp_options(opts)
+        bundle = data_mod.load_dataset(info.name, data_dir_s, download=download, device=dev, num_workers=workers)
+
+        def show(rec) -> None:
+            log.info(f"round {rec.round:2d}: sparsity {fmt_pct(rec.sparsity)}, test acc {fmt_pct(rec.test_acc)}, "
+                     f"{rec.seconds:.1f} s -> {rec.path}")
+
+        try:
+            records, final = find_mod.find_imp(opts, cfg, bundle, out_dir, log=TrainProgress(quiet), on_round=show)
+        except train_mod.TrainingStopped as e:
+            print(f"elth find: {e}; re-run the same command to resume", file=sys.stderr)
+            raise typer.Exit(e.exit_code) from None
+        if output is not None:  # a byte-for-byte copy of the final round's file
+            write_bytes_atomic(output, Path(records[-1].path).read_bytes())
+        sha = final.sha256
+        summary = {"method": "imp", "out_dir": str(out_dir), "output": output, "sha256": sha, "arch": final.arch,
+                   "rounds": [r.as_dict() for r in records]}
+        if json_out:
+            print_json(summary)
+            return
+        rows = [(r.round, fmt_pct(r.sparsity), fmt_pct(r.test_acc), fmt_pct(r.best_test_acc), f"{r.seconds:.1f}")
+                for r in records]
+        if not quiet:
+            stdout_console().print(make_table(["round", "sparsity", "test acc", "best", "seconds"], rows,
+                                              title=f"IMP {final.arch} on {info.name}",
+                                              right=["round", "sparsity", "test acc", "best", "seconds"]))
+        return
+
+    # ----- one-shot baselines
+    if output is None:
+        raise UsageError(f"{method} writes one ticket: pass -o FILE")
+    for flag, value in (("--out-dir", out_dir), ("--rounds", rounds)):
+        if value is not None:
+            raise UsageError(f"{flag} is for --method imp")
+    if (sparsity is None) == (like is None):
+        raise UsageError(f"{method} needs exactly one of --sparsity and --like")
+    like_ticket = Ticket.load(like) if like is not None else None
+    if from_ticket is not None:
+        if arch is not None and archs.resolve_arch(arch).name != Ticket.load(from_ticket).arch:
+            raise UsageError("--arch disagrees with the --from ticket's architecture; drop --arch")
+        source = Ticket.load(from_ticket)
+    else:
+        if arch is None or dataset is None:
+            raise UsageError(f"{method} needs --from TICKET, or --arch and --dataset for a fresh seeded network")
+        source = find_mod.dense_ticket(arch, dataset, seed=seed, data_dir=data_dir_s)
+    bundle = None
+    if method in ("snip", "grasp"):
+        name = dataset or source.dataset
+        if not name:
+            raise UsageError(f"{method} reads training batches: pass --dataset")
+        dev = train_mod.resolve_device(device)
+        bundle = data_mod.load_dataset(name, data_dir_s, download=download, device=dev, num_workers=workers)
+    options = find_mod.BaselineOptions(
+        method=method, sparsity=sparsity, like=like_ticket, match=match, distribution=distribution,
+        exclude=tuple(exclude) if exclude else None, seed=seed, batches=batches,
+        batch_size=batch_size or 128, synflow_iterations=iterations,
+    )
+    ticket = find_mod.prune_baseline(source, options, bundle)
+    sha = ticket.save(output, force=force)
+    if json_out:
+        print_json({"method": method, "output": output, "sha256": sha, "arch": ticket.arch, "sparsity": ticket.sparsity,
+                    "parents": ticket.parents})
+        return
+    log.info(f"{method} ticket {ticket.arch}: sparsity {fmt_pct(ticket.sparsity)} "
+             f"-> {output if output != STDIO else 'stdout'}")
+
+
+# ----- demo ---------------------------------------------------------------------------------------
+@app.command(epilog="Example: elth demo --out-dir demo-out  (about 5 minutes on 2 CPU cores; --quick for a "
+             "one-minute check)")
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out-dir", help="Folder for the tickets and the table (re-running "
+                       "resumes).")] = Path("demo-out"),
+    quick: Annotated[bool, typer.Option("--quick", help="A reduced run (4 rounds, 8 epochs) to check an "
+                     "installation.")] = False,
+    seed: SeedOpt = 0,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """The E-LTH experiment in miniature on the embedded digits set: IMP on resnet20 and resnet32 (width 4),
+    stretch and squeeze between them, random and magnitude baselines, and the comparison table.
+    """
+    from elth_cli import demo as demo_mod
+
+    config = demo_mod.DemoConfig(seed=seed)
+    if quick:
+        config = demo_mod.DemoConfig(rounds=4, levels=(3, 4), epochs=8, seed=seed)
+    rows = demo_mod.run_demo(out_dir, config, Log(quiet))
+    if json_out:
+        print_json(json.loads((out_dir / "table.json").read_text()))
+        return
+    demo_mod.print_table(rows)
+    Log(quiet).info(f"tickets, table.txt and table.json in {out_dir}")
 
 
 # ----- entry point --------------------------------------------------------------------------------

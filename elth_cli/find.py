@@ -18,7 +18,7 @@ from elth_cli.errors import ElthError, UsageError
 from elth_cli.fileio import write_bytes_atomic
 from elth_cli.prune import (
     RANDOM_DISTRIBUTIONS, allocate_counts, check_sparsity, grasp_scores, magnitude_scores, prune_lowest,
-    prune_lowest_per_layer, prune_to_sparsity, random_masks, snip_scores, synflow_masks,
+    prune_lowest_per_layer, prune_to_sparsity, snip_scores, synflow_masks,
 )
 from elth_cli.ticket import Ticket, apply_masks
 from elth_cli.train import TrainConfig, parse_steps, remove_checkpoint, train_state
@@ -35,32 +35,23 @@ def random_ticket(
     spec = archs.resolve_arch(arch)
     model = archs.build_model(spec, input_shape, num_classes, seed=seed)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    shapes = {k: tuple(state[k].shape) for k in archs.prunable_keys(spec, input_shape, num_classes)}
-    # The mask stream is seeded apart from the weights, so one seed gives the same init at any sparsity.
-    gen = torch.Generator().manual_seed(seed + 1_000_003)
-    masks = random_masks(shapes, sparsity, gen, distribution)
-    return Ticket(
-        arch=spec.name,
-        input_shape=tuple(input_shape),
-        num_classes=num_classes,
-        masks=masks,
-        init=apply_masks(state, masks),
-        method="random",
-        rewind_step=0,
-        dataset=dataset,
-        hparams={"seed": seed, "distribution": distribution, "init": "kaiming_normal, bn uniform (open_lth)"},
+    masks = {k: torch.ones(state[k].shape, dtype=torch.bool)
+             for k in archs.prunable_keys(spec, input_shape, num_classes)}
+    dense = Ticket(
+        arch=spec.name, input_shape=tuple(input_shape), num_classes=num_classes, masks=masks, init=state,
+        method="random", rewind_step=0, dataset=dataset,
+        hparams={"seed": seed, "init": "kaiming_normal, bn uniform (open_lth)"},
         cost={"train_steps": 0, "train_seconds": 0.0, "trainings": 0},
     )
+    if sparsity == 0:
+        return dense
+    return prune_baseline(dense, BaselineOptions("random", sparsity=sparsity, distribution=distribution, seed=seed))
 
 
-def find_random(
-    arch: str, dataset: str, sparsity: float, seed: int = 0, distribution: str = "layerwise",
-    data_dir: str | None = None,
-) -> Ticket:
-    """The paper's random-pruning baseline for ``arch`` on ``dataset`` (which fixes input shape and classes)."""
-    check_sparsity(sparsity)
+def dense_ticket(arch: str, dataset: str, seed: int = 0, data_dir: str | None = None) -> Ticket:
+    """A freshly initialised dense network for ``dataset``'s input shape and classes, as a ticket."""
     info = data.get_dataset_info(dataset, data_dir)
-    return random_ticket(arch, info.input_shape, info.num_classes, sparsity, seed, distribution, dataset=info.name)
+    return random_ticket(arch, info.input_shape, info.num_classes, 0.0, seed, dataset=info.name)
 
 
 # ----- one-shot baselines at a ticket's init/rewind weights ------------------------------------------
@@ -171,12 +162,14 @@ def prune_baseline(source: Ticket, options: BaselineOptions, bundle=None) -> Tic
         method=method,
         rewind_step=source.rewind_step,
         dataset=source.dataset,
-        parents=[source.parent_record()] + ([options.like.parent_record()] if options.like is not None else []),
+        # A source that was never a file (a fresh network) is not a parent.
+        parents=[t.parent_record() for t in (source, options.like) if t is not None and t.sha256 is not None],
         hparams={
             "baseline": method, "sparsity": sparsity, "match": options.match if options.like is not None else None,
             "distribution": options.distribution if method == "random" else None, "exclude": list(exclude),
             "seed": options.seed, "batches": options.batches if method in ("snip", "grasp") else None,
             "synflow_iterations": options.synflow_iterations if method == "synflow" else None,
+            "source_hparams": source.hparams,
         },
         cost=cost,
     )
@@ -249,7 +242,8 @@ def round_path(out_dir: Path, r: int) -> Path:
     return out_dir / f"round-{r:02d}.safetensors"
 
 
-def _check_imp_options(opts: ImpOptions) -> int:
+def check_imp_options(opts: ImpOptions) -> int:
+    """Validate IMP options; return the index of the last round."""
     if not 0 < opts.prune_rate < 1:
         raise UsageError(f"--prune-rate must be in (0, 1) (the fraction of remaining weights pruned per round), got {opts.prune_rate}")
     if (opts.rounds is None) == (opts.sparsity is None):
@@ -326,7 +320,7 @@ def find_imp(
     arguments skips finished rounds and resumes the current one from its checkpoint.
     ``stop_at=(round, step)`` stops that round at that step as a signal would (for tests).
     """
-    last = _check_imp_options(opts)
+    last = check_imp_options(opts)
     spec = archs.resolve_arch(opts.arch)
     check_compatible(bundle.info, bundle.info.input_shape, bundle.info.num_classes)
     exclude = default_exclude(spec) if opts.exclude is None else tuple(opts.exclude)

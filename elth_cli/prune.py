@@ -43,33 +43,6 @@ def allocate_counts(sizes: list[int], sparsity: float) -> list[int]:
     return counts
 
 
-def random_masks(
-    shapes: dict[str, tuple[int, ...]], sparsity: float, generator: torch.Generator, distribution: str = "layerwise"
-) -> dict[str, Tensor]:
-    """Random masks at exactly ``sparsity`` overall.
-
-    ``layerwise`` (the paper's random-pruning baseline): every tensor pruned at the same rate.
-    ``global``: pruned weights drawn uniformly over all tensors together.
-    """
-    check_sparsity(sparsity)
-    keys = list(shapes)
-    sizes = [int(torch.Size(shapes[k]).numel()) for k in keys]
-    if distribution == "layerwise":
-        counts = allocate_counts(sizes, sparsity)
-        masks = {}
-        for key, n, k in zip(keys, sizes, counts):
-            flat = torch.ones(n, dtype=torch.bool)
-            flat[torch.randperm(n, generator=generator)[:k]] = False
-            masks[key] = flat.view(shapes[key])
-        return masks
-    if distribution == "global":
-        total = sum(sizes)
-        flat = torch.ones(total, dtype=torch.bool)
-        flat[torch.randperm(total, generator=generator)[: round(sparsity * total)]] = False
-        return {key: part.view(shapes[key]).clone() for key, part in zip(keys, torch.split(flat, sizes))}
-    raise UsageError(f"unknown random distribution {distribution!r}; choose {' or '.join(RANDOM_DISTRIBUTIONS)}")
-
-
 # ----- exact pruning by scores ---------------------------------------------------------------------
 def prune_lowest(
     scores: dict[str, Tensor], masks: dict[str, Tensor], n_prune: int, exclude: Iterable[str] = ()

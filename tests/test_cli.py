@@ -125,15 +125,15 @@ def test_mask_for_another_arch(tmp_path, ticket):
 
 
 def test_unknown_arch(tmp_path):
-    r = run_elth("find", "--arch", "resnet21", "--dataset", "digits", "--sparsity", "0.5", "-o", str(tmp_path / "out.safetensors"))
+    r = run_elth("find", "--method", "random", "--arch", "resnet21", "--dataset", "digits", "--sparsity", "0.5", "-o", str(tmp_path / "out.safetensors"))
     assert_clean_error(r, (2,), "6n+2")
     _no_output(tmp_path)
-    r = run_elth("find", "--arch", "alexnet", "--dataset", "digits", "-o", str(tmp_path / "out.safetensors"))
+    r = run_elth("find", "--method", "random", "--arch", "alexnet", "--dataset", "digits", "-o", str(tmp_path / "out.safetensors"))
     assert_clean_error(r, (2,), "unknown architecture")
 
 
 def test_unknown_dataset(tmp_path):
-    r = run_elth("find", "--arch", "resnet20", "--dataset", "imagenette", "-o", str(tmp_path / "out.safetensors"))
+    r = run_elth("find", "--method", "random", "--arch", "resnet20", "--dataset", "imagenette", "-o", str(tmp_path / "out.safetensors"))
     assert_clean_error(r, (2,), "imagenette")
     _no_output(tmp_path)
 
@@ -170,7 +170,7 @@ def test_output_exists_without_force(tmp_path, ticket_file):
 
 @pytest.mark.parametrize("value, hint", [("1.0", "[0, 1)"), ("-0.1", "[0, 1)"), ("80", "did you mean 0.8")])
 def test_sparsity_out_of_range(tmp_path, value, hint):
-    r = run_elth("find", "--arch", "resnet20-w4", "--dataset", "digits", "--sparsity", value, "-o", str(tmp_path / "out.safetensors"))
+    r = run_elth("find", "--method", "random", "--arch", "resnet20-w4", "--dataset", "digits", "--sparsity", value, "-o", str(tmp_path / "out.safetensors"))
     assert_clean_error(r, (2,), hint)
     _no_output(tmp_path)
 

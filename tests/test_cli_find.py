@@ -1,0 +1,123 @@
+"""`elth find` through the real CLI: IMP runs, resume after SIGTERM, baselines, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import ROOT, assert_clean_error, run_elth
+from elth_cli.ticket import Ticket
+
+IMP_ARGS = ["find", "--method", "imp", "--arch", "resnet14-w4", "--dataset", "digits", "--rounds", "2",
+            "--rewind", "5it", "--epochs", "2", "--eval-every", "0"]
+
+
+@pytest.fixture(scope="module")
+def imp_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli-imp")
+    r = run_elth(*IMP_ARGS, "--out-dir", str(out / "run"), "-o", str(out / "final.safetensors"), "--json")
+    assert r.code == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert [x["round"] for x in doc["rounds"]] == [0, 1, 2]
+    return out
+
+
+def test_imp_outputs(imp_dir):
+    final = Ticket.load(imp_dir / "final.safetensors")
+    last = Ticket.load(imp_dir / "run" / "round-02.safetensors")
+    assert final.sha256 == last.sha256
+    assert final.method == "imp" and abs(final.sparsity - 0.36) < 1e-3
+    assert len((imp_dir / "run" / "find.jsonl").read_text().splitlines()) == 3
+
+
+def test_imp_rerun_skips_and_changed_args_refused(imp_dir):
+    before = (imp_dir / "run" / "round-01.safetensors").read_bytes()
+    r = run_elth(*IMP_ARGS, "--out-dir", str(imp_dir / "run"))
+    assert r.code == 0, r.stderr
+    assert "round" in r.stdout and "sparsity" in r.stdout  # the summary table
+    assert (imp_dir / "run" / "round-01.safetensors").read_bytes() == before
+    r = run_elth(*IMP_ARGS[:-2], "--eval-every", "1", "--lr", "0.01", "--out-dir", str(imp_dir / "run"))
+    assert_clean_error(r, (2,), "other arguments")
+    assert "lr" in r.stderr and "eval_every" in r.stderr
+
+
+@pytest.mark.parametrize("method", ["random", "magnitude", "snip", "grasp", "synflow"])
+def test_baselines_from_imp_round_zero(imp_dir, method, tmp_path):
+    out = tmp_path / f"{method}.safetensors"
+    r = run_elth("find", "--method", method, "--from", str(imp_dir / "run" / "round-00.safetensors"),
+                 "--like", str(imp_dir / "run" / "round-02.safetensors"), "--batches", "2", "--iterations", "10",
+                 "-o", str(out), "--json")
+    assert r.code == 0, r.stderr
+    t = Ticket.load(out)
+    like = Ticket.load(imp_dir / "run" / "round-02.safetensors")
+    pruned = lambda x: sum(int((~m).sum()) for m in x.masks.values())  # noqa: E731
+    assert pruned(t) == pruned(like)
+    dense = Ticket.load(imp_dir / "run" / "round-00.safetensors")
+    assert t.rewind_step == dense.rewind_step == 5
+    assert [p["sha256"] for p in t.parents] == [dense.sha256, like.sha256]
+
+
+def test_random_fresh_network_and_layerwise_match(imp_dir, tmp_path):
+    out = tmp_path / "m.safetensors"
+    r = run_elth("find", "--method", "magnitude", "--arch", "resnet14-w4", "--dataset", "digits",
+                 "--like", str(imp_dir / "run" / "round-02.safetensors"), "--match", "layerwise", "-o", str(out))
+    assert r.code == 0, r.stderr
+    like = Ticket.load(imp_dir / "run" / "round-02.safetensors")
+    assert Ticket.load(out).layer_sparsity() == like.layer_sparsity()
+
+
+def _popen(args):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.Popen([sys.executable, "-m", "elth_cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+
+
+def test_sigterm_mid_round_then_rerun_equals_uninterrupted(tmp_path):
+    args = ["find", "--method", "imp", "--arch", "resnet14-w4", "--dataset", "digits", "--rounds", "1",
+            "--rewind", "1ep", "--epochs", "12", "--eval-every", "0", "--quiet"]
+    cut, ref = tmp_path / "cut", tmp_path / "ref"
+    proc = _popen([*args, "--out-dir", str(cut)])
+    ckpt = cut / "round-01.ckpt"
+    deadline = time.time() + 240
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("round 1 finished before the signal arrived (machine too fast for this timing)")
+    assert proc.returncode == 75, err.decode()
+    assert b"Traceback" not in err
+    assert ckpt.exists() and not (cut / "round-01.safetensors").exists()
+    r = run_elth(*args, "--out-dir", str(cut))
+    assert r.code == 0, r.stderr
+    r = run_elth(*args, "--out-dir", str(ref))
+    assert r.code == 0, r.stderr
+    a, b = Ticket.load(cut / "round-01.safetensors"), Ticket.load(ref / "round-01.safetensors")
+    for name in ("masks", "init", "trained"):
+        sa, sb = getattr(a, name), getattr(b, name)
+        assert all(torch.equal(sa[k], sb[k]) for k in sa), name
+    assert not ckpt.exists()
+
+
+def test_bad_find_input(tmp_path, imp_dir):
+    r = run_elth("find", "--method", "imp", "--arch", "resnet14-w4", "--dataset", "digits", "--rounds", "1")
+    assert_clean_error(r, (2,), "--out-dir")
+    r = run_elth("find", "--method", "magnitude", "--from", str(imp_dir / "final.safetensors"), "--sparsity", "0.5")
+    assert_clean_error(r, (2,), "-o")
+    r = run_elth("find", "--method", "snip", "--from", str(imp_dir / "run" / "round-00.safetensors"), "--sparsity",
+                 "0.5", "--like", str(imp_dir / "final.safetensors"), "-o", str(tmp_path / "x.safetensors"))
+    assert_clean_error(r, (2,), "exactly one")
+    r = run_elth("find", "--method", "pruneit", "--arch", "resnet14", "--dataset", "digits")
+    assert_clean_error(r, (2,), "unknown method")
+    r = run_elth("find", "--method", "imp", "--arch", "resnet14-w4", "--dataset", "digits", "--rounds", "1",
+                 "--out-dir", str(tmp_path / "d"), "--rewind", "soon")
+    assert_clean_error(r, (2,), "step count")
+    r = run_elth("find", "--method", "magnitude", "--from", str(imp_dir / "run" / "round-02.safetensors"),
+                 "--sparsity", "0.1", "-o", str(tmp_path / "y.safetensors"))
+    assert_clean_error(r, (2,), "already")
+    assert not any(p.suffix == ".safetensors" for p in tmp_path.iterdir())
