@@ -1,0 +1,36 @@
+"""The demo's wiring on a tiny schedule: every row present, costs along the provenance chain, resume."""
+
+import json
+
+from elth_cli.demo import DemoConfig, render_table, run_demo
+from elth_cli.report import Log
+from elth_cli.ticket import Ticket
+
+
+def test_tiny_demo(tmp_path):
+    config = DemoConfig(small="resnet14-w4", large="resnet20-w4", rounds=2, levels=(2,), epochs=2)
+    rows = run_demo(tmp_path, config, Log(quiet=True))
+    kinds = {(r.target, r.kind) for r in rows}
+    assert kinds == {
+        ("resnet14-w4", "IMP (own)"), ("resnet14-w4", "squeeze keep-first"), ("resnet14-w4", "squeeze spaced"),
+        ("resnet14-w4", "random"), ("resnet14-w4", "magnitude"),
+        ("resnet20-w4", "IMP (own)"), ("resnet20-w4", "stretch append"), ("resnet20-w4", "stretch interpolate"),
+        ("resnet20-w4", "random"), ("resnet20-w4", "magnitude"),
+    }
+    by = {(r.target, r.kind): r for r in rows}
+    # A stretched ticket costs its source's IMP (two trainings of resnet14), once; baselines only the rewind.
+    assert by[("resnet20-w4", "stretch append")].extra["trainings"] == 2
+    assert by[("resnet20-w4", "stretch append")].cost_steps == by[("resnet14-w4", "IMP (own)")].cost_steps
+    assert by[("resnet20-w4", "random")].extra["trainings"] == 0
+    # Baselines match the target's IMP sparsity exactly.
+    assert by[("resnet20-w4", "random")].sparsity == by[("resnet20-w4", "IMP (own)")].sparsity
+    for r in rows:
+        assert 0.0 <= r.test_acc <= 1.0
+    doc = json.loads((tmp_path / "table.json").read_text())
+    assert len(doc["rows"]) == 10
+    assert (tmp_path / "table.txt").read_text() == render_table(rows, plain=True)
+    stretched = Ticket.load(tmp_path / "resnet20-w4-l02-stretch-append.safetensors")
+    assert stretched.is_trained and stretched.transform["source_arch"] == "resnet14-w4"
+    # Run again: everything is reused, the table is the same.
+    again = run_demo(tmp_path, config, Log(quiet=True))
+    assert [(r.kind, r.test_acc) for r in again] == [(r.kind, r.test_acc) for r in rows]
