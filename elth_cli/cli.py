@@ -40,6 +40,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Markdown re-flows docstring paragraphs (wrapped in the source) to the terminal width.
+    rich_markup_mode="markdown",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -359,7 +361,7 @@ def compare(
              "--arch cifar_resnet_20 --dataset cifar10 --steps-per-epoch 391 -o r20-l10.safetensors")
 def import_cmd(
     run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="open_lth / ElasticLTH run folder (holds "
-                       "mask.pth and model_ep<E>_it<I>.pth).")],
+                       "mask.pth and `model_ep{E}_it{I}.pth`).")],
     output: OutOpt,
     arch: Annotated[str, typer.Option("--arch", "-a", help="Architecture, elth's or open_lth's name "
                     "(resnet20, cifar_resnet_20, cifar_vgg_16).")],
@@ -414,7 +416,7 @@ def export(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Export a ticket as an open_lth run folder: mask.pth (int 0/1), model_ep<E>_it<I>.pth state dicts
+    """Export a ticket as an open_lth run folder: mask.pth (int 0/1), `model_ep{E}_it{I}.pth` state dicts
     (init at the rewind step, trained at the final step) and sparsity_report.json."""
     from elth_cli import interop
 
