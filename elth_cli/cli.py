@@ -118,6 +118,7 @@ def ticket_summary(ticket: Ticket) -> dict:
         "hparams": ticket.hparams,
         "metrics": ticket.metrics,
         "cost": ticket.cost,
+        "config": ticket.config,
         "created": ticket.created,
         "elth_version": ticket.elth_version,
         "sha256": ticket.sha256,
@@ -125,12 +126,29 @@ def ticket_summary(ticket: Ticket) -> dict:
     }
 
 
+def _config_lines(config: Optional[dict]) -> list[str]:
+    """The ``config`` section of ``elth info``: how the run that made the ticket was set up."""
+    if not config:
+        return []
+    env = config.get("environment") or {}
+    processes = env.get("world_size", 1)
+    launch = "one process" if processes == 1 else f"{processes} processes ({env.get('launcher')}, {env.get('backend')})"
+    lines = [f"config      elth {config.get('command')} on {env.get('device')}, {launch}, host {env.get('hostname')}",
+             f"versions    elth {env.get('elth')}, torch {env.get('torch')}, CUDA {env.get('cuda') or '-'}, "
+             f"cuDNN {env.get('cudnn') or '-'}, Python {env.get('python')}"]
+    hparams = config.get("hparams") or {}
+    if hparams:
+        lines.append("hparams     " + ", ".join(f"{k}={json.dumps(v)}" for k, v in sorted(hparams.items())))
+    return lines
+
+
 @app.command(epilog="Example: elth info r56.safetensors --json")
 def info(
     ticket_path: Annotated[str, typer.Argument(metavar="TICKET", help="Ticket file ('-' for stdin).")],
     json_out: JsonOpt = False,
 ) -> None:
-    """Show a ticket: architecture, sparsity overall and per layer, rewind step, provenance, metrics."""
+    """Show a ticket: architecture, sparsity overall and per layer, rewind step, provenance, metrics, and the
+    configuration of the run that made it (hyperparameters, versions, device, processes, host)."""
     ticket = Ticket.load(ticket_path)
     doc = ticket_summary(ticket)
     if json_out:
@@ -154,6 +172,8 @@ def info(
         con.print("metrics     " + ", ".join(f"{k}={v}" for k, v in sorted(ticket.metrics.items())), markup=False)
     if ticket.cost:
         con.print("cost        " + ", ".join(f"{k}={v}" for k, v in sorted(ticket.cost.items())), markup=False)
+    for line in _config_lines(ticket.config):
+        con.print(line, markup=False)
     con.print(f"created     {ticket.created} by elth {ticket.elth_version}", markup=False)
     rows = [(k, fmt_int(v["total"]), fmt_int(v["total"] - v["pruned"]), fmt_pct(v["sparsity"])) for k, v in doc["layers"].items()]
     con.print(make_table(["layer", "weights", "kept", "sparsity"], rows, right=["weights", "kept", "sparsity"]))
@@ -464,6 +484,49 @@ PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto (bf16 on CU
 CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the model (faster on GPUs after a "
                        "slow first step).")]
 DeterministicOpt = Annotated[bool, typer.Option("--deterministic", help="Deterministic kernels only (slower).")]
+SyncBnOpt = Annotated[bool, typer.Option("--sync-bn", help="Several processes on GPUs: BatchNorm statistics over "
+                      "the global batch (SyncBatchNorm). Ignored with one process; refused on the CPU.")]
+DistTimeoutOpt = Annotated[float, typer.Option("--dist-timeout", envvar="ELTH_DIST_TIMEOUT", help="Several "
+                           "processes (torchrun, srun): seconds a rank waits for the others, to join and at every "
+                           "exchange, before it fails.")]
+
+
+def _prepare_train_files(ticket_path: str, output: str, force: bool, ckpt: Optional[Path], log_jsonl: Optional[Path],
+                         resume: bool) -> Ticket:
+    """What ``train`` checks before any work (rank 0 of several processes): the files it writes, the ticket."""
+    check_output_path(output, force)
+    for what, path in (("checkpoint", ckpt), ("--log-jsonl", log_jsonl)):
+        if path is not None and not Path(path).parent.exists():
+            raise UsageError(f"folder {Path(path).parent} of the {what} file does not exist; create it first")
+    if resume and (ckpt is None or not Path(ckpt).exists()):
+        raise UsageError(f"--resume given but there is no checkpoint {ckpt}; drop --resume to start a new run")
+    return Ticket.load(ticket_path)
+
+
+def _fetch_once(name: str, data_dir: Optional[Path], download: bool, rt) -> bool:
+    """With several processes rank 0 downloads a missing data set first; the others then only read it.
+
+    Returns the ``download`` flag the ranks load with (False once rank 0 has fetched it).
+    """
+    from elth_cli import data as data_mod
+    from elth_cli import distributed
+
+    if not download or rt.world_size == 1:
+        return download
+    distributed.run_on_main(lambda: data_mod.load_dataset(name, str(data_dir) if data_dir else None, download=True)
+                            and None)
+    return False
+
+
+def _config_device(dev, rt) -> str:
+    """The device a config records: the device itself for one process, its kind for several
+    (each rank is on its own cuda:LOCAL_RANK, and the ranks' configs must be equal)."""
+    return dev.type if rt.world_size > 1 else str(dev)
+
+
+def _check_sync_bn(cfg, rt) -> None:
+    if cfg.sync_bn and rt.world_size > 1 and rt.device.type != "cuda":
+        raise UsageError("--sync-bn needs CUDA GPUs: SyncBatchNorm does not run on the CPU (gloo); drop --sync-bn")
 
 
 def _dataset_for(ticket: Ticket, dataset: Optional[str]) -> str:
@@ -495,6 +558,8 @@ def train(
     precision: PrecisionOpt = "auto",
     compile_model: CompileOpt = False,
     deterministic: DeterministicOpt = False,
+    sync_bn: SyncBnOpt = False,
+    dist_timeout: DistTimeoutOpt = 300.0,
     checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="Checkpoint file (default: OUT.ckpt "
                           "beside the output; with '-o -' there is none unless given).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Insist on resuming from the checkpoint (an existing "
@@ -517,43 +582,63 @@ def train(
 
     A checkpoint is written every epoch and on SIGTERM/SIGUSR1 (exit 75) or Ctrl-C (exit 130): re-run the same
     command to resume. The output ticket holds the trained weights, the resolved config and the metrics.
+
+    Data-parallel with several processes: torchrun --nproc-per-node N -m elth_cli train ... (or srun). --batch-size
+    stays the global batch; rank 0 alone writes the ticket, the checkpoint and the logs.
     """
     from elth_cli import data as data_mod
+    from elth_cli import distributed
     from elth_cli import train as train_mod
     from elth_cli.report import TrainProgress
 
+    launch = distributed.detect_launch()
     _check_stdout_use(output, json_out)
-    check_output_path(output, force)
     if resume and restart:
         raise UsageError("--resume and --restart contradict each other; pass one of them")
     ckpt = checkpoint if checkpoint is not None else (None if output == STDIO else train_mod.checkpoint_path_for(output))
-    for what, path in (("checkpoint", ckpt), ("--log-jsonl", log_jsonl)):
-        if path is not None and not Path(path).parent.exists():
-            raise UsageError(f"folder {Path(path).parent} of the {what} file does not exist; create it first")
-    if resume and (ckpt is None or not Path(ckpt).exists()):
-        raise UsageError(f"--resume given but there is no checkpoint {ckpt}; drop --resume to start a new run")
-    ticket = Ticket.load(ticket_path)
-    info = data_mod.get_dataset_info(_dataset_for(ticket, dataset), str(data_dir) if data_dir else None)
-    data_mod.check_compatible(info, ticket.input_shape, ticket.num_classes)
-    dev = train_mod.resolve_device(device)
-    cfg = train_mod.config_from_options(
-        ticket.spec, info, epochs=epochs, lr=lr, batch_size=batch_size, momentum=momentum,
-        weight_decay=weight_decay, milestones=milestones, gamma=gamma, warmup=warmup, schedule=schedule,
-        seed=seed, augment=augment, eval_every=eval_every, device=str(dev),
-        precision=train_mod.resolve_precision(precision, dev), compile=compile_model, deterministic=deterministic,
-    )
-    bundle = data_mod.load_dataset(info.name, str(data_dir) if data_dir else None, download=download, device=dev,
-                                   num_workers=workers)
-    try:
-        trained = train_mod.train_ticket(
-            ticket, bundle, cfg, checkpoint_path=ckpt, resume="require" if resume else "never" if restart else "auto",
-            log=TrainProgress(quiet), jsonl_path=log_jsonl,
-        )
-    except train_mod.TrainingStopped as e:
-        print(f"elth train: {e}", file=sys.stderr)
-        raise typer.Exit(e.exit_code) from None
-    sha = trained.save(output, force=force)
-    train_mod.remove_checkpoint(ckpt)
+    ticket = None
+    if not launch.distributed:  # one process: refuse before anything is loaded, as ever
+        ticket = _prepare_train_files(ticket_path, output, force, ckpt, log_jsonl, resume)
+    dev = distributed.local_device(device, launch)
+    prec = train_mod.resolve_precision(precision, dev)
+    with distributed.session(launch, dev, dist_timeout) as rt:
+        if ticket is None:  # rank 0 checks the files and reads the ticket; every rank gets it, or the error
+            ticket = distributed.run_on_main(
+                lambda: _prepare_train_files(ticket_path, output, force, ckpt, log_jsonl, resume))
+        name = _dataset_for(ticket, dataset)
+        fetch = _fetch_once(name, data_dir, download, rt)
+        with distributed.agree_on_errors():  # local work on every rank; one failure stops them all
+            info = data_mod.get_dataset_info(name, str(data_dir) if data_dir else None)
+            data_mod.check_compatible(info, ticket.input_shape, ticket.num_classes)
+            cfg = train_mod.config_from_options(
+                ticket.spec, info, epochs=epochs, lr=lr, batch_size=batch_size, momentum=momentum,
+                weight_decay=weight_decay, milestones=milestones, gamma=gamma, warmup=warmup, schedule=schedule,
+                seed=seed, augment=augment, eval_every=eval_every, device=_config_device(dev, rt),
+                precision=prec, compile=compile_model, deterministic=deterministic, sync_bn=sync_bn,
+            )
+            _check_sync_bn(cfg, rt)
+            bundle = data_mod.load_dataset(info.name, str(data_dir) if data_dir else None, download=fetch, device=dev,
+                                           num_workers=workers)
+            bundle.steps_per_epoch(cfg.batch_size, rt.world_size)  # the global batch fits the world size and the data
+        try:
+            trained = train_mod.train_ticket(
+                ticket, bundle, cfg, checkpoint_path=ckpt,
+                resume="require" if resume else "never" if restart else "auto",
+                log=TrainProgress(quiet or not rt.is_main), jsonl_path=log_jsonl, rank=rt.rank, world_size=rt.world_size,
+            )
+        except train_mod.TrainingStopped as e:
+            if rt.is_main:
+                print(f"elth train: {e}", file=sys.stderr)
+            raise typer.Exit(e.exit_code) from None
+
+        def save() -> str:
+            sha = trained.save(output, force=force)
+            train_mod.remove_checkpoint(ckpt)
+            return sha
+
+        sha = distributed.run_on_main(save)
+        if not rt.is_main:
+            return
     if json_out:
         print_json(train_mod.train_summary(trained, output, sha))
         return
@@ -623,12 +708,11 @@ def eval_cmd(
 
 
 # ----- find ---------------------------------------------------------------------------------------
-def _train_config(spec, info, dev, precision: str, **flags):
+def _train_config(spec, info, device: str, precision: str, **flags):
     """The resolved TrainConfig of the shared training flags (``train`` and ``find --method imp``)."""
     from elth_cli import train as train_mod
 
-    return train_mod.config_from_options(spec, info, device=str(dev),
-                                         precision=train_mod.resolve_precision(precision, dev), **flags)
+    return train_mod.config_from_options(spec, info, device=device, precision=precision, **flags)
 
 
 @app.command(epilog="Example: elth find --method imp --arch resnet20-w4 --dataset digits --rounds 10 --rewind 1ep "
@@ -681,6 +765,8 @@ def find(
     precision: PrecisionOpt = "auto",
     compile_model: CompileOpt = False,
     deterministic: DeterministicOpt = False,
+    sync_bn: SyncBnOpt = False,
+    dist_timeout: DistTimeoutOpt = 300.0,
     data_dir: DataDirOpt = None,
     download: DownloadOpt = False,
     workers: WorkersOpt = None,
@@ -694,19 +780,28 @@ def find(
     magnitude, rewinds the survivors to the --rewind step and trains again (every flag of elth train applies).
     Baselines prune once at --from's init weights (or a fresh seeded network of --arch) to --sparsity or --like's
     sparsity: random, magnitude, snip, grasp (original sign convention), synflow (iterative, data-free).
+
+    imp runs data-parallel with several processes (torchrun --nproc-per-node N -m elth_cli find ..., or srun):
+    rank 0 prunes and writes, every rank trains; --batch-size is the global batch.
     """
     from elth_cli import data as data_mod
+    from elth_cli import distributed
     from elth_cli import find as find_mod
     from elth_cli import train as train_mod
     from elth_cli.report import TrainProgress
 
     if method not in find_mod.FIND_METHODS:
         raise UsageError(f"unknown method {method!r}; choose one of {', '.join(find_mod.FIND_METHODS)}")
-    log = Log(quiet)
+    launch = distributed.detect_launch()
+    if launch.distributed and method != "imp":
+        raise UsageError(f"--method {method} prunes once, in one process; start it without torchrun or srun "
+                         "(only imp trains data-parallel)")
+    log = Log(quiet or not launch.is_main)
     data_dir_s = str(data_dir) if data_dir else None
     if output is not None:
         _check_stdout_use(output, json_out)
-        check_output_path(output, force)
+        if not launch.distributed:  # several processes: rank 0 checks it, below
+            check_output_path(output, force)
     if sparsity is not None:
         find_mod.check_sparsity(sparsity)
     if arch is not None:
@@ -722,27 +817,40 @@ def find(
             raise UsageError("imp needs --arch, --dataset and --out-dir")
         spec = archs.resolve_arch(arch)
         info = data_mod.get_dataset_info(dataset, data_dir_s)
-        dev = train_mod.resolve_device(device)
-        cfg = _train_config(spec, info, dev, precision, epochs=epochs, lr=lr, batch_size=batch_size,
-                            momentum=momentum, weight_decay=weight_decay, milestones=milestones, gamma=gamma,
-                            warmup=warmup, schedule=schedule, seed=seed, augment=augment, eval_every=eval_every,
-                            compile=compile_model, deterministic=deterministic)
+        dev = distributed.local_device(device, launch)
+        prec = train_mod.resolve_precision(precision, dev)
         opts = find_mod.ImpOptions(spec.name, info.name, rounds=rounds, sparsity=sparsity, prune_rate=prune_rate,
                                    rewind=train_mod.normalise_steps(rewind), exclude=tuple(exclude) if exclude else None)
         find_mod.check_imp_options(opts)
-        bundle = data_mod.load_dataset(info.name, data_dir_s, download=download, device=dev, num_workers=workers)
 
         def show(rec) -> None:
             log.info(f"round {rec.round:2d}: sparsity {fmt_pct(rec.sparsity)}, test acc {fmt_pct(rec.test_acc)}, "
                      f"{rec.seconds:.1f} s -> {rec.path}")
 
-        try:
-            records, final = find_mod.find_imp(opts, cfg, bundle, out_dir, log=TrainProgress(quiet), on_round=show)
-        except train_mod.TrainingStopped as e:
-            print(f"elth find: {e}; re-run the same command to resume", file=sys.stderr)
-            raise typer.Exit(e.exit_code) from None
-        if output is not None:  # a byte-for-byte copy of the final round's file
-            write_bytes_atomic(output, Path(records[-1].path).read_bytes())
+        with distributed.session(launch, dev, dist_timeout) as rt:
+            if output is not None and rt.world_size > 1:
+                distributed.run_on_main(lambda: check_output_path(output, force))
+            fetch = _fetch_once(info.name, data_dir, download, rt)
+            with distributed.agree_on_errors():  # local work on every rank; one failure stops them all
+                cfg = _train_config(spec, info, _config_device(dev, rt), prec, epochs=epochs, lr=lr,
+                                    batch_size=batch_size, momentum=momentum, weight_decay=weight_decay,
+                                    milestones=milestones, gamma=gamma, warmup=warmup, schedule=schedule, seed=seed,
+                                    augment=augment, eval_every=eval_every, compile=compile_model,
+                                    deterministic=deterministic, sync_bn=sync_bn)
+                _check_sync_bn(cfg, rt)
+                bundle = data_mod.load_dataset(info.name, data_dir_s, download=fetch, device=dev, num_workers=workers)
+                bundle.steps_per_epoch(cfg.batch_size, rt.world_size)  # the global batch fits the world size and data
+            try:
+                records, final = find_mod.find_imp(opts, cfg, bundle, out_dir, log=TrainProgress(quiet or not rt.is_main),
+                                                   on_round=show, rank=rt.rank, world_size=rt.world_size)
+            except train_mod.TrainingStopped as e:
+                if rt.is_main:
+                    print(f"elth find: {e}; re-run the same command to resume", file=sys.stderr)
+                raise typer.Exit(e.exit_code) from None
+            if output is not None:  # a byte-for-byte copy of the final round's file
+                distributed.run_on_main(lambda: write_bytes_atomic(output, Path(records[-1].path).read_bytes()))
+            if not rt.is_main:
+                return
         sha = final.sha256
         summary = {"method": "imp", "out_dir": str(out_dir), "output": output, "sha256": sha, "arch": final.arch,
                    "rounds": [r.as_dict() for r in records]}
@@ -812,7 +920,10 @@ def demo(
     stretch and squeeze between them, random and magnitude baselines, and the comparison table.
     """
     from elth_cli import demo as demo_mod
+    from elth_cli import distributed
 
+    if distributed.detect_launch().distributed:  # every rank would write the same files at once
+        raise UsageError("elth demo runs in one process; start it without torchrun or srun")
     config = demo_mod.DemoConfig(seed=seed)
     if quick:
         config = demo_mod.DemoConfig(rounds=4, levels=(3, 4), epochs=8, seed=seed)
@@ -831,7 +942,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = command.main(args=argv, prog_name="elth", standalone_mode=False)
     except ElthError as e:
-        _fail(str(e), e.exit_code)
+        _fail(str(e), e.exit_code, local=getattr(e, "local", False))
     except typer.Exit as e:
         code = e.exit_code
     except _PARSE_ERRORS as e:
@@ -846,9 +957,34 @@ def main(argv: list[str] | None = None) -> None:
         # The reader of our stdout went away (e.g. `| head`): not an error of ours.
         sys.stderr.close()
         sys.exit(1)
-    sys.exit(code if isinstance(code, int) else 0)
+    except RuntimeError as e:  # (after typer's Exit and Abort, which are RuntimeErrors too)
+        from elth_cli import distributed
+
+        if not distributed.is_comm_failure(e):
+            raise
+        # A rank lost its peers (gloo, NCCL): one line, not a traceback.
+        _fail(distributed.comm_failure_message(e), 1, local=True)
+    _exit(code if isinstance(code, int) else 0)
 
 
-def _fail(message: str, code: int) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(code)
+def _fail(message: str, code: int, local: bool = False) -> None:
+    """Print the error and exit. With several processes every rank fails alike and rank 0 alone reports it,
+    except for a failure only this rank saw (``local``), which it reports under its rank."""
+    rank = _rank_for_errors()
+    if rank == 0:
+        print(f"error: {message}", file=sys.stderr)
+    elif local:
+        print(f"error: rank {rank}: {message}", file=sys.stderr)
+    _exit(code)
+
+
+def _exit(code: int) -> None:
+    from elth_cli import distributed
+
+    distributed.exit_process(code)
+
+
+def _rank_for_errors() -> int:
+    from elth_cli import distributed
+
+    return distributed.reporting_rank()

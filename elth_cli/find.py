@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -21,7 +22,10 @@ from elth_cli.prune import (
     prune_lowest_per_layer, prune_to_sparsity, snip_scores, synflow_masks,
 )
 from elth_cli.ticket import Ticket, apply_masks
-from elth_cli.train import TrainConfig, parse_steps, remove_checkpoint, train_state
+from elth_cli.distributed import run_on_main
+from elth_cli.train import (
+    StopFlag, TrainConfig, parse_steps, remove_checkpoint, run_config, stop_signals, train_state,
+)
 
 FIND_METHODS = ("imp", "random", "magnitude", "snip", "grasp", "synflow")
 
@@ -260,8 +264,16 @@ RUN_FILE = "find.json"
 LOG_FILE = "find.jsonl"
 
 
-def _run_identity(opts: ImpOptions, cfg: TrainConfig) -> dict[str, Any]:
-    return {"method": "imp", "imp": opts.as_dict(), "train": cfg.as_dict()}
+def _run_identity(opts: ImpOptions, cfg: TrainConfig, world_size: int = 1) -> dict[str, Any]:
+    return {"method": "imp", "imp": opts.as_dict(), "train": cfg.as_dict(), "world_size": world_size}
+
+
+def _with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A find.json written before a field existed: the field had its default (one process, no sync_bn, ...)."""
+    out = {"world_size": 1, **saved}
+    if isinstance(saved.get("train"), dict):
+        out["train"] = {**TrainConfig.field_defaults(), **saved["train"]}
+    return out
 
 
 def _check_run_dir(out_dir: Path, identity: dict[str, Any]) -> None:
@@ -272,7 +284,7 @@ def _check_run_dir(out_dir: Path, identity: dict[str, Any]) -> None:
             saved = json.loads(run_file.read_text())
         except (OSError, json.JSONDecodeError):
             raise ElthError(f"{run_file} is unreadable; move the folder away or pick another --out-dir") from None
-        diffs = _differences(saved, identity)
+        diffs = _differences(_with_defaults(saved), identity)
         if diffs:
             raise UsageError(
                 f"{out_dir} holds an IMP run made with other arguments ({'; '.join(diffs)}); "
@@ -309,7 +321,7 @@ def _imp_masks(prev: Ticket, n_round: int, last: int, opts: ImpOptions, exclude:
 def find_imp(
     opts: ImpOptions, cfg: TrainConfig, bundle, out_dir: str | Path, log: Any = None,
     on_round: Callable[[RoundRecord], None] | None = None, handle_signals: bool = True,
-    stop_at: tuple[int, int] | None = None,
+    stop_at: tuple[int, int] | None = None, rank: int = 0, world_size: int = 1,
 ) -> tuple[list[RoundRecord], Ticket]:
     """Iterative magnitude pruning with rewinding; one ticket per round in ``out_dir``.
 
@@ -319,6 +331,11 @@ def find_imp(
     rewind-step weights and trains again from the rewind step. Re-running with the same
     arguments skips finished rounds and resumes the current one from its checkpoint.
     ``stop_at=(round, step)`` stops that round at that step as a signal would (for tests).
+
+    With ``world_size`` > 1 every rank calls this with the same arguments and trains every round
+    data-parallel (see :func:`elth_cli.train.train_state`). Rank 0 alone reads and writes the
+    folder: it decides which rounds are done, computes each round's mask and hands the mask and
+    the rewind weights to every rank, so all ranks train with identical tensors.
     """
     last = check_imp_options(opts)
     spec = archs.resolve_arch(opts.arch)
@@ -328,7 +345,7 @@ def find_imp(
     unknown = [k for k in exclude if k not in prunable]
     if unknown:
         raise UsageError(f"--exclude {unknown[0]} is not a prunable weight of {spec.name}; prunable: {', '.join(prunable[:4])}, ...")
-    spe = bundle.steps_per_epoch(cfg.batch_size)
+    spe = bundle.steps_per_epoch(cfg.batch_size, world_size)
     total = cfg.total_steps(spe)
     rewind_step = parse_steps(opts.rewind, spe)
     if rewind_step >= total:
@@ -342,39 +359,57 @@ def find_imp(
             raise UsageError(f"sparsity {opts.sparsity} is impossible with {', '.join(exclude)} kept dense: at most "
                              f"{reachable:.4f} is reachable; lower --sparsity or change --exclude")
     out_dir = Path(out_dir)
-    _check_run_dir(out_dir, _run_identity(opts, cfg))
-    records: list[RoundRecord] = []
     log_path = out_dir / LOG_FILE
-    done = _read_log(log_path)
+    run_on_main(lambda: _check_run_dir(out_dir, _run_identity(opts, cfg, world_size)))
+    done = run_on_main(lambda: _read_log(log_path))
+    records: list[RoundRecord] = []
     prev: Ticket | None = None
     rewind_state: dict[str, Tensor] | None = None
     cost = {"train_steps": 0, "train_seconds": 0.0, "trainings": 0}
-    for r in range(last + 1):
-        path = round_path(out_dir, r)
-        if path.exists():
-            ticket = Ticket.load(path)
-            record = done.get(r) or _record_from_ticket(r, ticket, path)
-        else:
-            ticket = _run_round(r, last, opts, cfg, bundle, spec, prev, rewind_state, rewind_step, exclude, cost,
-                                out_dir, log, handle_signals, stop_at)
-            ticket.save(path, force=True)
-            remove_checkpoint(_ckpt(out_dir, r))
-            record = _record_from_ticket(r, ticket, path)
-            with open(log_path, "a") as f:
-                f.write(json.dumps(record.as_dict(), sort_keys=True) + "\n")
-        records.append(record)
-        if on_round is not None:
-            on_round(record)
-        if r == 0:
-            rewind_state = dict(ticket.init)
-        cost = {
-            "train_steps": cost["train_steps"] + record.steps,
-            "train_seconds": round(cost["train_seconds"] + record.seconds, 3),
-            "trainings": cost["trainings"] + 1,
-        }
-        prev = ticket
+    flag = StopFlag()
+    # One handler for the whole run: a signal between rounds stops the next round at its first step.
+    signals = stop_signals(flag, 2.0 if world_size > 1 else 0.0) if handle_signals else contextlib.nullcontext()
+    with signals:
+        for r in range(last + 1):
+            path = round_path(out_dir, r)
+            # A finished round (its file is the record) is read by rank 0 and handed to every rank.
+            finished = run_on_main(lambda: Ticket.load(path) if path.exists() else None)
+            if finished is not None:
+                ticket = finished
+                record = done.get(r) or _record_from_ticket(r, ticket, path)
+            else:
+                masks = None
+                if r > 0:
+                    assert prev is not None
+                    # Pruned once, on rank 0; every rank trains with exactly these masks.
+                    masks = run_on_main(lambda: _imp_masks(prev, r, last, opts, exclude))
+                ticket = _run_round(r, last, opts, cfg, bundle, spec, masks, prev, rewind_state, rewind_step,
+                                    exclude, cost, out_dir, log, flag, stop_at, rank, world_size)
+                ticket.sha256 = run_on_main(lambda: _save_round(ticket, path, r, out_dir, log_path))
+                record = _record_from_ticket(r, ticket, path)
+            records.append(record)
+            if on_round is not None:
+                on_round(record)
+            if r == 0:
+                # The rewind weights every later round starts from: rank 0's, on every rank.
+                rewind_state = run_on_main(lambda: dict(ticket.init))
+            cost = {
+                "train_steps": cost["train_steps"] + record.steps,
+                "train_seconds": round(cost["train_seconds"] + record.seconds, 3),
+                "trainings": cost["trainings"] + 1,
+            }
+            prev = ticket
     assert prev is not None
     return records, prev
+
+
+def _save_round(ticket: Ticket, path: Path, r: int, out_dir: Path, log_path: Path) -> str:
+    """Write a finished round (rank 0): the ticket, then its find.jsonl line; drop its checkpoint."""
+    sha = ticket.save(path, force=True)
+    remove_checkpoint(_ckpt(out_dir, r))
+    with open(log_path, "a") as f:
+        f.write(json.dumps(_record_from_ticket(r, ticket, path).as_dict(), sort_keys=True) + "\n")
+    return sha
 
 
 def _ckpt(out_dir: Path, r: int) -> Path:
@@ -401,20 +436,24 @@ def _record_from_ticket(r: int, ticket: Ticket, path: Path) -> RoundRecord:
 
 
 def _run_round(
-    r: int, last: int, opts: ImpOptions, cfg: TrainConfig, bundle, spec: archs.ArchSpec, prev: Ticket | None,
-    rewind_state: dict[str, Tensor] | None, rewind_step: int, exclude: tuple[str, ...], cost: dict[str, Any],
-    out_dir: Path, log: Any, handle_signals: bool, stop_at: tuple[int, int] | None,
+    r: int, last: int, opts: ImpOptions, cfg: TrainConfig, bundle, spec: archs.ArchSpec,
+    masks: dict[str, Tensor] | None, prev: Ticket | None, rewind_state: dict[str, Tensor] | None, rewind_step: int,
+    exclude: tuple[str, ...], cost: dict[str, Any], out_dir: Path, log: Any, flag: StopFlag,
+    stop_at: tuple[int, int] | None, rank: int, world_size: int,
 ) -> Ticket:
+    """Train round ``r`` (``masks``: its mask, None for the dense round 0); return its ticket, unsaved."""
     shape, classes = bundle.info.input_shape, bundle.info.num_classes
     stop_step = stop_at[1] if stop_at is not None and stop_at[0] == r else None
     title = f"IMP round {r}/{last} {spec.name}"
+    common = dict(checkpoint_path=_ckpt(out_dir, r), log=log, stop=flag, handle_signals=False, stop_at_step=stop_step,
+                  rank=rank, world_size=world_size, title=title)
     if r == 0:
+        # Seeded: every rank builds the same initialisation.
         model = archs.build_model(spec, shape, classes, seed=cfg.seed)
         init_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         masks = {k: torch.ones(init_state[k].shape, dtype=torch.bool) for k in archs.prunable_keys(spec, shape, classes)}
-        result = train_state(model, masks, bundle, cfg, 0, checkpoint_path=_ckpt(out_dir, r),
-                             snapshot_steps={rewind_step} if rewind_step > 0 else (), log=log,
-                             handle_signals=handle_signals, stop_at_step=stop_step, title=title)
+        result = train_state(model, masks, bundle, cfg, 0, snapshot_steps={rewind_step} if rewind_step > 0 else (),
+                             **common)
         rewind = result.snapshots[rewind_step] if rewind_step > 0 else init_state
         total = result.metrics["total_steps"]
         # The dense ticket costs the training up to the rewind point (the weights it starts from).
@@ -424,17 +463,18 @@ def _run_round(
         parents: list[dict[str, Any]] = []
         start = 0
     else:
-        assert prev is not None and rewind_state is not None
-        masks = _imp_masks(prev, r, last, opts, exclude)
+        assert prev is not None and rewind_state is not None and masks is not None
         state = apply_masks(rewind_state, masks)
-        result = train_state(state, masks, bundle, cfg, rewind_step, arch=spec, checkpoint_path=_ckpt(out_dir, r),
-                             log=log, handle_signals=handle_signals, stop_at_step=stop_step, title=title)
+        result = train_state(state, masks, bundle, cfg, rewind_step, arch=spec, **common)
         rewind = state
         ticket_cost = dict(cost)
         parents = [prev.parent_record()]
         start = rewind_step
     metrics = dict(result.metrics)
     metrics["round"] = r
+    spe = bundle.steps_per_epoch(cfg.batch_size, world_size)
+    hparams = {"imp": opts.as_dict() | {"round": r, "rounds": last, "exclude": list(exclude)},
+               **cfg.resolved(spe, start, world_size)}
     return Ticket(
         arch=spec.name,
         input_shape=shape,
@@ -446,8 +486,8 @@ def _run_round(
         rewind_step=rewind_step,
         dataset=bundle.info.name,
         parents=parents,
-        hparams={"imp": opts.as_dict() | {"round": r, "rounds": last, "exclude": list(exclude)},
-                 **cfg.resolved(bundle.steps_per_epoch(cfg.batch_size), start)},
+        hparams=hparams,
         metrics=metrics,
         cost=ticket_cost,
+        config=run_config("find", hparams, bundle.device),
     )

@@ -33,7 +33,7 @@ MASK, INIT, TRAINED = "mask/", "init/", "trained/"
 # Metadata keys that have a field of their own; anything else round-trips through Ticket.extra.
 _KNOWN_META = {
     "format", "format_version", "elth_version", "created", "arch", "family", "input_shape", "num_classes",
-    "dataset", "sparsity", "method", "rewind_step", "parents", "transform", "hparams", "metrics", "cost",
+    "dataset", "sparsity", "method", "rewind_step", "parents", "transform", "hparams", "metrics", "cost", "config",
 }
 # A header larger than this is not a ticket header (safetensors itself caps it at 100 MB).
 _MAX_HEADER = 100_000_000
@@ -69,6 +69,8 @@ class Ticket:
     transform: dict[str, Any] | None = None
     hparams: dict[str, Any] | None = None
     metrics: dict[str, Any] | None = None
+    # The run that made the weights or the mask: command, hyperparameters, versions, device, processes, host.
+    config: dict[str, Any] | None = None
     # Compute spent to obtain this ticket's mask and init (not to train it): summed along its provenance.
     cost: dict[str, Any] = field(default_factory=dict)
     created: str = field(default_factory=now_utc)
@@ -154,7 +156,7 @@ class Ticket:
         )
         if self.dataset is not None:
             meta["dataset"] = self.dataset
-        for name in ("transform", "hparams", "metrics"):
+        for name in ("transform", "hparams", "metrics", "config"):
             value = getattr(self, name)
             if value is not None:
                 meta[name] = json.dumps(value, sort_keys=True)
@@ -223,6 +225,7 @@ class Ticket:
                 transform=_meta_json(meta, "transform", source, default=None),
                 hparams=_meta_json(meta, "hparams", source, default=None),
                 metrics=_meta_json(meta, "metrics", source, default=None),
+                config=_meta_json(meta, "config", source, default=None),
                 cost=_meta_json(meta, "cost", source, default={}),
                 created=meta.get("created", ""),
                 elth_version=meta.get("elth_version", ""),

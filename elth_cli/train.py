@@ -8,7 +8,13 @@ One module holds everything ``elth train`` / ``elth eval`` and iterative pruning
   benchmark times exactly what training runs;
 * :func:`train_state` / :func:`train_ticket`: the loop, with masks re-applied after every
   optimizer step, per-epoch checkpoints, SIGTERM/SIGUSR1/SIGINT handling and snapshots;
-* :func:`evaluate`: top-1 (top-5) accuracy and mean loss with BN in eval mode.
+* :func:`evaluate`: top-1 (top-5) accuracy and mean loss with BN in eval mode;
+* :func:`run_config`: the resolved configuration and the software and hardware it ran on.
+
+With several processes (``torchrun``, ``srun``; see :mod:`elth_cli.distributed`) the same loop
+runs data-parallel: DistributedDataParallel around the (compiled) model, each rank on its shard
+of every global batch, metrics summed over ranks, stop signals agreed on, and rank 0 alone
+writing checkpoints and logs. With one process none of that machinery is touched.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
-from elth_cli import __version__, archs
+from elth_cli import __version__, archs, distributed
 from elth_cli.archs import ArchSpec
 from elth_cli.data import DataBundle, DatasetInfo, check_compatible
 from elth_cli.errors import ElthError, UsageError
@@ -127,6 +133,12 @@ class TrainConfig:
     precision: str = "fp32"
     compile: bool = False
     deterministic: bool = False
+    sync_bn: bool = False  # SyncBatchNorm across ranks (CUDA, several processes); ignored with one
+
+    @classmethod
+    def field_defaults(cls) -> dict[str, Any]:
+        """Defaults of the fields that have one: what a run recorded before a field existed meant."""
+        return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
 
     def as_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -228,6 +240,7 @@ def config_from_options(
     precision: str = "fp32",
     compile: bool = False,
     deterministic: bool = False,
+    sync_bn: bool = False,
 ) -> TrainConfig:
     """The default recipe with every option that is not None applied (what ``elth train`` resolves).
 
@@ -243,7 +256,7 @@ def config_from_options(
     if milestones is not None and kind == "cosine":
         raise UsageError("--milestones only apply to --schedule step; drop them or pass --schedule step")
     changes: dict[str, Any] = {"device": device, "precision": precision, "compile": compile,
-                               "deterministic": deterministic}
+                               "deterministic": deterministic, "sync_bn": sync_bn}
     if schedule == "cosine":
         changes["milestones"] = ()
     if milestones is not None:
@@ -344,6 +357,28 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({platform.machine() or 'unknown'}, {torch.get_num_threads()} threads)"
 
 
+def environment(device: torch.device) -> dict[str, Any]:
+    """The software and hardware a run used: versions, device, processes, host (JSON-ready)."""
+    cudnn = None
+    with contextlib.suppress(Exception):  # a CPU-only torch has no cuDNN to ask
+        cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    return {
+        "elth": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,  # the CUDA torch was built for (None: a CPU-only build)
+        "cudnn": cudnn,
+        "device": device_name(device),
+        "platform": platform.platform(),
+        **distributed.describe(),  # world_size, launcher, backend, hostname (rank 0's)
+    }
+
+
+def run_config(command: str, hparams: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    """A ticket's ``config`` metadata: the command, every resolved hyperparameter, the environment."""
+    return {"command": command, "hparams": dict(hparams), "environment": environment(device)}
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """The autocast context of a precision (a no-op for fp32)."""
     if precision == "fp32":
@@ -373,8 +408,8 @@ def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
 def training_module(model: nn.Module, cfg: TrainConfig) -> nn.Module:
     """What the step calls: the model itself, or its compiled form with ``--compile``.
 
-    Kept apart from model construction so a DDP wrapper can be added here (compile first, then wrap).
-    The compiled module shares the model's parameters, so masks and checkpoints act on ``model``.
+    The caller wraps it in DDP when there are several processes (compile first, then wrap). The
+    compiled module shares the model's parameters, so masks and checkpoints act on ``model``.
     """
     if cfg.compile:
         # Static shapes: the epoch's last, smaller batch gets a graph of its own instead of turning
@@ -498,7 +533,8 @@ def evaluate(model: nn.Module, bundle: DataBundle, split: str = "test", batch_si
     """Top-1 accuracy (top-5 with more than 10 classes) and mean loss of ``split``, BN in eval mode.
 
     ``model`` must be on ``bundle.device``; its train/eval mode is restored afterwards. Results are
-    read from the device once, at the end.
+    read from the device once, at the end. With ``world_size`` > 1 each rank evaluates its shard and
+    the sums are all-reduced, so every rank returns the metrics of the whole split.
     """
     was_training = model.training
     model.eval()
@@ -520,7 +556,12 @@ def evaluate(model: nn.Module, bundle: DataBundle, split: str = "test", batch_si
             n += y.shape[0]
     finally:
         model.train(was_training)
-    values = torch.stack([loss_sum, correct.double(), correct5.double()]).tolist()
+    sums = torch.stack([loss_sum, correct.double(), correct5.double(),
+                        torch.tensor(float(n), dtype=torch.float64, device=device)])
+    if world_size > 1:
+        distributed.all_reduce_sum_(sums)
+    values = sums.tolist()
+    n = int(values[3])
     result: dict[str, Any] = {
         "split": split,
         "examples": n,
@@ -556,19 +597,25 @@ STOP_SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signa
 
 
 @contextlib.contextmanager
-def stop_signals(flag: StopFlag) -> Iterator[StopFlag]:
+def stop_signals(flag: StopFlag, repeat_grace_s: float = 0.0) -> Iterator[StopFlag]:
     """Route SIGTERM, SIGUSR1 and SIGINT to ``flag`` while the block runs; restore the old handlers after.
 
-    A second Ctrl-C while the first is being handled aborts at once (KeyboardInterrupt). Handlers
-    can only be installed from the main thread; elsewhere the flag is left to the caller.
+    A second Ctrl-C while the first is being handled aborts at once (KeyboardInterrupt), unless it
+    comes within ``repeat_grace_s`` seconds of the first: under torchrun one Ctrl-C reaches a
+    worker twice (from the terminal and forwarded by torchrun). Handlers can only be installed
+    from the main thread; elsewhere the flag is left to the caller.
     """
     if threading.current_thread() is not threading.main_thread():
         yield flag
         return
+    first = [0.0]
 
     def handler(signum: int, frame: Any) -> None:
         if flag.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+            if time.monotonic() - first[0] >= repeat_grace_s:
+                raise KeyboardInterrupt
+            return
+        first[0] = time.monotonic()
         flag.request(signum)
 
     previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
@@ -629,8 +676,13 @@ class RunState:
 
 
 def save_checkpoint(path: Path, identity: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
-                    scaler: torch.amp.GradScaler | None, step_fn: TrainStep, run: RunState) -> None:
-    """Write a resumable checkpoint atomically (temporary file, then rename)."""
+                    scaler: torch.amp.GradScaler | None, step_fn: TrainStep, run: RunState,
+                    stats: tuple[Tensor, Tensor, int] | None = None) -> None:
+    """Write a resumable checkpoint atomically (temporary file, then rename).
+
+    ``stats`` (loss sum, correct count, examples) replace the step's own running statistics: with
+    several processes, their sums over the ranks, written by rank 0.
+    """
     tensors: dict[str, Tensor] = {f"model/{k}": v for k, v in cpu_state(model).items()}
     opt = optimizer.state_dict()
     for idx, entry in opt["state"].items():
@@ -638,11 +690,14 @@ def save_checkpoint(path: Path, identity: dict[str, Any], model: nn.Module, opti
             if isinstance(value, Tensor):
                 tensors[f"optim/{idx}/{name}"] = _cpu(value)
     tensors["rng/cpu"] = torch.get_rng_state()
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    if stats is None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        # Every GPU's generator; not with several processes, where asking would create a context on
+        # every GPU from every rank (training draws nothing from them anyway).
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng/cuda/{i}"] = s.cpu()
-    tensors["stats/loss_sum"] = _cpu(step_fn.loss_sum).reshape(1)
-    tensors["stats/correct"] = _cpu(step_fn.correct).reshape(1)
+    loss_sum, correct, seen = stats if stats is not None else (step_fn.loss_sum, step_fn.correct, step_fn.seen)
+    tensors["stats/loss_sum"] = _cpu(loss_sum).reshape(1)
+    tensors["stats/correct"] = _cpu(correct).reshape(1)
     for s, state in run.snapshots.items():
         for k, v in state.items():
             tensors[f"snap/{s}/{k}"] = v
@@ -651,7 +706,7 @@ def save_checkpoint(path: Path, identity: dict[str, Any], model: nn.Module, opti
         "format_version": str(CHECKPOINT_VERSION),
         "identity": json.dumps(identity, sort_keys=True),
         "step": str(run.step),
-        "seen": str(step_fn.seen),
+        "seen": str(seen),
         "history": json.dumps(run.history),
         "best_test_acc": json.dumps(run.best_test_acc),
         "wall_seconds": repr(run.wall_seconds),
@@ -704,7 +759,9 @@ def read_checkpoint(path: Path) -> Checkpoint:
 def config_differences(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
     """``name saved -> wanted`` for every field of a run's identity that differs."""
     out = []
-    saved_cfg, wanted_cfg = dict(saved.get("config", {})), dict(wanted.get("config", {}))
+    # A field added to TrainConfig after a run started is absent from its checkpoint: it had the default.
+    saved_cfg = {**TrainConfig.field_defaults(), **saved.get("config", {})}
+    wanted_cfg = {**TrainConfig.field_defaults(), **wanted.get("config", {})}
     for key in sorted(set(saved_cfg) | set(wanted_cfg)):
         if saved_cfg.get(key) != wanted_cfg.get(key):
             out.append(f"{key} {saved_cfg.get(key)!r} -> {wanted_cfg.get(key)!r}")
@@ -719,8 +776,12 @@ def config_differences(saved: dict[str, Any], wanted: dict[str, Any]) -> list[st
 
 
 def restore_checkpoint(ckpt: Checkpoint, model: nn.Module, optimizer: torch.optim.Optimizer,
-                       scaler: torch.amp.GradScaler | None, step_fn: TrainStep) -> RunState:
-    """Load a checkpoint's state into the model, optimizer, scaler, RNGs and step statistics."""
+                       scaler: torch.amp.GradScaler | None, step_fn: TrainStep, load_stats: bool = True) -> RunState:
+    """Load a checkpoint's state into the model, optimizer, scaler, RNGs and step statistics.
+
+    ``load_stats=False`` (every rank but 0 of a multi-process run) starts the epoch's running
+    statistics at zero: the checkpoint holds their sums over all ranks, which rank 0 carries.
+    """
     t, meta = ckpt.tensors, ckpt.meta
     model.load_state_dict({k[len("model/"):]: v for k, v in t.items() if k.startswith("model/")}, strict=True)
     params = optimizer.state_dict()["param_groups"]
@@ -741,9 +802,12 @@ def restore_checkpoint(ckpt: Checkpoint, model: nn.Module, optimizer: torch.opti
     cuda_states = [t[f"rng/cuda/{i}"] for i in range(torch.cuda.device_count()) if f"rng/cuda/{i}" in t]
     if cuda_states and len(cuda_states) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda_states)
-    step_fn.loss_sum.copy_(t["stats/loss_sum"].reshape(()))
-    step_fn.correct.copy_(t["stats/correct"].reshape(()))
-    step_fn.seen = int(meta["seen"])
+    if load_stats:
+        step_fn.loss_sum.copy_(t["stats/loss_sum"].reshape(()))
+        step_fn.correct.copy_(t["stats/correct"].reshape(()))
+        step_fn.seen = int(meta["seen"])
+    else:
+        step_fn.reset_stats()
     snapshots: dict[int, dict[str, Tensor]] = {}
     for name, value in t.items():
         if name.startswith("snap/"):
@@ -853,11 +917,20 @@ def train_state(
     ``s`` steps is kept for every ``s`` in ``snapshot_steps`` (IMP's rewind point) and returned in
     ``TrainResult.snapshots``. The checkpoint is left in place: remove it (:func:`remove_checkpoint`)
     once the result is saved.
+
+    With ``world_size`` > 1 (a process group of that size must be running, see
+    :mod:`elth_cli.distributed`) every rank calls this with the same arguments: the model trains
+    under DistributedDataParallel on the rank's shard of each global batch, rank 0 alone reads and
+    writes the checkpoint and the JSON lines and reports progress, a stop requested on any rank
+    stops every rank at the same step (agreed every ``distributed.STOP_CHECK_EVERY`` steps and at
+    epoch ends), and every rank returns the same state and metrics (timings aside).
     """
     validate_config(cfg)
-    device = torch.device(cfg.device)
-    if not _same_device(bundle.device, device):
-        raise UsageError(f"the data is on {bundle.device} but the config trains on {device}; load it with device={device}")
+    distributed.require(rank, world_size)
+    if not _same_device(bundle.device, torch.device(cfg.device)):
+        raise UsageError(f"the data is on {bundle.device} but the config trains on {cfg.device}; "
+                         f"load it with device={cfg.device}")
+    device = bundle.device  # cfg.device may say "cuda" where the data (and this rank) are on cuda:LOCAL_RANK
     if resume not in ("auto", "require", "never"):
         raise UsageError(f"resume must be auto, require or never, not {resume!r}")
     if isinstance(model_or_state, nn.Module):
@@ -880,6 +953,7 @@ def train_state(
     if bad:
         raise UsageError(f"snapshot step {min(bad)} is outside the run's steps {start_step}..{total}")
 
+    main = rank == 0
     identity = {
         "config": cfg.as_dict(),
         "start_step": start_step,
@@ -887,35 +961,38 @@ def train_state(
         "world_size": world_size,
         "source": state_fingerprint(model.state_dict(), masks),
     }
+    distributed.record_digests(f"{title} start", rank, masks=masks, state=model.state_dict())
     set_deterministic(cfg.deterministic, device)
     model = prepare_model(model, device)
+    if cfg.sync_bn and world_size > 1:
+        model = distributed.convert_sync_bn(model, device)
     mask_set = MaskSet(model, masks)
     mask_set.apply()
     module = training_module(model, cfg)
+    if world_size > 1:
+        module = distributed.wrap_ddp(module, device)
     optimizer = make_optimizer(model, cfg, device)
     scaler = make_scaler(cfg.precision, device)
     step_fn = TrainStep(module, optimizer, mask_set, device, cfg.precision, scaler)
 
     ckpt_path = Path(checkpoint_path) if checkpoint_path is not None else None
-    jsonl = Path(jsonl_path) if jsonl_path is not None else None
+    jsonl = Path(jsonl_path) if jsonl_path is not None and main else None
     run = RunState(step=start_step)
     resumed_from = None
-    if ckpt_path is not None and ckpt_path.exists() and resume != "never":
-        ckpt = read_checkpoint(ckpt_path)
-        diff = config_differences(ckpt.identity, identity)
-        if diff:
-            raise UsageError(f"checkpoint {ckpt_path} belongs to a different run (differs in: {'; '.join(diff)}); "
-                             "re-run with the original options, or pass --restart to discard it")
-        run = restore_checkpoint(ckpt, model, optimizer, scaler, step_fn)
+    # Rank 0 reads the checkpoint and checks that it belongs to this run; every rank gets it (or the error).
+    ckpt = distributed.run_on_main(lambda: _read_resume(ckpt_path, resume, identity))
+    if ckpt is not None:
+        run = restore_checkpoint(ckpt, model, optimizer, scaler, step_fn, load_stats=main)
         resumed_from = run.step
-    elif resume == "require":
-        raise UsageError(f"--resume given but there is no checkpoint {ckpt_path}; drop --resume to start a new run")
+    del ckpt
     _write_jsonl(jsonl, run.history)
 
     flag = stop or StopFlag()
-    signals = stop_signals(flag) if handle_signals else contextlib.nullcontext(flag)
+    # One Ctrl-C reaches a torchrun worker twice (terminal and torchrun): only a later one aborts.
+    signals = stop_signals(flag, 2.0 if world_size > 1 else 0.0) if handle_signals else contextlib.nullcontext(flag)
     segment_start = time.perf_counter()
     model.train()
+    log = log if main else None
     if log is not None:
         log.start(title, run.step, total, spe, cfg.batch_size, resumed_from is not None)
     try:
@@ -939,13 +1016,66 @@ def train_state(
         "steps": total - start_step,
         "total_steps": total,
         "wall_time_s": round(run.wall_seconds, 3),
-        "images_per_s": round(run.train_images / run.train_seconds, 1) if run.train_seconds > 0 else None,
+        # All ranks step together: the run's throughput is world_size times one rank's.
+        "images_per_s": (round(run.train_images * world_size / run.train_seconds, 1)
+                         if run.train_seconds > 0 else None),
         "device": device_name(device),
         "precision": cfg.precision,
     }
+    if world_size > 1:
+        metrics["world_size"] = world_size
     if "test_top5" in last:
         metrics["test_top5"] = last["test_top5"]
-    return TrainResult(cpu_state(model), metrics, run.snapshots, run.history, resumed_from)
+    state = cpu_state(model)
+    distributed.record_digests(f"{title} end", rank, masks=masks, state=state)
+    return TrainResult(state, metrics, run.snapshots, run.history, resumed_from)
+
+
+def _read_resume(path: Path | None, resume: str, identity: dict[str, Any]) -> Checkpoint | None:
+    """The checkpoint to resume from (None: start over), checked against the run's identity."""
+    if path is not None and path.exists() and resume != "never":
+        ckpt = read_checkpoint(path)
+        diff = config_differences(ckpt.identity, identity)
+        if diff:
+            raise UsageError(f"checkpoint {path} belongs to a different run (differs in: {'; '.join(diff)}); "
+                             "re-run with the original options, or pass --restart to discard it")
+        return ckpt
+    if resume == "require":
+        raise UsageError(f"--resume given but there is no checkpoint {path}; drop --resume to start a new run")
+    return None
+
+
+class _StopCheck:
+    """Whether to stop before a step: the local flag for one process, an agreement among several.
+
+    With several processes the ranks all-reduce (MAX) their signal numbers at the segment's first
+    step, every ``distributed.STOP_CHECK_EVERY`` steps after it and at every epoch end, so they stop
+    at the same step; a stop is therefore noticed within that many steps. One process looks at its
+    flag before every step, as before (no collective, no sync).
+    """
+
+    def __init__(self, flag: StopFlag, world_size: int, device: torch.device, first_step: int) -> None:
+        self.flag, self.world_size, self.device, self.first = flag, world_size, device, first_step
+        self.agreed_at: int | None = None
+        self.agreed = 0
+
+    def before_step(self, step: int) -> bool:
+        if self.world_size == 1:
+            return self.flag.requested
+        if (step - self.first) % distributed.STOP_CHECK_EVERY:
+            return False
+        return self._agree(step)
+
+    def at_epoch_end(self, step: int) -> bool:
+        return self.flag.requested if self.world_size == 1 else self._agree(step)
+
+    def _agree(self, step: int) -> bool:
+        if self.agreed_at != step:  # once per step: the epoch end and the next epoch's start share one
+            self.agreed_at, self.agreed = step, distributed.agree_on_stop(self.flag.signum, self.device)
+            if self.agreed:
+                # Every rank names the same signal (the largest number), so all exit with one status.
+                self.flag.request(self.agreed)
+        return self.agreed != 0
 
 
 def _loop(model: nn.Module, bundle: DataBundle, cfg: TrainConfig, schedule: Schedule, step_fn: TrainStep,
@@ -955,9 +1085,23 @@ def _loop(model: nn.Module, bundle: DataBundle, cfg: TrainConfig, schedule: Sche
           log: Reporter | None, segment_start: float, rank: int, world_size: int) -> None:
     device = bundle.device
     wall_base = run.wall_seconds
+    several = world_size > 1
+    stop_check = _StopCheck(flag, world_size, device, run.step)
+    # Each rank evaluates eval_batch_size // world_size images at a time (the data needs a multiple).
+    eval_batch = max(world_size, cfg.eval_batch_size // world_size * world_size)
 
     def wall() -> float:
         return wall_base + time.perf_counter() - segment_start
+
+    def epoch_sums() -> Tensor:
+        """(loss sum, correct, examples) of the epoch so far, summed over the ranks (float64, on the device)."""
+        sums = torch.stack([step_fn.loss_sum, step_fn.correct.double(),
+                            torch.tensor(float(step_fn.seen), dtype=torch.float64, device=device)])
+        return distributed.all_reduce_sum_(sums)
+
+    def snapshot() -> dict[str, Tensor]:
+        distributed.sync_buffers(model)  # rank 0's running statistics, so every rank keeps the same weights
+        return cpu_state(model)
 
     saved_at = -1
 
@@ -965,7 +1109,13 @@ def _loop(model: nn.Module, bundle: DataBundle, cfg: TrainConfig, schedule: Sche
         nonlocal saved_at
         if ckpt_path is not None and saved_at != run.step:
             run.wall_seconds = wall()
-            save_checkpoint(ckpt_path, identity, model, optimizer, scaler, step_fn, run)
+            stats = None
+            if several:
+                sums = epoch_sums()
+                stats = (sums[0], sums[1].long(), int(sums[2].item()))
+            # Rank 0 writes; the others wait for it, and fail with it if the write fails.
+            distributed.run_on_main(lambda: save_checkpoint(ckpt_path, identity, model, optimizer, scaler, step_fn,
+                                                            run, stats))
             saved_at = run.step
 
     def stopped() -> None:
@@ -992,10 +1142,10 @@ def _loop(model: nn.Module, bundle: DataBundle, cfg: TrainConfig, schedule: Sche
         train_time, timed_images = 0.0, 0
         for x, y in bundle.train_batches(cfg.batch_size, epoch, cfg.seed, start_batch=batch, rank=rank,
                                          world_size=world_size, augment=cfg.augment):
-            if flag.requested or run.step == stop_at_step:
+            if run.step == stop_at_step or stop_check.before_step(run.step):
                 stopped()
             if run.step in snapshot_steps and run.step not in run.snapshots:
-                run.snapshots[run.step] = cpu_state(model)
+                run.snapshots[run.step] = snapshot()
             warmup = tuple(x.shape) not in warm_shapes
             if warmup:
                 _sync(device)
@@ -1011,8 +1161,14 @@ def _loop(model: nn.Module, bundle: DataBundle, cfg: TrainConfig, schedule: Sche
             if log is not None:
                 log.step(run.step, step_fn.read_stats)
         # End of epoch: the one place where results are read back from the device.
-        train_loss, train_acc = step_fn.read_stats()
+        if several:
+            loss_sum, correct, seen = epoch_sums().tolist()
+            train_loss, train_acc = (loss_sum / seen, correct / seen) if seen else (float("nan"), float("nan"))
+            distributed.sync_buffers(model)
+        else:
+            train_loss, train_acc = step_fn.read_stats()
         train_time += time.perf_counter() - mark
+        # The weights are the same on every rank (DDP), so every rank reaches the same verdict.
         if not bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all()):
             raise ElthError(f"training diverged in epoch {epoch + 1} (weights became NaN or infinite; last lr "
                             f"{schedule(run.step - 1):.4g}); lower --lr or lengthen --warmup")
@@ -1029,24 +1185,25 @@ def _loop(model: nn.Module, bundle: DataBundle, cfg: TrainConfig, schedule: Sche
             "test_acc": None,
         }
         if done or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0):
-            result = evaluate(model, bundle, "test", cfg.eval_batch_size, cfg.precision, rank, world_size)
+            result = evaluate(model, bundle, "test", eval_batch, cfg.precision, rank, world_size)
             record["test_loss"], record["test_acc"] = result["loss"], result["accuracy"]
             if "top5" in result:
                 record["test_top5"] = result["top5"]
             if run.best_test_acc is None or result["accuracy"] > run.best_test_acc:
                 run.best_test_acc = result["accuracy"]
-        record["images_per_s"] = round(timed_images / train_time, 1) if train_time > 0 and timed_images else None
+        images = timed_images * world_size  # every rank trained as many images as this one
+        record["images_per_s"] = round(images / train_time, 1) if train_time > 0 and timed_images else None
         record["seconds"] = round(time.perf_counter() - epoch_start, 3)
         run.train_seconds += train_time if timed_images else 0.0
         run.train_images += timed_images
         run.history.append(record)
         if run.step in snapshot_steps and run.step not in run.snapshots:
-            run.snapshots[run.step] = cpu_state(model)
+            run.snapshots[run.step] = snapshot()
         checkpoint()
         _write_jsonl(jsonl, run.history, record)
         if log is not None:
             log.epoch(record, cfg.epochs, total)
-        if flag.requested and not done:
+        if not done and stop_check.at_epoch_end(run.step):
             stopped()
     run.wall_seconds = wall()
 
@@ -1068,20 +1225,25 @@ def train_ticket(
     stop: StopFlag | None = None,
     handle_signals: bool = True,
     stop_at_step: int | None = None,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> Ticket:
     """Train a ticket's subnetwork from its ``init`` weights at its ``rewind_step``; return the trained ticket.
 
     The result keeps every field of ``ticket`` (masks, init, method, parents, transform, cost,
-    ...) and adds ``trained``, ``hparams`` (the resolved config) and ``metrics``. It is not saved:
-    save it, then :func:`remove_checkpoint`.
+    ...) and adds ``trained``, ``hparams`` (the resolved config), ``metrics`` and ``config`` (the
+    hyperparameters with the versions, device, processes and host of the run). It is not saved:
+    save it, then :func:`remove_checkpoint`. With ``world_size`` > 1 every rank calls this (see
+    :func:`train_state`) and gets the same trained weights; rank 0 saves the result.
     """
     check_compatible(bundle.info, ticket.input_shape, ticket.num_classes)
     model = ticket.build_model("init")
     result = train_state(model, ticket.masks, bundle, cfg, ticket.rewind_step, checkpoint_path=checkpoint_path,
                          resume=resume, log=log, jsonl_path=jsonl_path, stop=stop, handle_signals=handle_signals,
-                         stop_at_step=stop_at_step, title=f"{ticket.arch} on {bundle.info.name}")
-    spe = bundle.steps_per_epoch(cfg.batch_size)
-    hparams = cfg.resolved(spe, ticket.rewind_step)
+                         stop_at_step=stop_at_step, rank=rank, world_size=world_size,
+                         title=f"{ticket.arch} on {bundle.info.name}")
+    spe = bundle.steps_per_epoch(cfg.batch_size, world_size)
+    hparams = cfg.resolved(spe, ticket.rewind_step, world_size)
     if ticket.hparams:
         hparams["ticket_hparams"] = ticket.hparams  # how the mask and init were made, kept
     return dataclasses.replace(
@@ -1089,6 +1251,7 @@ def train_ticket(
         trained=apply_masks(result.state, ticket.masks),
         hparams=hparams,
         metrics=result.metrics,
+        config=run_config("train", cfg.resolved(spe, ticket.rewind_step, world_size), bundle.device),
         dataset=ticket.dataset or bundle.info.name,
         created=now_utc(),
         elth_version=__version__,

@@ -5,6 +5,7 @@ from conftest import make_ticket
 from elth_cli import data
 from elth_cli.errors import UsageError
 from elth_cli.find import BaselineOptions, prune_baseline
+from elth_cli.ticket import Ticket
 from elth_cli.prune import (
     allocate_counts, check_sparsity, count_pruned, magnitude_scores, prune_lowest, prune_to_sparsity, synflow_masks,
 )
@@ -82,12 +83,13 @@ def digits():
 @pytest.mark.parametrize("sparsity", [0.5, 0.9])
 def test_every_baseline_hits_the_sparsity_exactly(method, sparsity, digits):
     src = make_ticket("resnet20-w4", sparsity=0.0, seed=1)
+    src = Ticket.from_bytes(src.to_bytes())  # a ticket read from a file: it becomes the parent
     bundle = ExplodingBundle() if method == "synflow" else digits
     opts = BaselineOptions(method=method, sparsity=sparsity, batches=2, batch_size=64, synflow_iterations=10)
     out = prune_baseline(src, opts, bundle)
     pruned, total = count_pruned(out.masks)
     assert pruned == round(sparsity * total)
-    assert out.method == method and out.parents[0]["arch"] == src.arch
+    assert out.method == method and out.parents == [src.parent_record()]
     for k, m in out.masks.items():  # init weights are the source's, zero where pruned
         assert torch.equal(out.init[k], torch.where(m, src.init[k], torch.zeros(())))
     if method == "random":  # layer-wise: every layer at the same rate
