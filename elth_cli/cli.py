@@ -905,7 +905,7 @@ def find(
 
 
 # ----- demo ---------------------------------------------------------------------------------------
-@app.command(epilog="Example: elth demo --out-dir demo-out  (about 5 minutes on 2 CPU cores; --quick for a "
+@app.command(epilog="Example: elth demo --out-dir demo-out  (about 7 minutes on 2 CPU cores; --quick for a "
              "one-minute check)")
 def demo(
     out_dir: Annotated[Path, typer.Option("--out-dir", help="Folder for the tickets and the table (re-running "
