@@ -673,6 +673,10 @@ def eval_cmd(
     """Evaluate a ticket: top-1 accuracy (top-5 with more than 10 classes) and mean loss, BN in eval mode."""
     from elth_cli import data as data_mod
     from elth_cli import train as train_mod
+    from elth_cli import distributed
+
+    if distributed.detect_launch().distributed:  # every rank would evaluate the whole set and print it
+        raise UsageError("elth eval runs in one process; start it without torchrun or srun")
 
     if split not in ("test", "train"):
         raise UsageError(f"unknown split {split!r}; choose test or train")

@@ -215,3 +215,19 @@ def test_bad_eval_options(capsys, r8_file) -> None:
     assert_clean_error(elth(capsys, "eval", r8_file, "--weights", "final"), codes=(2,), contains="weights must be")
     assert_clean_error(elth(capsys, "eval", r8_file, "--weights", "init", "--batch-size", "0"), codes=(2,),
                        contains="--batch-size must be at least 1")
+
+
+def test_eval_refuses_a_distributed_launch(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT, Result, assert_clean_error, make_ticket
+
+    path = tmp_path / "t.safetensors"
+    make_ticket().save(path)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), RANK="0", WORLD_SIZE="2", LOCAL_RANK="0",
+               MASTER_ADDR="127.0.0.1", MASTER_PORT="1")
+    proc = subprocess.run([sys.executable, "-m", "elth_cli", "eval", str(path), "--weights", "init"],
+                          capture_output=True, env=env, timeout=120)
+    assert_clean_error(Result(proc.returncode, proc.stdout.decode(), proc.stderr.decode()), (2,), "one process")
