@@ -103,16 +103,7 @@ def ticket_summary(ticket: Ticket) -> dict:
     """Everything ``elth info`` shows, as a JSON-ready dict."""
     layers = {k: {"pruned": p, "total": t, "sparsity": p / t if t else 0.0} for k, (p, t) in ticket.layer_sparsity().items()}
     return {
-        "arch": ticket.arch,
-        "family": ticket.family,
-        "blocks_per_stage": list(ticket.spec.depths),
-        "dataset": ticket.dataset,
-        "input_shape": list(ticket.input_shape),
-        "num_classes": ticket.num_classes,
-        "sparsity": ticket.sparsity,
-        "method": ticket.method,
-        "rewind_step": ticket.rewind_step,
-        "trained": ticket.is_trained,
+        **ticket.identity(),
         "parents": ticket.parents,
         "transform": ticket.transform,
         "hparams": ticket.hparams,
@@ -121,7 +112,6 @@ def ticket_summary(ticket: Ticket) -> dict:
         "config": ticket.config,
         "created": ticket.created,
         "elth_version": ticket.elth_version,
-        "sha256": ticket.sha256,
         "layers": layers,
     }
 
@@ -712,13 +702,6 @@ def eval_cmd(
 
 
 # ----- find ---------------------------------------------------------------------------------------
-def _train_config(spec, info, device: str, precision: str, **flags):
-    """The resolved TrainConfig of the shared training flags (``train`` and ``find --method imp``)."""
-    from elth_cli import train as train_mod
-
-    return train_mod.config_from_options(spec, info, device=device, precision=precision, **flags)
-
-
 @app.command(epilog="Example: elth find --method imp --arch resnet20-w4 --dataset digits --rounds 10 --rewind 1ep "
              "--out-dir runs/r20 -o r20-l10.safetensors  |  elth find --method snip --from runs/r20/round-00.safetensors "
              "--like runs/r20/round-10.safetensors -o r20-snip.safetensors")
@@ -836,7 +819,7 @@ def find(
                 distributed.run_on_main(lambda: check_output_path(output, force))
             fetch = _fetch_once(info.name, data_dir, download, rt)
             with distributed.agree_on_errors():  # local work on every rank; one failure stops them all
-                cfg = _train_config(spec, info, _config_device(dev, rt), prec, epochs=epochs, lr=lr,
+                cfg = train_mod.config_from_options(spec, info, device=_config_device(dev, rt), precision=prec, epochs=epochs, lr=lr,
                                     batch_size=batch_size, momentum=momentum, weight_decay=weight_decay,
                                     milestones=milestones, gamma=gamma, warmup=warmup, schedule=schedule, seed=seed,
                                     augment=augment, eval_every=eval_every, compile=compile_model,

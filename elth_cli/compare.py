@@ -165,19 +165,9 @@ def ticket_row(ticket: Ticket, name: str) -> dict[str, Any]:
     cost.update({k: v for k, v in ticket.cost.items() if k not in cost})
     return {
         "name": name,
-        "sha256": ticket.sha256,
-        "arch": ticket.arch,
-        "family": ticket.family,
-        "blocks_per_stage": list(ticket.spec.depths),
-        "dataset": ticket.dataset,
-        "input_shape": list(ticket.input_shape),
-        "num_classes": ticket.num_classes,
-        "sparsity": ticket.sparsity,
+        **ticket.identity(),
         "prunable_weights": total,
         "kept_weights": kept,
-        "method": ticket.method,
-        "rewind_step": ticket.rewind_step,
-        "trained": ticket.is_trained,
         "parents": [
             {"sha256": p.get("sha256"), "arch": p.get("arch"), "method": p.get("method"), "sparsity": p.get("sparsity")}
             for p in ticket.parents

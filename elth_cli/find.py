@@ -339,7 +339,6 @@ def find_imp(
     """
     last = check_imp_options(opts)
     spec = archs.resolve_arch(opts.arch)
-    check_compatible(bundle.info, bundle.info.input_shape, bundle.info.num_classes)
     exclude = default_exclude(spec) if opts.exclude is None else tuple(opts.exclude)
     prunable = archs.prunable_keys(spec, bundle.info.input_shape, bundle.info.num_classes)
     unknown = [k for k in exclude if k not in prunable]

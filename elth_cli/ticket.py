@@ -125,6 +125,22 @@ class Ticket:
         model.load_state_dict(self.state(weights), strict=True)
         return model.to(device)
 
+    def identity(self) -> dict[str, Any]:
+        """What a ticket is, as JSON-ready fields (shared by ``elth info`` and ``elth compare``)."""
+        return {
+            "sha256": self.sha256,
+            "arch": self.arch,
+            "family": self.family,
+            "blocks_per_stage": list(self.spec.depths),
+            "dataset": self.dataset,
+            "input_shape": list(self.input_shape),
+            "num_classes": self.num_classes,
+            "sparsity": self.sparsity,
+            "method": self.method,
+            "rewind_step": self.rewind_step,
+            "trained": self.is_trained,
+        }
+
     def parent_record(self) -> dict[str, Any]:
         """How a child ticket refers to this one in its ``parents`` list."""
         return {
