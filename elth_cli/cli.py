@@ -944,6 +944,10 @@ def main(argv: list[str] | None = None) -> None:
         # The reader of our stdout went away (e.g. `| head`): not an error of ours.
         sys.stderr.close()
         sys.exit(1)
+    except OSError as e:
+        # A folder that is a file, no permission, a full disk: the system's reason, on one line.
+        where = f": {e.filename}" if getattr(e, "filename", None) else ""
+        _fail(f"{e.strerror or e}{where}; check the path and its permissions", 1)
     except RuntimeError as e:  # (after typer's Exit and Abort, which are RuntimeErrors too)
         from elth_cli import distributed
 

@@ -187,3 +187,13 @@ def test_missing_input_and_usage_errors(tmp_path):
 def test_json_and_stdout_ticket_conflict(ticket_file):
     r = run_elth("stretch", str(ticket_file), "--target", "resnet32", "-o", "-", "--json")
     assert_clean_error(r, (2,), "stdout")
+
+
+def test_output_folder_that_is_a_file(tmp_path):
+    """An OS error (here: a folder path that is a file) is one line and status 1, not a traceback."""
+    blocker = tmp_path / "taken"
+    blocker.write_text("a file")
+    r = run_elth("find", "--method", "imp", "--arch", "resnet14-w4", "--dataset", "digits", "--rounds", "1",
+                 "--epochs", "1", "--out-dir", str(blocker))
+    assert_clean_error(r, (1,), "taken")
+    assert blocker.read_text() == "a file"
