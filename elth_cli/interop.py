@@ -32,6 +32,7 @@ from torch import Tensor
 
 from elth_cli import archs, data
 from elth_cli.errors import ElthError, UsageError
+from elth_cli.steps import split_steps
 from elth_cli.ticket import Ticket, apply_masks, validate
 
 MASK_FILE = "mask.pth"
@@ -39,7 +40,6 @@ REPORT_FILE = "sparsity_report.json"
 LOGGER_FILE = "logger"
 IMPORT_KEY = "imported_from"  # metadata key recording where an imported ticket came from
 MODEL_RE = re.compile(r"^model_ep(\d+)_it(\d+)\.pth$")
-_STEP_RE = re.compile(r"^(?:(\d+)ep)?(?:(\d+)it)?$")
 
 
 # ----- steps and file names -----------------------------------------------------------------------
@@ -94,15 +94,11 @@ def parse_step_spec(text: str) -> StepSpec:
     m = MODEL_RE.match(s)
     if m:
         return StepSpec(int(m.group(1)), int(m.group(2)))
-    if s.isdigit():
-        return StepSpec(None, int(s))
-    m = _STEP_RE.match(s)
-    if not s or m is None or (m.group(1) is None and m.group(2) is None):
+    parts = split_steps(s)
+    if parts is None:
         raise UsageError(f"{text!r} is not a step; write an iteration (1000 or 1000it), an epoch and iteration "
                          "(2ep218it, 160ep) or a file name (model_ep2_it218.pth)")
-    if m.group(1) is None:
-        return StepSpec(None, int(m.group(2)))
-    return StepSpec(int(m.group(1)), int(m.group(2) or 0))
+    return StepSpec(*parts)
 
 
 def model_files(run_dir: Path) -> list[Step]:

@@ -45,6 +45,7 @@ from elth_cli.archs import ArchSpec
 from elth_cli.data import DataBundle, DatasetInfo, check_compatible
 from elth_cli.errors import ElthError, UsageError
 from elth_cli.fileio import write_bytes_atomic
+from elth_cli.steps import normalise_steps, parse_step_list, parse_steps
 from elth_cli.ticket import Ticket, apply_masks, now_utc, read_header
 
 # ---------------------------------------------------------------------------------------------
@@ -63,41 +64,6 @@ CHECKPOINT_VERSION = 1
 # ---------------------------------------------------------------------------------------------
 # Steps and schedules
 # ---------------------------------------------------------------------------------------------
-
-_STEP_RE = re.compile(r"^(?:(\d+)ep)?(?:(\d+)it)?$")
-
-
-def parse_steps(text: str | int, steps_per_epoch: int) -> int:
-    """A step count in iterations from ``1000it``, ``2ep``, ``2ep100it`` or a bare integer (iterations)."""
-    if isinstance(text, bool):
-        raise UsageError(f"{text!r} is not a step count")
-    if isinstance(text, int):
-        if text < 0:
-            raise UsageError(f"step count {text} is negative; steps are 0 or more")
-        return text
-    s = str(text).strip().lower()
-    if s.isdigit():
-        return int(s)
-    m = _STEP_RE.match(s)
-    if not s or m is None or (m.group(1) is None and m.group(2) is None):
-        raise UsageError(f"{text!r} is not a step count; write iterations as '1000it' or '1000', epochs as '2ep'")
-    return int(m.group(1) or 0) * steps_per_epoch + int(m.group(2) or 0)
-
-
-def normalise_steps(text: str | int) -> str:
-    """The canonical spelling of a step count (a bare integer becomes ``<n>it``); checks the syntax."""
-    parse_steps(text, 1)
-    s = str(text).strip().lower()
-    return f"{int(s)}it" if s.isdigit() else s
-
-
-def parse_step_list(text: str) -> tuple[str, ...]:
-    """``'80ep,120ep'`` -> ``('80ep', '120ep')``; ``''`` or ``'none'`` -> no milestones."""
-    s = text.strip().lower()
-    if s in ("", "none"):
-        return ()
-    return tuple(normalise_steps(part) for part in s.split(","))
-
 
 # ---------------------------------------------------------------------------------------------
 # Configuration and recipes
