@@ -1,8 +1,16 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+from torch import nn
 
 from elth_cli import archs
 from elth_cli.errors import UsageError
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize(
@@ -116,3 +124,75 @@ def test_standard_archs_listed():
     names = [s.name for s in archs.standard_archs()]
     for n in ("resnet20", "resnet56", "imagenet-resnet26", "vgg19"):
         assert n in names
+
+
+def _model_counts(spec, in_channels, num_classes):
+    """Counts read off the real model, built on the meta device (no memory, no init cost)."""
+    with torch.device("meta"):
+        model = archs.family_of(spec).build(spec, in_channels, num_classes)
+    parameters = sum(p.numel() for p in model.parameters() if p.is_floating_point())
+    prunable = sum(m.weight.numel() for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+    # What summarize counted before it became arithmetic: state-dict floats bar the running stats.
+    state = model.state_dict()
+    from_state = sum(v.numel() for k, v in state.items() if v.is_floating_point() and "running_" not in k)
+    assert from_state == parameters
+    assert prunable == sum(state[k].numel() for k in archs.prunable_keys_of(model))
+    return parameters, prunable
+
+
+_STANDARD = [s.name for s in archs.standard_archs()]
+_OTHERS = ["resnet8", "resnet110-w4", "resnet20-w4", "resnet56-w8", "resnet32-w3", "vgg16-w16", "vgg11-w4", "vgg19-w5"]
+
+
+@pytest.mark.parametrize("name", _STANDARD + _OTHERS)
+def test_counts_match_the_models_at_native_input(name):
+    spec = archs.resolve_arch(name)
+    summary = archs.summarize(spec)
+    in_channels = summary.input_shape[0]
+    assert (summary.parameters, summary.prunable) == _model_counts(spec, in_channels, summary.num_classes)
+
+
+@pytest.mark.parametrize("shape, classes", [((1, 8, 8), 10), ((3, 32, 32), 100), ((1, 224, 224), 7)])
+@pytest.mark.parametrize("name", ["resnet20-w4", "resnet8", "resnet110", "vgg16-w16", "vgg11", "imagenet-resnet18",
+                                  "imagenet-resnet26", "imagenet-resnet50"])
+def test_counts_match_the_models_for_other_inputs(name, shape, classes):
+    spec = archs.resolve_arch(name)
+    summary = archs.summarize(spec, shape, classes)
+    assert (summary.input_shape, summary.num_classes) == (shape, classes)
+    assert (summary.parameters, summary.prunable) == _model_counts(spec, shape[0], classes)
+
+
+def test_known_counts():
+    # Published figures: ResNet-20 272,474; torchvision's resnet18 11,689,512 and resnet50 25,557,032.
+    assert archs.summarize(archs.resolve_arch("resnet20")).parameters == 272_474
+    assert archs.summarize(archs.resolve_arch("imagenet-resnet18")).parameters == 11_689_512
+    assert archs.summarize(archs.resolve_arch("imagenet-resnet50")).parameters == 25_557_032
+
+
+def test_registry_does_not_import_torch():
+    code = (
+        "import sys, elth_cli.archs as a\n"
+        "specs = a.standard_archs() + [a.resolve_arch('resnet20-w4'), a.resolve_arch('vgg16-w16')]\n"
+        "[a.summarize(s) for s in specs]\n"
+        "[a.block_layout(s) for s in specs]\n"
+        "a.summarize(specs[0], (1, 8, 8), 10)\n"
+        "a.resolve_target(a.resolve_arch('resnet20'), 'resnet56'); a.family_of(specs[0])\n"
+        "print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"
+
+
+def test_torch_helpers_load_on_first_use():
+    from elth_cli.archs import prunable_keys_of
+    from elth_cli.archs.nets import common
+
+    assert prunable_keys_of is common.prunable_keys_of
+    assert archs.open_lth_init is common.open_lth_init and archs.meta_state is common.meta_state
+    spec = archs.resolve_arch("resnet8-w4")
+    model = archs.build_model(spec, (1, 8, 8), 10, seed=0)
+    assert archs.prunable_keys_of(model) == archs.prunable_keys(spec, (1, 8, 8), 10)
+    with pytest.raises(AttributeError):
+        archs.no_such_helper

@@ -1,16 +1,25 @@
-"""The architecture registry: every family, name resolution, model building and block layouts."""
+"""The architecture registry: every family, name resolution, model building and block layouts.
+
+Importing the registry does not import torch: names, layouts and parameter counts are worked
+out from the spec. ``build_model``, ``expected_state``, ``prunable_keys`` and the torch helpers
+(``prunable_keys_of``, ``open_lth_init``, ``meta_state``) import torch when first used.
+"""
 
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from elth_cli.archs import cifar_resnet, imagenet_resnet, vgg
-from elth_cli.archs.base import ArchSpec, BlockLayout, Family, meta_state, open_lth_init, prunable_keys_of
+from elth_cli.archs.base import ArchSpec, BlockLayout, Family, ParamCount
 from elth_cli.errors import UsageError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from elth_cli.archs.nets.common import meta_state, open_lth_init, prunable_keys_of
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (cifar_resnet.FAMILY, imagenet_resnet.FAMILY, vgg.FAMILY)}
 
@@ -20,6 +29,7 @@ __all__ = [
     "Family",
     "FAMILIES",
     "ArchSummary",
+    "ParamCount",
     "resolve_arch",
     "resolve_target",
     "family_of",
@@ -27,9 +37,21 @@ __all__ = [
     "block_layout",
     "expected_state",
     "prunable_keys",
+    "prunable_keys_of",
     "summarize",
     "standard_archs",
 ]
+
+# The torch helpers, loaded from elth_cli.archs.nets.common on first access (PEP 562).
+_TORCH_HELPERS = ("prunable_keys_of", "open_lth_init", "meta_state")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _TORCH_HELPERS:
+        from elth_cli.archs.nets import common
+
+        return getattr(common, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _normalise(name: str) -> str:
@@ -48,6 +70,7 @@ def resolve_arch(name: str) -> ArchSpec:
 
 
 def family_of(spec: ArchSpec) -> Family:
+    """The family record of a resolved spec."""
     return FAMILIES[spec.family]
 
 
@@ -83,6 +106,10 @@ def build_model(
     spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int, seed: int | None = None
 ) -> nn.Module:
     """Build a freshly initialised model (open_lth's init, seeded when ``seed`` is given) on the CPU."""
+    import torch
+
+    from elth_cli.archs.nets.common import open_lth_init
+
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)
@@ -93,6 +120,8 @@ def build_model(
 
 @functools.lru_cache(maxsize=64)
 def _expected(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int):
+    from elth_cli.archs.nets.common import meta_state
+
     state, prunable = meta_state(lambda: family_of(spec).build(spec, input_shape[0], num_classes))
     shapes = {k: (tuple(v.shape), v.dtype) for k, v in state.items()}
     return shapes, tuple(prunable)
@@ -112,6 +141,8 @@ def prunable_keys(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes
 
 @dataclass(frozen=True)
 class ArchSummary:
+    """One row of ``elth archs``: an architecture's shape and its parameter counts for an input."""
+
     name: str
     family: str
     blocks_per_stage: tuple[int, ...]
@@ -137,20 +168,18 @@ class ArchSummary:
 def summarize(
     spec: ArchSpec, input_shape: tuple[int, int, int] | None = None, num_classes: int | None = None
 ) -> ArchSummary:
-    """Parameter counts of an architecture for a given input (the family's native one by default)."""
+    """Parameter counts of an architecture for a given input (the family's native one by default).
+
+    Worked out from the spec (``Family.count``), so listing even imagenet-resnet152 builds nothing.
+    """
     family = family_of(spec)
     shape = tuple(input_shape) if input_shape else family.native_input[0]
     classes = num_classes or family.native_input[1]
-    shapes, prunable = _expected(spec, shape, classes)
-    count = lambda keys: sum(int(torch.Size(shapes[k][0]).numel()) for k in keys)  # noqa: E731
-    params = [k for k, (_, dt) in shapes.items() if dt.is_floating_point and "running_" not in k]
-    return ArchSummary(spec.name, spec.family, spec.depths, spec.width, shape, classes, count(params), count(prunable))
+    params, prunable = family.count(spec, shape[0], classes)
+    return ArchSummary(spec.name, spec.family, spec.depths, spec.width, shape, classes, params, prunable)
 
 
 def standard_archs() -> list[ArchSpec]:
     """The named architectures that ``elth archs`` lists, family by family."""
     return [resolve_arch(n) for f in FAMILIES.values() for n in f.standard_names]
 
-
-# Re-exported for callers that check prunable layers of a live model.
-prunable_keys_of = prunable_keys_of

@@ -3,15 +3,18 @@
 The block layout is the single description that stretching and squeezing read: the
 state-dict key prefixes of the stem, of every block of every stage (in order), and of
 the head. Every key of the model's state dict belongs to exactly one of them.
+
+This module is free of torch: the torch helpers (init, prunable keys of a live model,
+meta-device state) live in ``elth_cli.archs.nets.common``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
-import torch
-from torch import nn
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -49,11 +52,45 @@ class ArchSpec:
     width: int
     # Family-specific detail (e.g. the ImageNet ResNet block type); part of identity.
     variant: str = ""
-    aliases: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def depth_label(self) -> str:
         return "/".join(str(d) for d in self.depths)
+
+
+class ParamCount(NamedTuple):
+    """Parameter counts of a model: all floating-point parameters, and the prunable weights among them."""
+
+    # Weights and biases, BatchNorm weight and bias included; running stats and counters excluded.
+    parameters: int
+    # Every Conv2d and Linear weight: what a ticket masks.
+    prunable: int
+
+
+class ParamTally:
+    """Adds up the parameters of a model layer by layer, as torch counts them, without building it."""
+
+    def __init__(self) -> None:
+        self.parameters = 0
+        self.prunable = 0
+
+    def conv(self, f_in: int, f_out: int, kernel: int, bias: bool = False) -> None:
+        """A square ``kernel`` x ``kernel`` Conv2d (groups=1)."""
+        weight = f_in * f_out * kernel * kernel
+        self.parameters += weight + (f_out if bias else 0)
+        self.prunable += weight
+
+    def bn(self, features: int) -> None:
+        """A BatchNorm2d: weight and bias (its running stats are buffers, not parameters)."""
+        self.parameters += 2 * features
+
+    def linear(self, f_in: int, f_out: int) -> None:
+        """A Linear layer with bias."""
+        self.parameters += f_in * f_out + f_out
+        self.prunable += f_in * f_out
+
+    def total(self) -> ParamCount:
+        return ParamCount(self.parameters, self.prunable)
 
 
 @dataclass(frozen=True)
@@ -61,14 +98,16 @@ class Family:
     """One architecture family: how names parse, how models are built, how blocks are laid out.
 
     ``parse`` returns None for a name that is not of this family, and raises UsageError for a
-    name that is of this family but invalid (e.g. resnet21).
+    name that is of this family but invalid (e.g. resnet21). ``build`` imports torch when
+    called; every other field works without torch.
     """
 
     name: str
-    description: str
     parse: Callable[[str], ArchSpec | None]
     build: Callable[[ArchSpec, int, int], nn.Module]
     layout: Callable[[ArchSpec], BlockLayout]
+    # The parameter counts of ``build(spec, in_channels, num_classes)``, worked out from the spec alone.
+    count: Callable[[ArchSpec, int, int], ParamCount]
     # Resolve a target name relative to a source (keeps the source's width where unspecified).
     resolve_target: Callable[[ArchSpec, str], ArchSpec | None]
     standard_names: tuple[str, ...]
@@ -78,28 +117,3 @@ class Family:
     recipe: str = "cifar"
     # The data set whose shape the family is normally used with (for listings).
     native_input: tuple[tuple[int, int, int], int] = ((3, 32, 32), 10)
-
-
-def open_lth_init(module: nn.Module) -> None:
-    """open_lth's default initialisation: Kaiming-normal conv/linear weights, BN gamma~U[0,1), beta=0."""
-    if isinstance(module, (nn.Conv2d, nn.Linear)):
-        nn.init.kaiming_normal_(module.weight)
-    elif isinstance(module, nn.BatchNorm2d):
-        nn.init.uniform_(module.weight, 0.0, 1.0)
-        nn.init.zeros_(module.bias)
-
-
-def prunable_keys_of(model: nn.Module) -> list[str]:
-    """State-dict keys of every Conv2d and Linear weight: what a ticket masks."""
-    keys = []
-    for name, module in model.named_modules():
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
-            keys.append(f"{name}.weight" if name else "weight")
-    return keys
-
-
-def meta_state(build: Callable[[], nn.Module]) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Build a model on the meta device (no memory, no init cost) and return its state and prunable keys."""
-    with torch.device("meta"):
-        model = build()
-    return dict(model.state_dict()), prunable_keys_of(model)

@@ -9,64 +9,18 @@ average pooling and a linear classifier. Keys: ``conv``, ``bn``, ``blocks.<i>.co
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
-import torch.nn.functional as F
-from torch import Tensor, nn
-
-from elth_cli.archs.base import ArchSpec, BlockLayout, Family
+from elth_cli.archs.base import ArchSpec, BlockLayout, Family, ParamCount, ParamTally
 from elth_cli.errors import UsageError
+
+if TYPE_CHECKING:
+    from torch import nn
 
 FAMILY_NAME = "cifar-resnet"
 DEFAULT_WIDTH = 16
 _NAME = re.compile(r"^resnet(\d+)(?:-w(\d+))?$")
 _ALIAS = re.compile(r"^cifar_resnet_(\d+)(?:_(\d+))?$")
-
-
-class Block(nn.Module):
-    """A basic residual block; the 1x1 shortcut exists only where the shape changes."""
-
-    def __init__(self, f_in: int, f_out: int, downsample: bool) -> None:
-        super().__init__()
-        stride = 2 if downsample else 1
-        self.conv1 = nn.Conv2d(f_in, f_out, kernel_size=3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(f_out)
-        self.conv2 = nn.Conv2d(f_out, f_out, kernel_size=3, stride=1, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(f_out)
-        if downsample or f_in != f_out:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(f_in, f_out, kernel_size=1, stride=stride, bias=False), nn.BatchNorm2d(f_out)
-            )
-        else:
-            self.shortcut = nn.Sequential()
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
-
-
-class CifarResNet(nn.Module):
-    """The CIFAR ResNet of open_lth, with the input channels and class count as parameters."""
-
-    def __init__(self, blocks_per_stage: int, width: int, in_channels: int, num_classes: int) -> None:
-        super().__init__()
-        plan = [(width, blocks_per_stage), (2 * width, blocks_per_stage), (4 * width, blocks_per_stage)]
-        current = plan[0][0]
-        self.conv = nn.Conv2d(in_channels, current, kernel_size=3, stride=1, padding=1, bias=False)
-        self.bn = nn.BatchNorm2d(current)
-        blocks = []
-        for stage, (filters, n) in enumerate(plan):
-            for b in range(n):
-                blocks.append(Block(current, filters, downsample=stage > 0 and b == 0))
-                current = filters
-        self.blocks = nn.Sequential(*blocks)
-        self.fc = nn.Linear(current, num_classes)
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = F.relu(self.bn(self.conv(x)))
-        out = self.blocks(out)
-        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
-        return self.fc(out)
 
 
 def _spec(depth: int, width: int) -> ArchSpec:
@@ -98,7 +52,31 @@ def resolve_target(source: ArchSpec, name: str) -> ArchSpec | None:
 
 
 def build(spec: ArchSpec, in_channels: int, num_classes: int) -> nn.Module:
+    # Imported here: the modules need torch, and resolving names or counting parameters must not.
+    from elth_cli.archs.nets.cifar_resnet import CifarResNet
+
     return CifarResNet(spec.depths[0], spec.width, in_channels, num_classes)
+
+
+def count(spec: ArchSpec, in_channels: int, num_classes: int) -> ParamCount:
+    """The parameters of ``build(spec, ...)``, layer by layer as ``nets.cifar_resnet`` lays them out."""
+    tally = ParamTally()
+    current = spec.width
+    tally.conv(in_channels, current, 3)
+    tally.bn(current)
+    # Like CifarResNet: three stages of depths[0] blocks with W, 2W, 4W filters.
+    for stage, filters in enumerate((spec.width, 2 * spec.width, 4 * spec.width)):
+        for b in range(spec.depths[0]):
+            tally.conv(current, filters, 3)
+            tally.bn(filters)
+            tally.conv(filters, filters, 3)
+            tally.bn(filters)
+            if (stage > 0 and b == 0) or current != filters:  # the 1x1 conv + BN shortcut
+                tally.conv(current, filters, 1)
+                tally.bn(filters)
+            current = filters
+    tally.linear(current, num_classes)
+    return tally.total()
 
 
 def layout(spec: ArchSpec) -> BlockLayout:
@@ -111,10 +89,10 @@ def layout(spec: ArchSpec) -> BlockLayout:
 
 FAMILY = Family(
     name=FAMILY_NAME,
-    description="CIFAR ResNet (open_lth cifar_resnet_N): resnet{6n+2}[-wW], 3 stages of n basic blocks",
     parse=parse,
     build=build,
     layout=layout,
+    count=count,
     resolve_target=resolve_target,
     standard_names=("resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110"),
     default_exclude=(),

@@ -8,11 +8,13 @@ CIFAR ResNets (CIFAR resnet50 and resnet152 exist too). open_lth's ``imagenet_re
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
-from torch import nn
-
-from elth_cli.archs.base import ArchSpec, BlockLayout, Family
+from elth_cli.archs.base import ArchSpec, BlockLayout, Family, ParamCount, ParamTally
 from elth_cli.errors import UsageError
+
+if TYPE_CHECKING:
+    from torch import nn
 
 FAMILY_NAME = "imagenet-resnet"
 _NAME = re.compile(r"^imagenet-resnet-?(\d+)(?:-w(\d+))?$")
@@ -59,7 +61,8 @@ def resolve_target(source: ArchSpec, name: str) -> ArchSpec | None:
 
 
 def build(spec: ArchSpec, in_channels: int, num_classes: int) -> nn.Module:
-    # Imported here: torchvision.models takes over a second to import, and most runs never need it.
+    # Imported here: torch and torchvision.models take seconds to import, and most runs never need them.
+    from torch import nn
     from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
     block = BasicBlock if spec.variant == "basic" else Bottleneck
@@ -69,6 +72,31 @@ def build(spec: ArchSpec, in_channels: int, num_classes: int) -> nn.Module:
     return model
 
 
+def count(spec: ArchSpec, in_channels: int, num_classes: int) -> ParamCount:
+    """The parameters of ``build(spec, ...)``, following torchvision's ResNet (groups=1, base width 64)."""
+    expansion = 1 if spec.variant == "basic" else 4
+    tally = ParamTally()
+    tally.conv(in_channels, 64, 7)
+    tally.bn(64)
+    inplanes = 64
+    for stage, n in enumerate(spec.depths):
+        planes, stride = 64 * 2**stage, 1 if stage == 0 else 2
+        for b in range(n):
+            if spec.variant == "basic":
+                convs = [(inplanes, planes, 3), (planes, planes, 3)]
+            else:
+                convs = [(inplanes, planes, 1), (planes, planes, 3), (planes, planes * expansion, 1)]
+            # torchvision's downsample (1x1 conv + BN) on a stage's first block where the shape changes.
+            if b == 0 and (stride != 1 or inplanes != planes * expansion):
+                convs.append((inplanes, planes * expansion, 1))
+            for f_in, f_out, kernel in convs:
+                tally.conv(f_in, f_out, kernel)
+                tally.bn(f_out)
+            inplanes = planes * expansion
+    tally.linear(512 * expansion, num_classes)
+    return tally.total()
+
+
 def layout(spec: ArchSpec) -> BlockLayout:
     stages = tuple(tuple(f"layer{s + 1}.{b}." for b in range(n)) for s, n in enumerate(spec.depths))
     return BlockLayout(stem=("conv1.", "bn1."), stages=stages, head=("fc.",))
@@ -76,10 +104,10 @@ def layout(spec: ArchSpec) -> BlockLayout:
 
 FAMILY = Family(
     name=FAMILY_NAME,
-    description="ImageNet ResNet (torchvision keys): imagenet-resnet18/26/34 basic, 50/101/152 bottleneck",
     parse=parse,
     build=build,
     layout=layout,
+    count=count,
     resolve_target=resolve_target,
     standard_names=tuple(f"imagenet-resnet{d}" for d in PLANS),
     default_exclude=(),
