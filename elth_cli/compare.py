@@ -25,6 +25,11 @@ from elth_cli import archs
 from elth_cli.data import DataBundle, check_compatible
 from elth_cli.errors import ElthError, UsageError
 from elth_cli.fileio import atomic_path
+# jaccard and expected_random_jaccard are re-exported: compare is where callers have always found them.
+from elth_cli.masks import (  # noqa: F401
+    Overlap, expected_random_jaccard, hamming, jaccard, kept_and_total, layer_counts, layer_overlaps, pooled,
+    same_layout,
+)
 from elth_cli.ticket import Ticket, apply_masks
 
 SCHEMA = "elth.compare"
@@ -39,110 +44,39 @@ COST_KEYS = ("train_steps", "train_seconds", "trainings")
 
 
 # ----- masks: overlap and distance ----------------------------------------------------------------
-def _as_masks(masks: Mapping[str, Tensor] | Tensor) -> dict[str, Tensor]:
-    return {"": masks} if isinstance(masks, Tensor) else dict(masks)
-
-
-def _check_same_layout(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> None:
-    if set(a) != set(b):
-        only = sorted(set(a) ^ set(b))[0]
-        raise UsageError(f"the masks cover different weights ({only!r} is in one only); compare masks of one architecture")
-    for key in a:
-        if a[key].shape != b[key].shape:
-            raise UsageError(f"mask {key!r} has shape {list(a[key].shape)} in one ticket and {list(b[key].shape)} "
-                             "in the other; compare masks of one architecture")
-
-
-def _counts(a: Tensor, b: Tensor) -> tuple[int, int, int, int, int]:
-    """(weights, kept in a, kept in b, kept in both, kept in either) of one layer."""
-    a, b = a.bool(), b.bool()
-    return a.numel(), int(a.sum()), int(b.sum()), int((a & b).sum()), int((a | b).sum())
-
-
-def jaccard(a_masks: Mapping[str, Tensor] | Tensor, b_masks: Mapping[str, Tensor] | Tensor) -> float:
-    """|A∩B| / |A∪B| of the kept weights of two masks (all layers pooled); 1.0 when both keep nothing."""
-    a, b = _as_masks(a_masks), _as_masks(b_masks)
-    _check_same_layout(a, b)
-    inter = union = 0
-    for key in a:
-        _, _, _, i, u = _counts(a[key], b[key])
-        inter += i
-        union += u
-    # Two empty kept sets are the same set: call that full overlap rather than 0/0.
-    return inter / union if union else 1.0
-
-
-def _expected_parts(n: int, kept_a: int, kept_b: int) -> tuple[float, float]:
-    """E|A∩B| and E|A∪B| of one layer for independent random masks with these densities."""
-    p, q = kept_a / n if n else 0.0, kept_b / n if n else 0.0
-    return n * p * q, n * (p + q - p * q)
-
-
-def expected_random_jaccard(a_masks: Mapping[str, Tensor] | Tensor, b_masks: Mapping[str, Tensor] | Tensor) -> float:
-    """The Jaccard index two independent random masks with the same per-layer densities would have.
-
-    Per layer with n weights and densities p, q: E|A∩B| = n p q and E|A∪B| = n (p + q - p q)
-    (both for independent Bernoulli masks and for uniformly random masks with exactly np and nq
-    kept weights, since the overlap is then hypergeometric with mean n p q). The pooled value is
-    sum(E∩) / sum(E∪): a ratio of expectations, which differs from the expected ratio by O(1/n).
-    """
-    a, b = _as_masks(a_masks), _as_masks(b_masks)
-    _check_same_layout(a, b)
-    e_inter = e_union = 0.0
-    for key in a:
-        n, ka, kb, _, _ = _counts(a[key], b[key])
-        i, u = _expected_parts(n, ka, kb)
-        e_inter += i
-        e_union += u
-    return e_inter / e_union if e_union else 1.0
-
-
-def hamming(a: Mapping[str, Tensor] | Tensor, b: Mapping[str, Tensor] | Tensor) -> int:
-    """Number of weights kept by one mask and pruned by the other (masks as tensors or dicts of tensors)."""
-    a_m, b_m = _as_masks(a), _as_masks(b)
-    _check_same_layout(a_m, b_m)
-    return sum(int((a_m[k].bool() ^ b_m[k].bool()).sum()) for k in a_m)
-
-
+# The counting (jaccard, expected_random_jaccard, hamming) lives in elth_cli.masks; this section
+# only shapes it into the JSON document.
 def _ratio(x: float, y: float) -> float | None:
     return x / y if y else None
 
 
+def _overlap_fields(o: Overlap) -> dict[str, Any]:
+    """The counts and indices that the pooled entry and each layer entry of a pair share."""
+    return {
+        "weights": o.weights,
+        "intersection": o.intersection,
+        "union": o.union,
+        "jaccard": o.jaccard,
+        "expected_random_jaccard": o.expected_random_jaccard,
+        "hamming": o.hamming,
+        "hamming_fraction": o.hamming / o.weights if o.weights else 0.0,
+    }
+
+
 def mask_overlap(a: Ticket, b: Ticket) -> dict[str, Any]:
     """Overlap of two masks of one architecture, pooled and per layer (the ``pairs`` entry of the JSON)."""
-    _check_same_layout(a.masks, b.masks)
-    layers = []
-    tot = dict(weights=0, kept_a=0, kept_b=0, inter=0, union=0, e_inter=0.0, e_union=0.0)
-    for key in a.masks:
-        n, ka, kb, inter, union = _counts(a.masks[key], b.masks[key])
-        e_inter, e_union = _expected_parts(n, ka, kb)
-        for name, value in zip(tot, (n, ka, kb, inter, union, e_inter, e_union)):
-            tot[name] += value
-        layers.append({
-            "key": key,
-            "weights": n,
-            "sparsity_a": 1 - ka / n if n else 0.0,
-            "sparsity_b": 1 - kb / n if n else 0.0,
-            "intersection": inter,
-            "union": union,
-            "jaccard": inter / union if union else 1.0,
-            "expected_random_jaccard": e_inter / e_union if e_union else 1.0,
-            "hamming": union - inter,
-            "hamming_fraction": (union - inter) / n if n else 0.0,
-        })
-    j = tot["inter"] / tot["union"] if tot["union"] else 1.0
-    ej = tot["e_inter"] / tot["e_union"] if tot["e_union"] else 1.0
-    ham = tot["union"] - tot["inter"]  # |A xor B| = |A∪B| - |A∩B|
+    per_layer = layer_overlaps(a.masks, b.masks)
+    layers = [{
+        "key": key,
+        "sparsity_a": 1 - o.kept_a / o.weights if o.weights else 0.0,
+        "sparsity_b": 1 - o.kept_b / o.weights if o.weights else 0.0,
+        **_overlap_fields(o),
+    } for key, o in per_layer.items()]
+    total = pooled(per_layer.values())
     return {
-        "weights": tot["weights"],
-        "intersection": tot["inter"],
-        "union": tot["union"],
-        "jaccard": j,
-        "expected_random_jaccard": ej,
-        "jaccard_over_random": _ratio(j, ej),
-        "hamming": ham,
-        "hamming_fraction": ham / tot["weights"] if tot["weights"] else 0.0,
-        "identical_masks": ham == 0,
+        **_overlap_fields(total),
+        "jaccard_over_random": _ratio(total.jaccard, total.expected_random_jaccard),
+        "identical_masks": total.hamming == 0,
         "layers": layers,
     }
 
@@ -159,8 +93,7 @@ def metric_value(metrics: Mapping[str, Any] | None, keys: tuple[str, ...]) -> fl
 
 def ticket_row(ticket: Ticket, name: str) -> dict[str, Any]:
     """What ``compare`` reports about one ticket: identity, sparsity, provenance, metrics and cost."""
-    kept = sum(int(m.sum()) for m in ticket.masks.values())
-    total = sum(m.numel() for m in ticket.masks.values())
+    kept, total = kept_and_total(ticket.masks)
     cost = {key: ticket.cost.get(key) for key in COST_KEYS}
     cost.update({k: v for k, v in ticket.cost.items() if k not in cost})
     return {
@@ -197,10 +130,6 @@ class Position:
         if self.section == "block":
             return f"s{self.stage}.b{self.block}.{self.param}"
         return f"{self.section}.{self.param}"
-
-    @property
-    def block_label(self) -> str | None:
-        return f"s{self.stage}.b{self.block}" if self.section == "block" else None
 
 
 def positions(ticket: Ticket) -> dict[Position, str]:
@@ -250,18 +179,19 @@ def aligned_profile(tickets: list[Ticket]) -> list[dict[str, Any]]:
     order.sort(key=lambda p: (section_rank[p.section], p.stage if p.stage is not None else -1,
                               p.block if p.block is not None else -1,
                               param_rank[p.param] if p.section == "block" else first[p]))
+    counts = [layer_counts(t.masks) for t in tickets]
     rows = []
     for pos in order:
         keys = [pm.get(pos) for pm in per_ticket]
         weights, sparsity = [], []
-        for t, key in zip(tickets, keys):
+        for per_key, key in zip(counts, keys):
             if key is None:
                 weights.append(None)
                 sparsity.append(None)
             else:
-                m = t.masks[key]
-                weights.append(m.numel())
-                sparsity.append(1 - int(m.sum()) / m.numel() if m.numel() else 0.0)
+                kept, n = per_key[key]
+                weights.append(n)
+                sparsity.append(1 - kept / n if n else 0.0)
         rows.append({
             "label": pos.label,
             "section": pos.section,
@@ -287,8 +217,7 @@ def check_one_family(tickets: list[Ticket], names: list[str]) -> None:
 
 def comparable_masks(a: Ticket, b: Ticket) -> bool:
     """Same architecture and identical mask shapes: the masks can be overlaid weight by weight."""
-    return a.spec == b.spec and set(a.masks) == set(b.masks) and all(
-        a.masks[k].shape == b.masks[k].shape for k in a.masks)
+    return a.spec == b.spec and same_layout(a.masks, b.masks)
 
 
 def compare_tickets(tickets: list[Ticket], names: list[str]) -> dict[str, Any]:

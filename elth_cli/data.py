@@ -61,11 +61,32 @@ class Augment:
     flip: bool
 
 
+# An in-memory reader's result: {split: uint8 images [N, C, H, W]}, {split: int64 labels [N]}.
+Arrays = tuple[dict[str, Tensor], dict[str, Tensor]]
+
+
 @dataclass(frozen=True)
-class _Entry:
+class DatasetRecord:
+    """Everything elth knows about one data set; the registry is one of these per set.
+
+    In-memory sets have a ``reader`` (``reader(root, download) -> Arrays``) and an ``augment``;
+    folder sets have neither (torchvision transforms augment them in the DataLoader workers).
+    """
+
     info: DatasetInfo
-    augment: Augment | None  # None: folder set, augmented by torchvision transforms in workers
+    augment: Augment | None  # None: folder set
     expected: str  # what the set's folder should contain, for "not found" messages
+    aliases: tuple[str, ...] = ()  # other spellings users type, lower case
+    reader: Callable[[Path, bool], Arrays] | None = None  # None: folder set
+    # Files (relative to the data folder) that must all be present to load without --download;
+    # empty for sets that need nothing on disk (digits is embedded) or are checked otherwise (folders).
+    required_files: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # A set half-described as in-memory would fail far from here; refuse it when the module loads.
+        if (self.reader is None) != (self.augment is None) or (self.reader is None) == self.info.in_memory:
+            raise ValueError(f"data set {self.info.name}: an in-memory set needs a reader and an augmentation, "
+                             "a folder set neither")
 
 
 # Per-channel statistics of each set's training images in [0, 1] units. Digits' values were
@@ -73,57 +94,8 @@ class _Entry:
 DIGITS_MEAN = (0.3051509,)
 DIGITS_STD = (0.3759414,)
 
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
-
-_REGISTRY: dict[str, _Entry] = {
-    e.info.name: e
-    for e in [
-        _Entry(
-            DatasetInfo("digits", (1, 8, 8), 10, DIGITS_MEAN, DIGITS_STD, True,
-                        "UCI handwritten digits, 8x8 grey, 10 classes, embedded (no download)"),
-            Augment(pad=1, flip=False), "nothing (embedded in elth)"),
-        _Entry(
-            DatasetInfo("cifar10", (3, 32, 32), 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), True,
-                        "CIFAR-10, 32x32 colour, 10 classes, 50k train / 10k test"),
-            Augment(pad=4, flip=True), "cifar-10-batches-py/"),
-        _Entry(
-            DatasetInfo("cifar100", (3, 32, 32), 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), True,
-                        "CIFAR-100, 32x32 colour, 100 classes, 50k train / 10k test"),
-            Augment(pad=4, flip=True), "cifar-100-python/"),
-        _Entry(
-            DatasetInfo("svhn", (3, 32, 32), 10, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), True,
-                        "SVHN house numbers, 32x32 colour, 10 classes, 73k train / 26k test"),
-            Augment(pad=4, flip=False), "train_32x32.mat and test_32x32.mat"),
-        _Entry(
-            DatasetInfo("mnist", (1, 28, 28), 10, (0.1307,), (0.3081,), True,
-                        "MNIST handwritten digits, 28x28 grey, 10 classes, 60k train / 10k test"),
-            Augment(pad=2, flip=False), "MNIST/raw/"),
-        _Entry(
-            DatasetInfo("fashion-mnist", (1, 28, 28), 10, (0.2860,), (0.3530,), True,
-                        "Fashion-MNIST clothing, 28x28 grey, 10 classes, 60k train / 10k test"),
-            Augment(pad=2, flip=False), "FashionMNIST/raw/"),
-        _Entry(
-            DatasetInfo("imagenet", (3, 224, 224), 1000, _IMAGENET_MEAN, _IMAGENET_STD, False,
-                        "ImageNet-1k from train/ and val/ class folders, 224x224, 1000 classes"),
-            None, "train/ and val/ class folders"),
-        _Entry(
-            DatasetInfo("imagefolder", (3, 224, 224), 0, _IMAGENET_MEAN, _IMAGENET_STD, False,
-                        "any train/ and val/ class folders (ImageFolder layout), 224x224, ImageNet statistics"),
-            None, "train/ and val/ class folders"),
-    ]
-}
-
-_ALIASES = {
-    "fashion_mnist": "fashion-mnist",
-    "fashionmnist": "fashion-mnist",
-    "fmnist": "fashion-mnist",
-    "cifar-10": "cifar10",
-    "cifar_10": "cifar10",
-    "cifar-100": "cifar100",
-    "cifar_100": "cifar100",
-}
-
+# The registry itself (one DatasetRecord per set) is at the end of the module, after the readers
+# its records refer to.
 
 # ---------------------------------------------------------------------------------------------
 # Registry look-ups
@@ -137,7 +109,7 @@ def dataset_names() -> list[str]:
 
 def dataset_descriptions() -> dict[str, str]:
     """One-line description of every data set by name, for help texts (loads nothing)."""
-    return {name: e.info.description for name, e in _REGISTRY.items()}
+    return {name: record.info.description for name, record in _REGISTRY.items()}
 
 
 def canonical_name(name: str) -> str:
@@ -155,11 +127,11 @@ def get_dataset_info(name: str, data_dir: str | Path | None = None) -> DatasetIn
     ``imagefolder`` has no fixed class count: it is the number of class folders in
     ``data_dir/train``, so it needs ``data_dir``.
     """
-    entry = _REGISTRY[canonical_name(name)]
-    if entry.info.name != "imagefolder":
-        return entry.info
+    info = _REGISTRY[canonical_name(name)].info
+    if info.name != "imagefolder":
+        return info
     classes = _folder_classes(_folder_root("imagefolder", data_dir) / "train", "imagefolder")
-    return _with_classes(entry.info, len(classes))
+    return _with_classes(info, len(classes))
 
 
 def default_data_dir() -> Path:
@@ -595,8 +567,6 @@ def _load_folder(name: str, data_dir: str | Path | None, device: torch.device,
 # In-memory readers: each returns {split: uint8 [N, C, H, W]}, {split: int64 [N]}
 # ---------------------------------------------------------------------------------------------
 
-Arrays = tuple[dict[str, Tensor], dict[str, Tensor]]
-
 DIGITS_RESOURCE = "data_files/uci-digits.csv.gz"
 DIGITS_TEST_SIZE = 360
 
@@ -742,26 +712,58 @@ def _read_mnist(name: str) -> Callable[[Path, bool], Arrays]:
     return read
 
 
-_READERS: dict[str, Callable[[Path, bool], Arrays]] = {
-    "digits": _read_digits,
-    "cifar10": _read_cifar("cifar10"),
-    "cifar100": _read_cifar("cifar100"),
-    "svhn": _read_svhn,
-    "mnist": _read_mnist("mnist"),
-    "fashion-mnist": _read_mnist("fashion-mnist"),
-}
+# ---------------------------------------------------------------------------------------------
+# The registry: one record per data set, in the order dataset_names() lists them
+# ---------------------------------------------------------------------------------------------
 
-# Files that must all be present for a set to load without --download.
-_REQUIRED_FILES: dict[str, list[str]] = {
-    "cifar10": [f"cifar-10-batches-py/{f}" for f in
-                ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"]],
-    "cifar100": ["cifar-100-python/train", "cifar-100-python/test"],
-    "svhn": ["train_32x32.mat", "test_32x32.mat"],
-    "mnist": [f"MNIST/raw/{f}" for f in ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-                                         "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]],
-    "fashion-mnist": [f"FashionMNIST/raw/{f}" for f in ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-                                                         "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]],
-}
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+_IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+_CIFAR10_BATCHES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch")
+
+_DATASETS = (
+    DatasetRecord(
+        DatasetInfo("digits", (1, 8, 8), 10, DIGITS_MEAN, DIGITS_STD, True,
+                    "UCI handwritten digits, 8x8 grey, 10 classes, embedded (no download)"),
+        Augment(pad=1, flip=False), "nothing (embedded in elth)", reader=_read_digits),
+    DatasetRecord(
+        DatasetInfo("cifar10", (3, 32, 32), 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), True,
+                    "CIFAR-10, 32x32 colour, 10 classes, 50k train / 10k test"),
+        Augment(pad=4, flip=True), "cifar-10-batches-py/", aliases=("cifar-10", "cifar_10"),
+        reader=_read_cifar("cifar10"), required_files=tuple(f"cifar-10-batches-py/{f}" for f in _CIFAR10_BATCHES)),
+    DatasetRecord(
+        DatasetInfo("cifar100", (3, 32, 32), 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), True,
+                    "CIFAR-100, 32x32 colour, 100 classes, 50k train / 10k test"),
+        Augment(pad=4, flip=True), "cifar-100-python/", aliases=("cifar-100", "cifar_100"),
+        reader=_read_cifar("cifar100"), required_files=("cifar-100-python/train", "cifar-100-python/test")),
+    DatasetRecord(
+        DatasetInfo("svhn", (3, 32, 32), 10, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), True,
+                    "SVHN house numbers, 32x32 colour, 10 classes, 73k train / 26k test"),
+        Augment(pad=4, flip=False), "train_32x32.mat and test_32x32.mat",
+        reader=_read_svhn, required_files=("train_32x32.mat", "test_32x32.mat")),
+    DatasetRecord(
+        DatasetInfo("mnist", (1, 28, 28), 10, (0.1307,), (0.3081,), True,
+                    "MNIST handwritten digits, 28x28 grey, 10 classes, 60k train / 10k test"),
+        Augment(pad=2, flip=False), "MNIST/raw/",
+        reader=_read_mnist("mnist"), required_files=tuple(f"MNIST/raw/{f}" for f in _IDX_FILES)),
+    DatasetRecord(
+        DatasetInfo("fashion-mnist", (1, 28, 28), 10, (0.2860,), (0.3530,), True,
+                    "Fashion-MNIST clothing, 28x28 grey, 10 classes, 60k train / 10k test"),
+        Augment(pad=2, flip=False), "FashionMNIST/raw/", aliases=("fashion_mnist", "fashionmnist", "fmnist"),
+        reader=_read_mnist("fashion-mnist"), required_files=tuple(f"FashionMNIST/raw/{f}" for f in _IDX_FILES)),
+    DatasetRecord(
+        DatasetInfo("imagenet", (3, 224, 224), 1000, _IMAGENET_MEAN, _IMAGENET_STD, False,
+                    "ImageNet-1k from train/ and val/ class folders, 224x224, 1000 classes"),
+        None, "train/ and val/ class folders"),
+    DatasetRecord(
+        DatasetInfo("imagefolder", (3, 224, 224), 0, _IMAGENET_MEAN, _IMAGENET_STD, False,
+                    "any train/ and val/ class folders (ImageFolder layout), 224x224, ImageNet statistics"),
+        None, "train/ and val/ class folders"),
+)
+
+# Look-ups by canonical name and by alias, both built from the records above.
+_REGISTRY: dict[str, DatasetRecord] = {d.info.name: d for d in _DATASETS}
+_ALIASES: dict[str, str] = {alias: d.info.name for d in _DATASETS for alias in d.aliases}
 
 
 def _one_line(exc: BaseException) -> str:
@@ -772,26 +774,29 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _check_present(name: str, root: Path) -> None:
-    missing = [f for f in _REQUIRED_FILES.get(name, []) if not (root / f).is_file()]
+def _check_present(record: DatasetRecord, root: Path) -> None:
+    name = record.info.name
+    missing = [f for f in record.required_files if not (root / f).is_file()]
     if not missing:
         return
     fix = "pass --download to fetch it, or --data-dir / ELTH_DATA pointing to the folder that holds it"
-    if len(missing) == len(_REQUIRED_FILES[name]):
-        raise ElthError(f"{name} not found in {root} (expected {_REGISTRY[name].expected}); {fix}")
+    if len(missing) == len(record.required_files):
+        raise ElthError(f"{name} not found in {root} (expected {record.expected}); {fix}")
     raise ElthError(f"{name} in {root} is incomplete (missing {', '.join(missing)}); {fix}")
 
 
-def _read_in_memory(name: str, root: Path, download: bool) -> Arrays:
-    if name != "digits" and not download:
-        _check_present(name, root)
-    if download and name != "digits":
+def _read_in_memory(record: DatasetRecord, root: Path, download: bool) -> Arrays:
+    name = record.info.name
+    # A set with no files on disk (digits, embedded) needs neither a presence check nor a folder to download into.
+    if record.required_files and not download:
+        _check_present(record, root)
+    if download and record.required_files:
         try:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ElthError(f"cannot create {root} to download {name} into: {_one_line(exc)}") from exc
     try:
-        images, labels = _READERS[name](root, download)
+        images, labels = record.reader(root, download)
     except ElthError:
         raise
     except (OSError, RuntimeError) as exc:
@@ -803,12 +808,12 @@ def _read_in_memory(name: str, root: Path, download: bool) -> Arrays:
     except Exception as exc:  # unpickling / .mat / idx parse errors of a damaged file
         raise ElthError(f"cannot read {name} from {root} ({_one_line(exc)}); delete its files and pass "
                         f"--download to fetch them again") from exc
-    _validate(name, root, images, labels)
+    _validate(record.info, root, images, labels)
     return images, labels
 
 
-def _validate(name: str, root: Path, images: dict[str, Tensor], labels: dict[str, Tensor]) -> None:
-    info = _REGISTRY[name].info
+def _validate(info: DatasetInfo, root: Path, images: dict[str, Tensor], labels: dict[str, Tensor]) -> None:
+    name = info.name
     for split in SPLITS:
         x, y = images[split], labels[split]
         if x.dtype != torch.uint8 or tuple(x.shape[1:]) != info.input_shape or x.shape[0] != y.shape[0]:
@@ -839,9 +844,9 @@ def load_dataset(name: str, data_dir: str | Path | None = None, download: bool =
     """
     name = canonical_name(name)
     dev = torch.device(device)
-    entry = _REGISTRY[name]
-    if entry.augment is None:
+    record = _REGISTRY[name]
+    if record.augment is None:
         return _load_folder(name, data_dir, dev, num_workers)
     root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
-    images, labels = _read_in_memory(name, root, download)
-    return TensorBundle(entry.info, entry.augment, dev, images, labels)
+    images, labels = _read_in_memory(record, root, download)
+    return TensorBundle(record.info, record.augment, dev, images, labels)

@@ -32,6 +32,7 @@ from torch import Tensor
 
 from elth_cli import archs, data
 from elth_cli.errors import ElthError, UsageError
+from elth_cli.masks import kept_and_total
 from elth_cli.steps import split_steps
 from elth_cli.ticket import Ticket, apply_masks, validate
 
@@ -197,8 +198,7 @@ def _check_report(run_dir: Path, raw_mask: dict[str, Tensor]) -> dict[str, Any] 
         total, unpruned = float(report["total"]), float(report["unpruned"])
     except (OSError, ValueError, KeyError, TypeError):
         raise ElthError(f"{path} is not a sparsity report ({{\"total\": ..., \"unpruned\": ...}})") from None
-    want_total = sum(t.numel() for t in raw_mask.values())
-    want_kept = sum(int((t != 0).sum()) for t in raw_mask.values())
+    want_kept, want_total = kept_and_total(raw_mask)  # int 0/1 tensors: nonzero means kept
     if total != want_total or unpruned != want_kept:
         raise ElthError(f"{path} says {unpruned:.0f} of {total:.0f} weights unpruned but {MASK_FILE} keeps "
                         f"{want_kept} of {want_total}; the run folder is inconsistent")
@@ -282,6 +282,95 @@ def _read_logger(run_dir: Path, trained: Step, spe: int | None) -> dict[str, Any
     return metrics
 
 
+@dataclass
+class _RunStates:
+    """What a run folder's mask and model files hold, checked and conformed to the architecture."""
+
+    masks: dict[str, Tensor]
+    dense: list[str]
+    report: dict[str, Any] | None
+    init: dict[str, Tensor]
+    trained: dict[str, Tensor] | None
+    zeroed: dict[str, int]
+
+
+def _run_files(root: Path) -> list[Step]:
+    """The model files of a run folder, after checking that it holds a mask and at least one of them."""
+    if not (root / MASK_FILE).is_file():
+        raise ElthError(f"{root} has no {MASK_FILE}; point at a run folder of a pruning level (level_<L>/main) "
+                        "or a branch folder, which hold the mask")
+    files = model_files(root)
+    if not files:
+        raise ElthError(f"{root} has no model_ep<E>_it<I>.pth file; it is not an open_lth run folder")
+    return files
+
+
+def _choose_steps(files: list[Step], init_step: str | None, trained_step: str | None, spe: int | None,
+                  root: Path) -> tuple[Step, Step | None]:
+    """The init and trained files: as asked, else the earliest and (when later) the latest."""
+    init = _pick(files, parse_step_spec(init_step), spe, f"--init-step {init_step}", root) \
+        if init_step is not None else files[0]
+    if trained_step is not None and trained_step.strip().lower() == "none":
+        trained = None
+    elif trained_step is not None:
+        trained = _pick(files, parse_step_spec(trained_step), spe, f"--trained-step {trained_step}", root)
+    else:
+        trained = files[-1] if files[-1] != init else None
+    if trained is not None and trained <= init:
+        raise UsageError(f"the trained weights {trained.filename} are not later than the init weights {init.filename}")
+    return init, trained
+
+
+def _rewind_iteration(init: Step, spe: int | None) -> int:
+    """The init file's step in iterations, which a ticket's rewind step must be."""
+    rewind = init.iteration(spe)
+    if rewind is None:
+        raise UsageError(f"the init weights {init.filename} are at epoch {init.ep}; pass --steps-per-epoch (open_lth: "
+                         "ceil(training examples / batch size), 391 for CIFAR-10 at batch 128) so the rewind step "
+                         "can be counted in iterations")
+    return rewind
+
+
+def _read_run(root: Path, init: Step, trained: Step | None, spec: archs.ArchSpec,
+              info: data.DatasetInfo) -> _RunStates:
+    """Read and check the mask, the sparsity report and the chosen model files; zero pruned entries."""
+    shape, classes = tuple(info.input_shape), info.num_classes
+    expected = archs.expected_state(spec, shape, classes)
+    init_where = str(root / init.filename)
+    init_raw = load_tensor_dict(root / init.filename, "model file")
+    # A wrong --dataset shows first in the stem and the classifier: say so before any shape complaint.
+    _check_io(init_raw, init_where, spec, shape, classes, info.name)
+    masks, dense, raw_mask = _read_mask(root / MASK_FILE, spec, shape, classes, expected)
+    report = _check_report(root, raw_mask)
+    init_state, zeroed_init = _masked(_conform_state(init_raw, init_where, spec, shape, classes, info.name), masks)
+    trained_state, zeroed_trained = None, 0
+    if trained is not None:
+        trained_state = _conform_state(load_tensor_dict(root / trained.filename, "model file"),
+                                       str(root / trained.filename), spec, shape, classes, info.name)
+        trained_state, zeroed_trained = _masked(trained_state, masks)
+    return _RunStates(masks, dense, report, init_state, trained_state, {"init": zeroed_init, "trained": zeroed_trained})
+
+
+def _import_record(root: Path, init: Step, trained: Step | None, spe: int | None, rewind: int,
+                   states: _RunStates) -> dict[str, Any]:
+    """Where an imported ticket came from: the ``imported_from`` metadata that :func:`import_record` reads."""
+    return {
+        "format": "open_lth",
+        "folder": root.resolve().name,
+        "path": str(root.resolve()),
+        "mask_file": MASK_FILE,
+        "init_file": init.filename,
+        "init_step": init.as_dict(),
+        "trained_file": trained.filename if trained else None,
+        "trained_step": trained.as_dict() if trained else None,
+        "steps_per_epoch": spe,
+        "rewind_step": rewind,
+        "dense_keys": states.dense,
+        "zeroed_pruned": dict(states.zeroed),
+        "sparsity_report": states.report,
+    }
+
+
 def import_run(
     run_dir: str | os.PathLike[str], arch: str, dataset: str = "cifar10", *, data_dir: str | None = None,
     init_step: str | None = None, trained_step: str | None = None, steps_per_epoch: int | None = None,
@@ -299,84 +388,32 @@ def import_run(
         raise UsageError(f"run folder {root} does not exist or is not a folder")
     spec = archs.resolve_arch(arch)
     info = data.get_dataset_info(dataset, data_dir)
-    shape, classes = tuple(info.input_shape), info.num_classes
     if steps_per_epoch is not None and steps_per_epoch < 1:
         raise UsageError(f"--steps-per-epoch must be at least 1, got {steps_per_epoch}")
-    mask_path = root / MASK_FILE
-    if not mask_path.is_file():
-        raise ElthError(f"{root} has no {MASK_FILE}; point at a run folder of a pruning level (level_<L>/main) "
-                        "or a branch folder, which hold the mask")
-    files = model_files(root)
-    if not files:
-        raise ElthError(f"{root} has no model_ep<E>_it<I>.pth file; it is not an open_lth run folder")
-
-    init = _pick(files, parse_step_spec(init_step), steps_per_epoch, f"--init-step {init_step}", root) \
-        if init_step is not None else files[0]
-    if trained_step is not None and trained_step.strip().lower() == "none":
-        trained = None
-    elif trained_step is not None:
-        trained = _pick(files, parse_step_spec(trained_step), steps_per_epoch, f"--trained-step {trained_step}", root)
-    else:
-        trained = files[-1] if files[-1] != init else None
-    if trained is not None and trained <= init:
-        raise UsageError(f"the trained weights {trained.filename} are not later than the init weights {init.filename}")
-    rewind = init.iteration(steps_per_epoch)
-    if rewind is None:
-        raise UsageError(f"the init weights {init.filename} are at epoch {init.ep}; pass --steps-per-epoch (open_lth: "
-                         "ceil(training examples / batch size), 391 for CIFAR-10 at batch 128) so the rewind step "
-                         "can be counted in iterations")
-
-    expected = archs.expected_state(spec, shape, classes)
-    init_raw = load_tensor_dict(root / init.filename, "model file")
-    # A wrong --dataset shows first in the stem and the classifier: say so before any shape complaint.
-    _check_io(init_raw, str(root / init.filename), spec, shape, classes, info.name)
-    masks, dense, raw_mask = _read_mask(mask_path, spec, shape, classes, expected)
-    report = _check_report(root, raw_mask)
-    init_state = _conform_state(init_raw, str(root / init.filename), spec, shape, classes, info.name)
-    init_state, zeroed_init = _masked(init_state, masks)
-    trained_state, zeroed_trained = None, 0
-    if trained is not None:
-        trained_state = _conform_state(load_tensor_dict(root / trained.filename, "model file"),
-                                       str(root / trained.filename), spec, shape, classes, info.name)
-        trained_state, zeroed_trained = _masked(trained_state, masks)
-    metrics = _read_logger(root, trained, steps_per_epoch) if trained is not None else None
-
-    record = {
-        "format": "open_lth",
-        "folder": root.resolve().name,
-        "path": str(root.resolve()),
-        "mask_file": MASK_FILE,
-        "init_file": init.filename,
-        "init_step": init.as_dict(),
-        "trained_file": trained.filename if trained else None,
-        "trained_step": trained.as_dict() if trained else None,
-        "steps_per_epoch": steps_per_epoch,
-        "rewind_step": rewind,
-        "dense_keys": dense,
-        "zeroed_pruned": {"init": zeroed_init, "trained": zeroed_trained},
-        "sparsity_report": report,
-    }
+    files = _run_files(root)
+    init, trained = _choose_steps(files, init_step, trained_step, steps_per_epoch, root)
+    rewind = _rewind_iteration(init, steps_per_epoch)
+    states = _read_run(root, init, trained, spec, info)
+    record = _import_record(root, init, trained, steps_per_epoch, rewind, states)
     ticket = Ticket(
         arch=spec.name,
-        input_shape=shape,
-        num_classes=classes,
-        masks=masks,
-        init=init_state,
-        trained=trained_state,
+        input_shape=tuple(info.input_shape),
+        num_classes=info.num_classes,
+        masks=states.masks,
+        init=states.init,
+        trained=states.trained,
         method="imported",
         rewind_step=rewind,
         dataset=info.name,
         parents=[],
-        metrics=metrics,
+        metrics=_read_logger(root, trained, steps_per_epoch) if trained is not None else None,
         extra={IMPORT_KEY: json.dumps(record, sort_keys=True)},
     )
     validate(ticket, str(root))
-    warnings = []
-    for label, n in (("init", zeroed_init), ("trained", zeroed_trained)):
-        if n:
-            warnings.append(f"{n} pruned entries of the {label} weights were nonzero in the run folder; zeroed them")
-    return ImportResult(ticket, init.filename, trained.filename if trained else None, dense,
-                        {"init": zeroed_init, "trained": zeroed_trained}, report, warnings)
+    warnings = [f"{n} pruned entries of the {label} weights were nonzero in the run folder; zeroed them"
+                for label, n in states.zeroed.items() if n]
+    return ImportResult(ticket, init.filename, trained.filename if trained else None, states.dense,
+                        dict(states.zeroed), states.report, warnings)
 
 
 # ----- export -------------------------------------------------------------------------------------
@@ -482,8 +519,7 @@ def export_ticket(ticket: Ticket, out_dir: str | os.PathLike[str], force: bool =
         _save(ticket.init, tmp / plan.init.filename)
         if plan.trained is not None:
             _save(ticket.trained, tmp / plan.trained.filename)
-        total = sum(m.numel() for m in ticket.masks.values())
-        unpruned = sum(int(m.sum()) for m in ticket.masks.values())
+        unpruned, total = kept_and_total(ticket.masks)
         (tmp / REPORT_FILE).write_text(json.dumps({"total": float(total), "unpruned": float(unpruned)}, indent=4))
         _replace_dir(tmp, out)
     except BaseException:
@@ -511,8 +547,7 @@ def _replace_dir(tmp: Path, out: Path) -> None:
 
 def summary(ticket: Ticket) -> dict[str, Any]:
     """Counts for the import/export summaries."""
-    total = sum(m.numel() for m in ticket.masks.values())
-    kept = sum(int(m.sum()) for m in ticket.masks.values())
+    kept, total = kept_and_total(ticket.masks)
     return {"arch": ticket.arch, "sparsity": ticket.sparsity, "prunable_weights": total, "kept_weights": kept,
             "rewind_step": ticket.rewind_step, "trained": ticket.is_trained,
             "sparsity_report": {"total": float(total), "unpruned": float(kept)}}

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from elth_cli.errors import UsageError
+from elth_cli.masks import kept_and_total
 
 RANDOM_DISTRIBUTIONS = ("layerwise", "global")
 
@@ -92,8 +93,7 @@ def prune_lowest_per_layer(
 
 def count_pruned(masks: dict[str, Tensor]) -> tuple[int, int]:
     """(pruned, total) over all masks."""
-    total = sum(m.numel() for m in masks.values())
-    kept = sum(int(m.sum()) for m in masks.values())
+    kept, total = kept_and_total(masks)
     return total - kept, total
 
 
@@ -110,7 +110,7 @@ def prune_to_sparsity(
             "start from a denser ticket"
         )
     excluded = set(exclude)
-    available = sum(int(m.sum()) for k, m in masks.items() if k not in excluded)
+    available, _ = kept_and_total({k: m for k, m in masks.items() if k not in excluded})
     if target - pruned > available:
         reachable = (pruned + available) / total
         raise UsageError(
@@ -177,20 +177,14 @@ def grasp_scores(model: nn.Module, keys: list[str], bundle, n_batches: int = 10,
 
 
 @torch.no_grad()
-def _linearise(model: nn.Module) -> dict[str, Tensor]:
-    signs = {}
-    for name, t in model.state_dict().items():
+def _linearise(model: nn.Module) -> None:
+    """Replace every float parameter and buffer by its absolute value, in place.
+
+    Only ever applied to SynFlow's private copy of the model, so the signs need not be kept.
+    """
+    for t in model.state_dict().values():
         if t.is_floating_point():
-            signs[name] = torch.sign(t)
             t.abs_()
-    return signs
-
-
-@torch.no_grad()
-def _restore_signs(model: nn.Module, signs: dict[str, Tensor]) -> None:
-    for name, t in model.state_dict().items():
-        if name in signs:
-            t.mul_(signs[name])
 
 
 def synflow_masks(

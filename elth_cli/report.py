@@ -40,10 +40,6 @@ class Log:
     def warn(self, message: str) -> None:
         self.console.print(f"warning: {message}", markup=False)
 
-    def table(self, table: Table) -> None:
-        if not self.quiet:
-            self.console.print(table)
-
 
 def print_json(doc: Any) -> None:
     """One JSON document on stdout (sorted keys, so output is stable and diffable)."""

@@ -26,6 +26,7 @@ from elth_cli import __version__, archs
 from elth_cli.archs import ArchSpec
 from elth_cli.errors import TicketError, UsageError
 from elth_cli.fileio import STDIO, check_output_path, read_bytes, write_bytes_atomic
+from elth_cli.masks import kept_and_total, layer_counts
 
 FORMAT = "elth.ticket"
 FORMAT_VERSION = 1
@@ -94,20 +95,13 @@ class Ticket:
 
     def layer_sparsity(self) -> dict[str, tuple[int, int]]:
         """Per prunable key: (pruned count, total count)."""
-        out = {}
-        for key, m in self.masks.items():
-            total = m.numel()
-            out[key] = (total - int(m.sum()), total)
-        return out
+        return {key: (total - kept, total) for key, (kept, total) in layer_counts(self.masks).items()}
 
     @property
     def sparsity(self) -> float:
         """Fraction of prunable weights that are pruned (not the density)."""
-        pruned = total = 0
-        for p, t in self.layer_sparsity().values():
-            pruned += p
-            total += t
-        return pruned / total if total else 0.0
+        kept, total = kept_and_total(self.masks)
+        return (total - kept) / total if total else 0.0
 
     def state(self, weights: str = "init") -> dict[str, Tensor]:
         """The ``init`` or ``trained`` state dict."""

@@ -82,6 +82,22 @@ def test_aliases(alias: str, name: str) -> None:
     assert D.get_dataset_info(alias).name == name
 
 
+def test_every_alias_of_every_record_resolves_and_none_is_shared() -> None:
+    aliases = [a for record in D._DATASETS for a in record.aliases]
+    assert len(aliases) == len(set(aliases)) and not set(aliases) & set(D.dataset_names())
+    for record in D._DATASETS:
+        for alias in record.aliases:
+            assert D.canonical_name(alias) == record.info.name
+        # In-memory sets are read by their reader and augmented on the device; folder sets have neither.
+        assert (record.reader is not None) == (record.augment is not None) == record.info.in_memory
+
+
+def test_a_half_described_record_is_refused() -> None:
+    info = D.get_dataset_info("cifar10")
+    with pytest.raises(ValueError, match="cifar10: an in-memory set needs a reader and an augmentation"):
+        D.DatasetRecord(info, D.Augment(pad=4, flip=True), "cifar-10-batches-py/")
+
+
 def test_unknown_name() -> None:
     with pytest.raises(UsageError) as e:
         D.get_dataset_info("cifar11")

@@ -1,0 +1,152 @@
+"""Counting over mask dicts: kept weights, same layout, overlap (Jaccard, Hamming) of two masks.
+
+A mask dict maps each prunable state-dict key to a tensor that is nonzero (True) where the weight
+is kept. Tickets hold bool masks; open_lth's ``mask.pth`` holds int 0/1 ones, so every count here
+treats "nonzero" as "kept". This module is the one place these counts are made; it depends on
+torch and :mod:`elth_cli.errors` only, so any layer of elth can use it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+import torch
+from torch import Tensor
+
+from elth_cli.errors import UsageError
+
+# What to do when two masks do not line up: the fix that compare's messages have always given.
+ONE_ARCH_FIX = "compare masks of one architecture"
+
+
+# ----- kept and total -----------------------------------------------------------------------------
+def layer_counts(masks: Mapping[str, Tensor]) -> dict[str, tuple[int, int]]:
+    """Per key: (kept weights, all weights) of that mask."""
+    return {key: (int(torch.count_nonzero(m)), m.numel()) for key, m in masks.items()}
+
+
+def kept_and_total(masks: Mapping[str, Tensor]) -> tuple[int, int]:
+    """(kept weights, all weights) over every mask together."""
+    kept = total = 0
+    for k, n in layer_counts(masks).values():
+        kept += k
+        total += n
+    return kept, total
+
+
+# ----- same layout --------------------------------------------------------------------------------
+def layout_difference(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> str | None:
+    """The first way two mask dicts differ in keys or shapes, as a phrase; None when they line up."""
+    if set(a) != set(b):
+        only = sorted(set(a) ^ set(b))[0]
+        return f"the masks cover different weights ({only!r} is in one only)"
+    for key in a:
+        if a[key].shape != b[key].shape:
+            return f"mask {key!r} has shape {list(a[key].shape)} in one ticket and {list(b[key].shape)} in the other"
+    return None
+
+
+def same_layout(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> bool:
+    """Whether two mask dicts have the same keys and the same shape under every key."""
+    return layout_difference(a, b) is None
+
+
+def check_same_layout(a: Mapping[str, Tensor], b: Mapping[str, Tensor], fix: str = ONE_ARCH_FIX) -> None:
+    """Raise UsageError ``"<first difference>; <fix>"`` unless the two mask dicts line up."""
+    difference = layout_difference(a, b)
+    if difference is not None:
+        raise UsageError(f"{difference}; {fix}")
+
+
+# ----- overlap ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Overlap:
+    """Counts of two masks A and B over the same weights: one layer, or several pooled by :func:`pooled`.
+
+    The expected counts are those of independent random masks with A's and B's per-layer
+    densities: for a layer of n weights at densities p and q, E|A∩B| = n p q and
+    E|A∪B| = n (p + q - p q) (for independent Bernoulli masks and for uniformly random masks with
+    exactly np and nq kept weights alike, the overlap then being hypergeometric with mean n p q).
+    Pooled, they are summed layer by layer, so the pooled expectation respects each layer's density.
+    """
+
+    weights: int
+    kept_a: int
+    kept_b: int
+    intersection: int
+    union: int
+    expected_intersection: float
+    expected_union: float
+
+    @property
+    def jaccard(self) -> float:
+        """|A∩B| / |A∪B|; 1.0 when both keep nothing (two empty sets are the same set, not 0/0)."""
+        return self.intersection / self.union if self.union else 1.0
+
+    @property
+    def expected_random_jaccard(self) -> float:
+        """E|A∩B| / E|A∪B|: a ratio of expectations, which differs from the expected ratio by O(1/n)."""
+        return self.expected_intersection / self.expected_union if self.expected_union else 1.0
+
+    @property
+    def hamming(self) -> int:
+        """Weights kept by one mask and pruned by the other: |A xor B| = |A∪B| - |A∩B|."""
+        return self.union - self.intersection
+
+
+def layer_overlap(a: Tensor, b: Tensor) -> Overlap:
+    """The overlap of two masks of one layer (same shape)."""
+    a, b = a.bool(), b.bool()
+    n, ka, kb = a.numel(), int(a.sum()), int(b.sum())
+    p, q = (ka / n, kb / n) if n else (0.0, 0.0)
+    return Overlap(n, ka, kb, int((a & b).sum()), int((a | b).sum()), n * p * q, n * (p + q - p * q))
+
+
+def layer_overlaps(a: Mapping[str, Tensor] | Tensor, b: Mapping[str, Tensor] | Tensor,
+                   fix: str = ONE_ARCH_FIX) -> dict[str, Overlap]:
+    """Per key, the overlap of two mask dicts (or two single tensors, under the key ``""``).
+
+    Raises UsageError (ending in ``fix``) when the masks do not have the same keys and shapes.
+    """
+    a_m, b_m = _as_masks(a), _as_masks(b)
+    check_same_layout(a_m, b_m, fix)
+    return {key: layer_overlap(a_m[key], b_m[key]) for key in a_m}
+
+
+def pooled(overlaps: Iterable[Overlap]) -> Overlap:
+    """Several layers' overlaps as one: every count and expectation summed."""
+    weights = kept_a = kept_b = inter = union = 0
+    e_inter = e_union = 0.0
+    for o in overlaps:
+        weights += o.weights
+        kept_a += o.kept_a
+        kept_b += o.kept_b
+        inter += o.intersection
+        union += o.union
+        e_inter += o.expected_intersection
+        e_union += o.expected_union
+    return Overlap(weights, kept_a, kept_b, inter, union, e_inter, e_union)
+
+
+def jaccard(a: Mapping[str, Tensor] | Tensor, b: Mapping[str, Tensor] | Tensor) -> float:
+    """|A∩B| / |A∪B| of the kept weights of two masks (all layers pooled); 1.0 when both keep nothing."""
+    return pooled(layer_overlaps(a, b).values()).jaccard
+
+
+def expected_random_jaccard(a: Mapping[str, Tensor] | Tensor, b: Mapping[str, Tensor] | Tensor) -> float:
+    """The Jaccard index two independent random masks with the same per-layer densities would have.
+
+    The pooled value is sum(E|A∩B|) / sum(E|A∪B|) over the layers (see :class:`Overlap`).
+    """
+    return pooled(layer_overlaps(a, b).values()).expected_random_jaccard
+
+
+def hamming(a: Mapping[str, Tensor] | Tensor, b: Mapping[str, Tensor] | Tensor) -> int:
+    """Number of weights kept by one mask and pruned by the other (masks as tensors or dicts of tensors)."""
+    return pooled(layer_overlaps(a, b).values()).hamming
+
+
+def _as_masks(masks: Mapping[str, Tensor] | Tensor) -> dict[str, Tensor]:
+    # A bare tensor is a one-layer mask dict, so the same code serves single layers.
+    return {"": masks} if isinstance(masks, Tensor) else dict(masks)
