@@ -1,4 +1,43 @@
-from elth_cli.cli import main
+"""The ``elth`` console script and ``python -m elth_cli``.
+
+The CLI module is imported inside ``main`` so that a Ctrl-C while it loads is one line and exit
+status 130 too, like a Ctrl-C at any later moment (handled in :func:`elth_cli.cli.main`).
+"""
+
+import os
+import signal
+import sys
+
+EXIT_INTERRUPTED = 130
+
+
+def _exit_interrupted() -> None:
+    # CPython remembers a KeyboardInterrupt that passed through some of its C paths, even when it
+    # was handled, and then kills itself with SIGINT at exit (status -2, not 130): leave at once.
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(EXIT_INTERRUPTED)
+
+
+def main() -> None:
+    try:
+        from elth_cli.cli import main as run
+    except KeyboardInterrupt:
+        sys.stderr.write("error: interrupted\n")
+        _exit_interrupted()
+    try:
+        run()
+    except SystemExit as e:
+        if e.code == EXIT_INTERRUPTED:
+            _exit_interrupted()
+        raise
+    finally:
+        # The exit status is decided: a Ctrl-C during the interpreter's shutdown must not change it.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
 
 if __name__ == "__main__":
     main()

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+import types
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Iterator, Optional
 
 import typer
 
-from elth_cli import __version__, archs, elastic
+# Only what --help and --version need is imported here: no torch. Commands import the core lazily.
+from elth_cli import __version__, archs
 from elth_cli.errors import ElthError, UsageError
 from elth_cli.fileio import STDIO, check_output_path, write_bytes_atomic
+from elth_cli.launch import detect_launch
 from elth_cli.report import Log, fmt_int, fmt_pct, make_table, print_json, stdout_console
-from elth_cli.ticket import Ticket
+from elth_cli.train.config import TrainConfig, config_overrides
+
+if TYPE_CHECKING:
+    from elth_cli.ticket import Ticket
 
 # typer >= 0.20 vendors click and derives its errors from TyperException; older typer uses click itself.
 _PARSE_ERRORS: tuple[type[BaseException], ...] = ()
@@ -30,6 +37,8 @@ try:
 except ImportError:  # pragma: no cover
     pass
 
+_HELP_OPTIONS = ("-h", "--help")
+_CONTEXT_SETTINGS = {"help_option_names": list(_HELP_OPTIONS)}
 app = typer.Typer(
     name="elth",
     help="Find, stretch, squeeze and train lottery tickets (Elastic Lottery Ticket Hypothesis, Chen et al. 2021).\n\n"
@@ -41,8 +50,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     # Markdown re-flows docstring paragraphs (wrapped in the source) to the terminal width.
-    rich_markup_mode="markdown",
-    context_settings={"help_option_names": ["-h", "--help"]},
+    rich_markup_mode=None,
+    context_settings=_CONTEXT_SETTINGS,
 )
 
 
@@ -70,6 +79,12 @@ DataDirOpt = Annotated[
     Optional[Path],
     typer.Option("--data-dir", envvar="ELTH_DATA", help="Folder holding the data sets (default: a cache folder)."),
 ]
+
+
+def _config_option(name: str) -> Any:
+    """The option of a TrainConfig field, as its metadata describes it (flag, help, type)."""
+    flag = TrainConfig.flags()[name]
+    return Annotated[flag.type, typer.Option(*flag.decls, help=flag.help)]
 
 
 def _check_stdout_use(output: str, json_out: bool) -> None:
@@ -139,6 +154,8 @@ def info(
 ) -> None:
     """Show a ticket: architecture, sparsity overall and per layer, rewind step, provenance, metrics, and the
     configuration of the run that made it (hyperparameters, versions, device, processes, host)."""
+    from elth_cli.ticket import Ticket
+
     ticket = Ticket.load(ticket_path)
     doc = ticket_summary(ticket)
     if json_out:
@@ -172,6 +189,9 @@ def info(
 # ----- stretch / squeeze --------------------------------------------------------------------------
 def _transform_command(kind: str, source: str, target: str, output: str, strategy: Optional[str],
                        mapping: Optional[str], force: bool, json_out: bool, quiet: bool) -> None:
+    from elth_cli import elastic
+    from elth_cli.ticket import Ticket
+
     _check_stdout_use(output, json_out)
     check_output_path(output, force)
     log = Log(quiet)
@@ -325,6 +345,7 @@ def compare(
     different depths; with --interpolate, linear mode connectivity of two trainings of one ticket.
     """
     from elth_cli import compare as cmp
+    from elth_cli.ticket import Ticket
 
     if plot is not None:
         cmp.require_matplotlib()  # before any work: a missing extra must not cost an interpolation
@@ -345,7 +366,7 @@ def compare(
     doc = cmp.compare_tickets(loaded, names)
     if interpolate:
         from elth_cli import data
-        from elth_cli.train import resolve_device
+        from elth_cli.device import resolve_device
 
         cmp.check_interpolable(loaded[0], loaded[1], (names[0], names[1]))
         if points < 2:
@@ -393,6 +414,7 @@ def import_cmd(
     .pth files are read with torch.load(weights_only=True): tensors only, never arbitrary pickled objects.
     """
     from elth_cli import interop
+    from elth_cli.ticket import Ticket
 
     _check_stdout_use(output, json_out)
     check_output_path(output, force)
@@ -429,6 +451,7 @@ def export(
     """Export a ticket as an open_lth run folder: mask.pth (int 0/1), `model_ep{E}_it{I}.pth` state dicts
     (init at the rewind step, trained at the final step) and sparsity_report.json."""
     from elth_cli import interop
+    from elth_cli.ticket import Ticket
 
     ticket = Ticket.load(ticket_path)
     plan = interop.export_ticket(ticket, out_dir, force=force, trained_step=trained_step)
@@ -445,45 +468,40 @@ DatasetOpt = Annotated[
     Optional[str],
     typer.Option("--dataset", "-d", help="Data set (default: the one the ticket records)."),
 ]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu, cuda or cuda:N.")]
 DownloadOpt = Annotated[bool, typer.Option("--download", help="Download the data set when it is missing.")]
 WorkersOpt = Annotated[
     Optional[int], typer.Option("--workers", help="DataLoader workers for folder data sets (imagenet, imagefolder).")
 ]
-
-
-# The training flags, shared by `train` and `find` (IMP trains with the same recipe).
-EpochsOpt = Annotated[Optional[int], typer.Option("--epochs", help="Epochs of the whole schedule (a run starts "
-                      "at the ticket's rewind step). Recipe: 160 CIFAR, 90 ImageNet, 30 digits.")]
-LrOpt = Annotated[Optional[float], typer.Option("--lr", help="Base learning rate.")]
-BatchSizeOpt = Annotated[Optional[int], typer.Option("--batch-size", "-b", help="Global batch size.")]
-MomentumOpt = Annotated[Optional[float], typer.Option("--momentum", help="SGD momentum.")]
-WeightDecayOpt = Annotated[Optional[float], typer.Option("--weight-decay", help="Weight decay (all parameters).")]
-MilestonesOpt = Annotated[Optional[str], typer.Option("--milestones", help="Step schedule: steps where the LR is "
-                          "multiplied by --gamma, e.g. 80ep,120ep or 32000it ('none' for no drops).")]
-GammaOpt = Annotated[Optional[float], typer.Option("--gamma", help="LR factor at each milestone.")]
-WarmupOpt = Annotated[Optional[str], typer.Option("--warmup", help="Linear warm-up length: 5ep, 1000it or 1000.")]
-ScheduleOpt = Annotated[Optional[str], typer.Option("--schedule", help="step (milestones) or cosine (to 0).")]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the initialisation (find), data order and augmentation.")]
-AugmentOpt = Annotated[bool, typer.Option("--augment/--no-augment", help="Random crops (and flips where the "
-                       "data set has them).")]
-EvalEveryOpt = Annotated[int, typer.Option("--eval-every", help="Test every N epochs (0: only after the last; "
-                         "the last epoch is always tested).")]
-PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto (bf16 on CUDA that supports it, else fp32), "
-                         "bf16, fp16 (CUDA, with a grad scaler) or fp32.")]
-CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the model (faster on GPUs after a "
-                       "slow first step).")]
-DeterministicOpt = Annotated[bool, typer.Option("--deterministic", help="Deterministic kernels only (slower).")]
-SyncBnOpt = Annotated[bool, typer.Option("--sync-bn", help="Several processes on GPUs: BatchNorm statistics over "
-                      "the global batch (SyncBatchNorm). Ignored with one process; refused on the CPU.")]
 DistTimeoutOpt = Annotated[float, typer.Option("--dist-timeout", envvar="ELTH_DIST_TIMEOUT", help="Several "
                            "processes (torchrun, srun): seconds a rank waits for the others, to join and at every "
                            "exchange, before it fails.")]
+
+# The training flags, shared by `train` and `find` (IMP trains with the same recipe): each is a TrainConfig
+# field, whose metadata gives its flag and help; the commands hand them to the config by field name.
+EpochsOpt = _config_option("epochs")
+LrOpt = _config_option("lr")
+BatchSizeOpt = _config_option("batch_size")
+MomentumOpt = _config_option("momentum")
+WeightDecayOpt = _config_option("weight_decay")
+MilestonesOpt = _config_option("milestones")
+GammaOpt = _config_option("gamma")
+WarmupOpt = _config_option("warmup")
+ScheduleOpt = _config_option("schedule")
+SeedOpt = _config_option("seed")
+AugmentOpt = _config_option("augment")
+EvalEveryOpt = _config_option("eval_every")
+DeviceOpt = _config_option("device")
+PrecisionOpt = _config_option("precision")
+CompileOpt = _config_option("compile")
+DeterministicOpt = _config_option("deterministic")
+SyncBnOpt = _config_option("sync_bn")
 
 
 def _prepare_train_files(ticket_path: str, output: str, force: bool, ckpt: Optional[Path], log_jsonl: Optional[Path],
                          resume: bool) -> Ticket:
     """What ``train`` checks before any work (rank 0 of several processes): the files it writes, the ticket."""
+    from elth_cli.ticket import Ticket
+
     check_output_path(output, force)
     for what, path in (("checkpoint", ckpt), ("--log-jsonl", log_jsonl)):
         if path is not None and not Path(path).parent.exists():
@@ -493,37 +511,24 @@ def _prepare_train_files(ticket_path: str, output: str, force: bool, ckpt: Optio
     return Ticket.load(ticket_path)
 
 
-def _fetch_once(name: str, data_dir: Optional[Path], download: bool, rt) -> bool:
-    """With several processes rank 0 downloads a missing data set first; the others then only read it.
-
-    Returns the ``download`` flag the ranks load with (False once rank 0 has fetched it).
-    """
-    from elth_cli import data as data_mod
-    from elth_cli import distributed
-
-    if not download or rt.world_size == 1:
-        return download
-    distributed.run_on_main(lambda: data_mod.load_dataset(name, str(data_dir) if data_dir else None, download=True)
-                            and None)
-    return False
-
-
-def _config_device(dev, rt) -> str:
-    """The device a config records: the device itself for one process, its kind for several
-    (each rank is on its own cuda:LOCAL_RANK, and the ranks' configs must be equal)."""
-    return dev.type if rt.world_size > 1 else str(dev)
-
-
-def _check_sync_bn(cfg, rt) -> None:
-    if cfg.sync_bn and rt.world_size > 1 and rt.device.type != "cuda":
-        raise UsageError("--sync-bn needs CUDA GPUs: SyncBatchNorm does not run on the CPU (gloo); drop --sync-bn")
-
-
 def _dataset_for(ticket: Ticket, dataset: Optional[str]) -> str:
     name = dataset or ticket.dataset
     if not name:
         raise UsageError("the ticket records no data set; pass --dataset")
     return name
+
+
+@contextlib.contextmanager
+def _report_stop(command: str, is_main: bool = True) -> Iterator[None]:
+    """A training stopped by a signal: its one line (rank 0) and its exit status (75 resumable, 130 Ctrl-C)."""
+    from elth_cli.train.signals import TrainingStopped
+
+    try:
+        yield
+    except TrainingStopped as e:
+        if is_main:
+            print(f"elth {command}: {e}", file=sys.stderr)
+        raise typer.Exit(e.exit_code) from None
 
 
 @app.command(epilog="Example: elth train r20.safetensors --dataset digits -o r20-trained.safetensors  "
@@ -546,7 +551,7 @@ def train(
     eval_every: EvalEveryOpt = 1,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
-    compile_model: CompileOpt = False,
+    compile: CompileOpt = False,
     deterministic: DeterministicOpt = False,
     sync_bn: SyncBnOpt = False,
     dist_timeout: DistTimeoutOpt = 300.0,
@@ -576,66 +581,35 @@ def train(
     Data-parallel with several processes: torchrun --nproc-per-node N -m elth_cli train ... (or srun). --batch-size
     stays the global batch; rank 0 alone writes the ticket, the checkpoint and the logs.
     """
-    from elth_cli import data as data_mod
-    from elth_cli import distributed
-    from elth_cli import train as train_mod
+    overrides = config_overrides(locals())
     from elth_cli.report import TrainProgress
+    from elth_cli.train.checkpoint import checkpoint_path_for
+    from elth_cli.train.provenance import train_summary
+    from elth_cli.train.session import training_session
 
-    launch = distributed.detect_launch()
     _check_stdout_use(output, json_out)
     if resume and restart:
         raise UsageError("--resume and --restart contradict each other; pass one of them")
-    ckpt = checkpoint if checkpoint is not None else (None if output == STDIO else train_mod.checkpoint_path_for(output))
-    ticket = None
-    if not launch.distributed:  # one process: refuse before anything is loaded, as ever
-        ticket = _prepare_train_files(ticket_path, output, force, ckpt, log_jsonl, resume)
-    dev = distributed.local_device(device, launch)
-    prec = train_mod.resolve_precision(precision, dev)
-    with distributed.session(launch, dev, dist_timeout) as rt:
-        if ticket is None:  # rank 0 checks the files and reads the ticket; every rank gets it, or the error
-            ticket = distributed.run_on_main(
-                lambda: _prepare_train_files(ticket_path, output, force, ckpt, log_jsonl, resume))
-        name = _dataset_for(ticket, dataset)
-        fetch = _fetch_once(name, data_dir, download, rt)
-        with distributed.agree_on_errors():  # local work on every rank; one failure stops them all
-            info = data_mod.get_dataset_info(name, str(data_dir) if data_dir else None)
-            data_mod.check_compatible(info, ticket.input_shape, ticket.num_classes)
-            cfg = train_mod.config_from_options(
-                ticket.spec, info, epochs=epochs, lr=lr, batch_size=batch_size, momentum=momentum,
-                weight_decay=weight_decay, milestones=milestones, gamma=gamma, warmup=warmup, schedule=schedule,
-                seed=seed, augment=augment, eval_every=eval_every, device=_config_device(dev, rt),
-                precision=prec, compile=compile_model, deterministic=deterministic, sync_bn=sync_bn,
-            )
-            _check_sync_bn(cfg, rt)
-            bundle = data_mod.load_dataset(info.name, str(data_dir) if data_dir else None, download=fetch, device=dev,
-                                           num_workers=workers)
-            bundle.steps_per_epoch(cfg.batch_size, rt.world_size)  # the global batch fits the world size and the data
-        try:
-            trained = train_mod.train_ticket(
-                ticket, bundle, cfg, checkpoint_path=ckpt,
-                resume="require" if resume else "never" if restart else "auto",
-                log=TrainProgress(quiet or not rt.is_main), jsonl_path=log_jsonl, rank=rt.rank, world_size=rt.world_size,
-            )
-        except train_mod.TrainingStopped as e:
-            if rt.is_main:
-                print(f"elth train: {e}", file=sys.stderr)
-            raise typer.Exit(e.exit_code) from None
-
-        def save() -> str:
-            sha = trained.save(output, force=force)
-            train_mod.remove_checkpoint(ckpt)
-            return sha
-
-        sha = distributed.run_on_main(save)
-        if not rt.is_main:
+    ckpt = checkpoint if checkpoint is not None else (None if output == STDIO else checkpoint_path_for(output))
+    with training_session(device, precision, dist_timeout) as session:
+        # Rank 0 checks the files and reads the ticket; every rank gets it, or the error.
+        ticket = session.on_main(lambda: _prepare_train_files(ticket_path, output, force, ckpt, log_jsonl, resume))
+        cfg, bundle = session.prepare(ticket.spec, _dataset_for(ticket, dataset), data_dir=data_dir,
+                                      download=download, workers=workers, ticket=ticket, **overrides)
+        with _report_stop("train", session.is_main):
+            trained = session.train_ticket(
+                ticket, bundle, cfg, checkpoint_path=ckpt, resume="require" if resume else "never" if restart else "auto",
+                log=TrainProgress(quiet or not session.is_main), jsonl_path=log_jsonl)
+        sha = session.save(trained, output, ckpt, force)
+        if not session.is_main:
             return
     if json_out:
-        print_json(train_mod.train_summary(trained, output, sha))
+        print_json(train_summary(trained, output, sha))
         return
     m = trained.metrics or {}
     ips = m.get("images_per_s")
     Log(quiet).info(
-        f"trained {trained.arch} on {info.name}: test accuracy {fmt_pct(m.get('test_acc'))} "
+        f"trained {trained.arch} on {bundle.info.name}: test accuracy {fmt_pct(m.get('test_acc'))} "
         f"(best {fmt_pct(m.get('best_test_acc'))}), {fmt_int(m.get('steps', 0))} steps in {m.get('wall_time_s', 0):.1f} s"
         f"{f', {ips:,.0f} img/s' if ips else ''} ({cfg.precision} on {m.get('device')}) "
         f"-> {output if output != STDIO else 'stdout'}"
@@ -662,10 +636,11 @@ def eval_cmd(
 ) -> None:
     """Evaluate a ticket: top-1 accuracy (top-5 with more than 10 classes) and mean loss, BN in eval mode."""
     from elth_cli import data as data_mod
-    from elth_cli import train as train_mod
-    from elth_cli import distributed
+    from elth_cli.device import device_name, device_setup, resolve_device, resolve_precision
+    from elth_cli.ticket import Ticket
+    from elth_cli.train.step import evaluate
 
-    if distributed.detect_launch().distributed:  # every rank would evaluate the whole set and print it
+    if detect_launch().distributed:  # every rank would evaluate the whole set and print it
         raise UsageError("elth eval runs in one process; start it without torchrun or srun")
 
     if split not in ("test", "train"):
@@ -674,21 +649,21 @@ def eval_cmd(
     ticket.state(weights)  # an untrained ticket with --weights trained fails here, before any data is read
     info = data_mod.get_dataset_info(_dataset_for(ticket, dataset), str(data_dir) if data_dir else None)
     data_mod.check_compatible(info, ticket.input_shape, ticket.num_classes)
-    dev = train_mod.resolve_device(device)
+    dev = resolve_device(device)
     recorded = ticket.hparams or {}
     if precision == "auto" and weights == "trained" and str(recorded.get("device", "")).split(":")[0] == dev.type:
         precision = str(recorded.get("precision", "auto"))
-    prec = train_mod.resolve_precision(precision, dev)
+    prec = resolve_precision(precision, dev)
     if batch_size is None:
         batch_size = int(recorded.get("eval_batch_size") or (1000 if info.in_memory else 250))
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
-    bundle = data_mod.load_dataset(info.name, str(data_dir) if data_dir else None, download=download, device=dev,
+    setup = device_setup(dev, prec)
+    bundle = data_mod.load_dataset(info.name, str(data_dir) if data_dir else None, download=download, device=setup,
                                    num_workers=workers)
-    model = train_mod.prepare_model(ticket.build_model(weights), dev)
-    result = train_mod.evaluate(model, bundle, split, batch_size, prec)
+    result = evaluate(setup.prepare_model(ticket.build_model(weights)), bundle, split, batch_size, prec)
     doc = {"ticket": ticket_path, "sha256": ticket.sha256, "arch": ticket.arch, "dataset": info.name,
-           "weights": weights, "device": train_mod.device_name(dev), "precision": prec, "batch_size": batch_size,
+           "weights": weights, "device": device_name(dev), "precision": prec, "batch_size": batch_size,
            **result}
     if json_out:
         print_json(doc)
@@ -750,7 +725,7 @@ def find(
     eval_every: EvalEveryOpt = 1,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
-    compile_model: CompileOpt = False,
+    compile: CompileOpt = False,
     deterministic: DeterministicOpt = False,
     sync_bn: SyncBnOpt = False,
     dist_timeout: DistTimeoutOpt = 300.0,
@@ -771,124 +746,123 @@ def find(
     imp runs data-parallel with several processes (torchrun --nproc-per-node N -m elth_cli find ..., or srun):
     rank 0 prunes and writes, every rank trains; --batch-size is the global batch.
     """
+    args = types.SimpleNamespace(**locals(), overrides=config_overrides(locals()))
     from elth_cli import data as data_mod
-    from elth_cli import distributed
-    from elth_cli import find as find_mod
-    from elth_cli import train as train_mod
-    from elth_cli.report import TrainProgress
+    from elth_cli.find import FIND_METHODS
+    from elth_cli.prune import check_sparsity
 
-    if method not in find_mod.FIND_METHODS:
-        raise UsageError(f"unknown method {method!r}; choose one of {', '.join(find_mod.FIND_METHODS)}")
-    launch = distributed.detect_launch()
-    if launch.distributed and method != "imp":
+    if method not in FIND_METHODS:
+        raise UsageError(f"unknown method {method!r}; choose one of {', '.join(FIND_METHODS)}")
+    if detect_launch().distributed and method != "imp":
         raise UsageError(f"--method {method} prunes once, in one process; start it without torchrun or srun "
                          "(only imp trains data-parallel)")
-    log = Log(quiet or not launch.is_main)
-    data_dir_s = str(data_dir) if data_dir else None
     if output is not None:
         _check_stdout_use(output, json_out)
-        if not launch.distributed:  # several processes: rank 0 checks it, below
-            check_output_path(output, force)
     if sparsity is not None:
-        find_mod.check_sparsity(sparsity)
+        check_sparsity(sparsity)
     if arch is not None:
         archs.resolve_arch(arch)  # an unknown name is the first thing to report
     if dataset is not None:
-        data_mod.get_dataset_info(dataset, data_dir_s)
-
+        data_mod.get_dataset_info(dataset, str(data_dir) if data_dir else None)
     if method == "imp":
-        for flag, value in (("--from", from_ticket), ("--like", like)):
-            if value is not None:
-                raise UsageError(f"{flag} is for the one-shot baselines; imp starts from a fresh network of --arch")
-        if arch is None or dataset is None or out_dir is None:
-            raise UsageError("imp needs --arch, --dataset and --out-dir")
-        spec = archs.resolve_arch(arch)
-        info = data_mod.get_dataset_info(dataset, data_dir_s)
-        dev = distributed.local_device(device, launch)
-        prec = train_mod.resolve_precision(precision, dev)
-        opts = find_mod.ImpOptions(spec.name, info.name, rounds=rounds, sparsity=sparsity, prune_rate=prune_rate,
-                                   rewind=train_mod.normalise_steps(rewind), exclude=tuple(exclude) if exclude else None)
-        find_mod.check_imp_options(opts)
+        _find_imp(args)
+    else:
+        _find_baseline(args)
 
-        def show(rec) -> None:
+
+def _find_imp(a: types.SimpleNamespace) -> None:
+    """``find --method imp``: ``a`` holds the command's parameters."""
+    from elth_cli import data as data_mod
+    from elth_cli import find as find_mod
+    from elth_cli.report import TrainProgress
+    from elth_cli.steps import normalise_steps
+    from elth_cli.train.session import training_session
+
+    for flag, value in (("--from", a.from_ticket), ("--like", a.like)):
+        if value is not None:
+            raise UsageError(f"{flag} is for the one-shot baselines; imp starts from a fresh network of --arch")
+    if a.arch is None or a.dataset is None or a.out_dir is None:
+        raise UsageError("imp needs --arch, --dataset and --out-dir")
+    spec = archs.resolve_arch(a.arch)
+    info = data_mod.get_dataset_info(a.dataset, str(a.data_dir) if a.data_dir else None)
+    opts = find_mod.ImpOptions(spec.name, info.name, rounds=a.rounds, sparsity=a.sparsity, prune_rate=a.prune_rate,
+                               rewind=normalise_steps(a.rewind), exclude=tuple(a.exclude) if a.exclude else None)
+    find_mod.check_imp_options(opts)
+    with training_session(a.device, a.precision, a.dist_timeout) as session:
+        if a.output is not None:
+            session.on_main(lambda: check_output_path(a.output, a.force))
+        cfg, bundle = session.prepare(spec, info.name, data_dir=a.data_dir, download=a.download, workers=a.workers,
+                                      **a.overrides)
+        log = Log(a.quiet or not session.is_main)
+
+        def show(rec: find_mod.RoundRecord) -> None:
             log.info(f"round {rec.round:2d}: sparsity {fmt_pct(rec.sparsity)}, test acc {fmt_pct(rec.test_acc)}, "
                      f"{rec.seconds:.1f} s -> {rec.path}")
 
-        with distributed.session(launch, dev, dist_timeout) as rt:
-            if output is not None and rt.world_size > 1:
-                distributed.run_on_main(lambda: check_output_path(output, force))
-            fetch = _fetch_once(info.name, data_dir, download, rt)
-            with distributed.agree_on_errors():  # local work on every rank; one failure stops them all
-                cfg = train_mod.config_from_options(spec, info, device=_config_device(dev, rt), precision=prec, epochs=epochs, lr=lr,
-                                    batch_size=batch_size, momentum=momentum, weight_decay=weight_decay,
-                                    milestones=milestones, gamma=gamma, warmup=warmup, schedule=schedule, seed=seed,
-                                    augment=augment, eval_every=eval_every, compile=compile_model,
-                                    deterministic=deterministic, sync_bn=sync_bn)
-                _check_sync_bn(cfg, rt)
-                bundle = data_mod.load_dataset(info.name, data_dir_s, download=fetch, device=dev, num_workers=workers)
-                bundle.steps_per_epoch(cfg.batch_size, rt.world_size)  # the global batch fits the world size and data
-            try:
-                records, final = find_mod.find_imp(opts, cfg, bundle, out_dir, log=TrainProgress(quiet or not rt.is_main),
-                                                   on_round=show, rank=rt.rank, world_size=rt.world_size)
-            except train_mod.TrainingStopped as e:
-                if rt.is_main:
-                    print(f"elth find: {e}; re-run the same command to resume", file=sys.stderr)
-                raise typer.Exit(e.exit_code) from None
-            if output is not None:  # a byte-for-byte copy of the final round's file
-                distributed.run_on_main(lambda: write_bytes_atomic(output, Path(records[-1].path).read_bytes()))
-            if not rt.is_main:
-                return
-        sha = final.sha256
-        summary = {"method": "imp", "out_dir": str(out_dir), "output": output, "sha256": sha, "arch": final.arch,
-                   "rounds": [r.as_dict() for r in records]}
-        if json_out:
-            print_json(summary)
+        with _report_stop("find", session.is_main):
+            records, final = find_mod.find_imp(opts, cfg, bundle, a.out_dir, log=TrainProgress(log.quiet),
+                                               on_round=show, rank=session.rank, world_size=session.world_size,
+                                               setup=session.setup)
+        if a.output is not None:  # a byte-for-byte copy of the final round's file
+            session.on_main(lambda: write_bytes_atomic(a.output, Path(records[-1].path).read_bytes()))
+        if not session.is_main:
             return
+    summary = {"method": "imp", "out_dir": str(a.out_dir), "output": a.output, "sha256": final.sha256,
+               "arch": final.arch, "rounds": [r.as_dict() for r in records]}
+    if a.json_out:
+        print_json(summary)
+    elif not a.quiet:
         rows = [(r.round, fmt_pct(r.sparsity), fmt_pct(r.test_acc), fmt_pct(r.best_test_acc), f"{r.seconds:.1f}")
                 for r in records]
-        if not quiet:
-            stdout_console().print(make_table(["round", "sparsity", "test acc", "best", "seconds"], rows,
-                                              title=f"IMP {final.arch} on {info.name}",
-                                              right=["round", "sparsity", "test acc", "best", "seconds"]))
-        return
+        stdout_console().print(make_table(["round", "sparsity", "test acc", "best", "seconds"], rows,
+                                          title=f"IMP {final.arch} on {bundle.info.name}",
+                                          right=["round", "sparsity", "test acc", "best", "seconds"]))
 
-    # ----- one-shot baselines
-    if output is None:
+
+def _find_baseline(a: types.SimpleNamespace) -> None:
+    """``find --method random|magnitude|snip|grasp|synflow``: ``a`` holds the command's parameters."""
+    from elth_cli import data as data_mod
+    from elth_cli import find as find_mod
+    from elth_cli.device import resolve_device
+    from elth_cli.ticket import Ticket
+
+    method, data_dir = a.method, str(a.data_dir) if a.data_dir else None
+    if a.output is None:
         raise UsageError(f"{method} writes one ticket: pass -o FILE")
-    for flag, value in (("--out-dir", out_dir), ("--rounds", rounds)):
+    check_output_path(a.output, a.force)
+    for flag, value in (("--out-dir", a.out_dir), ("--rounds", a.rounds)):
         if value is not None:
             raise UsageError(f"{flag} is for --method imp")
-    if (sparsity is None) == (like is None):
+    if (a.sparsity is None) == (a.like is None):
         raise UsageError(f"{method} needs exactly one of --sparsity and --like")
-    like_ticket = Ticket.load(like) if like is not None else None
-    if from_ticket is not None:
-        if arch is not None and archs.resolve_arch(arch).name != Ticket.load(from_ticket).arch:
+    like_ticket = Ticket.load(a.like) if a.like is not None else None
+    if a.from_ticket is not None:
+        source = Ticket.load(a.from_ticket)
+        if a.arch is not None and archs.resolve_arch(a.arch).name != source.arch:
             raise UsageError("--arch disagrees with the --from ticket's architecture; drop --arch")
-        source = Ticket.load(from_ticket)
     else:
-        if arch is None or dataset is None:
+        if a.arch is None or a.dataset is None:
             raise UsageError(f"{method} needs --from TICKET, or --arch and --dataset for a fresh seeded network")
-        source = find_mod.dense_ticket(arch, dataset, seed=seed, data_dir=data_dir_s)
+        source = find_mod.dense_ticket(a.arch, a.dataset, seed=a.seed, data_dir=data_dir)
     bundle = None
     if method in ("snip", "grasp"):
-        name = dataset or source.dataset
+        name = a.dataset or source.dataset
         if not name:
             raise UsageError(f"{method} reads training batches: pass --dataset")
-        dev = train_mod.resolve_device(device)
-        bundle = data_mod.load_dataset(name, data_dir_s, download=download, device=dev, num_workers=workers)
+        bundle = data_mod.load_dataset(name, data_dir, download=a.download, device=resolve_device(a.device),
+                                       num_workers=a.workers)
     options = find_mod.BaselineOptions(
-        method=method, sparsity=sparsity, like=like_ticket, match=match, distribution=distribution,
-        exclude=tuple(exclude) if exclude else None, seed=seed, batches=batches,
-        batch_size=batch_size or 128, synflow_iterations=iterations,
-    )
+        method=method, sparsity=a.sparsity, like=like_ticket, match=a.match, distribution=a.distribution,
+        exclude=tuple(a.exclude) if a.exclude else None, seed=a.seed, batches=a.batches,
+        batch_size=a.batch_size or 128, synflow_iterations=a.iterations)
     ticket = find_mod.prune_baseline(source, options, bundle)
-    sha = ticket.save(output, force=force)
-    if json_out:
-        print_json({"method": method, "output": output, "sha256": sha, "arch": ticket.arch, "sparsity": ticket.sparsity,
-                    "parents": ticket.parents})
+    sha = ticket.save(a.output, force=a.force)
+    if a.json_out:
+        print_json({"method": method, "output": a.output, "sha256": sha, "arch": ticket.arch,
+                    "sparsity": ticket.sparsity, "parents": ticket.parents})
         return
-    log.info(f"{method} ticket {ticket.arch}: sparsity {fmt_pct(ticket.sparsity)} "
-             f"-> {output if output != STDIO else 'stdout'}")
+    Log(a.quiet).info(f"{method} ticket {ticket.arch}: sparsity {fmt_pct(ticket.sparsity)} "
+                      f"-> {a.output if a.output != STDIO else 'stdout'}")
 
 
 # ----- demo ---------------------------------------------------------------------------------------
@@ -907,14 +881,14 @@ def demo(
     stretch and squeeze between them, random and magnitude baselines, and the comparison table.
     """
     from elth_cli import demo as demo_mod
-    from elth_cli import distributed
 
-    if distributed.detect_launch().distributed:  # every rank would write the same files at once
+    if detect_launch().distributed:  # every rank would write the same files at once
         raise UsageError("elth demo runs in one process; start it without torchrun or srun")
     config = demo_mod.DemoConfig(seed=seed)
     if quick:
         config = demo_mod.DemoConfig(rounds=4, levels=(3, 4), epochs=8, seed=seed)
-    rows = demo_mod.run_demo(out_dir, config, Log(quiet))
+    with _report_stop("demo"):
+        rows = demo_mod.run_demo(out_dir, config, Log(quiet))
     if json_out:
         print_json(json.loads((out_dir / "table.json").read_text()))
         return
@@ -924,17 +898,31 @@ def demo(
 
 # ----- entry point --------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI: user errors become one line on stderr and a non-zero exit status, never a traceback."""
-    command = typer.main.get_command(app)
+    """Run the CLI: user errors become one line on stderr and a non-zero exit status, never a traceback.
+
+    The command is invoked directly rather than through typer's ``main``, so that a Ctrl-C at any
+    moment reaches the handler below (typer turns it into a silent exit, click into a bare newline).
+    """
+    args = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    code: Any = 0
     try:
-        code = command.main(args=argv, prog_name="elth", standalone_mode=False)
+        command = typer.main.get_command(app)
+        if len(args) == 2 and args[1] in _HELP_OPTIONS and args[0] in getattr(command, "commands", {}):
+            # `elth CMD --help` straight from the command: parsing the group's options first would
+            # import pydantic (typer's coercion) for nothing, a fifth of the start-up.
+            sub = command.commands[args[0]]
+            with sub.make_context(f"elth {args[0]}", args[1:], **_CONTEXT_SETTINGS):
+                pass
+        with command.make_context("elth", args) as ctx:
+            command.invoke(ctx)
     except ElthError as e:
         _fail(str(e), e.exit_code, local=getattr(e, "local", False))
     except typer.Exit as e:
         code = e.exit_code
     except _PARSE_ERRORS as e:
-        if type(e).__name__ == "NoArgsIsHelpError":
-            sys.exit(2)  # `elth` alone: the help has been shown already
+        if type(e).__name__ == "NoArgsIsHelpError":  # `elth` alone: the help, as click shows it
+            e.show()
+            _exit(2)
         ctx = getattr(e, "ctx", None)
         where = ctx.command_path if ctx is not None else "elth"
         _fail(f"{e.format_message()} (see {where} --help)".replace("\n", " "), getattr(e, "exit_code", 2))
@@ -949,9 +937,8 @@ def main(argv: list[str] | None = None) -> None:
         where = f": {e.filename}" if getattr(e, "filename", None) else ""
         _fail(f"{e.strerror or e}{where}; check the path and its permissions", 1)
     except RuntimeError as e:  # (after typer's Exit and Abort, which are RuntimeErrors too)
-        from elth_cli import distributed
-
-        if not distributed.is_comm_failure(e):
+        distributed = sys.modules.get("elth_cli.distributed")
+        if distributed is None or not distributed.is_comm_failure(e):
             raise
         # A rank lost its peers (gloo, NCCL): one line, not a traceback.
         _fail(distributed.comm_failure_message(e), 1, local=True)
@@ -970,12 +957,20 @@ def _fail(message: str, code: int, local: bool = False) -> None:
 
 
 def _exit(code: int) -> None:
-    from elth_cli import distributed
-
+    # Only a command that trained imported the process-group code (and torch); the rest exits plainly.
+    distributed = sys.modules.get("elth_cli.distributed")
+    if distributed is None:
+        sys.exit(code)
     distributed.exit_process(code)
 
 
 def _rank_for_errors() -> int:
-    from elth_cli import distributed
+    distributed = sys.modules.get("elth_cli.distributed")
+    if distributed is not None:
+        return distributed.reporting_rank()
+    from elth_cli.launch import detect_launch
 
-    return distributed.reporting_rank()
+    try:
+        return detect_launch().rank
+    except ElthError:
+        return 0

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from elth_cli.device import DeviceSetup, device_setup
 from elth_cli.errors import ElthError, UsageError
 
 SPLITS = ("train", "test")
@@ -280,11 +281,13 @@ class DataBundle(abc.ABC):
     info: DatasetInfo
     device: torch.device
 
-    def __init__(self, info: DatasetInfo, device: torch.device) -> None:
+    def __init__(self, info: DatasetInfo, device: torch.device | DeviceSetup) -> None:
+        # The device's choices: NHWC batches where cuDNN's fastest convolutions want them (CUDA by
+        # default), pinned memory and non-blocking copies for the folder loader.
+        self.setup = device if isinstance(device, DeviceSetup) else device_setup(device)
         self.info = info
-        self.device = device
-        # NHWC is what cuDNN's fastest convolution kernels want; on CPU plain NCHW is the safe default.
-        self.channels_last = device.type == "cuda"
+        self.device = device = self.setup.device
+        self.channels_last = self.setup.channels_last
         c = info.input_shape[0]
         self._mean = torch.tensor(info.mean, dtype=torch.float32, device=device).view(1, c, 1, 1)
         self._std = torch.tensor(info.std, dtype=torch.float32, device=device).view(1, c, 1, 1)
@@ -321,12 +324,12 @@ class DataBundle(abc.ABC):
 class TensorBundle(DataBundle):
     """An in-memory data set held once on the device as uint8 images and int64 labels."""
 
-    def __init__(self, info: DatasetInfo, augment: Augment, device: torch.device,
+    def __init__(self, info: DatasetInfo, augment: Augment, device: torch.device | DeviceSetup,
                  images: dict[str, Tensor], labels: dict[str, Tensor]) -> None:
         super().__init__(info, device)
         self.augment = augment
-        self.images = {k: v.to(device).contiguous() for k, v in images.items()}
-        self.labels = {k: v.to(device=device, dtype=torch.int64) for k, v in labels.items()}
+        self.images = {k: v.to(self.device).contiguous() for k, v in images.items()}
+        self.labels = {k: v.to(device=self.device, dtype=torch.int64) for k, v in labels.items()}
 
     def num_examples(self, split: str) -> int:
         _check_split(split)
@@ -451,7 +454,7 @@ class FolderBundle(DataBundle):
     starting a new one re-plans the loader that an unfinished one is still reading.
     """
 
-    def __init__(self, info: DatasetInfo, device: torch.device, root: Path,
+    def __init__(self, info: DatasetInfo, device: torch.device | DeviceSetup, root: Path,
                  train: list[tuple[str, int]], test: list[tuple[str, int]], num_workers: int) -> None:
         super().__init__(info, device)
         from torchvision import transforms as T
@@ -475,7 +478,7 @@ class FolderBundle(DataBundle):
             sampler = _PlanBatchSampler()
             loader = torch.utils.data.DataLoader(
                 self._sets[split], batch_sampler=sampler, num_workers=self.num_workers,
-                pin_memory=self.device.type == "cuda", persistent_workers=self.num_workers > 0,
+                pin_memory=self.setup.pin_memory, persistent_workers=self.num_workers > 0,
             )
             self._loaders[split] = (loader, sampler)
         return self._loaders[split]
@@ -500,8 +503,8 @@ class FolderBundle(DataBundle):
         loader, sampler = self._loader(split)
         sampler.set_plan(perm, seeds, ranges, augment)
         for x, y in loader:
-            x = x.to(self.device, non_blocking=True)
-            y = y.to(self.device, non_blocking=True)
+            x = x.to(self.device, non_blocking=self.setup.non_blocking)
+            y = y.to(self.device, non_blocking=self.setup.non_blocking)
             yield self._finish(x), y
 
 
@@ -530,7 +533,7 @@ def _folder_classes(train_dir: Path, name: str) -> list[str]:
     return classes
 
 
-def _load_folder(name: str, data_dir: str | Path | None, device: torch.device,
+def _load_folder(name: str, data_dir: str | Path | None, device: DeviceSetup,
                  num_workers: int | None) -> FolderBundle:
     from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
@@ -834,8 +837,9 @@ def _validate(info: DatasetInfo, root: Path, images: dict[str, Tensor], labels: 
 
 
 def load_dataset(name: str, data_dir: str | Path | None = None, download: bool = False,
-                 device: str | torch.device = "cpu", num_workers: int | None = None) -> DataBundle:
-    """Load a data set for training and evaluation on ``device``.
+                 device: str | torch.device | DeviceSetup = "cpu", num_workers: int | None = None) -> DataBundle:
+    """Load a data set for training and evaluation on ``device`` (a device, or a
+    :class:`~elth_cli.device.DeviceSetup` whose memory format and copy choices the batches follow).
 
     ``data_dir`` defaults to :func:`default_data_dir`. In-memory sets are read through
     torchvision's own data set classes (``download`` fetches them when missing) and copied once
@@ -843,7 +847,7 @@ def load_dataset(name: str, data_dir: str | Path | None = None, download: bool =
     (default ``min(8, cpu_count)``). Digits is embedded and ignores ``data_dir``/``download``.
     """
     name = canonical_name(name)
-    dev = torch.device(device)
+    dev = device if isinstance(device, DeviceSetup) else device_setup(torch.device(device))
     record = _REGISTRY[name]
     if record.augment is None:
         return _load_folder(name, data_dir, dev, num_workers)

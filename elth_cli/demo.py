@@ -16,10 +16,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from elth_cli import archs, data, elastic, train
+from elth_cli import archs, data, elastic
 from elth_cli.find import BaselineOptions, ImpOptions, RoundRecord, find_imp, imp_sparsities, prune_baseline, round_path
 from elth_cli.report import Log, fmt_pct, make_table, stdout_console
 from elth_cli.ticket import Ticket
+from elth_cli.train.checkpoint import checkpoint_path_for
+from elth_cli.train.config import TrainConfig
+from elth_cli.train.session import Session, save_result, training_session
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,7 @@ class DemoConfig:
     rewind: str = "1ep"
     epochs: int | None = None  # None: the digits recipe (30 epochs)
     seed: int = 0
+    device: str = "cpu"  # the documented figures are the CPU's
 
 
 @dataclass
@@ -49,15 +53,29 @@ class Row:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _train_cached(ticket: Ticket, path: Path, bundle, cfg: train.TrainConfig) -> Ticket:
+def _train_cached(session: Session, ticket: Ticket, path: Path, bundle: data.DataBundle, cfg: TrainConfig) -> Ticket:
     """Train ``ticket`` into ``path`` unless a trained ticket is already there (resume)."""
     if path.exists():
         return Ticket.load(path)
-    ckpt = train.checkpoint_path_for(path)
-    trained = train.train_ticket(ticket, bundle, cfg, checkpoint_path=ckpt, handle_signals=True)
-    trained.save(path, force=True)
-    train.remove_checkpoint(ckpt)
+    ckpt = checkpoint_path_for(path)
+    trained = session.train_ticket(ticket, bundle, cfg, checkpoint_path=ckpt)
+    save_result(trained, path, ckpt, force=True)
     return trained
+
+
+@dataclass
+class _Demo:
+    """One demo run: where it writes, its session, data and each network's recipe."""
+
+    config: DemoConfig
+    out: Path
+    log: Log
+    session: Session
+    bundle: data.DataBundle
+    cfgs: dict[str, TrainConfig]
+
+    def imp_dir(self, arch: str) -> Path:
+        return self.out / f"imp-{arch}"
 
 
 def run_demo(out_dir: str | Path, config: DemoConfig = DemoConfig(), log: Log | None = None) -> list[Row]:
@@ -65,62 +83,20 @@ def run_demo(out_dir: str | Path, config: DemoConfig = DemoConfig(), log: Log | 
     log = log or Log()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    bundle = data.load_dataset("digits")
     started = time.perf_counter()
-    cfgs = {}
-    for arch in (config.small, config.large):
-        spec = archs.resolve_arch(arch)
-        cfg = train.default_recipe(spec, bundle.info).replace(seed=config.seed)
-        if config.epochs is not None:
-            cfg = cfg.replace(epochs=config.epochs)
-        cfgs[arch] = cfg
-    spe = bundle.steps_per_epoch(cfgs[config.small].batch_size)
-    log.info(f"elth demo: digits ({bundle.num_examples('train')} train / {bundle.num_examples('test')} test images), "
-             f"{config.small} and {config.large} (width 4), IMP {config.rounds} rounds at 20 %, rewind {config.rewind}, "
-             f"{cfgs[config.small].epochs} epochs per training (lr {cfgs[config.small].lr}, warm-up "
-             f"{cfgs[config.small].warmup}, {cfgs[config.small].schedule}), {spe} steps/epoch")
-
-    def progress(arch: str) -> Callable[[RoundRecord], None]:
-        def show(rec: RoundRecord) -> None:
-            log.info(f"  IMP {arch} round {rec.round:2d}: sparsity {fmt_pct(rec.sparsity)}, "
-                     f"test acc {fmt_pct(rec.test_acc)}, {rec.seconds:.1f} s")
-        return show
-
-    imp_dirs = {}
-    for arch in (config.small, config.large):
-        imp_dirs[arch] = out / f"imp-{arch}"
-        log.info(f"IMP on {arch} -> {imp_dirs[arch]}")
-        find_imp(ImpOptions(arch, "digits", rounds=config.rounds, rewind=config.rewind), cfgs[arch], bundle,
-                 imp_dirs[arch], on_round=progress(arch))
-
-    rows: list[Row] = []
-    transforms = {
-        config.large: [("stretch append", config.small, "stretch", "append"),
-                       ("stretch interpolate", config.small, "stretch", "interpolate")],
-        config.small: [("squeeze keep-first", config.large, "squeeze", "keep-first"),
-                       ("squeeze spaced", config.large, "squeeze", "spaced")],
-    }
-    for level in config.levels:
-        for target in (config.small, config.large):
-            own = Ticket.load(round_path(imp_dirs[target], level))
-            rows.append(_row(target, level, "IMP (own)", target, own, own))
-            for kind, source_arch, op, strategy in transforms[target]:
-                src = Ticket.load(round_path(imp_dirs[source_arch], level))
-                fn = elastic.stretch if op == "stretch" else elastic.squeeze
-                moved = fn(src, archs.resolve_target(src.spec, target), strategy=strategy)
-                name = f"{target}-l{level:02d}-{op}-{strategy}.safetensors"
-                trained = _train_cached(moved, out / name, bundle, cfgs[target])
-                rows.append(_row(target, level, kind, source_arch, trained, trained))
-                log.info(f"  {kind} {source_arch} -> {target} at round {level}: test acc "
-                         f"{fmt_pct(trained.metrics['test_acc'])}")
-            dense = Ticket.load(round_path(imp_dirs[target], 0))
-            for method in ("random", "magnitude"):
-                ticket = prune_baseline(dense, BaselineOptions(method=method, like=own, seed=config.seed))
-                name = f"{target}-l{level:02d}-{method}.safetensors"
-                trained = _train_cached(ticket, out / name, bundle, cfgs[target])
-                rows.append(_row(target, level, method, target, trained, trained))
-                log.info(f"  {method} baseline {target} at {fmt_pct(trained.sparsity)}: test acc "
-                         f"{fmt_pct(trained.metrics['test_acc'])}")
+    with training_session(config.device) as session:
+        cfgs, bundle = {}, None
+        for arch in (config.small, config.large):
+            cfgs[arch], bundle = session.prepare(archs.resolve_arch(arch), "digits", seed=config.seed,
+                                                 epochs=config.epochs)
+        demo = _Demo(config, out, log, session, bundle, cfgs)
+        _announce(demo)
+        for arch in (config.small, config.large):
+            log.info(f"IMP on {arch} -> {demo.imp_dir(arch)}")
+            find_imp(ImpOptions(arch, "digits", rounds=config.rounds, rewind=config.rewind), cfgs[arch], bundle,
+                     demo.imp_dir(arch), on_round=_progress(log, arch), setup=session.setup)
+        rows = [row for level in config.levels for target in (config.small, config.large)
+                for row in _level_rows(demo, target, level)]
     doc = {
         "config": asdict(config),
         "recipe": {a: c.as_dict() for a, c in cfgs.items()},
@@ -129,7 +105,54 @@ def run_demo(out_dir: str | Path, config: DemoConfig = DemoConfig(), log: Log | 
         "seconds": round(time.perf_counter() - started, 1),
     }
     (out / "table.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-    (out / "table.txt").write_text(render_table(rows, plain=True))
+    (out / "table.txt").write_text(render_table(rows))
+    return rows
+
+
+def _announce(demo: _Demo) -> None:
+    config, bundle, cfg = demo.config, demo.bundle, demo.cfgs[demo.config.small]
+    spe = bundle.steps_per_epoch(cfg.batch_size)
+    demo.log.info(f"elth demo: digits ({bundle.num_examples('train')} train / {bundle.num_examples('test')} test "
+                  f"images), {config.small} and {config.large} (width 4), IMP {config.rounds} rounds at 20 %, rewind "
+                  f"{config.rewind}, {cfg.epochs} epochs per training (lr {cfg.lr}, warm-up {cfg.warmup}, "
+                  f"{cfg.schedule}), {spe} steps/epoch")
+
+
+def _progress(log: Log, arch: str) -> Callable[[RoundRecord], None]:
+    def show(rec: RoundRecord) -> None:
+        log.info(f"  IMP {arch} round {rec.round:2d}: sparsity {fmt_pct(rec.sparsity)}, "
+                 f"test acc {fmt_pct(rec.test_acc)}, {rec.seconds:.1f} s")
+    return show
+
+
+def _level_rows(demo: _Demo, target: str, level: int) -> list[Row]:
+    """The rows of one target at one IMP level: its own ticket, the transformed ones, the baselines."""
+    config, log = demo.config, demo.log
+    transforms = {
+        config.large: [("stretch append", config.small, "stretch", "append"),
+                       ("stretch interpolate", config.small, "stretch", "interpolate")],
+        config.small: [("squeeze keep-first", config.large, "squeeze", "keep-first"),
+                       ("squeeze spaced", config.large, "squeeze", "spaced")],
+    }
+    own = Ticket.load(round_path(demo.imp_dir(target), level))
+    rows = [_row(target, level, "IMP (own)", target, own, own)]
+    for kind, source_arch, op, strategy in transforms[target]:
+        src = Ticket.load(round_path(demo.imp_dir(source_arch), level))
+        fn = elastic.stretch if op == "stretch" else elastic.squeeze
+        moved = fn(src, archs.resolve_target(src.spec, target), strategy=strategy)
+        name = f"{target}-l{level:02d}-{op}-{strategy}.safetensors"
+        trained = _train_cached(demo.session, moved, demo.out / name, demo.bundle, demo.cfgs[target])
+        rows.append(_row(target, level, kind, source_arch, trained, trained))
+        log.info(f"  {kind} {source_arch} -> {target} at round {level}: test acc "
+                 f"{fmt_pct(trained.metrics['test_acc'])}")
+    dense = Ticket.load(round_path(demo.imp_dir(target), 0))
+    for method in ("random", "magnitude"):
+        ticket = prune_baseline(dense, BaselineOptions(method=method, like=own, seed=config.seed))
+        name = f"{target}-l{level:02d}-{method}.safetensors"
+        trained = _train_cached(demo.session, ticket, demo.out / name, demo.bundle, demo.cfgs[target])
+        rows.append(_row(target, level, method, target, trained, trained))
+        log.info(f"  {method} baseline {target} at {fmt_pct(trained.sparsity)}: test acc "
+                 f"{fmt_pct(trained.metrics['test_acc'])}")
     return rows
 
 
@@ -141,7 +164,7 @@ def _row(target: str, level: int, kind: str, source: str, ticket: Ticket, traine
                {"trainings": cost.get("trainings", 0)})
 
 
-def render_table(rows: list[Row], plain: bool = False) -> str:
+def render_table(rows: list[Row]) -> str:
     """The comparison as text: per target and level, each ticket's sparsity, accuracy and cost."""
     lines = []
     header = f"{'target':<14} {'level':>5} {'ticket':<22} {'from':<14} {'sparsity':>9} {'test acc':>9} " \

@@ -39,6 +39,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from elth_cli.errors import ElthError, UsageError
+from elth_cli.launch import Launch, detect_launch, launcher_name  # re-exported: the launch is part of this API
 
 T = TypeVar("T")
 
@@ -59,62 +60,6 @@ class DistributedError(ElthError):
     local = True
 
 
-# ---------------------------------------------------------------------------------------------
-# Launchers
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Launch:
-    """How this process was started: its rank among ``world_size`` processes, its rank on its node."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    launcher: str = "single"
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def _env_int(env: Mapping[str, str], name: str) -> int:
-    value = env.get(name, "")
-    try:
-        return int(value)
-    except ValueError:
-        raise UsageError(f"environment variable {name}={value!r} is not a whole number") from None
-
-
-def detect_launch(environ: Mapping[str, str] | None = None) -> Launch:
-    """The launcher, rank and world size from the environment.
-
-    torchrun's RANK / WORLD_SIZE / LOCAL_RANK come first. Otherwise an ``srun`` task is recognised
-    by SLURM_PROCID together with a job step (SLURM_STEP_ID): the job script itself also sees
-    SLURM_PROCID=0 and SLURM_NTASKS, but it is one process, so it runs alone.
-    """
-    env = os.environ if environ is None else environ
-    if "RANK" in env and "WORLD_SIZE" in env:
-        rank, world = _env_int(env, "RANK"), _env_int(env, "WORLD_SIZE")
-        local = _env_int(env, "LOCAL_RANK") if "LOCAL_RANK" in env else 0
-        launcher = "torchrun"
-    elif "SLURM_PROCID" in env and ("SLURM_STEP_ID" in env or "SLURM_STEPID" in env):
-        rank = _env_int(env, "SLURM_PROCID")
-        world = _env_int(env, "SLURM_NTASKS") if "SLURM_NTASKS" in env else _env_int(env, "SLURM_STEP_NUM_TASKS")
-        local = _env_int(env, "SLURM_LOCALID") if "SLURM_LOCALID" in env else 0
-        launcher = "srun"
-    else:
-        return Launch()
-    if world < 1 or not 0 <= rank < world or local < 0:
-        raise UsageError(f"{launcher} gave rank {rank} of world size {world} (local rank {local}); "
-                         "that is not a valid rank")
-    return Launch(rank, world, local, launcher)
-
-
 def _master_address(launch: Launch, env: Mapping[str, str]) -> tuple[str, str]:
     addr, port = env.get("MASTER_ADDR", ""), env.get("MASTER_PORT", "")
     if not addr or not port:
@@ -125,43 +70,6 @@ def _master_address(launch: Launch, env: Mapping[str, str]) -> tuple[str, str]:
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise UsageError(f"MASTER_PORT={port!r} is not a port number")
     return addr, port
-
-
-# ---------------------------------------------------------------------------------------------
-# Devices
-# ---------------------------------------------------------------------------------------------
-
-
-def local_device(requested: str, launch: Launch) -> torch.device:
-    """The training device of this rank: ``--device`` for one process, cuda:LOCAL_RANK (or the CPU) for several.
-
-    With several processes ``auto`` and ``cuda`` mean "this rank's GPU", cuda:LOCAL_RANK; when a
-    rank sees exactly one GPU (srun --gpus-per-task, or CUDA_VISIBLE_DEVICES set per rank) it is
-    that one. ``cuda:N`` would put every rank on one GPU and is refused.
-    """
-    from elth_cli.train import resolve_device
-
-    if not launch.distributed:
-        return resolve_device(requested)
-    s = (requested or "auto").strip().lower()
-    if s == "cpu" or (s == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if re.fullmatch(r"cuda:\d+", s):
-        raise UsageError(f"--device {requested} would put all {launch.world_size} processes on one GPU; pass "
-                         "--device cuda (each rank takes cuda:LOCAL_RANK)")
-    if s not in ("auto", "cuda"):
-        resolve_device(s)  # raises the usual message for an unknown name
-        raise UsageError(f"unknown device {requested!r}")
-    if not torch.cuda.is_available():
-        raise UsageError(f"device {requested} asked for but CUDA is not available on this machine; "
-                         "use --device cpu or auto")
-    count = torch.cuda.device_count()
-    if launch.local_rank < count:
-        return torch.device("cuda", launch.local_rank)
-    if count == 1:
-        return torch.device("cuda", 0)
-    raise UsageError(f"rank {launch.rank} has local rank {launch.local_rank} but this node has {count} GPUs; "
-                     f"start at most {count} processes per node (torchrun --nproc-per-node, srun --ntasks-per-node)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,11 +144,6 @@ def init(launch: Launch, device: torch.device, timeout_s: float = DEFAULT_TIMEOU
     _ran_distributed = True
     _runtime = Runtime(launch, device, backend, timeout_s)
     return _runtime
-
-
-def launcher_name(launch: Launch) -> str:
-    """How the process was started, in words (for messages)."""
-    return {"torchrun": "started by torchrun", "srun": "started by srun"}.get(launch.launcher, "one process")
 
 
 def shutdown() -> None:

@@ -15,19 +15,41 @@ from torch import Tensor
 
 from elth_cli import archs, data
 from elth_cli.data import check_compatible
+from elth_cli.device import DeviceSetup
+from elth_cli.distributed import run_on_main
 from elth_cli.errors import ElthError, UsageError
 from elth_cli.fileio import write_bytes_atomic
+from elth_cli.masks import kept_and_total, same_layout
 from elth_cli.prune import (
     RANDOM_DISTRIBUTIONS, allocate_counts, check_sparsity, grasp_scores, magnitude_scores, prune_lowest,
     prune_lowest_per_layer, prune_to_sparsity, snip_scores, synflow_masks,
 )
+from elth_cli.steps import parse_steps
 from elth_cli.ticket import Ticket, apply_masks
-from elth_cli.distributed import run_on_main
-from elth_cli.train import (
-    StopFlag, TrainConfig, parse_steps, remove_checkpoint, run_config, stop_signals, train_state,
-)
+from elth_cli.train.config import TrainConfig
+from elth_cli.train.identity import run_differences
+from elth_cli.train.provenance import run_config
+from elth_cli.train.run import train_state
+from elth_cli.train.session import save_result
+from elth_cli.train.signals import StopFlag, stop_signals
 
 FIND_METHODS = ("imp", "random", "magnitude", "snip", "grasp", "synflow")
+
+
+def fresh_ticket(arch: str, input_shape: tuple[int, int, int], num_classes: int, seed: int = 0,
+                 dataset: str | None = None) -> Ticket:
+    """A freshly initialised network (open_lth init, seeded) with nothing pruned: where every search starts."""
+    spec = archs.resolve_arch(arch)
+    model = archs.build_model(spec, input_shape, num_classes, seed=seed)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    masks = {k: torch.ones(state[k].shape, dtype=torch.bool)
+             for k in archs.prunable_keys(spec, input_shape, num_classes)}
+    return Ticket(
+        arch=spec.name, input_shape=tuple(input_shape), num_classes=num_classes, masks=masks, init=state,
+        method="random", rewind_step=0, dataset=dataset,
+        hparams={"seed": seed, "init": "kaiming_normal, bn uniform (open_lth)"},
+        cost={"train_steps": 0, "train_seconds": 0.0, "trainings": 0},
+    )
 
 
 def random_ticket(
@@ -36,17 +58,7 @@ def random_ticket(
 ) -> Ticket:
     """A randomly initialised network (open_lth init, seeded) with a random mask at exactly ``sparsity``."""
     check_sparsity(sparsity)
-    spec = archs.resolve_arch(arch)
-    model = archs.build_model(spec, input_shape, num_classes, seed=seed)
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    masks = {k: torch.ones(state[k].shape, dtype=torch.bool)
-             for k in archs.prunable_keys(spec, input_shape, num_classes)}
-    dense = Ticket(
-        arch=spec.name, input_shape=tuple(input_shape), num_classes=num_classes, masks=masks, init=state,
-        method="random", rewind_step=0, dataset=dataset,
-        hparams={"seed": seed, "init": "kaiming_normal, bn uniform (open_lth)"},
-        cost={"train_steps": 0, "train_seconds": 0.0, "trainings": 0},
-    )
+    dense = fresh_ticket(arch, input_shape, num_classes, seed, dataset)
     if sparsity == 0:
         return dense
     return prune_baseline(dense, BaselineOptions("random", sparsity=sparsity, distribution=distribution, seed=seed))
@@ -55,7 +67,7 @@ def random_ticket(
 def dense_ticket(arch: str, dataset: str, seed: int = 0, data_dir: str | None = None) -> Ticket:
     """A freshly initialised dense network for ``dataset``'s input shape and classes, as a ticket."""
     info = data.get_dataset_info(dataset, data_dir)
-    return random_ticket(arch, info.input_shape, info.num_classes, 0.0, seed, dataset=info.name)
+    return fresh_ticket(arch, info.input_shape, info.num_classes, seed, dataset=info.name)
 
 
 # ----- one-shot baselines at a ticket's init/rewind weights ------------------------------------------
@@ -86,9 +98,9 @@ def default_exclude(spec: archs.ArchSpec) -> tuple[str, ...]:
 
 def _layer_targets(like: Ticket, masks: dict[str, Tensor]) -> dict[str, int]:
     """Per-layer pruned counts of ``like``, checked against the ticket's layers."""
-    if set(like.masks) != set(masks) or any(like.masks[k].shape != masks[k].shape for k in masks):
+    if not same_layout(like.masks, masks):
         raise UsageError(f"--like ticket is a {like.arch}; layer-wise matching needs the same architecture")
-    return {k: int((~like.masks[k]).sum()) for k in masks}
+    return {k: pruned for k, (pruned, _) in like.layer_sparsity().items()}
 
 
 def prune_baseline(source: Ticket, options: BaselineOptions, bundle=None) -> Ticket:
@@ -183,8 +195,7 @@ def _uniform_layer_targets(masks: dict[str, Tensor], sparsity: float, exclude: t
     """Pruned counts per layer for a layer-wise uniform mask at ``sparsity`` overall (excluded layers dense)."""
     keys = [k for k in masks if k not in exclude]
     sizes = [masks[k].numel() for k in keys]
-    total = sum(m.numel() for m in masks.values())
-    target = round(sparsity * total)
+    target = round(sparsity * kept_and_total(masks)[1])
     if target > sum(sizes):
         raise UsageError(f"sparsity {sparsity} is impossible with {', '.join(exclude)} kept dense")
     # Rate over the layers that may be pruned, so the overall sparsity is exact.
@@ -242,8 +253,36 @@ def rounds_for_sparsity(sparsity: float, prune_rate: float) -> int:
     return max(1, math.ceil(math.log(1 - sparsity) / math.log(1 - prune_rate) - 1e-9))
 
 
-def round_path(out_dir: Path, r: int) -> Path:
-    return out_dir / f"round-{r:02d}.safetensors"
+@dataclass(frozen=True)
+class RunFolder:
+    """An IMP run folder: the one place that names its files (docs/find.md)."""
+
+    path: Path
+
+    RUN_FILE = "find.json"  # the run's identity: arguments and recipe
+    LOG_FILE = "find.jsonl"  # one line per finished round
+
+    @property
+    def run_file(self) -> Path:
+        return self.path / self.RUN_FILE
+
+    @property
+    def log_file(self) -> Path:
+        return self.path / self.LOG_FILE
+
+    def round_ticket(self, r: int) -> Path:
+        return self.path / f"round-{r:02d}.safetensors"
+
+    def round_checkpoint(self, r: int) -> Path:
+        return self.path / f"round-{r:02d}.ckpt"
+
+    def has_rounds(self) -> bool:
+        return self.path.exists() and any(p.name.startswith("round-") for p in self.path.iterdir())
+
+
+def round_path(out_dir: str | Path, r: int) -> Path:
+    """The ticket file of round ``r`` in an IMP run folder."""
+    return RunFolder(Path(out_dir)).round_ticket(r)
 
 
 def check_imp_options(opts: ImpOptions) -> int:
@@ -260,52 +299,28 @@ def check_imp_options(opts: ImpOptions) -> int:
     return rounds_for_sparsity(opts.sparsity, opts.prune_rate)
 
 
-RUN_FILE = "find.json"
-LOG_FILE = "find.jsonl"
-
-
 def _run_identity(opts: ImpOptions, cfg: TrainConfig, world_size: int = 1) -> dict[str, Any]:
     return {"method": "imp", "imp": opts.as_dict(), "train": cfg.as_dict(), "world_size": world_size}
 
 
-def _with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
-    """A find.json written before a field existed: the field had its default (one process, no sync_bn, ...)."""
-    out = {"world_size": 1, **saved}
-    if isinstance(saved.get("train"), dict):
-        out["train"] = {**TrainConfig.field_defaults(), **saved["train"]}
-    return out
-
-
-def _check_run_dir(out_dir: Path, identity: dict[str, Any]) -> None:
+def _check_run_dir(folder: RunFolder, identity: dict[str, Any]) -> None:
     """Refuse an existing run folder made with other arguments; record the identity of a new one."""
-    run_file = out_dir / RUN_FILE
-    if run_file.exists():
+    if folder.run_file.exists():
         try:
-            saved = json.loads(run_file.read_text())
+            saved = json.loads(folder.run_file.read_text())
         except (OSError, json.JSONDecodeError):
-            raise ElthError(f"{run_file} is unreadable; move the folder away or pick another --out-dir") from None
-        diffs = _differences(_with_defaults(saved), identity)
+            raise ElthError(f"{folder.run_file} is unreadable; move the folder away or pick another --out-dir") from None
+        diffs = run_differences(saved, identity, config_key="train")
         if diffs:
             raise UsageError(
-                f"{out_dir} holds an IMP run made with other arguments ({'; '.join(diffs)}); "
+                f"{folder.path} holds an IMP run made with other arguments ({'; '.join(diffs)}); "
                 "re-run with the original arguments to resume, or choose another --out-dir"
             )
         return
-    if out_dir.exists() and any(p.name.startswith("round-") for p in out_dir.iterdir()):
-        raise UsageError(f"{out_dir} holds round files but no {RUN_FILE}; choose an empty --out-dir")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(run_file, (json.dumps(identity, indent=2, sort_keys=True) + "\n").encode())
-
-
-def _differences(saved: Any, wanted: Any, prefix: str = "") -> list[str]:
-    if isinstance(saved, dict) and isinstance(wanted, dict):
-        out = []
-        for key in sorted(set(saved) | set(wanted)):
-            out += _differences(saved.get(key), wanted.get(key), f"{prefix}{key}.")
-        return out
-    if saved != wanted:
-        return [f"{prefix.rstrip('.')}: was {saved!r}, now {wanted!r}"]
-    return []
+    if folder.has_rounds():
+        raise UsageError(f"{folder.path} holds round files but no {folder.RUN_FILE}; choose an empty --out-dir")
+    folder.path.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(folder.run_file, (json.dumps(identity, indent=2, sort_keys=True) + "\n").encode())
 
 
 def _imp_masks(prev: Ticket, n_round: int, last: int, opts: ImpOptions, exclude: tuple[str, ...]) -> dict[str, Tensor]:
@@ -314,29 +329,21 @@ def _imp_masks(prev: Ticket, n_round: int, last: int, opts: ImpOptions, exclude:
     scores = magnitude_scores(prev.trained, prev.masks)
     if opts.sparsity is not None and n_round == last:
         return prune_to_sparsity(scores, prev.masks, opts.sparsity, exclude)
-    remaining = sum(int(m.sum()) for k, m in prev.masks.items() if k not in exclude)
+    remaining = kept_and_total({k: m for k, m in prev.masks.items() if k not in exclude})[0]
     return prune_lowest(scores, prev.masks, round(opts.prune_rate * remaining), exclude)
 
 
-def find_imp(
-    opts: ImpOptions, cfg: TrainConfig, bundle, out_dir: str | Path, log: Any = None,
-    on_round: Callable[[RoundRecord], None] | None = None, handle_signals: bool = True,
-    stop_at: tuple[int, int] | None = None, rank: int = 0, world_size: int = 1,
-) -> tuple[list[RoundRecord], Ticket]:
-    """Iterative magnitude pruning with rewinding; one ticket per round in ``out_dir``.
+@dataclass(frozen=True)
+class _ImpPlan:
+    """An IMP run's fixed quantities, checked before any training."""
 
-    Round 0 trains the dense network from step 0 and keeps the weights at the rewind step.
-    Each later round prunes ``prune_rate`` of the remaining weights by global magnitude of the
-    previous round's trained weights (``exclude`` kept dense), rewinds the survivors to the
-    rewind-step weights and trains again from the rewind step. Re-running with the same
-    arguments skips finished rounds and resumes the current one from its checkpoint.
-    ``stop_at=(round, step)`` stops that round at that step as a signal would (for tests).
+    spec: archs.ArchSpec
+    last: int
+    exclude: tuple[str, ...]
+    rewind_step: int
 
-    With ``world_size`` > 1 every rank calls this with the same arguments and trains every round
-    data-parallel (see :func:`elth_cli.train.train_state`). Rank 0 alone reads and writes the
-    folder: it decides which rounds are done, computes each round's mask and hands the mask and
-    the rewind weights to every rank, so all ranks train with identical tensors.
-    """
+
+def _plan_imp(opts: ImpOptions, cfg: TrainConfig, bundle: data.DataBundle, world_size: int) -> _ImpPlan:
     last = check_imp_options(opts)
     spec = archs.resolve_arch(opts.arch)
     exclude = default_exclude(spec) if opts.exclude is None else tuple(opts.exclude)
@@ -357,62 +364,97 @@ def find_imp(
         if opts.sparsity > reachable:
             raise UsageError(f"sparsity {opts.sparsity} is impossible with {', '.join(exclude)} kept dense: at most "
                              f"{reachable:.4f} is reachable; lower --sparsity or change --exclude")
-    out_dir = Path(out_dir)
-    log_path = out_dir / LOG_FILE
-    run_on_main(lambda: _check_run_dir(out_dir, _run_identity(opts, cfg, world_size)))
-    done = run_on_main(lambda: _read_log(log_path))
+    return _ImpPlan(spec, last, exclude, rewind_step)
+
+
+@dataclass
+class _ImpRun:
+    """What the rounds of one IMP run share while it goes (see :func:`find_imp`)."""
+
+    opts: ImpOptions
+    cfg: TrainConfig
+    bundle: data.DataBundle
+    plan: _ImpPlan
+    folder: RunFolder
+    flag: StopFlag
+    log: Any = None
+    stop_at: tuple[int, int] | None = None
+    rank: int = 0
+    world_size: int = 1
+    setup: DeviceSetup | None = None
+
+
+def find_imp(
+    opts: ImpOptions, cfg: TrainConfig, bundle: data.DataBundle, out_dir: str | Path, log: Any = None,
+    on_round: Callable[[RoundRecord], None] | None = None, handle_signals: bool = True,
+    stop_at: tuple[int, int] | None = None, rank: int = 0, world_size: int = 1, setup: DeviceSetup | None = None,
+) -> tuple[list[RoundRecord], Ticket]:
+    """Iterative magnitude pruning with rewinding; one ticket per round in ``out_dir``.
+
+    Round 0 trains the dense network from step 0 and keeps the weights at the rewind step.
+    Each later round prunes ``prune_rate`` of the remaining weights by global magnitude of the
+    previous round's trained weights (``exclude`` kept dense), rewinds the survivors to the
+    rewind-step weights and trains again from the rewind step. Re-running with the same
+    arguments skips finished rounds and resumes the current one from its checkpoint.
+    ``stop_at=(round, step)`` stops that round at that step as a signal would (for tests).
+
+    With ``world_size`` > 1 every rank calls this with the same arguments and trains every round
+    data-parallel (see :func:`elth_cli.train.train_state`). Rank 0 alone reads and writes the
+    folder: it decides which rounds are done, computes each round's mask and hands the mask and
+    the rewind weights to every rank, so all ranks train with identical tensors.
+    """
+    plan = _plan_imp(opts, cfg, bundle, world_size)
+    folder = RunFolder(Path(out_dir))
+    run_on_main(lambda: _check_run_dir(folder, _run_identity(opts, cfg, world_size)))
+    done = run_on_main(lambda: _read_log(folder.log_file))
+    run = _ImpRun(opts, cfg, bundle, plan, folder, StopFlag(), log, stop_at, rank, world_size, setup)
     records: list[RoundRecord] = []
     prev: Ticket | None = None
     rewind_state: dict[str, Tensor] | None = None
     cost = {"train_steps": 0, "train_seconds": 0.0, "trainings": 0}
-    flag = StopFlag()
     # One handler for the whole run: a signal between rounds stops the next round at its first step.
-    signals = stop_signals(flag, 2.0 if world_size > 1 else 0.0) if handle_signals else contextlib.nullcontext()
+    signals = stop_signals(run.flag, 2.0 if world_size > 1 else 0.0) if handle_signals else contextlib.nullcontext()
     with signals:
-        for r in range(last + 1):
-            path = round_path(out_dir, r)
-            # A finished round (its file is the record) is read by rank 0 and handed to every rank.
-            finished = run_on_main(lambda: Ticket.load(path) if path.exists() else None)
-            if finished is not None:
-                ticket = finished
-                record = done.get(r) or _record_from_ticket(r, ticket, path)
-            else:
-                masks = None
-                if r > 0:
-                    assert prev is not None
-                    # Pruned once, on rank 0; every rank trains with exactly these masks.
-                    masks = run_on_main(lambda: _imp_masks(prev, r, last, opts, exclude))
-                ticket = _run_round(r, last, opts, cfg, bundle, spec, masks, prev, rewind_state, rewind_step,
-                                    exclude, cost, out_dir, log, flag, stop_at, rank, world_size)
-                ticket.sha256 = run_on_main(lambda: _save_round(ticket, path, r, out_dir, log_path))
-                record = _record_from_ticket(r, ticket, path)
+        for r in range(plan.last + 1):
+            ticket, record = _round(run, r, done, prev, rewind_state, cost)
             records.append(record)
             if on_round is not None:
                 on_round(record)
             if r == 0:
                 # The rewind weights every later round starts from: rank 0's, on every rank.
                 rewind_state = run_on_main(lambda: dict(ticket.init))
-            cost = {
-                "train_steps": cost["train_steps"] + record.steps,
-                "train_seconds": round(cost["train_seconds"] + record.seconds, 3),
-                "trainings": cost["trainings"] + 1,
-            }
+            cost = {"train_steps": cost["train_steps"] + record.steps,
+                    "train_seconds": round(cost["train_seconds"] + record.seconds, 3),
+                    "trainings": cost["trainings"] + 1}
             prev = ticket
     assert prev is not None
     return records, prev
 
 
-def _save_round(ticket: Ticket, path: Path, r: int, out_dir: Path, log_path: Path) -> str:
-    """Write a finished round (rank 0): the ticket, then its find.jsonl line; drop its checkpoint."""
-    sha = ticket.save(path, force=True)
-    remove_checkpoint(_ckpt(out_dir, r))
-    with open(log_path, "a") as f:
+def _round(run: _ImpRun, r: int, done: dict[int, RoundRecord], prev: Ticket | None,
+           rewind_state: dict[str, Tensor] | None, cost: dict[str, Any]) -> tuple[Ticket, RoundRecord]:
+    """Round ``r``: its ticket read back when it is finished, else pruned (rank 0), trained and saved."""
+    path = run.folder.round_ticket(r)
+    # A finished round (its file is the record) is read by rank 0 and handed to every rank.
+    finished = run_on_main(lambda: Ticket.load(path) if path.exists() else None)
+    if finished is not None:
+        return finished, done.get(r) or _record_from_ticket(r, finished, path)
+    masks = None
+    if r > 0:
+        assert prev is not None
+        # Pruned once, on rank 0; every rank trains with exactly these masks.
+        masks = run_on_main(lambda: _imp_masks(prev, r, run.plan.last, run.opts, run.plan.exclude))
+    ticket = _train_round(run, r, masks, prev, rewind_state, cost)
+    ticket.sha256 = run_on_main(lambda: _save_round(ticket, path, r, run.folder))
+    return ticket, _record_from_ticket(r, ticket, path)
+
+
+def _save_round(ticket: Ticket, path: Path, r: int, folder: RunFolder) -> str:
+    """Write a finished round (rank 0): the ticket, then drop its checkpoint, then its find.jsonl line."""
+    sha = save_result(ticket, path, folder.round_checkpoint(r), force=True)
+    with open(folder.log_file, "a") as f:
         f.write(json.dumps(_record_from_ticket(r, ticket, path).as_dict(), sort_keys=True) + "\n")
     return sha
-
-
-def _ckpt(out_dir: Path, r: int) -> Path:
-    return out_dir / f"round-{r:02d}.ckpt"
 
 
 def _read_log(path: Path) -> dict[int, RoundRecord]:
@@ -434,59 +476,39 @@ def _record_from_ticket(r: int, ticket: Ticket, path: Path) -> RoundRecord:
                        str(path))
 
 
-def _run_round(
-    r: int, last: int, opts: ImpOptions, cfg: TrainConfig, bundle, spec: archs.ArchSpec,
-    masks: dict[str, Tensor] | None, prev: Ticket | None, rewind_state: dict[str, Tensor] | None, rewind_step: int,
-    exclude: tuple[str, ...], cost: dict[str, Any], out_dir: Path, log: Any, flag: StopFlag,
-    stop_at: tuple[int, int] | None, rank: int, world_size: int,
-) -> Ticket:
+def _train_round(run: _ImpRun, r: int, masks: dict[str, Tensor] | None, prev: Ticket | None,
+                 rewind_state: dict[str, Tensor] | None, cost: dict[str, Any]) -> Ticket:
     """Train round ``r`` (``masks``: its mask, None for the dense round 0); return its ticket, unsaved."""
-    shape, classes = bundle.info.input_shape, bundle.info.num_classes
-    stop_step = stop_at[1] if stop_at is not None and stop_at[0] == r else None
-    title = f"IMP round {r}/{last} {spec.name}"
-    common = dict(checkpoint_path=_ckpt(out_dir, r), log=log, stop=flag, handle_signals=False, stop_at_step=stop_step,
-                  rank=rank, world_size=world_size, title=title)
+    cfg, bundle, plan = run.cfg, run.bundle, run.plan
+    shape, classes, rewind_step = bundle.info.input_shape, bundle.info.num_classes, plan.rewind_step
+    stop_step = run.stop_at[1] if run.stop_at is not None and run.stop_at[0] == r else None
+    common = dict(checkpoint_path=run.folder.round_checkpoint(r), log=run.log, stop=run.flag, handle_signals=False,
+                  stop_at_step=stop_step, rank=run.rank, world_size=run.world_size, setup=run.setup,
+                  title=f"IMP round {r}/{plan.last} {plan.spec.name}")
     if r == 0:
         # Seeded: every rank builds the same initialisation.
-        model = archs.build_model(spec, shape, classes, seed=cfg.seed)
-        init_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        masks = {k: torch.ones(init_state[k].shape, dtype=torch.bool) for k in archs.prunable_keys(spec, shape, classes)}
-        result = train_state(model, masks, bundle, cfg, 0, snapshot_steps={rewind_step} if rewind_step > 0 else (),
-                             **common)
-        rewind = result.snapshots[rewind_step] if rewind_step > 0 else init_state
-        total = result.metrics["total_steps"]
+        dense = fresh_ticket(plan.spec.name, shape, classes, seed=cfg.seed)
+        masks = dense.masks
+        result = train_state(dense.build_model("init"), masks, bundle, cfg, 0,
+                             snapshot_steps={rewind_step} if rewind_step > 0 else (), **common)
+        rewind = result.snapshots[rewind_step] if rewind_step > 0 else dense.init
         # The dense ticket costs the training up to the rewind point (the weights it starts from).
-        fraction = rewind_step / total
-        ticket_cost = {"train_steps": rewind_step, "train_seconds": round(result.metrics["wall_time_s"] * fraction, 3),
-                       "trainings": 0}
+        fraction = rewind_step / result.metrics["total_steps"]
+        ticket_cost = {"train_steps": rewind_step, "trainings": 0,
+                       "train_seconds": round(result.metrics["wall_time_s"] * fraction, 3)}
         parents: list[dict[str, Any]] = []
         start = 0
     else:
         assert prev is not None and rewind_state is not None and masks is not None
-        state = apply_masks(rewind_state, masks)
-        result = train_state(state, masks, bundle, cfg, rewind_step, arch=spec, **common)
-        rewind = state
-        ticket_cost = dict(cost)
-        parents = [prev.parent_record()]
-        start = rewind_step
-    metrics = dict(result.metrics)
-    metrics["round"] = r
-    spe = bundle.steps_per_epoch(cfg.batch_size, world_size)
-    hparams = {"imp": opts.as_dict() | {"round": r, "rounds": last, "exclude": list(exclude)},
-               **cfg.resolved(spe, start, world_size)}
+        rewind = apply_masks(rewind_state, masks)
+        result = train_state(rewind, masks, bundle, cfg, rewind_step, arch=plan.spec, **common)
+        ticket_cost, parents, start = dict(cost), [prev.parent_record()], rewind_step
+    spe = bundle.steps_per_epoch(cfg.batch_size, run.world_size)
+    hparams = {"imp": run.opts.as_dict() | {"round": r, "rounds": plan.last, "exclude": list(plan.exclude)},
+               **cfg.resolved(spe, start, run.world_size)}
     return Ticket(
-        arch=spec.name,
-        input_shape=shape,
-        num_classes=classes,
-        masks=masks,
-        init=apply_masks(rewind, masks),
-        trained=apply_masks(result.state, masks),
-        method="imp",
-        rewind_step=rewind_step,
-        dataset=bundle.info.name,
-        parents=parents,
-        hparams=hparams,
-        metrics=metrics,
-        cost=ticket_cost,
-        config=run_config("find", hparams, bundle.device),
+        arch=plan.spec.name, input_shape=shape, num_classes=classes, masks=masks, init=apply_masks(rewind, masks),
+        trained=apply_masks(result.state, masks), method="imp", rewind_step=rewind_step, dataset=bundle.info.name,
+        parents=parents, hparams=hparams, metrics={**result.metrics, "round": r}, cost=ticket_cost,
+        config=run_config("find", hparams, bundle.device, run.setup),
     )

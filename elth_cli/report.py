@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
+# rich is imported where it draws, not here: `elth --help` never needs it.
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
 
 
 def _console(stream) -> Console:
+    from rich.console import Console
+
     # Not a terminal (pipe, file, SLURM log): plain text, and wide enough that tables are never cut.
     tty = stream.isatty()
     return Console(file=stream, highlight=False, soft_wrap=True, width=None if tty else 200)
@@ -55,6 +58,8 @@ def _json_default(obj: Any) -> Any:
 
 def make_table(columns: Sequence[str], rows: Iterable[Sequence[Any]], title: str | None = None,
                right: Sequence[str] = ()) -> Table:
+    from rich.table import Table
+
     table = Table(title=title, show_lines=False, header_style="bold")
     for c in columns:
         table.add_column(c, justify="right" if c in right else "left")
@@ -102,6 +107,8 @@ class TrainProgress:
                            f"batch {batch_size}, {where}", markup=False)
         if not self.tty:
             return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
         self._progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[stats]}"), TextColumn("ETA"), TimeRemainingColumn(),

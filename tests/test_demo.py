@@ -28,7 +28,7 @@ def test_tiny_demo(tmp_path):
         assert 0.0 <= r.test_acc <= 1.0
     doc = json.loads((tmp_path / "table.json").read_text())
     assert len(doc["rows"]) == 10
-    assert (tmp_path / "table.txt").read_text() == render_table(rows, plain=True)
+    assert (tmp_path / "table.txt").read_text() == render_table(rows)
     stretched = Ticket.load(tmp_path / "resnet20-w4-l02-stretch-append.safetensors")
     assert stretched.is_trained and stretched.transform["source_arch"] == "resnet14-w4"
     # Run again: everything is reused, the table is the same.

@@ -25,6 +25,7 @@ import torch
 
 from conftest import ROOT, Result, assert_clean_error, make_ticket
 from elth_cli import cli, distributed, train
+from elth_cli.device import resolve_device
 from elth_cli.errors import UsageError
 from elth_cli.ticket import Ticket
 
@@ -296,7 +297,7 @@ def test_imp_ranks_train_with_identical_masks(tmp_path) -> None:
     assert abs(pruned.sparsity - 0.36) < 1e-3
     # The folder belongs to a two-process run: one process may not continue it.
     alone = one_process(*args, cwd=tmp_path)
-    assert_clean_error(alone, codes=(2,), contains="world_size: was 2, now 1")
+    assert_clean_error(alone, codes=(2,), contains="world_size 2 -> 1")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -429,16 +430,16 @@ def test_detect_launch() -> None:
 
 def test_local_device() -> None:
     two = distributed.Launch(1, 2, 1, "torchrun")
-    assert distributed.local_device("cpu", two) == torch.device("cpu")
+    assert resolve_device("cpu", two) == torch.device("cpu")
     with pytest.raises(UsageError, match="all 2 processes on one GPU"):
-        distributed.local_device("cuda:0", two)
+        resolve_device("cuda:0", two)
     with pytest.raises(UsageError, match="unknown device"):
-        distributed.local_device("tpu", two)
+        resolve_device("tpu", two)
     if not torch.cuda.is_available():
-        assert distributed.local_device("auto", two) == torch.device("cpu")
+        assert resolve_device("auto", two) == torch.device("cpu")
         with pytest.raises(UsageError, match="CUDA is not available"):
-            distributed.local_device("cuda", two)
-    assert distributed.local_device("cpu", distributed.Launch()) == torch.device("cpu")
+            resolve_device("cuda", two)
+    assert resolve_device("cpu", distributed.Launch()) == torch.device("cpu")
 
 
 def test_repeated_ctrl_c_within_the_grace_is_one_stop() -> None:
@@ -458,8 +459,8 @@ def test_fields_added_later_take_their_default_when_resuming() -> None:
     cfg = train.TrainConfig(dataset="digits", recipe="digits", epochs=1, batch_size=64, lr=0.05, momentum=0.9,
                             weight_decay=5e-4, schedule="cosine", milestones=(), gamma=0.1, warmup="0it")
     old = {"config": {k: v for k, v in cfg.as_dict().items() if k != "sync_bn"}, "world_size": 1}
-    assert train.config_differences(old, {"config": cfg.as_dict(), "world_size": 1}) == []
-    assert train.config_differences(old, {"config": cfg.replace(sync_bn=True).as_dict(), "world_size": 1}) == \
+    assert train.run_differences(old, {"config": cfg.as_dict(), "world_size": 1}) == []
+    assert train.run_differences(old, {"config": cfg.replace(sync_bn=True).as_dict(), "world_size": 1}) == \
         ["sync_bn False -> True"]
 
 

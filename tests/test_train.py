@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from elth_cli import archs, data, train
+from elth_cli.device import device_setup
 from elth_cli.errors import ElthError, UsageError
 from elth_cli.find import random_ticket
 from elth_cli.ticket import Ticket
@@ -137,22 +138,6 @@ def test_config_options_and_validation(info) -> None:
                 {"schedule": "linear"}, {"gamma": 0.0}, {"eval_every": -1}):
         with pytest.raises(UsageError):
             train.config_from_options(spec, info, **bad)
-
-
-def test_devices_and_precision() -> None:
-    cpu = train.resolve_device("cpu")
-    assert train.resolve_precision("auto", cpu) == "fp32"
-    assert train.resolve_precision("bf16", cpu) == "bf16"
-    with pytest.raises(UsageError, match="fp16"):
-        train.resolve_precision("fp16", cpu)
-    with pytest.raises(UsageError, match="unknown precision"):
-        train.resolve_precision("fp8", cpu)
-    with pytest.raises(UsageError, match="unknown device"):
-        train.resolve_device("tpu")
-    if not torch.cuda.is_available():
-        assert train.resolve_device("auto") == torch.device("cpu")
-        with pytest.raises(UsageError, match="CUDA is not available"):
-            train.resolve_device("cuda:0")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -419,21 +404,19 @@ def test_cuda_training_keeps_pruned_weights_zero(precision) -> None:
 
 @pytest.mark.cuda
 def test_cuda_step_is_channels_last_and_fused() -> None:
-    bundle = data.load_dataset("digits", device="cuda")
+    setup = device_setup("cuda", "fp16")
+    bundle = data.load_dataset("digits", device=setup)
     ticket = digits_ticket("resnet20-w4")
-    model = train.prepare_model(ticket.build_model("init"), torch.device("cuda"))
-    assert model.conv.weight.is_contiguous(memory_format=torch.channels_last)
-    cfg = digits_config(ticket, device="cuda", precision="bf16")
-    opt = train.make_optimizer(model, cfg, torch.device("cuda"))
-    assert opt.defaults.get("fused") is True
-    masks = train.MaskSet(model, ticket.masks)
-    step = train.TrainStep(model, opt, masks, torch.device("cuda"), "fp16", train.make_scaler("fp16", torch.device("cuda")))
+    cfg = digits_config(ticket, device="cuda", precision="fp16")
+    parts = train.build_parts(ticket.build_model("init"), ticket.masks, cfg, setup)
+    assert parts.model.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert parts.optimizer.defaults.get("fused") is True and parts.scaler is not None
     x, y = next(bundle.train_batches(64, 0, 0))
     assert x.is_contiguous(memory_format=torch.channels_last)
-    step(x, y, 0.01)
+    parts.step(x, y, 0.01)
     torch.cuda.synchronize()
     for key, mask in ticket.masks.items():
-        assert bool((dict(model.named_parameters())[key].detach().cpu()[~mask] == 0).all()), key
+        assert bool((dict(parts.model.named_parameters())[key].detach().cpu()[~mask] == 0).all()), key
 
 
 @pytest.mark.cuda
@@ -442,7 +425,7 @@ def test_cuda_eval_matches_cpu_eval(trained_pair, digits) -> None:
     cpu = train.evaluate(trained.build_model("trained"), digits, "test", 1000)
     bundle = data.load_dataset("digits", device="cuda")
     for precision, tol in (("fp32", 1 / 360 + 1e-9), ("bf16", 3 / 360 + 1e-9)):
-        model = train.prepare_model(trained.build_model("trained"), torch.device("cuda"))
+        model = device_setup("cuda").prepare_model(trained.build_model("trained"))
         gpu = train.evaluate(model, bundle, "test", 1000, precision)
         assert abs(gpu["accuracy"] - cpu["accuracy"]) <= tol, precision
         assert gpu["loss"] == pytest.approx(cpu["loss"], rel=0.05), precision

@@ -1,0 +1,204 @@
+"""The training configuration: :class:`TrainConfig`, the paper's recipes, overrides by field name.
+
+A training hyperparameter is a field of :class:`TrainConfig`. Its command-line flag and help
+text are the field's metadata (:class:`Flag`), read by ``elth train`` and ``elth find`` alike, and
+command options reach the config by field name (:func:`config_overrides`,
+:func:`config_from_options`). Adding one therefore takes: the field, its check in
+:func:`validate_config`, its option alias in ``cli.py`` and a parameter in the two command
+signatures. This module does not import torch (``--help`` reads it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Mapping, Optional
+
+from elth_cli.errors import UsageError
+from elth_cli.steps import normalise_steps, parse_step_list, parse_steps
+
+if TYPE_CHECKING:
+    from elth_cli.archs import ArchSpec
+    from elth_cli.data import DatasetInfo
+
+SCHEDULES = ("step", "cosine")
+
+
+@dataclass(frozen=True)
+class Flag:
+    """How a config field appears on the command line: option declarations, help, the option's type."""
+
+    decls: tuple[str, ...]
+    help: str
+    type: Any
+
+
+def _flag(decls: str | tuple[str, ...], help: str, type_: Any, **default: Any) -> Any:
+    decls = (decls,) if isinstance(decls, str) else decls
+    return field(metadata={"flag": Flag(decls, help, type_)}, **default)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every value a training run depends on, resolved (recorded as the trained ticket's hparams).
+
+    Step-valued fields (``milestones``, ``warmup``) keep their step syntax (``80ep``, ``1000it``)
+    because an epoch's length depends on the data set and batch size; :func:`parse_steps` turns
+    them into iterations once ``steps_per_epoch`` is known. ``eval_every`` is in epochs (0: only
+    after the last epoch).
+    """
+
+    dataset: str
+    recipe: str
+    epochs: int = _flag("--epochs", "Epochs of the whole schedule (a run starts at the ticket's rewind step). "
+                        "Recipe: 160 CIFAR, 90 ImageNet, 30 digits.", Optional[int])
+    batch_size: int = _flag(("--batch-size", "-b"), "Global batch size.", Optional[int])
+    lr: float = _flag("--lr", "Base learning rate.", Optional[float])
+    momentum: float = _flag("--momentum", "SGD momentum.", Optional[float])
+    weight_decay: float = _flag("--weight-decay", "Weight decay (all parameters).", Optional[float])
+    schedule: str = _flag("--schedule", "step (milestones) or cosine (to 0).", Optional[str])
+    milestones: tuple[str, ...] = _flag("--milestones", "Step schedule: steps where the LR is multiplied by "
+                                        "--gamma, e.g. 80ep,120ep or 32000it ('none' for no drops).", Optional[str])
+    gamma: float = _flag("--gamma", "LR factor at each milestone.", Optional[float])
+    warmup: str = _flag("--warmup", "Linear warm-up length: 5ep, 1000it or 1000.", Optional[str])
+    seed: int = _flag("--seed", "Seed of the initialisation (find), data order and augmentation.", int, default=0)
+    augment: bool = _flag("--augment/--no-augment", "Random crops (and flips where the data set has them).", bool,
+                          default=True)
+    eval_every: int = _flag("--eval-every", "Test every N epochs (0: only after the last; the last epoch is "
+                            "always tested).", int, default=1)
+    eval_batch_size: int = 1000
+    device: str = _flag("--device", "auto (CUDA when available), cpu, cuda or cuda:N.", str, default="cpu")
+    precision: str = _flag("--precision", "auto (bf16 on CUDA that supports it, else fp32), bf16, fp16 (with a "
+                           "grad scaler; on the CPU where torch supports it) or fp32.", str, default="fp32")
+    compile: bool = _flag("--compile", "torch.compile the model (faster on GPUs after a slow first step).", bool,
+                          default=False)
+    deterministic: bool = _flag("--deterministic", "Deterministic kernels only (slower).", bool, default=False)
+    # SyncBatchNorm across ranks (CUDA, several processes); ignored with one.
+    sync_bn: bool = _flag("--sync-bn", "Several processes on GPUs: BatchNorm statistics over the global batch "
+                          "(SyncBatchNorm). Ignored with one process; refused on the CPU.", bool, default=False)
+
+    @classmethod
+    def field_defaults(cls) -> dict[str, Any]:
+        """Defaults of the fields that have one: what a run recorded before a field existed meant."""
+        return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+
+    @classmethod
+    def flags(cls) -> dict[str, Flag]:
+        """The fields that are command-line options, by field name."""
+        return {f.name: f.metadata["flag"] for f in dataclasses.fields(cls) if "flag" in f.metadata}
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["milestones"] = list(self.milestones)
+        return d
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        """A copy with ``changes`` applied and validated (step values normalised)."""
+        if "milestones" in changes and isinstance(changes["milestones"], str):
+            changes["milestones"] = parse_step_list(changes["milestones"])
+        elif "milestones" in changes:
+            changes["milestones"] = tuple(normalise_steps(m) for m in changes["milestones"])
+        if "warmup" in changes:
+            changes["warmup"] = normalise_steps(changes["warmup"])
+        cfg = dataclasses.replace(self, **changes)
+        validate_config(cfg)
+        return cfg
+
+    def total_steps(self, steps_per_epoch: int) -> int:
+        return self.epochs * steps_per_epoch
+
+    def resolved(self, steps_per_epoch: int, start_step: int = 0, world_size: int = 1) -> dict[str, Any]:
+        """The config plus everything derived from the epoch length: what a trained ticket records."""
+        d = self.as_dict()
+        d.update(
+            optimizer="sgd",
+            nesterov=False,
+            steps_per_epoch=steps_per_epoch,
+            total_steps=self.total_steps(steps_per_epoch),
+            start_step=start_step,
+            warmup_steps=parse_steps(self.warmup, steps_per_epoch),
+            milestone_steps=[parse_steps(m, steps_per_epoch) for m in self.milestones],
+            world_size=world_size,
+        )
+        return d
+
+
+def validate_config(cfg: TrainConfig) -> None:
+    """Raise UsageError naming the first value out of range."""
+    checks = [
+        (cfg.epochs >= 1, f"--epochs must be at least 1, got {cfg.epochs}"),
+        (cfg.batch_size >= 1, f"--batch-size must be at least 1, got {cfg.batch_size}"),
+        (cfg.eval_batch_size >= 1, f"eval batch size must be at least 1, got {cfg.eval_batch_size}"),
+        (math.isfinite(cfg.lr) and cfg.lr > 0, f"--lr must be a positive number, got {cfg.lr}"),
+        (0 <= cfg.momentum < 1, f"--momentum must be in [0, 1), got {cfg.momentum}"),
+        (math.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0,
+         f"--weight-decay must be 0 or more, got {cfg.weight_decay}"),
+        (math.isfinite(cfg.gamma) and cfg.gamma > 0, f"--gamma must be a positive number, got {cfg.gamma}"),
+        (cfg.schedule in SCHEDULES, f"unknown --schedule {cfg.schedule!r}; choose step or cosine"),
+        (cfg.recipe in RECIPES, f"unknown recipe {cfg.recipe!r}; choose one of {', '.join(RECIPES)}"),
+        (cfg.eval_every >= 0, f"--eval-every must be 0 (only at the end) or more epochs, got {cfg.eval_every}"),
+        (cfg.precision in ("bf16", "fp16", "fp32"),
+         f"precision must be resolved to bf16, fp16 or fp32, got {cfg.precision!r}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UsageError(message)
+    for s in (*cfg.milestones, cfg.warmup):
+        parse_steps(s, 1)
+
+
+# The paper's recipes (Table 4, open_lth's defaults) and the short digits recipe, by recipe name.
+RECIPES: dict[str, dict[str, Any]] = {
+    # CIFAR ResNet / VGG: SGD 0.9, lr 0.1, wd 1e-4, batch 128, 160 epochs, x0.1 at 80 and 120 epochs.
+    "cifar": dict(epochs=160, batch_size=128, lr=0.1, momentum=0.9, weight_decay=1e-4, schedule="step",
+                  milestones=("80ep", "120ep"), gamma=0.1, warmup="0it"),
+    # ImageNet ResNet: batch 1024, lr 0.4, 90 epochs, x0.1 at 30/60/80, 5 warm-up epochs, wd 1e-4.
+    "imagenet": dict(epochs=90, batch_size=1024, lr=0.4, momentum=0.9, weight_decay=1e-4, schedule="step",
+                     milestones=("30ep", "60ep", "80ep"), gamma=0.1, warmup="5ep"),
+    # digits (any family): seconds on a CPU; deep ResNets diverge on digits without the warm-up.
+    "digits": dict(epochs=30, batch_size=64, lr=0.05, momentum=0.9, weight_decay=5e-4, schedule="cosine",
+                   milestones=(), gamma=0.1, warmup="2ep"),
+}
+
+
+def recipe_name(spec: ArchSpec, dataset_info: DatasetInfo) -> str:
+    """The recipe a network trains with: digits' own on digits, else its family's (cifar or imagenet)."""
+    from elth_cli import archs
+
+    return "digits" if dataset_info.name == "digits" else archs.family_of(spec).recipe
+
+
+def default_recipe(spec: ArchSpec, dataset_info: DatasetInfo) -> TrainConfig:
+    """The paper's recipe for ``spec``'s family (open_lth defaults), or the short digits recipe."""
+    name = recipe_name(spec, dataset_info)
+    eval_batch = 1000 if dataset_info.in_memory else 250
+    return TrainConfig(dataset=dataset_info.name, recipe=name, eval_batch_size=eval_batch, **RECIPES[name])
+
+
+def config_overrides(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The config options among a command's parameters (by field name), leaving out those not given (None)."""
+    return {name: values[name] for name in TrainConfig.flags() if values.get(name) is not None}
+
+
+def config_from_options(spec: ArchSpec, dataset_info: DatasetInfo, **options: Any) -> TrainConfig:
+    """The default recipe with every option that is not None applied by field name (what ``elth train`` resolves).
+
+    ``--milestones`` only mean something to the step schedule; asking for ``--schedule cosine``
+    drops the recipe's milestones.
+    """
+    unknown = set(options) - set(TrainConfig.flags()) - {"eval_batch_size"}
+    if unknown:
+        raise TypeError(f"not a training option: {', '.join(sorted(unknown))}")
+    changes = {k: v for k, v in options.items() if v is not None}
+    base = default_recipe(spec, dataset_info)
+    if "schedule" in changes:
+        changes["schedule"] = str(changes["schedule"]).strip().lower()
+        if changes["schedule"] not in SCHEDULES:
+            raise UsageError(f"unknown --schedule {changes['schedule']!r}; choose step or cosine")
+    kind = changes.get("schedule", base.schedule)
+    if "milestones" in changes and kind == "cosine":
+        raise UsageError("--milestones only apply to --schedule step; drop them or pass --schedule step")
+    if changes.get("schedule") == "cosine":
+        changes["milestones"] = ()
+    return base.replace(**changes)

@@ -1,0 +1,157 @@
+"""The standard hooks of a training run: divergence check, evaluation, snapshots, checkpoints, JSON lines,
+progress. :func:`standard_hooks` puts them in the order the loop needs (see :mod:`.loop`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, Iterable, Protocol
+
+import torch
+
+from elth_cli import distributed
+from elth_cli.errors import ElthError
+from elth_cli.train.checkpoint import cpu_state, save_checkpoint
+from elth_cli.train.loop import Hook, TrainLoop
+from elth_cli.train.step import evaluate
+
+
+class Reporter(Protocol):
+    """What the loop tells about its progress (report.TrainProgress implements it)."""
+
+    def start(self, title: str, step: int, total: int, steps_per_epoch: int, batch_size: int,
+              resumed: bool) -> None: ...
+
+    def step(self, step: int, live: Callable[[], tuple[float, float]]) -> None: ...
+
+    def epoch(self, record: dict[str, Any], epochs: int, total: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class DivergenceCheck(Hook):
+    """Stop with a clear error when the weights became NaN or infinite (one host read per epoch)."""
+
+    def on_epoch_end(self, loop: TrainLoop, record: dict[str, Any]) -> None:
+        # The weights are the same on every rank (DDP), so every rank reaches the same verdict.
+        if not bool(torch.stack([torch.isfinite(p).all() for p in loop.model.parameters()]).all()):
+            raise ElthError(f"training diverged in epoch {record['epoch']} (weights became NaN or infinite; last lr "
+                            f"{record['lr']:.4g}); lower --lr or lengthen --warmup")
+
+
+class Evaluation(Hook):
+    """Test accuracy and loss every ``cfg.eval_every`` epochs and after the last; tracks the best."""
+
+    def on_epoch_end(self, loop: TrainLoop, record: dict[str, Any]) -> None:
+        cfg, ws = loop.cfg, loop.world_size
+        if not (loop.step == loop.total or (cfg.eval_every and record["epoch"] % cfg.eval_every == 0)):
+            return
+        # Each rank evaluates eval_batch_size // world_size images at a time (the data needs a multiple).
+        batch = max(ws, cfg.eval_batch_size // ws * ws)
+        result = evaluate(loop.model, loop.bundle, "test", batch, cfg.precision, loop.rank, ws)
+        record["test_loss"], record["test_acc"] = result["loss"], result["accuracy"]
+        if "top5" in result:
+            record["test_top5"] = result["top5"]
+        if loop.state.best_test_acc is None or result["accuracy"] > loop.state.best_test_acc:
+            loop.state.best_test_acc = result["accuracy"]
+
+
+class Snapshots(Hook):
+    """Keep the state after ``s`` steps for every ``s`` in ``steps`` (IMP's rewind point)."""
+
+    def __init__(self, steps: Iterable[int]) -> None:
+        self.steps = set(steps)
+
+    def _take(self, loop: TrainLoop) -> None:
+        if loop.step in self.steps and loop.step not in loop.state.snapshots:
+            distributed.sync_buffers(loop.model)  # rank 0's running statistics, so every rank keeps the same
+            loop.state.snapshots[loop.step] = cpu_state(loop.model)
+
+    def on_run_start(self, loop: TrainLoop) -> None:
+        self._take(loop)
+
+    def on_step_end(self, loop: TrainLoop) -> None:
+        self._take(loop)
+
+
+class Checkpointing(Hook):
+    """Write a checkpoint after every epoch and when a stop is requested (rank 0 writes, every rank takes part)."""
+
+    def __init__(self, path: Path, identity: dict[str, Any]) -> None:
+        self.path, self.identity = Path(path), identity
+        self.saved_at = -1
+
+    def on_run_start(self, loop: TrainLoop) -> None:
+        loop.checkpoint_path = self.path
+
+    def save(self, loop: TrainLoop) -> None:
+        if self.saved_at == loop.step:
+            return
+        loop.state.wall_seconds = loop.wall()
+        stats = loop.epoch_stats()
+        parts = loop.parts
+        # Rank 0 writes; the others wait for it, and fail with it if the write fails.
+        distributed.run_on_main(lambda: save_checkpoint(
+            self.path, self.identity, parts.model, parts.optimizer, parts.scaler, stats, loop.state,
+            loop.masks(), cuda_rng=loop.world_size == 1))
+        self.saved_at = loop.step
+
+    def on_epoch_recorded(self, loop: TrainLoop, record: dict[str, Any]) -> None:
+        self.save(loop)
+
+    def on_stop(self, loop: TrainLoop) -> None:
+        self.save(loop)
+
+
+class JsonLines(Hook):
+    """One JSON line per epoch; on a resumed run the file is rewritten from the checkpoint's history first."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def on_run_start(self, loop: TrainLoop) -> None:
+        with open(self.path, "w") as f:
+            f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in loop.state.history)
+
+    def on_epoch_recorded(self, loop: TrainLoop, record: dict[str, Any]) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+class Progress(Hook):
+    """Hands the loop's progress to a :class:`Reporter` (a bar on a terminal, plain lines elsewhere)."""
+
+    def __init__(self, reporter: Reporter) -> None:
+        self.reporter = reporter
+
+    def on_run_start(self, loop: TrainLoop) -> None:
+        self.reporter.start(loop.title, loop.step, loop.total, loop.steps_per_epoch, loop.cfg.batch_size,
+                            loop.resumed_from is not None)
+
+    def on_step_end(self, loop: TrainLoop) -> None:
+        self.reporter.step(loop.step, loop.parts.step.read_stats)
+
+    def on_epoch_recorded(self, loop: TrainLoop, record: dict[str, Any]) -> None:
+        self.reporter.epoch(record, loop.cfg.epochs, loop.total)
+
+    def on_run_end(self, loop: TrainLoop) -> None:
+        self.reporter.close()
+
+
+def standard_hooks(*, snapshot_steps: Iterable[int] = (), checkpoint: tuple[Path, dict[str, Any]] | None = None,
+                   jsonl: Path | None = None, reporter: Reporter | None = None, extra: Iterable[Hook] = ()) -> list[Hook]:
+    """The hooks of a run, in the order their events need: measure (divergence, evaluation, then the
+    caller's ``extra`` hooks), then keep and report (snapshots, checkpoint, JSON lines, progress).
+
+    Pass ``jsonl`` and ``reporter`` on the process that writes (rank 0) only.
+    """
+    hooks: list[Hook] = [DivergenceCheck(), Evaluation(), *extra]
+    if snapshot_steps:
+        hooks.append(Snapshots(snapshot_steps))
+    if checkpoint is not None:
+        hooks.append(Checkpointing(*checkpoint))
+    if jsonl is not None:
+        hooks.append(JsonLines(jsonl))
+    if reporter is not None:
+        hooks.append(Progress(reporter))
+    return hooks

@@ -1,0 +1,234 @@
+"""Training a masked network or a ticket: set up the parts, resume, run the loop with its hooks, report.
+
+With several processes (``torchrun``, ``srun``; see :mod:`elth_cli.distributed`) the same code
+runs data-parallel: DistributedDataParallel around the (compiled) model, each rank on its shard of
+every global batch, metrics summed over ranks, stop signals agreed on, and rank 0 alone writing
+checkpoints and logs. With one process none of that machinery is touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from elth_cli import archs, distributed
+from elth_cli.archs import ArchSpec
+from elth_cli.data import DataBundle, check_compatible
+from elth_cli.device import DeviceSetup, device_name, device_setup, same_device
+from elth_cli.errors import UsageError
+from elth_cli.ticket import Ticket
+from elth_cli.train.checkpoint import Checkpoint, RunState, cpu_state, read_checkpoint, restore_checkpoint, \
+    state_fingerprint
+from elth_cli.train.config import TrainConfig, validate_config
+from elth_cli.train.hooks import Reporter, standard_hooks
+from elth_cli.train.identity import run_differences
+from elth_cli.train.loop import Hook, TrainLoop
+from elth_cli.train.provenance import run_config, trained_ticket
+from elth_cli.train.signals import StopFlag, stop_signals
+from elth_cli.train.step import TrainParts, build_parts
+
+RESUME_MODES = ("auto", "require", "never")
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train_state` returns: final CPU state (pruned weights +0.0), the masks in force at the
+    end, metrics, snapshots and history."""
+
+    state: dict[str, Tensor]
+    metrics: dict[str, Any]
+    snapshots: dict[int, dict[str, Tensor]]
+    history: list[dict[str, Any]]
+    resumed_from: int | None = None
+    masks: dict[str, Tensor] | None = None
+
+
+def _as_model(model_or_state: nn.Module | Mapping[str, Tensor], arch: str | ArchSpec | None,
+              bundle: DataBundle) -> nn.Module:
+    if isinstance(model_or_state, nn.Module):
+        return model_or_state
+    if arch is None:
+        raise UsageError("training from a state dict needs arch= (the architecture name)")
+    spec = archs.resolve_arch(arch) if isinstance(arch, str) else arch
+    model = archs.build_model(spec, bundle.info.input_shape, bundle.info.num_classes)
+    model.load_state_dict(dict(model_or_state), strict=True)
+    return model
+
+
+def _check_run(bundle: DataBundle, cfg: TrainConfig, start_step: int, snapshot_steps: set[int], resume: str,
+               world_size: int) -> None:
+    """Refuse a run that cannot be: data on another device, a start past the end, stray snapshots."""
+    validate_config(cfg)
+    if not same_device(bundle.device, torch.device(cfg.device)):
+        raise UsageError(f"the data is on {bundle.device} but the config trains on {cfg.device}; "
+                         f"load it with device={cfg.device}")
+    if resume not in RESUME_MODES:
+        raise UsageError(f"resume must be auto, require or never, not {resume!r}")
+    spe = bundle.steps_per_epoch(cfg.batch_size, world_size)
+    total = cfg.total_steps(spe)
+    if not 0 <= start_step < total:
+        raise UsageError(f"start step {start_step} (the ticket's rewind step) is not before the recipe's last step "
+                         f"{total} ({cfg.epochs} epochs x {spe} steps); train for more --epochs")
+    bad = [s for s in snapshot_steps if not start_step <= s <= total]
+    if bad:
+        raise UsageError(f"snapshot step {min(bad)} is outside the run's steps {start_step}..{total}")
+
+
+def run_identity(cfg: TrainConfig, start_step: int, steps_per_epoch: int, world_size: int,
+                 state: Mapping[str, Tensor], masks: Mapping[str, Tensor]) -> dict[str, Any]:
+    """What makes a checkpoint this run's: the config, where it starts, and the weights and masks it starts from."""
+    return {"config": cfg.as_dict(), "start_step": start_step, "steps_per_epoch": steps_per_epoch,
+            "world_size": world_size, "source": state_fingerprint(state, masks)}
+
+
+def _read_resume(path: Path | None, resume: str, identity: dict[str, Any]) -> Checkpoint | None:
+    """The checkpoint to resume from (None: start over), checked against the run's identity."""
+    if path is not None and path.exists() and resume != "never":
+        ckpt = read_checkpoint(path)
+        diff = run_differences(ckpt.identity, identity)
+        if diff:
+            raise UsageError(f"checkpoint {path} belongs to a different run (differs in: {'; '.join(diff)}); "
+                             "re-run with the original options, or pass --restart to discard it")
+        return ckpt
+    if resume == "require":
+        raise UsageError(f"--resume given but there is no checkpoint {path}; drop --resume to start a new run")
+    return None
+
+
+def _resume(parts: TrainParts, path: Path | None, resume: str, identity: dict[str, Any], start_step: int,
+            rank: int) -> tuple[RunState, int | None]:
+    """The run state to start from: a fresh one, or the checkpoint's (which every rank loads)."""
+    # Rank 0 reads the checkpoint and checks that it belongs to this run; every rank gets it (or the error).
+    ckpt = distributed.run_on_main(lambda: _read_resume(path, resume, identity))
+    if ckpt is None:
+        return RunState(step=start_step), None
+    # Rank 0 carries the epoch's running statistics (their sums over the ranks); the others start at 0.
+    state = restore_checkpoint(ckpt, parts.model, parts.optimizer, parts.scaler,
+                               parts.step.stats if rank == 0 else None)
+    if rank != 0:
+        parts.step.reset_stats()
+    masks = ckpt.masks()
+    if masks is not None:
+        parts.masks.load(masks)  # the masks in force when it stopped (hooks may have rewired them)
+    return state, state.step
+
+
+def _metrics(loop: TrainLoop, start_step: int) -> dict[str, Any]:
+    state, last, ws = loop.state, loop.state.history[-1], loop.world_size
+    metrics: dict[str, Any] = {
+        "test_acc": last["test_acc"], "best_test_acc": state.best_test_acc, "test_loss": last["test_loss"],
+        "train_loss": last["train_loss"], "train_acc": last["train_acc"], "epochs": loop.cfg.epochs,
+        "start_step": start_step, "steps": loop.total - start_step, "total_steps": loop.total,
+        "wall_time_s": round(state.wall_seconds, 3),
+        # All ranks step together: the run's throughput is world_size times one rank's.
+        "images_per_s": round(state.train_images * ws / state.train_seconds, 1) if state.train_seconds > 0 else None,
+        "device": device_name(loop.device), "precision": loop.cfg.precision,
+    }
+    if ws > 1:
+        metrics["world_size"] = ws
+    if "test_top5" in last:
+        metrics["test_top5"] = last["test_top5"]
+    return metrics
+
+
+def train_state(
+    model_or_state: nn.Module | Mapping[str, Tensor],
+    masks: Mapping[str, Tensor],
+    bundle: DataBundle,
+    cfg: TrainConfig,
+    start_step: int = 0,
+    *,
+    arch: str | ArchSpec | None = None,
+    checkpoint_path: str | os.PathLike[str] | None = None,
+    resume: str = "auto",
+    snapshot_steps: Iterable[int] = (),
+    log: Reporter | None = None,
+    jsonl_path: str | os.PathLike[str] | None = None,
+    stop: StopFlag | None = None,
+    handle_signals: bool = True,
+    stop_at_step: int | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    title: str = "training",
+    hooks: Iterable[Hook] = (),
+    setup: DeviceSetup | None = None,
+) -> TrainResult:
+    """Train a masked network from ``start_step`` to the recipe's last step; return its final state.
+
+    ``model_or_state`` is a model (moved to ``cfg.device`` in place) or a state dict (then ``arch``
+    names the architecture). Pruned weights are zeroed after every optimizer step. With a
+    ``checkpoint_path``, a checkpoint is written after every epoch and when a stop is requested
+    (SIGTERM/SIGUSR1/SIGINT while ``handle_signals``, ``stop.request()``, or reaching
+    ``stop_at_step``); the run then raises :class:`TrainingStopped`. ``resume``: ``auto`` continues
+    from an existing checkpoint, ``require`` insists on one, ``never`` starts over. The state after
+    ``s`` steps is kept for every ``s`` in ``snapshot_steps`` (IMP's rewind point). ``hooks`` join
+    the standard ones (see :mod:`.loop` for the events). ``setup`` overrides the device's default
+    choices (:func:`~elth_cli.device.device_setup`). The checkpoint is left in place: remove it
+    (:func:`remove_checkpoint`) once the result is saved.
+
+    With ``world_size`` > 1 (a process group of that size must be running, see
+    :mod:`elth_cli.distributed`) every rank calls this with the same arguments: the model trains
+    under DistributedDataParallel on the rank's shard of each global batch, rank 0 alone reads and
+    writes the checkpoint and the JSON lines and reports progress, a stop requested on any rank
+    stops every rank at the same step, and every rank returns the same state and metrics (timings aside).
+    """
+    snapshot_steps = {int(s) for s in snapshot_steps}
+    distributed.require(rank, world_size)
+    _check_run(bundle, cfg, start_step, snapshot_steps, resume, world_size)
+    model = _as_model(model_or_state, arch, bundle)
+    spe = bundle.steps_per_epoch(cfg.batch_size, world_size)
+    identity = run_identity(cfg, start_step, spe, world_size, model.state_dict(), masks)
+    distributed.record_digests(f"{title} start", rank, masks=masks, state=model.state_dict())
+    setup = setup or device_setup(bundle.device, cfg.precision, cfg.deterministic)
+    parts = build_parts(model, masks, cfg, setup, world_size)
+    ckpt_path = Path(checkpoint_path) if checkpoint_path is not None else None
+    state, resumed_from = _resume(parts, ckpt_path, resume, identity, start_step, rank)
+    main = rank == 0
+    all_hooks = standard_hooks(
+        snapshot_steps=snapshot_steps, checkpoint=(ckpt_path, identity) if ckpt_path is not None else None,
+        jsonl=Path(jsonl_path) if jsonl_path is not None and main else None, reporter=log if main else None,
+        extra=hooks)
+    flag = stop or StopFlag()
+    loop = TrainLoop(parts, bundle, cfg, state, all_hooks, flag, stop_at_step=stop_at_step, rank=rank,
+                     world_size=world_size, title=title, resumed_from=resumed_from)
+    # One Ctrl-C reaches a torchrun worker twice (terminal and torchrun): only a later one aborts.
+    signals = stop_signals(flag, 2.0 if world_size > 1 else 0.0) if handle_signals else contextlib.nullcontext()
+    with signals:
+        loop.run()
+    final = cpu_state(parts.model)
+    distributed.record_digests(f"{title} end", rank, masks=parts.masks.masks, state=final)
+    return TrainResult(final, _metrics(loop, start_step), state.snapshots, state.history, resumed_from,
+                       dict(parts.masks.masks))
+
+
+def train_ticket(
+    ticket: Ticket,
+    bundle: DataBundle,
+    cfg: TrainConfig,
+    **options: Any,
+) -> Ticket:
+    """Train a ticket's subnetwork from its ``init`` weights at its ``rewind_step``; return the trained ticket.
+
+    ``options`` are :func:`train_state`'s keyword arguments (checkpoint, resume, log, hooks, ranks,
+    ...). The result keeps every field of ``ticket`` (masks, init, method, parents, transform, cost,
+    ...) and adds ``trained``, ``hparams`` (the resolved config), ``metrics`` and ``config`` (the
+    hyperparameters with the versions, device, processes and host of the run). It is not saved:
+    save it, then :func:`remove_checkpoint` (:func:`~elth_cli.train.session.save_result` does both).
+    With ``world_size`` > 1 every rank calls this and gets the same trained weights; rank 0 saves it.
+    """
+    check_compatible(bundle.info, ticket.input_shape, ticket.num_classes)
+    options.setdefault("title", f"{ticket.arch} on {bundle.info.name}")
+    world_size = options.get("world_size", 1)
+    setup = options.get("setup") or device_setup(bundle.device, cfg.precision, cfg.deterministic)
+    options["setup"] = setup
+    result = train_state(ticket.build_model("init"), ticket.masks, bundle, cfg, ticket.rewind_step, **options)
+    spe = bundle.steps_per_epoch(cfg.batch_size, world_size)
+    hparams = cfg.resolved(spe, ticket.rewind_step, world_size)
+    config = run_config("train", hparams, bundle.device, setup)
+    return trained_ticket(ticket, result.state, result.masks, hparams, result.metrics, config, bundle.info.name)
