@@ -20,6 +20,7 @@ import torch
 
 from elth_cli import archs, data, train
 from elth_cli.find import random_ticket
+from elth_cli.masks import kept_and_total
 from elth_cli.prune import magnitude_scores, prune_lowest, prune_to_sparsity
 from elth_cli.ticket import Ticket, apply_masks
 
@@ -28,7 +29,7 @@ def time_global_threshold(arch: str, device: str, repeats: int) -> dict:
     ticket = random_ticket(arch, (3, 224, 224), 1000, 0.0, seed=0)
     weights = {k: ticket.init[k].to(device) for k in ticket.masks}
     masks = {k: m.to(device) for k, m in ticket.masks.items()}
-    n = sum(m.numel() for m in masks.values())
+    n = kept_and_total(masks)[1]
     times = []
     for _ in range(repeats):
         if device.startswith("cuda"):
@@ -52,7 +53,7 @@ def time_imp_overhead(arch: str, epochs: int) -> dict:
     trained = ticket.__class__(**{**ticket.__dict__, "trained": result.state})
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        remaining = sum(int(m.sum()) for m in trained.masks.values())
+        remaining = kept_and_total(trained.masks)[0]
         masks = prune_lowest(magnitude_scores(trained.trained, trained.masks), trained.masks, round(0.2 * remaining))
         child = Ticket(arch=ticket.arch, input_shape=ticket.input_shape, num_classes=ticket.num_classes, masks=masks,
                        init=apply_masks(ticket.init, masks), trained=apply_masks(result.state, masks), method="imp")

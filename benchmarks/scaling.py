@@ -35,6 +35,7 @@ import torch
 import torch.multiprocessing as mp
 
 from elth_cli import __version__, data, distributed, train
+from elth_cli.device import device_name, device_setup, resolve_device, resolve_precision, synchronize
 from elth_cli.errors import ElthError
 from elth_cli.find import random_ticket
 
@@ -50,7 +51,7 @@ def _worker(rank: int, world: int, port: int, opts: dict, out: str) -> None:
     torch.set_num_threads(opts["threads"])
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     launch = distributed.Launch(rank, world, rank, "spawn")
-    device = distributed.local_device(opts["device"], launch)
+    device = resolve_device(opts["device"], launch)
     with distributed.session(launch, device, timeout_s=300) as rt:
         info = data.get_dataset_info("cifar10")
         n = opts["images"]
@@ -58,19 +59,13 @@ def _worker(rank: int, world: int, port: int, opts: dict, out: str) -> None:
         images = {s: torch.randint(0, 256, (k, 3, 32, 32), dtype=torch.uint8, generator=g)
                   for s, k in (("train", n), ("test", 100))}
         labels = {s: torch.randint(0, 10, (k,), generator=g) for s, k in (("train", n), ("test", 100))}
-        bundle = data.TensorBundle(info, data.Augment(pad=4, flip=True), device, images, labels)
+        precision = resolve_precision(opts["precision"], device)
+        setup = device_setup(device, precision)
+        bundle = data.TensorBundle(info, data.Augment(pad=4, flip=True), setup, images, labels)
         ticket = random_ticket(opts["arch"], (3, 32, 32), 10, opts["sparsity"], seed=0)
-        precision = train.resolve_precision(opts["precision"], device)
         cfg = train.default_recipe(ticket.spec, info).replace(device=device.type, precision=precision,
                                                               batch_size=opts["global_batch"])
-        train.set_deterministic(False, device)
-        model = train.prepare_model(ticket.build_model("init"), device)
-        masks = train.MaskSet(model, ticket.masks)
-        module = train.training_module(model, cfg)
-        if world > 1:
-            module = distributed.wrap_ddp(module, device)
-        optimizer = train.make_optimizer(model, cfg, device)
-        step = train.TrainStep(module, optimizer, masks, device, precision, train.make_scaler(precision, device))
+        step = train.build_parts(ticket.build_model("init"), ticket.masks, cfg, setup, world).step
 
         def batches():
             epoch = 0
@@ -81,18 +76,18 @@ def _worker(rank: int, world: int, port: int, opts: dict, out: str) -> None:
         it = batches()
         for _ in range(opts["warmup_steps"]):
             step(*next(it), cfg.lr)
-        train._sync(device)
+        synchronize(device)
         distributed.barrier()
         t0 = time.perf_counter()
         for _ in range(opts["steps"]):
             step(*next(it), cfg.lr)
-        train._sync(device)
+        synchronize(device)
         distributed.barrier()  # the slowest rank sets the pace
         seconds = time.perf_counter() - t0
         if rt.is_main:
             result = {"processes": world, "global_batch": cfg.batch_size, "batch_per_process": cfg.batch_size // world,
                       "seconds": seconds, "images_per_s": opts["steps"] * cfg.batch_size / seconds,
-                      "device": train.device_name(device), "backend": rt.backend, "precision": precision}
+                      "device": device_name(device), "backend": rt.backend, "precision": precision}
             Path(out).write_text(json.dumps(result))
 
 
@@ -119,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     args = p.parse_args(argv)
     try:
-        device = train.resolve_device(args.device)
+        device = resolve_device(args.device)
     except ElthError as e:
         sys.exit(f"error: {e}")
     cuda = device.type == "cuda"

@@ -1,7 +1,8 @@
 """Training throughput: elth's training step against the way the reference implementation trains.
 
 elth: the data set held on the device as uint8 (data.TensorBundle: gather, pad, crop and flip as
-tensor ops), ``train.TrainStep`` (no host-device sync, fused/foreach SGD, masks re-applied with one
+tensor ops), ``train.TrainStep`` as ``train.build_parts`` assembles it for the device's
+``DeviceSetup`` (no host-device sync, fused/foreach SGD, masks re-applied with one
 ``_foreach_mul_`` after the step), mixed precision and channels_last on CUDA, optionally compiled.
 
 baseline (open_lth's way): a torchvision-style data set of uint8 HWC images read through a
@@ -35,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from elth_cli import __version__, data, train
+from elth_cli.device import autocast, device_name, device_setup, resolve_device, resolve_precision, synchronize
 from elth_cli.errors import ElthError
 from elth_cli.find import random_ticket
 
@@ -105,24 +107,19 @@ class PrunedModel(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def timed(batches: Iterator[tuple[Tensor, Tensor]], step: Callable[[Tensor, Tensor], None], warmup: int, steps: int,
           device: torch.device) -> tuple[float, int]:
     """Run ``warmup`` untimed then ``steps`` timed steps; return (seconds, images)."""
     for _ in range(warmup):
         step(*next(batches))
-    sync(device)
+    synchronize(device)
     t0 = time.perf_counter()
     images = 0
     for _ in range(steps):
         x, y = next(batches)
         step(x, y)
         images += y.shape[0]
-    sync(device)
+    synchronize(device)
     return time.perf_counter() - t0, images
 
 
@@ -142,39 +139,35 @@ def time_eval(model: nn.Module, bundle: data.DataBundle, device: torch.device, p
     model.eval()
     batches = bundle.eval_batches(1000, "test")
     x, _ = next(batches)
-    with train.autocast(device, precision):
+    with autocast(device, precision):
         model(x)  # warm-up
-    sync(device)
+    synchronize(device)
     t0 = time.perf_counter()
     done = 0
     for x, y in batches:
         if done >= images:
             break
-        with train.autocast(device, precision):
+        with autocast(device, precision):
             model(x).argmax(1)
         done += y.shape[0]
-    sync(device)
+    synchronize(device)
     return (time.perf_counter() - t0) / max(done, 1)
 
 
 def run_elth(args, ticket, images, labels, device: torch.device, precision: str) -> dict:
     info = data.get_dataset_info("cifar10")
-    bundle = data.TensorBundle(info, data.Augment(pad=4, flip=True), device, images, labels)
+    setup = device_setup(device, precision)  # what a training run on this device chooses
+    bundle = data.TensorBundle(info, data.Augment(pad=4, flip=True), setup, images, labels)
     cfg = train.default_recipe(ticket.spec, info).replace(device=str(device), precision=precision,
                                                           compile=args.compile, batch_size=args.batch_size)
-    train.set_deterministic(False, device)
-    model = train.prepare_model(ticket.build_model("init"), device)
-    masks = train.MaskSet(model, ticket.masks)
-    optimizer = train.make_optimizer(model, cfg, device)
-    step_fn = train.TrainStep(train.training_module(model, cfg), optimizer, masks, device, precision,
-                              train.make_scaler(precision, device))
+    parts = train.build_parts(ticket.build_model("init"), ticket.masks, cfg, setup)  # the loop's own set-up
     batches = full_batches(lambda e: bundle.train_batches(args.batch_size, e, seed=0), args.batch_size)
-    seconds, n = timed(batches, lambda x, y: step_fn(x, y, cfg.lr), args.warmup_steps, args.steps, device)
-    eval_s_per_image = time_eval(model, bundle, device, precision, min(TEST_IMAGES, args.eval_images))
-    optimizer_kind = "fused" if optimizer.defaults.get("fused") else "foreach"
+    seconds, n = timed(batches, lambda x, y: parts.step(x, y, cfg.lr), args.warmup_steps, args.steps, device)
+    eval_s_per_image = time_eval(parts.model, bundle, device, precision, min(TEST_IMAGES, args.eval_images))
+    optimizer_kind = "fused" if setup.fused_sgd else "foreach"
     return {"images_per_s": n / seconds, "seconds": seconds, "images": n, "eval_s_per_image": eval_s_per_image,
             "optimizer": f"SGD ({optimizer_kind})", "precision": precision, "compile": args.compile,
-            "channels_last": device.type == "cuda"}
+            "channels_last": setup.channels_last}
 
 
 def run_baseline(args, ticket, images, labels, device: torch.device) -> dict:
@@ -227,8 +220,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     args = p.parse_args(argv)
     try:
-        device = train.resolve_device(args.device)
-        precision = train.resolve_precision(args.precision, device)
+        device = resolve_device(args.device)
+        precision = resolve_precision(args.precision, device)
     except ElthError as e:
         sys.exit(f"error: {e}")
     cuda = device.type == "cuda"
@@ -245,7 +238,7 @@ def main(argv: list[str] | None = None) -> dict:
         "date": dt.date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
                    f"{torch.get_num_threads()} threads",
-        "device": train.device_name(device),
+        "device": device_name(device),
         "data": source,
         "arch": ticket.arch,
         "sparsity": ticket.sparsity,

@@ -1,0 +1,117 @@
+"""The layout rules of docs/architecture.md, checked on the source: who may import whom, no import
+cycles (lazy imports inside functions included), no function body over 80 lines."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "elth_cli"
+MAX_BODY = 80
+
+# The verified model layer: it never reaches for training, data, devices or processes.
+MODEL_LAYER = ("elth_cli.archs", "elth_cli.ticket", "elth_cli.elastic", "elth_cli.prune", "elth_cli.masks")
+NOT_FOR_THE_MODEL_LAYER = ("elth_cli.train", "elth_cli.data", "elth_cli.device", "elth_cli.distributed",
+                           "elth_cli.launch", "elth_cli.find", "elth_cli.demo", "elth_cli.compare", "elth_cli.interop")
+# What `elth --help` imports must not import torch at module level (the lazy ones may).
+TORCH_FREE = ("elth_cli.cli", "elth_cli.train.config", "elth_cli.steps", "elth_cli.errors", "elth_cli.fileio",
+              "elth_cli.report", "elth_cli.launch", "elth_cli.archs", "elth_cli.archs.base",
+              "elth_cli.archs.cifar_resnet", "elth_cli.archs.imagenet_resnet", "elth_cli.archs.vgg",
+              "elth_cli.archs.vgg_plan", "elth_cli.train", "elth_cli.__main__")
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out[name] = path
+    return out
+
+
+MODULES = _modules()
+
+
+def _resolve(name: str) -> str | None:
+    while name and name not in MODULES:
+        name = name.rsplit(".", 1)[0] if "." in name else ""
+    return name or None
+
+
+def _imports(module: str, top_level_only: bool = False) -> set[str]:
+    """The elth_cli modules ``module`` imports (anywhere in it, or only at module level)."""
+    tree = ast.parse(MODULES[module].read_text())
+    nodes = tree.body if top_level_only else ast.walk(tree)
+    out = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names = [f"{node.module}.{a.name}" for a in node.names] + [node.module]
+        else:
+            continue
+        for name in names:
+            target = _resolve(name) if name.startswith("elth_cli") else name.split(".")[0]
+            if target and target != module:
+                out.add(target)
+    return out
+
+
+def _in(module: str, packages: tuple[str, ...]) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in packages)
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if _in(m, MODEL_LAYER)))
+def test_model_layer_never_imports_training_data_or_devices(module: str) -> None:
+    bad = sorted(t for t in _imports(module) if _in(t, NOT_FOR_THE_MODEL_LAYER))
+    assert bad == [], f"{module} imports {bad}"
+
+
+def test_nothing_in_the_core_imports_the_cli() -> None:
+    users = sorted(m for m in MODULES if "elth_cli.cli" in _imports(m))
+    assert users == ["elth_cli.__main__", "elth_cli.clidoc"]  # the entry point and the doc generator
+
+
+@pytest.mark.parametrize("module", TORCH_FREE)
+def test_help_path_modules_do_not_import_torch_at_module_level(module: str) -> None:
+    heavy = {"torch", "torchvision", "numpy", "safetensors"} & _imports(module, top_level_only=True)
+    assert not heavy, f"{module} imports {sorted(heavy)} when it is imported"
+
+
+def test_no_import_cycles() -> None:
+    edges = {m: {t for t in _imports(m) if t in MODULES} for m in MODULES}
+    for m in MODULES:  # a package's face importing its own submodules is not a tie back
+        if MODULES[m].name == "__init__.py":
+            edges[m] = {t for t in edges[m] if not t.startswith(m + ".")}
+    state: dict[str, int] = {}
+    path: list[str] = []
+
+    def visit(m: str) -> None:
+        state[m] = 1
+        path.append(m)
+        for t in sorted(edges[m]):
+            if state.get(t) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(path[path.index(t):] + [t]))
+            if t not in state:
+                visit(t)
+        path.pop()
+        state[m] = 2
+
+    for m in sorted(MODULES):
+        if m not in state:
+            visit(m)
+
+
+def test_no_function_body_over_80_lines() -> None:
+    long = []
+    for module, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                body = node.body
+                if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant):
+                    body = body[1:]  # the docstring
+                if body and body[-1].end_lineno - body[0].lineno + 1 > MAX_BODY:
+                    long.append(f"{module}.{node.name}")
+    assert long == []
