@@ -62,6 +62,14 @@ def test_baselines_from_imp_round_zero(imp_dir, method, tmp_path):
     assert [p["sha256"] for p in t.parents] == [dense.sha256, like.sha256]
 
 
+def test_from_stdin_with_arch_reads_stdin_once(imp_dir, tmp_path):
+    out = tmp_path / "m.safetensors"
+    r = run_elth("find", "--method", "magnitude", "--arch", "resnet14-w4", "--from", "-", "--sparsity", "0.5",
+                 "-o", str(out), stdin=(imp_dir / "run" / "round-00.safetensors").read_bytes())
+    assert r.code == 0, r.stderr
+    assert abs(Ticket.load(out).sparsity - 0.5) < 1e-3
+
+
 def test_random_fresh_network_and_layerwise_match(imp_dir, tmp_path):
     out = tmp_path / "m.safetensors"
     r = run_elth("find", "--method", "magnitude", "--arch", "resnet14-w4", "--dataset", "digits",
@@ -92,6 +100,7 @@ def test_sigterm_mid_round_then_rerun_equals_uninterrupted(tmp_path):
         pytest.skip("round 1 finished before the signal arrived (machine too fast for this timing)")
     assert proc.returncode == 75, err.decode()
     assert b"Traceback" not in err
+    assert err.decode().count("re-run the same command to resume") == 1, err.decode()
     assert ckpt.exists() and not (cut / "round-01.safetensors").exists()
     r = run_elth(*args, "--out-dir", str(cut))
     assert r.code == 0, r.stderr
