@@ -36,7 +36,7 @@ SCHEMA = "elth.compare"
 SCHEMA_VERSION = 1
 PLOT_MISSING = "--plot needs matplotlib: pip install 'elth[plot]'"
 
-# Metric names, most specific first: train.py records test_acc/test_loss (of the final step);
+# Metric names, most specific first: training records test_acc/test_loss (of the final step);
 # the others are what hand-written or older tickets use.
 ACCURACY_KEYS = ("test_acc", "final_test_acc", "test_accuracy", "accuracy")
 LOSS_KEYS = ("test_loss", "final_test_loss", "loss")
@@ -346,7 +346,7 @@ def interpolate(
     :func:`elth_cli.train.evaluate` (top-1, BN in eval mode, fp32: reduced precision would blur
     small barriers) on ``split``. Returns the ``interpolation`` entry of the ``compare`` document.
     """
-    from elth_cli.train import evaluate, prepare_model  # training code is heavy; only interpolation needs it
+    from elth_cli.train.step import evaluate  # training code is heavy; only interpolation needs it
 
     check_interpolable(a, b, names)
     check_compatible(bundle.info, a.input_shape, a.num_classes)
@@ -357,7 +357,8 @@ def interpolate(
     if batch_size < 1 or eval_batch_size < 1:
         raise UsageError("batch sizes must be at least 1")
     alphas = [i / (points - 1) for i in range(points)]
-    model = prepare_model(archs.build_model(a.spec, a.input_shape, a.num_classes), bundle.device)
+    # On the device, in the memory format the data's batches come in (the device's choice).
+    model = bundle.setup.prepare_model(archs.build_model(a.spec, a.input_shape, a.num_classes))
     results = []
     used = 0
     for alpha in alphas:

@@ -115,3 +115,18 @@ def test_no_function_body_over_80_lines() -> None:
                 if body and body[-1].end_lineno - body[0].lineno + 1 > MAX_BODY:
                     long.append(f"{module}.{node.name}")
     assert long == []
+
+
+def test_every_import_of_elth_names_resolves() -> None:
+    """Lazy imports inside functions run only when their branch does: check each name exists now."""
+    import importlib
+
+    missing = []
+    for module, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").startswith("elth_cli"):
+                target = importlib.import_module(node.module)
+                for alias in node.names:
+                    if not hasattr(target, alias.name) and f"{node.module}.{alias.name}" not in MODULES:
+                        missing.append(f"{module}: from {node.module} import {alias.name}")
+    assert missing == []
