@@ -414,7 +414,6 @@ def import_cmd(
     .pth files are read with torch.load(weights_only=True): tensors only, never arbitrary pickled objects.
     """
     from elth_cli import interop
-    from elth_cli.ticket import Ticket
 
     _check_stdout_use(output, json_out)
     check_output_path(output, force)

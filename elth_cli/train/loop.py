@@ -186,12 +186,11 @@ class TrainLoop:
         if batch == 0:
             self.parts.step.reset_stats()
         epoch_start = time.perf_counter()
-        train_time, timed_images = self._train_batches(epoch, batch)
+        train_time, timed_images, mark = self._train_batches(epoch, batch)
         stats = self.epoch_stats()
         if self.world_size > 1:
             distributed.sync_buffers(self.model)
-        mark = time.perf_counter()
-        loss, acc = _means(stats)
+        loss, acc = _means(stats)  # the epoch's one read from the device: it waits for the last steps
         train_time += time.perf_counter() - mark
         done = self.state.step == self.total
         if done:
@@ -209,8 +208,9 @@ class TrainLoop:
         if not done and self.stop_check.at_epoch_end(self.state.step):
             self._stop()
 
-    def _train_batches(self, epoch: int, batch: int) -> tuple[float, int]:
-        """The epoch's steps from ``batch`` on; returns (timed seconds, timed images).
+    def _train_batches(self, epoch: int, batch: int) -> tuple[float, int, float]:
+        """The epoch's steps from ``batch`` on; returns (timed seconds, timed images, start of the
+        segment still being timed: the caller closes it after reading the epoch's statistics).
 
         The first step at each batch shape of a segment (compilation, cuDNN autotuning) is
         warm-up: left out of images/s, and bracketed by syncs, the only ones inside an epoch.
@@ -235,7 +235,7 @@ class TrainLoop:
                 timed_images += y.shape[0]
             for hook in self._step_hooks:
                 hook.on_step_end(self)
-        return train_time + time.perf_counter() - mark, timed_images
+        return train_time, timed_images, mark
 
 
 def _means(stats: EpochStats) -> tuple[float, float]:
