@@ -590,7 +590,9 @@ def train(
     if resume and restart:
         raise UsageError("--resume and --restart contradict each other; pass one of them")
     ckpt = checkpoint if checkpoint is not None else (None if output == STDIO else checkpoint_path_for(output))
-    with training_session(device, precision, dist_timeout) as session:
+    target = ckpt if output == STDIO else output
+    with training_session(device, precision, dist_timeout) as session, \
+            session.exclusive(target, f"the training of {output if output != STDIO else ckpt}"):
         # Rank 0 checks the files and reads the ticket; every rank gets it, or the error.
         ticket = session.on_main(lambda: _prepare_train_files(ticket_path, output, force, ckpt, log_jsonl, resume))
         cfg, bundle = session.prepare(ticket.spec, _dataset_for(ticket, dataset), data_dir=data_dir,

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from elth_cli import archs, data, elastic
+from elth_cli.fileio import WriterLock
 from elth_cli.find import BaselineOptions, ImpOptions, RoundRecord, find_imp, imp_sparsities, prune_baseline, round_path
 from elth_cli.report import Log, fmt_pct, make_table, stdout_console
 from elth_cli.ticket import Ticket
@@ -84,7 +85,7 @@ def run_demo(out_dir: str | Path, config: DemoConfig = DemoConfig(), log: Log | 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    with training_session(config.device) as session:
+    with training_session(config.device) as session, WriterLock(out / "demo.lock", f"the demo in {out}"):
         cfgs, bundle = {}, None
         for arch in (config.small, config.large):
             cfgs[arch], bundle = session.prepare(archs.resolve_arch(arch), "digits", seed=config.seed,

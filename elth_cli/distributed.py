@@ -39,6 +39,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from elth_cli.errors import ElthError, UsageError
+from elth_cli.fileio import WriterLock
 from elth_cli.launch import Launch, detect_launch, launcher_name  # re-exported: the launch is part of this API
 
 T = TypeVar("T")
@@ -276,6 +277,17 @@ def run_on_main(fn: Callable[[], T]) -> T:
     if outcome.error is not None:
         raise ElthError(outcome.error, outcome.exit_code)
     return outcome.value
+
+
+@contextlib.contextmanager
+def held_on_main(lock: WriterLock) -> Iterator[None]:
+    """Rank 0 holds ``lock`` (one writer per run) for the block; when it cannot, every rank fails alike."""
+    run_on_main(lock.acquire)
+    try:
+        yield
+    finally:
+        if not active() or dist.get_rank() == 0:
+            lock.release()
 
 
 @contextlib.contextmanager

@@ -13,12 +13,12 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from elth_cli import archs, data
+from elth_cli import archs, data, schema
 from elth_cli.data import check_compatible
 from elth_cli.device import DeviceSetup
-from elth_cli.distributed import run_on_main
+from elth_cli.distributed import held_on_main, run_on_main
 from elth_cli.errors import ElthError, UsageError
-from elth_cli.fileio import write_bytes_atomic
+from elth_cli.fileio import WriterLock, write_bytes_atomic
 from elth_cli.masks import kept_and_total, same_layout
 from elth_cli.prune import (
     RANDOM_DISTRIBUTIONS, allocate_counts, check_sparsity, grasp_scores, magnitude_scores, prune_lowest,
@@ -224,6 +224,15 @@ class ImpOptions:
         return d
 
 
+_METRIC = schema.number(nan=True)
+# find.json and find.jsonl, by type (docs/find.md): what a re-run reads back from the folder.
+RUN_FILE_RULES: dict[str, schema.Check] = {
+    "method": schema.text, "imp": schema.obj(), "train": schema.obj(), "world_size": schema.integer(1)}
+RECORD_RULES: dict[str, schema.Check] = {
+    "round": schema.integer(0), "sparsity": schema.number(0, 1), "test_acc": _METRIC, "best_test_acc": _METRIC,
+    "test_loss": _METRIC, "steps": schema.integer(0), "seconds": schema.number(0), "path": schema.text}
+
+
 @dataclass
 class RoundRecord:
     """One finished IMP round, as find.jsonl and the summary table show it."""
@@ -261,6 +270,11 @@ class RunFolder:
 
     RUN_FILE = "find.json"  # the run's identity: arguments and recipe
     LOG_FILE = "find.jsonl"  # one line per finished round
+    LOCK_FILE = "find.lock"  # held while a process writes the folder
+
+    def lock(self) -> WriterLock:
+        """The lock one process holds while it writes this folder."""
+        return WriterLock(self.path / self.LOCK_FILE, f"the IMP run in {self.path}")
 
     @property
     def run_file(self) -> Path:
@@ -308,8 +322,12 @@ def _check_run_dir(folder: RunFolder, identity: dict[str, Any]) -> None:
     if folder.run_file.exists():
         try:
             saved = json.loads(folder.run_file.read_text())
-        except (OSError, json.JSONDecodeError):
-            raise ElthError(f"{folder.run_file} is unreadable; move the folder away or pick another --out-dir") from None
+            if not isinstance(saved, dict):
+                raise schema.Invalid("not a JSON object")
+            saved = schema.check_fields(saved, RUN_FILE_RULES, lambda field, expected: schema.Invalid(field))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, schema.Invalid):
+            raise ElthError(f"{folder.run_file} is unreadable or damaged; move the folder away or pick another "
+                            "--out-dir") from None
         diffs = run_differences(saved, identity, config_key="train")
         if diffs:
             raise UsageError(
@@ -319,7 +337,6 @@ def _check_run_dir(folder: RunFolder, identity: dict[str, Any]) -> None:
         return
     if folder.has_rounds():
         raise UsageError(f"{folder.path} holds round files but no {folder.RUN_FILE}; choose an empty --out-dir")
-    folder.path.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(folder.run_file, (json.dumps(identity, indent=2, sort_keys=True) + "\n").encode())
 
 
@@ -405,17 +422,26 @@ def find_imp(
     """
     plan = _plan_imp(opts, cfg, bundle, world_size)
     folder = RunFolder(Path(out_dir))
-    run_on_main(lambda: _check_run_dir(folder, _run_identity(opts, cfg, world_size)))
-    done = run_on_main(lambda: _read_log(folder.log_file))
-    run = _ImpRun(opts, cfg, bundle, plan, folder, StopFlag(), log, stop_at, rank, world_size, setup)
+    run_on_main(lambda: folder.path.mkdir(parents=True, exist_ok=True))
+    with held_on_main(folder.lock()):  # one writer per folder: a second job is refused, not interleaved
+        run_on_main(lambda: _check_run_dir(folder, _run_identity(opts, cfg, world_size)))
+        done = run_on_main(lambda: _read_log(folder.log_file))
+        run = _ImpRun(opts, cfg, bundle, plan, folder, StopFlag(), log, stop_at, rank, world_size, setup)
+        return _imp_rounds(run, done, on_round, handle_signals)
+
+
+def _imp_rounds(run: _ImpRun, done: dict[int, RoundRecord], on_round: Callable[[RoundRecord], None] | None,
+                handle_signals: bool) -> tuple[list[RoundRecord], Ticket]:
+    """Every round of the run, in order: finished ones read back, the rest trained and saved."""
     records: list[RoundRecord] = []
     prev: Ticket | None = None
     rewind_state: dict[str, Tensor] | None = None
     cost = {"train_steps": 0, "train_seconds": 0.0, "trainings": 0}
     # One handler for the whole run: a signal between rounds stops the next round at its first step.
-    signals = stop_signals(run.flag, 2.0 if world_size > 1 else 0.0) if handle_signals else contextlib.nullcontext()
+    grace = 2.0 if run.world_size > 1 else 0.0
+    signals = stop_signals(run.flag, grace) if handle_signals else contextlib.nullcontext()
     with signals:
-        for r in range(plan.last + 1):
+        for r in range(run.plan.last + 1):
             ticket, record = _round(run, r, done, prev, rewind_state, cost)
             records.append(record)
             if on_round is not None:
@@ -460,11 +486,14 @@ def _save_round(ticket: Ticket, path: Path, r: int, folder: RunFolder) -> str:
 def _read_log(path: Path) -> dict[int, RoundRecord]:
     out: dict[int, RoundRecord] = {}
     if path.exists():
-        for line in path.read_text().splitlines():
+        for line in path.read_text(errors="replace").splitlines():
             try:
-                rec = RoundRecord(**json.loads(line))
-            except (json.JSONDecodeError, TypeError):
-                continue  # a line cut by a crash; the round file is the authority
+                fields = json.loads(line)
+                if not isinstance(fields, dict) or set(fields) != set(RECORD_RULES):
+                    continue
+                rec = RoundRecord(**schema.check_fields(fields, RECORD_RULES, lambda f, e: schema.Invalid(f)))
+            except (json.JSONDecodeError, schema.Invalid):
+                continue  # a line cut by a crash, or damaged: the round file is the authority
             out[rec.round] = rec
     return out
 

@@ -12,18 +12,17 @@ import datetime as _dt
 import hashlib
 import json
 import math
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
-from elth_cli import __version__, archs
+from elth_cli import __version__, archs, schema
 from elth_cli.archs import ArchSpec
+from elth_cli.container import DIGEST_KEY, check_digest, read_header, save_with_digest
 from elth_cli.errors import TicketError, UsageError
 from elth_cli.fileio import STDIO, check_output_path, read_bytes, write_bytes_atomic
 from elth_cli.masks import kept_and_total, layer_counts
@@ -35,9 +34,44 @@ MASK, INIT, TRAINED = "mask/", "init/", "trained/"
 _KNOWN_META = {
     "format", "format_version", "elth_version", "created", "arch", "family", "input_shape", "num_classes",
     "dataset", "sparsity", "method", "rewind_step", "parents", "transform", "hparams", "metrics", "cost", "config",
+    DIGEST_KEY,
 }
-# A header larger than this is not a ticket header (safetensors itself caps it at 100 MB).
-_MAX_HEADER = 100_000_000
+# Bounds that no real network reaches; past them a value is damage, not a design.
+MAX_DIMENSION = 65_536  # per input dimension (channels, height, width)
+MAX_CLASSES = 10_000_000
+MAX_STEP = 2**53  # steps are counted exactly in a float64 too
+
+_COUNT = schema.integer(0, MAX_STEP)
+_SECONDS = schema.number(0)
+# The schema of the metadata (docs/ticket-format.md, "Metadata"): every known field's type and range.
+METADATA_RULES: dict[str, schema.Check] = {
+    "format_version": schema.integer(0),
+    "elth_version": schema.text,
+    "created": schema.text,
+    "arch": schema.text,
+    "family": schema.text,
+    "input_shape": schema.json_text(schema.list_of(schema.integer(1, MAX_DIMENSION), length=3)),
+    "num_classes": schema.integer(1, MAX_CLASSES),
+    "dataset": schema.text,
+    "sparsity": schema.number(0, 1, below_hi=True),
+    "method": schema.text,
+    "rewind_step": _COUNT,
+    "parents": schema.json_text(schema.list_of(schema.obj({
+        "sha256": schema.optional(schema.text), "arch": schema.text, "method": schema.text,
+        "sparsity": schema.optional(schema.number(0, 1))}))),
+    "transform": schema.json_text(schema.obj({
+        "kind": schema.text, "strategy": schema.optional(schema.text), "source_arch": schema.text,
+        "target_arch": schema.text, "mapping_string": schema.text, "source_method": schema.text,
+        "source_sparsity": schema.optional(schema.number(0, 1)),
+        "source_blocks_per_stage": schema.list_of(_COUNT), "target_blocks_per_stage": schema.list_of(_COUNT),
+        "mapping": schema.list_of(schema.list_of(_COUNT))})),
+    "cost": schema.json_text(schema.obj({"train_steps": _COUNT, "trainings": _COUNT}, values=_SECONDS)),
+    "hparams": schema.json_text(schema.obj()),
+    "metrics": schema.json_text(schema.obj()),
+    "config": schema.json_text(schema.obj({"command": schema.text, "hparams": schema.obj(),
+                                           "environment": schema.obj()})),
+    DIGEST_KEY: schema.text,
+}
 
 
 def sha256_hex(data: bytes) -> str:
@@ -180,7 +214,7 @@ class Ticket:
             for key, t in state.items():
                 # safetensors refuses tensors that share storage; clone into contiguous CPU memory.
                 tensors[prefix + key] = t.detach().to("cpu").contiguous().clone()
-        return st_save(tensors, metadata=self.metadata())
+        return save_with_digest(tensors, self.metadata())
 
     def save(self, path: str | Path, force: bool = False) -> str:
         """Write the ticket atomically (``-`` for stdout); return the file's sha256."""
@@ -193,73 +227,34 @@ class Ticket:
     @classmethod
     def from_bytes(cls, data: bytes, source: str = "<bytes>") -> "Ticket":
         """Parse and validate ticket bytes; raise TicketError naming ``source`` when they are not a valid ticket."""
-        meta = read_header(data, source)
-        if meta.get("format") != FORMAT:
-            fmt = meta.get("format")
-            what = f"format={fmt!r}" if fmt else "no elth metadata"
-            raise TicketError(f"{source} is a safetensors file but not an elth ticket ({what})")
-        version = meta.get("format_version", "")
-        if not version.isdigit():
-            raise TicketError(f"{source}: format_version {version!r} is not a number")
-        if int(version) > FORMAT_VERSION:
-            raise TicketError(
-                f"{source} uses ticket format version {version}, newer than this elth ({__version__}) reads "
-                f"(version {FORMAT_VERSION}); upgrade elth"
-            )
+        meta = _typed_metadata(read_header(data, source), source)
+        check_digest(data, meta, source)
         try:
             tensors = st_load(data)
         except Exception as e:  # safetensors raises its own error types for broken payloads
             raise TicketError(f"{source} is not a readable safetensors file ({e}); the file may be truncated") from None
-        masks, init, trained, stray = {}, {}, {}, []
-        for name, t in tensors.items():
-            for prefix, target in ((MASK, masks), (INIT, init), (TRAINED, trained)):
-                if name.startswith(prefix):
-                    target[name[len(prefix):]] = t
-                    break
-            else:
-                stray.append(name)
-        if stray:
-            raise TicketError(f"{source}: unexpected tensor {stray[0]!r} (tensors must start with mask/, init/ or trained/)")
-        try:
-            ticket = cls(
-                arch=_meta_str(meta, "arch", source),
-                input_shape=tuple(_meta_json(meta, "input_shape", source)),
-                num_classes=int(_meta_str(meta, "num_classes", source)),
-                masks=masks,
-                init=init,
-                trained=trained or None,
-                method=meta.get("method", "unknown"),
-                rewind_step=int(meta.get("rewind_step", "0")),
-                dataset=meta.get("dataset"),
-                parents=_meta_json(meta, "parents", source, default=[]),
-                transform=_meta_json(meta, "transform", source, default=None),
-                hparams=_meta_json(meta, "hparams", source, default=None),
-                metrics=_meta_json(meta, "metrics", source, default=None),
-                config=_meta_json(meta, "config", source, default=None),
-                cost=_meta_json(meta, "cost", source, default={}),
-                created=meta.get("created", ""),
-                elth_version=meta.get("elth_version", ""),
-                extra={k: v for k, v in meta.items() if k not in _KNOWN_META},
-            )
-        except (ValueError, TypeError) as e:
-            raise TicketError(f"{source}: malformed metadata ({e})") from None
+        masks, init, trained = _split_tensors(tensors, source)
+        ticket = cls(
+            arch=meta["arch"], input_shape=tuple(meta["input_shape"]), num_classes=meta["num_classes"],
+            masks=masks, init=init, trained=trained or None, method=meta.get("method", "unknown"),
+            rewind_step=meta.get("rewind_step", 0), dataset=meta.get("dataset"), parents=meta.get("parents", []),
+            transform=meta.get("transform"), hparams=meta.get("hparams"), metrics=meta.get("metrics"),
+            config=meta.get("config"), cost=meta.get("cost", {}), created=meta.get("created", ""),
+            elth_version=meta.get("elth_version", ""), extra={k: v for k, v in meta.items() if k not in _KNOWN_META},
+        )
         validate(ticket, source)
+        if "family" in meta and meta["family"] != ticket.family:
+            raise TicketError(f"{source}: metadata 'family' is {meta['family']!r} but {ticket.arch} is a "
+                              f"{ticket.family}; the file is inconsistent")
         # safetensors stores tensors sorted by name; restore the model's own order.
         order = list(archs.expected_state(ticket.spec, ticket.input_shape, ticket.num_classes))
         ticket.masks = {k: ticket.masks[k] for k in order if k in ticket.masks}
         ticket.init = {k: ticket.init[k] for k in order}
         if ticket.trained is not None:
             ticket.trained = {k: ticket.trained[k] for k in order}
-        stored = meta.get("sparsity")
-        if stored is not None:
-            try:
-                ok = math.isclose(float(stored), ticket.sparsity, abs_tol=1e-9)
-            except ValueError:
-                ok = False
-            if not ok:
-                raise TicketError(
-                    f"{source}: metadata says sparsity {stored} but the masks have {ticket.sparsity:.6f}; the file is inconsistent"
-                )
+        if "sparsity" in meta and not math.isclose(meta["sparsity"], ticket.sparsity, abs_tol=1e-9):
+            raise TicketError(f"{source}: metadata says sparsity {meta['sparsity']} but the masks have "
+                              f"{ticket.sparsity:.6f}; the file is inconsistent")
         ticket.sha256 = sha256_hex(data)
         return ticket
 
@@ -270,54 +265,37 @@ class Ticket:
         return cls.from_bytes(read_bytes(path), source)
 
 
-def read_header(data: bytes, source: str = "<bytes>") -> dict[str, str]:
-    """Check the safetensors framing (8-byte length + JSON header) and return ``__metadata__``."""
-    if len(data) < 8:
-        raise TicketError(f"{source} is not a safetensors file (only {len(data)} bytes)")
-    (n,) = struct.unpack("<Q", data[:8])
-    if n == 0 or n > _MAX_HEADER:
-        raise TicketError(f"{source} is not a safetensors file (header length {n} is implausible)")
-    if 8 + n > len(data):
-        raise TicketError(f"{source} is truncated: its header needs {8 + n} bytes but the file has {len(data)}")
-    try:
-        header = json.loads(data[8 : 8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise TicketError(f"{source} is not a safetensors file (its header is not JSON)") from None
-    if not isinstance(header, dict):
-        raise TicketError(f"{source} is not a safetensors file (its header is not a JSON object)")
-    end = 0
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            end = max(end, int(entry["data_offsets"][1]))
-        except (TypeError, KeyError, IndexError, ValueError):
-            raise TicketError(f"{source}: tensor entry {name!r} in the header is malformed") from None
-    if 8 + n + end > len(data):
-        raise TicketError(
-            f"{source} is truncated: its tensors need {8 + n + end} bytes but the file has {len(data)}; re-create or re-copy it"
-        )
-    meta = header.get("__metadata__") or {}
-    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
-        raise TicketError(f"{source}: __metadata__ must be a map of strings")
-    return meta
-
-
-def _meta_str(meta: dict[str, str], key: str, source: str) -> str:
-    if key not in meta:
-        raise TicketError(f"{source}: metadata lacks {key!r}; the file was not written by elth or is damaged")
-    return meta[key]
-
-
-def _meta_json(meta: dict[str, str], key: str, source: str, default: Any = ...) -> Any:
-    if key not in meta:
-        if default is ...:
+def _typed_metadata(meta: dict[str, str], source: str) -> dict[str, Any]:
+    """The metadata with every known field checked against :data:`METADATA_RULES` and converted to its
+    type (JSON decoded, numbers parsed); unknown keys pass unchanged (they round-trip)."""
+    if meta.get("format") != FORMAT:
+        fmt = meta.get("format")
+        what = f"format={fmt!r}" if fmt else "no elth metadata"
+        raise TicketError(f"{source} is a safetensors file but not an elth ticket ({what})")
+    version = meta.get("format_version", "")
+    if not version.isdigit():
+        raise TicketError(f"{source}: format_version {version!r} is not a number")
+    if int(version) > FORMAT_VERSION:
+        raise TicketError(f"{source} uses ticket format version {version}, newer than this elth ({__version__}) "
+                          f"reads (version {FORMAT_VERSION}); upgrade elth")
+    for key in ("arch", "input_shape", "num_classes"):
+        if key not in meta:
             raise TicketError(f"{source}: metadata lacks {key!r}; the file was not written by elth or is damaged")
-        return default
-    try:
-        return json.loads(meta[key])
-    except json.JSONDecodeError:
-        raise TicketError(f"{source}: metadata {key!r} is not valid JSON") from None
+    return schema.check_fields(meta, METADATA_RULES, lambda field, expected: TicketError(
+        f"{source}: metadata {field!r} must be {expected}; the file is damaged or was not written by elth"))
+
+
+def _split_tensors(tensors: dict[str, Tensor], source: str) -> tuple[dict, dict, dict]:
+    """``mask/``, ``init/`` and ``trained/`` tensors by key; anything else is refused."""
+    masks, init, trained = {}, {}, {}
+    for name, t in tensors.items():
+        for prefix, target in ((MASK, masks), (INIT, init), (TRAINED, trained)):
+            if name.startswith(prefix):
+                target[name[len(prefix):]] = t
+                break
+        else:
+            raise TicketError(f"{source}: unexpected tensor {name!r} (tensors must start with mask/, init/ or trained/)")
+    return masks, init, trained
 
 
 def validate(ticket: Ticket, source: str = "ticket") -> None:

@@ -21,12 +21,34 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
+from elth_cli import schema
+from elth_cli.container import DIGEST_KEY, check_digest, read_header, save_with_digest
 from elth_cli.errors import ElthError
 from elth_cli.fileio import write_bytes_atomic
-from elth_cli.ticket import read_header
 
 CHECKPOINT_FORMAT = "elth.checkpoint"
 CHECKPOINT_VERSION = 1
+
+_COUNT = schema.integer(0, 2**53)
+_SECONDS = schema.number(0)
+# The schema of the metadata (docs/checkpoint-format.md): what a resumed run reads back, by type and range.
+METADATA_RULES: dict[str, schema.Check] = {
+    "format_version": schema.integer(0),
+    "identity": schema.json_text(schema.obj({"config": schema.obj(), "start_step": _COUNT,
+                                             "steps_per_epoch": _COUNT, "world_size": _COUNT,
+                                             "source": schema.text})),
+    "step": _COUNT,
+    "seen": _COUNT,
+    "history": schema.json_text(schema.list_of(schema.obj({"epoch": _COUNT, "step": _COUNT}))),
+    "best_test_acc": schema.json_text(schema.optional(schema.number(0, 1))),
+    "wall_seconds": _SECONDS,
+    "train_seconds": _SECONDS,
+    "train_images": _COUNT,
+    "param_groups": schema.json_text(schema.list_of(schema.obj())),
+    "optim_scalars": schema.json_text(schema.obj(values=schema.obj())),
+    "scaler": schema.json_text(schema.optional(schema.obj())),
+    DIGEST_KEY: schema.text,
+}
 
 
 def checkpoint_path_for(output: str | os.PathLike[str]) -> Path:
@@ -138,7 +160,7 @@ def save_checkpoint(path: Path, identity: dict[str, Any], model: nn.Module, opti
                                      for i, e in opt["state"].items()}),
         "scaler": json.dumps(scaler.state_dict() if scaler is not None else None),
     }
-    write_bytes_atomic(path, st_save(tensors, metadata=meta))
+    write_bytes_atomic(path, save_with_digest(tensors, meta))
 
 
 def read_checkpoint(path: Path) -> Checkpoint:
@@ -148,13 +170,20 @@ def read_checkpoint(path: Path) -> Checkpoint:
         meta = read_header(data, str(path))
         if meta.get("format") != CHECKPOINT_FORMAT:
             raise ElthError(f"{path} is not an elth training checkpoint")
-        if int(meta.get("format_version", "0")) > CHECKPOINT_VERSION:
+        missing = [k for k in ("format_version", "identity", "step", "seen", "history", "best_test_acc",
+                               "wall_seconds", "train_seconds", "train_images", "param_groups", "optim_scalars",
+                               "scaler") if k not in meta]
+        if missing:
+            raise ElthError(f"{path} lacks the metadata {missing[0]!r}")
+        typed = schema.check_fields(meta, METADATA_RULES, lambda field, expected: ElthError(
+            f"its metadata {field!r} must be {expected}"))
+        if typed["format_version"] > CHECKPOINT_VERSION:
             raise ElthError(f"{path} was written by a newer elth; upgrade elth or delete it")
+        check_digest(data, meta, str(path))
         tensors = st_load(data)
-        json.loads(meta["identity"])
     except ElthError as e:
         raise ElthError(f"cannot resume from {path}: {e}; delete it (or pass --restart) to start over") from None
-    except Exception as e:  # safetensors/JSON errors of a damaged file
+    except Exception as e:  # safetensors errors of a damaged file
         raise ElthError(f"cannot resume from {path} ({type(e).__name__}: {e}); delete it (or pass --restart) "
                         "to start over") from None
     return Checkpoint(Path(path), meta, tensors)
@@ -185,8 +214,19 @@ def restore_checkpoint(ckpt: Checkpoint, model: nn.Module, optimizer: torch.opti
 
     ``stats=None`` (every rank but 0 of a multi-process run) leaves the epoch's running statistics
     alone: the checkpoint holds their sums over all ranks, which rank 0 carries. Masks are not
-    applied here: :meth:`Checkpoint.masks` gives them to the caller.
+    applied here: :meth:`Checkpoint.masks` gives them to the caller. A checkpoint whose tensors do
+    not fit the run is an ElthError.
     """
+    try:
+        return _restore(ckpt, model, optimizer, scaler, stats)
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ElthError(f"cannot resume from {ckpt.path}: its state does not fit this run ({reason}); delete it "
+                        "(or pass --restart) to start over") from None
+
+
+def _restore(ckpt: Checkpoint, model: nn.Module, optimizer: torch.optim.Optimizer,
+             scaler: torch.amp.GradScaler | None, stats: EpochStats | None) -> RunState:
     t, meta = ckpt.tensors, ckpt.meta
     model.load_state_dict({k[len("model/"):]: v for k, v in t.items() if k.startswith("model/")}, strict=True)
     _restore_optimizer(ckpt, optimizer)

@@ -21,7 +21,8 @@ from elth_cli import archs, distributed
 from elth_cli.archs import ArchSpec
 from elth_cli.data import DataBundle, check_compatible
 from elth_cli.device import DeviceSetup, device_name, device_setup, same_device
-from elth_cli.errors import UsageError
+from elth_cli.errors import ElthError, UsageError
+from elth_cli.masks import same_layout
 from elth_cli.ticket import Ticket
 from elth_cli.train.checkpoint import Checkpoint, RunState, cpu_state, read_checkpoint, restore_checkpoint, \
     state_fingerprint
@@ -115,6 +116,9 @@ def _resume(parts: TrainParts, path: Path | None, resume: str, identity: dict[st
         parts.step.reset_stats()
     masks = ckpt.masks()
     if masks is not None:
+        if not same_layout(masks, parts.masks.masks):
+            raise ElthError(f"cannot resume from {ckpt.path}: its masks do not fit this run; delete it (or pass "
+                            "--restart) to start over")
         parts.masks.load(masks)  # the masks in force when it stopped (hooks may have rewired them)
     return state, state.step
 

@@ -20,6 +20,7 @@ import torch
 from elth_cli import data, distributed
 from elth_cli.device import DeviceSetup, device_setup, resolve_device, resolve_precision
 from elth_cli.errors import UsageError
+from elth_cli.fileio import STDIO, WriterLock
 from elth_cli.ticket import Ticket
 from elth_cli.train.checkpoint import remove_checkpoint
 from elth_cli.train.config import TrainConfig, config_from_options
@@ -109,6 +110,14 @@ class Session:
 
         return train_ticket(ticket, bundle, cfg, rank=self.rank, world_size=self.world_size, setup=self.setup,
                             **options)
+
+    def exclusive(self, target: str | os.PathLike[str] | None, what: str) -> contextlib.AbstractContextManager:
+        """Hold the one-writer lock of ``target`` (the file a run writes; ``TARGET.lock`` beside it) on rank 0
+        for the block: a second job writing the same target is refused. ``None``: nothing to lock."""
+        if target is None or str(target) == STDIO:
+            return contextlib.nullcontext()
+        target = Path(target)
+        return distributed.held_on_main(WriterLock(target.with_name(target.name + ".lock"), what))
 
     def save(self, ticket: Ticket, path: str | os.PathLike[str], checkpoint: Path | None, force: bool = False) -> str:
         """:func:`save_result` on rank 0; every rank gets the sha256 (or the error)."""
