@@ -4,9 +4,11 @@ import json
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from elth_cli import archs, data, train
-from elth_cli.errors import UsageError
+from elth_cli.errors import ElthError, UsageError
 from elth_cli.find import ImpOptions, find_imp, imp_sparsities, round_path, rounds_for_sparsity
 from elth_cli.ticket import Ticket
 from elth_cli.train import TrainingStopped
@@ -137,3 +139,29 @@ def test_bad_options(tmp_path, digits):
     with pytest.raises(UsageError, match="not a prunable"):
         find_imp(ImpOptions(ARCH, "digits", rounds=1, exclude=("fc.bias",)), cfg, digits, tmp_path / "e")
     assert not any((tmp_path / n).exists() for n in "abcde")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(run_file=st.none() | st.text(max_size=40) | st.sampled_from(
+           ['[]', '{"method": 3}', '{"imp": []}', '{"train": {"lr": "x"}}', '{"world_size": "two"}', '"imp"']),
+       log_lines=st.lists(st.text(max_size=60) | st.sampled_from(
+           ['{"round": "x"}', '{"round": 1, "sparsity": 2}', '[1, 2]', 'NaN', '{"round": -1}']), max_size=4))
+def test_damaged_run_state_reuses_or_refuses(imp_run, digits, tmp_path_factory, run_file, log_lines):
+    """Whatever happened to find.json or find.jsonl, re-running IMP reuses the finished rounds or stops
+    with elth's own error; the round files are the authority."""
+    import shutil
+
+    out, records, _ = imp_run
+    copy = tmp_path_factory.mktemp("state") / "run"
+    shutil.copytree(out, copy)
+    if run_file is not None:
+        (copy / "find.json").write_text(run_file)
+    with open(copy / "find.jsonl", "a") as f:
+        f.writelines(line.replace("\n", " ") + "\n" for line in log_lines)
+    opts = ImpOptions(ARCH, "digits", rounds=3, rewind="10it")
+    try:
+        again, _ = find_imp(opts, short_config(digits), digits, copy, handle_signals=False)
+    except ElthError:
+        return
+    assert [r.round for r in again] == [0, 1, 2, 3]
+    assert [r.sparsity for r in again] == [r.sparsity for r in records]
