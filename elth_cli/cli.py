@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import sys
+import threading
 import types
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Iterator, Optional
@@ -906,6 +908,7 @@ def main(argv: list[str] | None = None) -> None:
     """
     args = sys.argv[1:] if argv is None else [str(a) for a in argv]
     code: Any = 0
+    previous = _watch_interrupts()
     try:
         command = typer.main.get_command(app)
         if len(args) == 2 and args[1] in _HELP_OPTIONS and args[0] in getattr(command, "commands", {}):
@@ -914,6 +917,9 @@ def main(argv: list[str] | None = None) -> None:
             sub = command.commands[args[0]]
             with sub.make_context(f"elth {args[0]}", args[1:], **_CONTEXT_SETTINGS):
                 pass
+        if args and args[0] in getattr(command, "commands", {}) and args[0] not in _TORCH_FREE \
+                and not set(args[1:]) & set(_HELP_OPTIONS):
+            _import_torch()
         with command.make_context("elth", args) as ctx:
             command.invoke(ctx)
     except ElthError as e:
@@ -937,18 +943,67 @@ def main(argv: list[str] | None = None) -> None:
         # A folder that is a file, no permission, a full disk: the system's reason, on one line.
         where = f": {e.filename}" if getattr(e, "filename", None) else ""
         _fail(f"{e.strerror or e}{where}; check the path and its permissions", 1)
-    except RuntimeError as e:  # (after typer's Exit and Abort, which are RuntimeErrors too)
+    except Exception as e:  # (after typer's Exit and Abort, which are RuntimeErrors too)
         distributed = sys.modules.get("elth_cli.distributed")
-        if distributed is None or not distributed.is_comm_failure(e):
+        if _interrupted:  # whatever a Ctrl-C broke on its way (a half-imported library, ...)
+            _fail("interrupted", 130)
+        if distributed is None or not isinstance(e, RuntimeError) or not distributed.is_comm_failure(e):
             raise
         # A rank lost its peers (gloo, NCCL): one line, not a traceback.
         _fail(distributed.comm_failure_message(e), 1, local=True)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
     _exit(code if isinstance(code, int) else 0)
+
+
+_interrupted = False
+_TORCH_FREE = ("archs",)  # commands that answer without torch (and every --help)
+
+
+def _import_torch() -> None:
+    """Import torch with Ctrl-C held back until it is done, then honour it.
+
+    An interrupt that lands inside torch's C++ initialisation can abort the process (SIGABRT, a
+    stack dump) instead of raising KeyboardInterrupt; held, it costs at most the import's seconds.
+    """
+    global _interrupted
+    held: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum)) \
+        if threading.current_thread() is threading.main_thread() else None
+    try:
+        import torch  # noqa: F401
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    if held:
+        _interrupted = True
+        raise KeyboardInterrupt
+
+
+def _watch_interrupts() -> Any:
+    """Note every Ctrl-C (then interrupt as Python does) and return the handler it replaces.
+
+    A Ctrl-C can land inside a library's import or a reader, whose own error handling then turns it
+    into another error (a half-imported module, "cannot read ..."): :func:`_fail` reports any error
+    that follows a Ctrl-C as the interruption it is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def on_interrupt(signum: int, frame: Any) -> None:
+        global _interrupted
+        _interrupted = True
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGINT, on_interrupt)
 
 
 def _fail(message: str, code: int, local: bool = False) -> None:
     """Print the error and exit. With several processes every rank fails alike and rank 0 alone reports it,
     except for a failure only this rank saw (``local``), which it reports under its rank."""
+    if _interrupted:
+        message, code, local = "interrupted", 130, False
     rank = _rank_for_errors()
     if rank == 0:
         print(f"error: {message}", file=sys.stderr)
