@@ -599,12 +599,12 @@ def train(
         ticket = session.on_main(lambda: _prepare_train_files(ticket_path, output, force, ckpt, log_jsonl, resume))
         cfg, bundle = session.prepare(ticket.spec, _dataset_for(ticket, dataset), data_dir=data_dir,
                                       download=download, workers=workers, ticket=ticket, **overrides)
-        with _report_stop("train", session.is_main):
+        with _report_stop("train", session.runtime.is_main):
             trained = session.train_ticket(
                 ticket, bundle, cfg, checkpoint_path=ckpt, resume="require" if resume else "never" if restart else "auto",
-                log=TrainProgress(quiet or not session.is_main), jsonl_path=log_jsonl)
+                log=TrainProgress(quiet or not session.runtime.is_main), jsonl_path=log_jsonl)
         sha = session.save(trained, output, ckpt, force)
-        if not session.is_main:
+        if not session.runtime.is_main:
             return
     if json_out:
         print_json(train_summary(trained, output, sha))
@@ -796,19 +796,20 @@ def _find_imp(a: types.SimpleNamespace) -> None:
             session.on_main(lambda: check_output_path(a.output, a.force))
         cfg, bundle = session.prepare(spec, info.name, data_dir=a.data_dir, download=a.download, workers=a.workers,
                                       **a.overrides)
-        log = Log(a.quiet or not session.is_main)
+        log = Log(a.quiet or not session.runtime.is_main)
 
         def show(rec: find_mod.RoundRecord) -> None:
             log.info(f"round {rec.round:2d}: sparsity {fmt_pct(rec.sparsity)}, test acc {fmt_pct(rec.test_acc)}, "
                      f"{rec.seconds:.1f} s -> {rec.path}")
 
-        with _report_stop("find", session.is_main):
+        with _report_stop("find", session.runtime.is_main):
             records, final = find_mod.find_imp(opts, cfg, bundle, a.out_dir, log=TrainProgress(log.quiet),
-                                               on_round=show, rank=session.rank, world_size=session.world_size,
+                                               on_round=show, rank=session.runtime.rank,
+                                               world_size=session.runtime.world_size,
                                                setup=session.setup)
         if a.output is not None:  # a byte-for-byte copy of the final round's file
             session.on_main(lambda: write_bytes_atomic(a.output, Path(records[-1].path).read_bytes()))
-        if not session.is_main:
+        if not session.runtime.is_main:
             return
     summary = {"method": "imp", "out_dir": str(a.out_dir), "output": a.output, "sha256": final.sha256,
                "arch": final.arch, "rounds": [r.as_dict() for r in records]}

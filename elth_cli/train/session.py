@@ -44,25 +44,14 @@ def save_result(ticket: Ticket, path: str | os.PathLike[str], checkpoint: str | 
 
 
 class Session:
-    """A training command's processes and device, set up once; :meth:`prepare` adds recipe and data."""
+    """A training command's processes (``runtime``: rank, world size, whether this is rank 0) and device,
+    set up once; :meth:`prepare` adds recipe and data."""
 
     def __init__(self, runtime: distributed.Runtime, precision: str) -> None:
         self.runtime = runtime
         self.device: torch.device = runtime.device
         self.precision = precision
         self.setup: DeviceSetup = device_setup(self.device, precision)
-
-    @property
-    def rank(self) -> int:
-        return self.runtime.rank
-
-    @property
-    def world_size(self) -> int:
-        return self.runtime.world_size
-
-    @property
-    def is_main(self) -> bool:
-        return self.runtime.is_main
 
     def on_main(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` on rank 0 only (checks of files, writes); every rank gets its result or its error."""
@@ -71,11 +60,11 @@ class Session:
     def _config_device(self) -> str:
         # With several processes each rank is on its own cuda:LOCAL_RANK, and the ranks' configs must
         # be equal: record the device's kind.
-        return self.device.type if self.world_size > 1 else str(self.device)
+        return self.device.type if self.runtime.world_size > 1 else str(self.device)
 
     def _fetch_once(self, name: str, data_dir: str | None, download: bool) -> bool:
         """With several processes rank 0 downloads a missing data set first; the others then only read it."""
-        if not download or self.world_size == 1:
+        if not download or self.runtime.world_size == 1:
             return download
         self.on_main(lambda: data.load_dataset(name, data_dir, download=True) and None)
         return False
@@ -96,19 +85,19 @@ class Session:
                 data.check_compatible(info, ticket.input_shape, ticket.num_classes)
             overrides.update(device=self._config_device(), precision=self.precision)
             cfg = config_from_options(spec, info, **overrides)
-            if cfg.sync_bn and self.world_size > 1 and self.device.type != "cuda":
+            if cfg.sync_bn and self.runtime.world_size > 1 and self.device.type != "cuda":
                 raise UsageError("--sync-bn needs CUDA GPUs: SyncBatchNorm does not run on the CPU (gloo); "
                                  "drop --sync-bn")
             self.setup = device_setup(self.device, cfg.precision, cfg.deterministic)
             bundle = data.load_dataset(info.name, data_dir, download=fetch, device=self.setup, num_workers=workers)
-            bundle.steps_per_epoch(cfg.batch_size, self.world_size)  # the global batch fits the world size and data
+            bundle.steps_per_epoch(cfg.batch_size, self.runtime.world_size)  # the global batch fits the world size and data
         return cfg, bundle
 
     def train_ticket(self, ticket: Ticket, bundle: data.DataBundle, cfg: TrainConfig, **options: Any) -> Ticket:
         """:func:`~elth_cli.train.run.train_ticket` on every rank, with this session's ranks and device setup."""
         from elth_cli.train.run import train_ticket
 
-        return train_ticket(ticket, bundle, cfg, rank=self.rank, world_size=self.world_size, setup=self.setup,
+        return train_ticket(ticket, bundle, cfg, rank=self.runtime.rank, world_size=self.runtime.world_size, setup=self.setup,
                             **options)
 
     def exclusive(self, target: str | os.PathLike[str] | None, what: str) -> contextlib.AbstractContextManager:
