@@ -805,8 +805,7 @@ def _find_imp(a: types.SimpleNamespace) -> None:
         with _report_stop("find", session.runtime.is_main):
             records, final = find_mod.find_imp(opts, cfg, bundle, a.out_dir, log=TrainProgress(log.quiet),
                                                on_round=show, rank=session.runtime.rank,
-                                               world_size=session.runtime.world_size,
-                                               setup=session.setup)
+                                               world_size=session.runtime.world_size)
         if a.output is not None:  # a byte-for-byte copy of the final round's file
             session.on_main(lambda: write_bytes_atomic(a.output, Path(records[-1].path).read_bytes()))
         if not session.runtime.is_main:

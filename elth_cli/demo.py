@@ -95,7 +95,7 @@ def run_demo(out_dir: str | Path, config: DemoConfig = DemoConfig(), log: Log | 
         for arch in (config.small, config.large):
             log.info(f"IMP on {arch} -> {demo.imp_dir(arch)}")
             find_imp(ImpOptions(arch, "digits", rounds=config.rounds, rewind=config.rewind), cfgs[arch], bundle,
-                     demo.imp_dir(arch), on_round=_progress(log, arch), setup=session.setup)
+                     demo.imp_dir(arch), on_round=_progress(log, arch))
         rows = [row for level in config.levels for target in (config.small, config.large)
                 for row in _level_rows(demo, target, level)]
     doc = {

@@ -214,6 +214,11 @@ class DeviceSetup:
     def optimizer_kwargs(self) -> dict[str, bool]:
         return {"fused": True} if self.fused_sgd else {"foreach": True}
 
+    def for_run(self, precision: str, deterministic: bool) -> "DeviceSetup":
+        """These device choices for a run's precision and determinism (no cuDNN autotuning when deterministic)."""
+        return dataclasses.replace(self, precision=precision, deterministic=deterministic,
+                                   cudnn_benchmark=self.cudnn_benchmark and not deterministic)
+
     def configure_torch(self) -> None:
         """Apply the process-wide switches: deterministic kernels, or cuDNN autotuning."""
         if self.deterministic:

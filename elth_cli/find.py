@@ -15,7 +15,6 @@ from torch import Tensor
 
 from elth_cli import archs, data, schema
 from elth_cli.data import check_compatible
-from elth_cli.device import DeviceSetup
 from elth_cli.distributed import held_on_main, run_on_main
 from elth_cli.errors import ElthError, UsageError
 from elth_cli.fileio import WriterLock, write_bytes_atomic
@@ -398,13 +397,12 @@ class _ImpRun:
     stop_at: tuple[int, int] | None = None
     rank: int = 0
     world_size: int = 1
-    setup: DeviceSetup | None = None
 
 
 def find_imp(
     opts: ImpOptions, cfg: TrainConfig, bundle: data.DataBundle, out_dir: str | Path, log: Any = None,
     on_round: Callable[[RoundRecord], None] | None = None, handle_signals: bool = True,
-    stop_at: tuple[int, int] | None = None, rank: int = 0, world_size: int = 1, setup: DeviceSetup | None = None,
+    stop_at: tuple[int, int] | None = None, rank: int = 0, world_size: int = 1,
 ) -> tuple[list[RoundRecord], Ticket]:
     """Iterative magnitude pruning with rewinding; one ticket per round in ``out_dir``.
 
@@ -426,7 +424,7 @@ def find_imp(
     with held_on_main(folder.lock()):  # one writer per folder: a second job is refused, not interleaved
         run_on_main(lambda: _check_run_dir(folder, _run_identity(opts, cfg, world_size)))
         done = run_on_main(lambda: _read_log(folder.log_file))
-        run = _ImpRun(opts, cfg, bundle, plan, folder, StopFlag(), log, stop_at, rank, world_size, setup)
+        run = _ImpRun(opts, cfg, bundle, plan, folder, StopFlag(), log, stop_at, rank, world_size)
         return _imp_rounds(run, done, on_round, handle_signals)
 
 
@@ -512,7 +510,7 @@ def _train_round(run: _ImpRun, r: int, masks: dict[str, Tensor] | None, prev: Ti
     shape, classes, rewind_step = bundle.info.input_shape, bundle.info.num_classes, plan.rewind_step
     stop_step = run.stop_at[1] if run.stop_at is not None and run.stop_at[0] == r else None
     common = dict(checkpoint_path=run.folder.round_checkpoint(r), log=run.log, stop=run.flag, handle_signals=False,
-                  stop_at_step=stop_step, rank=run.rank, world_size=run.world_size, setup=run.setup,
+                  stop_at_step=stop_step, rank=run.rank, world_size=run.world_size,
                   title=f"IMP round {r}/{plan.last} {plan.spec.name}")
     if r == 0:
         # Seeded: every rank builds the same initialisation.
@@ -539,5 +537,5 @@ def _train_round(run: _ImpRun, r: int, masks: dict[str, Tensor] | None, prev: Ti
         arch=plan.spec.name, input_shape=shape, num_classes=classes, masks=masks, init=apply_masks(rewind, masks),
         trained=apply_masks(result.state, masks), method="imp", rewind_step=rewind_step, dataset=bundle.info.name,
         parents=parents, hparams=hparams, metrics={**result.metrics, "round": r}, cost=ticket_cost,
-        config=run_config("find", hparams, bundle.device, run.setup),
+        config=run_config("find", hparams, bundle.device, result.setup),
     )

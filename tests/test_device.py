@@ -90,7 +90,7 @@ def ticket():
 def _train(ticket, setup, epochs=3):
     bundle = data.load_dataset("digits", device=setup)
     cfg = train.default_recipe(ticket.spec, bundle.info).replace(epochs=epochs, precision=setup.precision)
-    return bundle, train.train_ticket(ticket, bundle, cfg, setup=setup, handle_signals=False)
+    return bundle, train.train_ticket(ticket, bundle, cfg, handle_signals=False)  # the data's choices
 
 
 def _assert_pruned_zero(ticket, trained) -> None:

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from elth_cli import archs, distributed
 from elth_cli.archs import ArchSpec
 from elth_cli.data import DataBundle, check_compatible
-from elth_cli.device import DeviceSetup, device_name, device_setup, same_device
+from elth_cli.device import DeviceSetup, device_name, same_device
 from elth_cli.errors import ElthError, UsageError
 from elth_cli.masks import same_layout
 from elth_cli.ticket import Ticket
@@ -48,6 +48,7 @@ class TrainResult:
     history: list[dict[str, Any]]
     resumed_from: int | None = None
     masks: dict[str, Tensor] | None = None
+    setup: DeviceSetup | None = None  # the device choices it ran with
 
 
 def _as_model(model_or_state: nn.Module | Mapping[str, Tensor], arch: str | ArchSpec | None,
@@ -172,8 +173,8 @@ def train_state(
     ``stop_at_step``); the run then raises :class:`TrainingStopped`. ``resume``: ``auto`` continues
     from an existing checkpoint, ``require`` insists on one, ``never`` starts over. The state after
     ``s`` steps is kept for every ``s`` in ``snapshot_steps`` (IMP's rewind point). ``hooks`` join
-    the standard ones (see :mod:`.loop` for the events). ``setup`` overrides the device's default
-    choices (:func:`~elth_cli.device.device_setup`). The checkpoint is left in place: remove it
+    the standard ones (see :mod:`.loop` for the events). The device's choices are the data's
+    (``bundle.setup``) at the config's precision; ``setup`` overrides them. The checkpoint is left in place: remove it
     (:func:`remove_checkpoint`) once the result is saved.
 
     With ``world_size`` > 1 (a process group of that size must be running, see
@@ -189,7 +190,7 @@ def train_state(
     spe = bundle.steps_per_epoch(cfg.batch_size, world_size)
     identity = run_identity(cfg, start_step, spe, world_size, model.state_dict(), masks)
     distributed.record_digests(f"{title} start", rank, masks=masks, state=model.state_dict())
-    setup = setup or device_setup(bundle.device, cfg.precision, cfg.deterministic)
+    setup = setup or bundle.setup.for_run(cfg.precision, cfg.deterministic)
     parts = build_parts(model, masks, cfg, setup, world_size)
     ckpt_path = Path(checkpoint_path) if checkpoint_path is not None else None
     state, resumed_from = _resume(parts, ckpt_path, resume, identity, start_step, rank)
@@ -208,7 +209,7 @@ def train_state(
     final = cpu_state(parts.model)
     distributed.record_digests(f"{title} end", rank, masks=parts.masks.masks, state=final)
     return TrainResult(final, _metrics(loop, start_step), state.snapshots, state.history, resumed_from,
-                       dict(parts.masks.masks))
+                       dict(parts.masks.masks), setup)
 
 
 def train_ticket(
@@ -229,10 +230,8 @@ def train_ticket(
     check_compatible(bundle.info, ticket.input_shape, ticket.num_classes)
     options.setdefault("title", f"{ticket.arch} on {bundle.info.name}")
     world_size = options.get("world_size", 1)
-    setup = options.get("setup") or device_setup(bundle.device, cfg.precision, cfg.deterministic)
-    options["setup"] = setup
     result = train_state(ticket.build_model("init"), ticket.masks, bundle, cfg, ticket.rewind_step, **options)
     spe = bundle.steps_per_epoch(cfg.batch_size, world_size)
     hparams = cfg.resolved(spe, ticket.rewind_step, world_size)
-    config = run_config("train", hparams, bundle.device, setup)
+    config = run_config("train", hparams, bundle.device, result.setup)
     return trained_ticket(ticket, result.state, result.masks, hparams, result.metrics, config, bundle.info.name)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 import torch
 
 from elth_cli import data, distributed
-from elth_cli.device import DeviceSetup, device_setup, resolve_device, resolve_precision
+from elth_cli.device import device_setup, resolve_device, resolve_precision
 from elth_cli.errors import UsageError
 from elth_cli.fileio import STDIO, WriterLock
 from elth_cli.ticket import Ticket
@@ -51,7 +51,6 @@ class Session:
         self.runtime = runtime
         self.device: torch.device = runtime.device
         self.precision = precision
-        self.setup: DeviceSetup = device_setup(self.device, precision)
 
     def on_main(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` on rank 0 only (checks of files, writes); every rank gets its result or its error."""
@@ -88,16 +87,17 @@ class Session:
             if cfg.sync_bn and self.runtime.world_size > 1 and self.device.type != "cuda":
                 raise UsageError("--sync-bn needs CUDA GPUs: SyncBatchNorm does not run on the CPU (gloo); "
                                  "drop --sync-bn")
-            self.setup = device_setup(self.device, cfg.precision, cfg.deterministic)
-            bundle = data.load_dataset(info.name, data_dir, download=fetch, device=self.setup, num_workers=workers)
+            # The data carries the device's choices; training reads them from it.
+            setup = device_setup(self.device, cfg.precision, cfg.deterministic)
+            bundle = data.load_dataset(info.name, data_dir, download=fetch, device=setup, num_workers=workers)
             bundle.steps_per_epoch(cfg.batch_size, self.runtime.world_size)  # the global batch fits the world size and data
         return cfg, bundle
 
     def train_ticket(self, ticket: Ticket, bundle: data.DataBundle, cfg: TrainConfig, **options: Any) -> Ticket:
-        """:func:`~elth_cli.train.run.train_ticket` on every rank, with this session's ranks and device setup."""
+        """:func:`~elth_cli.train.run.train_ticket` on every rank, with this session's ranks."""
         from elth_cli.train.run import train_ticket
 
-        return train_ticket(ticket, bundle, cfg, rank=self.runtime.rank, world_size=self.runtime.world_size, setup=self.setup,
+        return train_ticket(ticket, bundle, cfg, rank=self.runtime.rank, world_size=self.runtime.world_size,
                             **options)
 
     def exclusive(self, target: str | os.PathLike[str] | None, what: str) -> contextlib.AbstractContextManager:
