@@ -12,7 +12,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "elth_cli"
 MAX_BODY = 80
 
 # The verified model layer: it never reaches for training, data, devices or processes.
-MODEL_LAYER = ("elth_cli.archs", "elth_cli.ticket", "elth_cli.elastic", "elth_cli.prune", "elth_cli.masks")
+MODEL_LAYER = ("elth_cli.archs", "elth_cli.ticket", "elth_cli.elastic", "elth_cli.prune", "elth_cli.masks",
+               "elth_cli.flops")
 NOT_FOR_THE_MODEL_LAYER = ("elth_cli.train", "elth_cli.data", "elth_cli.device", "elth_cli.distributed",
                            "elth_cli.launch", "elth_cli.find", "elth_cli.demo", "elth_cli.compare", "elth_cli.interop")
 # What `elth --help` imports must not import torch at module level (the lazy ones may).

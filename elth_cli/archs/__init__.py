@@ -1,8 +1,9 @@
 """The architecture registry: every family, name resolution, model building and block layouts.
 
-Importing the registry does not import torch: names, layouts and parameter counts are worked
-out from the spec. ``build_model``, ``expected_state``, ``prunable_keys`` and the torch helpers
-(``prunable_keys_of``, ``open_lth_init``, ``meta_state``) import torch when first used.
+Importing the registry does not import torch: names, layouts, parameter counts and forward MACs
+are worked out from the spec. ``build_model``, ``expected_state``, ``prunable_keys`` and the
+torch helpers (``prunable_keys_of``, ``open_lth_init``, ``meta_state``) import torch when first
+used.
 """
 
 from __future__ import annotations
@@ -141,7 +142,8 @@ def prunable_keys(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes
 
 @dataclass(frozen=True)
 class ArchSummary:
-    """One row of ``elth archs``: an architecture's shape and its parameter counts for an input."""
+    """One row of ``elth archs``: an architecture's shape, its parameter counts and its dense forward
+    multiply-accumulates per sample (conv and linear layers; see ``elth_cli.flops``) for an input."""
 
     name: str
     family: str
@@ -151,6 +153,7 @@ class ArchSummary:
     num_classes: int
     parameters: int
     prunable: int
+    macs: int
 
     def as_dict(self) -> dict:
         return {
@@ -162,21 +165,22 @@ class ArchSummary:
             "num_classes": self.num_classes,
             "parameters": self.parameters,
             "prunable": self.prunable,
+            "macs": self.macs,
         }
 
 
 def summarize(
     spec: ArchSpec, input_shape: tuple[int, int, int] | None = None, num_classes: int | None = None
 ) -> ArchSummary:
-    """Parameter counts of an architecture for a given input (the family's native one by default).
+    """Parameter counts and forward MACs of an architecture for a given input (the family's native one by default).
 
     Worked out from the spec (``Family.count``), so listing even imagenet-resnet152 builds nothing.
     """
     family = family_of(spec)
     shape = tuple(input_shape) if input_shape else family.native_input[0]
     classes = num_classes or family.native_input[1]
-    params, prunable = family.count(spec, shape[0], classes)
-    return ArchSummary(spec.name, spec.family, spec.depths, spec.width, shape, classes, params, prunable)
+    params, prunable, macs = family.count(spec, shape, classes)
+    return ArchSummary(spec.name, spec.family, spec.depths, spec.width, shape, classes, params, prunable, macs)
 
 
 def standard_archs() -> list[ArchSpec]:

@@ -59,38 +59,71 @@ class ArchSpec:
 
 
 class ParamCount(NamedTuple):
-    """Parameter counts of a model: all floating-point parameters, and the prunable weights among them."""
+    """What a model costs, worked out from its spec: its parameters, the prunable weights among them,
+    and the multiply-accumulates of one forward pass of one input sample."""
 
     # Weights and biases, BatchNorm weight and bias included; running stats and counters excluded.
     parameters: int
     # Every Conv2d and Linear weight: what a ticket masks.
     prunable: int
+    # Forward multiply-accumulates per sample of every Conv2d and Linear layer, dense (bias adds, BN,
+    # activations and pooling not counted: the convention of elth_cli.flops, which checks it on the model).
+    macs: int
+
+
+Size = tuple[int, int]
+
+
+def conv_size(size: Size, kernel: int, stride: int = 1, padding: int = 0) -> Size:
+    """The (height, width) a square Conv2d (dilation 1) makes of a (height, width) input."""
+    return ((size[0] + 2 * padding - kernel) // stride + 1, (size[1] + 2 * padding - kernel) // stride + 1)
+
+
+def pool_size(size: Size, kernel: int, stride: int, padding: int = 0, ceil_mode: bool = False) -> Size:
+    """The (height, width) a square MaxPool2d makes of a (height, width) input, as torch computes it."""
+
+    def one(n: int) -> int:
+        span = n + 2 * padding - kernel
+        out = (-(-span // stride) if ceil_mode else span // stride) + 1
+        # torch: with ceil_mode, the last window must start inside the input or its left padding.
+        if ceil_mode and (out - 1) * stride >= n + padding:
+            out -= 1
+        return out
+
+    return (one(size[0]), one(size[1]))
 
 
 class ParamTally:
-    """Adds up the parameters of a model layer by layer, as torch counts them, without building it."""
+    """Adds up a model's parameters layer by layer, as torch counts them, and its forward MACs per sample,
+    without building it. Each conv takes the (height, width) of its input and returns that of its output."""
 
     def __init__(self) -> None:
         self.parameters = 0
         self.prunable = 0
+        self.macs = 0
 
-    def conv(self, f_in: int, f_out: int, kernel: int, bias: bool = False) -> None:
-        """A square ``kernel`` x ``kernel`` Conv2d (groups=1)."""
+    def conv(self, f_in: int, f_out: int, kernel: int, size: Size, stride: int = 1, padding: int = 0,
+             bias: bool = False) -> Size:
+        """A square ``kernel`` x ``kernel`` Conv2d (groups=1) on a ``size`` input; returns the output size."""
         weight = f_in * f_out * kernel * kernel
         self.parameters += weight + (f_out if bias else 0)
         self.prunable += weight
+        out = conv_size(size, kernel, stride, padding)
+        self.macs += weight * out[0] * out[1]  # every output element is f_in * kernel^2 multiply-adds
+        return out
 
     def bn(self, features: int) -> None:
         """A BatchNorm2d: weight and bias (its running stats are buffers, not parameters)."""
         self.parameters += 2 * features
 
     def linear(self, f_in: int, f_out: int) -> None:
-        """A Linear layer with bias."""
+        """A Linear layer with bias, on one vector per sample."""
         self.parameters += f_in * f_out + f_out
         self.prunable += f_in * f_out
+        self.macs += f_in * f_out
 
     def total(self) -> ParamCount:
-        return ParamCount(self.parameters, self.prunable)
+        return ParamCount(self.parameters, self.prunable, self.macs)
 
 
 @dataclass(frozen=True)
@@ -106,8 +139,9 @@ class Family:
     parse: Callable[[str], ArchSpec | None]
     build: Callable[[ArchSpec, int, int], nn.Module]
     layout: Callable[[ArchSpec], BlockLayout]
-    # The parameter counts of ``build(spec, in_channels, num_classes)``, worked out from the spec alone.
-    count: Callable[[ArchSpec, int, int], ParamCount]
+    # The parameter counts and forward MACs of ``build(spec, input_shape[0], num_classes)`` on a
+    # (channels, height, width) input, worked out from the spec alone.
+    count: Callable[[ArchSpec, tuple[int, int, int], int], ParamCount]
     # Resolve a target name relative to a source (keeps the source's width where unspecified).
     resolve_target: Callable[[ArchSpec, str], ArchSpec | None]
     standard_names: tuple[str, ...]

@@ -58,23 +58,25 @@ def build(spec: ArchSpec, in_channels: int, num_classes: int) -> nn.Module:
     return CifarResNet(spec.depths[0], spec.width, in_channels, num_classes)
 
 
-def count(spec: ArchSpec, in_channels: int, num_classes: int) -> ParamCount:
-    """The parameters of ``build(spec, ...)``, layer by layer as ``nets.cifar_resnet`` lays them out."""
+def count(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int) -> ParamCount:
+    """The parameters and forward MACs of ``build(spec, ...)``, layer by layer as ``nets.cifar_resnet`` has them."""
     tally = ParamTally()
     current = spec.width
-    tally.conv(in_channels, current, 3)
+    size = tally.conv(input_shape[0], current, 3, input_shape[1:], padding=1)
     tally.bn(current)
-    # Like CifarResNet: three stages of depths[0] blocks with W, 2W, 4W filters.
+    # Like CifarResNet: three stages of depths[0] blocks with W, 2W, 4W filters; the first block of
+    # stages 1 and 2 downsamples (stride 2 in conv1 and in the shortcut).
     for stage, filters in enumerate((spec.width, 2 * spec.width, 4 * spec.width)):
         for b in range(spec.depths[0]):
-            tally.conv(current, filters, 3)
+            stride = 2 if stage > 0 and b == 0 else 1
+            out = tally.conv(current, filters, 3, size, stride=stride, padding=1)
             tally.bn(filters)
-            tally.conv(filters, filters, 3)
+            tally.conv(filters, filters, 3, out, padding=1)
             tally.bn(filters)
-            if (stage > 0 and b == 0) or current != filters:  # the 1x1 conv + BN shortcut
-                tally.conv(current, filters, 1)
+            if stride != 1 or current != filters:  # the 1x1 conv + BN shortcut
+                tally.conv(current, filters, 1, size, stride=stride)
                 tally.bn(filters)
-            current = filters
+            current, size = filters, out
     tally.linear(current, num_classes)
     return tally.total()
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from elth_cli.archs.base import ArchSpec, BlockLayout, Family, ParamCount, ParamTally
+from elth_cli.archs.base import ArchSpec, BlockLayout, Family, ParamCount, ParamTally, pool_size
 from elth_cli.errors import UsageError
 
 if TYPE_CHECKING:
@@ -72,27 +72,34 @@ def build(spec: ArchSpec, in_channels: int, num_classes: int) -> nn.Module:
     return model
 
 
-def count(spec: ArchSpec, in_channels: int, num_classes: int) -> ParamCount:
-    """The parameters of ``build(spec, ...)``, following torchvision's ResNet (groups=1, base width 64)."""
+def count(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int) -> ParamCount:
+    """The parameters and forward MACs of ``build(spec, ...)``, following torchvision's ResNet (groups=1,
+    base width 64, v1.5: a bottleneck downsamples in its 3x3 conv)."""
     expansion = 1 if spec.variant == "basic" else 4
     tally = ParamTally()
-    tally.conv(in_channels, 64, 7)
+    size = tally.conv(input_shape[0], 64, 7, input_shape[1:], stride=2, padding=3)
     tally.bn(64)
+    size = pool_size(size, 3, stride=2, padding=1)
     inplanes = 64
     for stage, n in enumerate(spec.depths):
-        planes, stride = 64 * 2**stage, 1 if stage == 0 else 2
+        planes = 64 * 2**stage
         for b in range(n):
+            stride = 2 if stage > 0 and b == 0 else 1
+            # (f_in, f_out, kernel, stride, padding), applied in sequence from the block's input.
             if spec.variant == "basic":
-                convs = [(inplanes, planes, 3), (planes, planes, 3)]
+                convs = [(inplanes, planes, 3, stride, 1), (planes, planes, 3, 1, 1)]
             else:
-                convs = [(inplanes, planes, 1), (planes, planes, 3), (planes, planes * expansion, 1)]
-            # torchvision's downsample (1x1 conv + BN) on a stage's first block where the shape changes.
-            if b == 0 and (stride != 1 or inplanes != planes * expansion):
-                convs.append((inplanes, planes * expansion, 1))
-            for f_in, f_out, kernel in convs:
-                tally.conv(f_in, f_out, kernel)
+                convs = [(inplanes, planes, 1, 1, 0), (planes, planes, 3, stride, 1),
+                         (planes, planes * expansion, 1, 1, 0)]
+            out = size
+            for f_in, f_out, kernel, s, pad in convs:
+                out = tally.conv(f_in, f_out, kernel, out, stride=s, padding=pad)
                 tally.bn(f_out)
-            inplanes = planes * expansion
+            # torchvision's downsample (1x1 conv + BN, on the block's input) where the shape changes.
+            if stride != 1 or inplanes != planes * expansion:
+                tally.conv(inplanes, planes * expansion, 1, size, stride=stride)
+                tally.bn(planes * expansion)
+            inplanes, size = planes * expansion, out
     tally.linear(512 * expansion, num_classes)
     return tally.total()
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from elth_cli.archs.base import ArchSpec, BlockLayout, Family, ParamCount, ParamTally
+from elth_cli.archs.base import ArchSpec, BlockLayout, Family, ParamCount, ParamTally, pool_size
 from elth_cli.archs.vgg_plan import CONVS_PER_STAGE, STAGE_SCALE
 from elth_cli.errors import UsageError
 
@@ -54,13 +54,16 @@ def build(spec: ArchSpec, in_channels: int, num_classes: int) -> nn.Module:
     return CifarVGG(spec.depths, spec.width, in_channels, num_classes)
 
 
-def count(spec: ArchSpec, in_channels: int, num_classes: int) -> ParamCount:
-    """The parameters of ``build(spec, ...)``: a conv (with bias) + BN per layer, then one fc."""
+def count(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int) -> ParamCount:
+    """The parameters and forward MACs of ``build(spec, ...)``: 3x3 convs (pad 1, with bias) + BN, a
+    2x2 ceil-mode max-pool before every stage but the first, global average pooling, one fc."""
     tally = ParamTally()
-    filters = in_channels
+    filters, size = input_shape[0], input_shape[1:]
     for stage, n in enumerate(spec.depths):
+        if stage > 0:
+            size = pool_size(size, 2, stride=2, ceil_mode=True)
         for _ in range(n):
-            tally.conv(filters, spec.width * STAGE_SCALE[stage], 3, bias=True)
+            size = tally.conv(filters, spec.width * STAGE_SCALE[stage], 3, size, padding=1, bias=True)
             tally.bn(spec.width * STAGE_SCALE[stage])
             filters = spec.width * STAGE_SCALE[stage]
     tally.linear(filters, num_classes)
