@@ -18,7 +18,7 @@ from elth_cli import __version__, archs
 from elth_cli.errors import ElthError, UsageError
 from elth_cli.fileio import STDIO, check_output_path, write_bytes_atomic
 from elth_cli.launch import detect_launch
-from elth_cli.report import Log, fmt_int, fmt_pct, make_table, print_json, stdout_console
+from elth_cli.report import Log, fmt_flops, fmt_int, fmt_pct, make_table, print_json, stdout_console
 from elth_cli.train.config import TrainConfig, config_overrides
 
 if TYPE_CHECKING:
@@ -99,20 +99,25 @@ def _check_stdout_use(output: str, json_out: bool) -> None:
 def archs_cmd(
     json_out: JsonOpt = False,
 ) -> None:
-    """List the architectures: name, family, blocks per stage, parameters.
+    """List the architectures: name, family, blocks per stage, parameters, forward MACs.
 
     CIFAR ResNets take any depth 6n+2 (resnet8, resnet14, ...) and a width suffix (resnet20-w4);
     VGGs take a width too (vgg16-w16). Counts are for each family's native input (CIFAR-10: 3x32x32,
-    10 classes; ImageNet: 3x224x224, 1000 classes).
+    10 classes; ImageNet: 3x224x224, 1000 classes). MACs are the dense forward multiply-accumulates
+    of one sample through the conv and linear layers (FLOPs = 2 x MACs); --json gives them exactly.
     """
     summaries = [archs.summarize(s) for s in archs.standard_archs()]
     if json_out:
         print_json([s.as_dict() for s in summaries])
         return
+
+    def fmt_macs(n: int) -> str:  # 40.8M, 1.81G
+        return f"{n / 1e9:.2f}G" if n >= 1e9 else f"{n / 1e6:.1f}M"
+
     rows = [(s.name, s.family, s.blocks_per_stage and "/".join(map(str, s.blocks_per_stage)), s.width,
-             fmt_int(s.parameters), fmt_int(s.prunable)) for s in summaries]
-    stdout_console().print(make_table(["name", "family", "blocks/stage", "width", "parameters", "prunable"], rows,
-                                      right=["width", "parameters", "prunable"]))
+             fmt_int(s.parameters), fmt_int(s.prunable), fmt_macs(s.macs)) for s in summaries]
+    columns = ["name", "family", "blocks/stage", "width", "parameters", "prunable", "MACs"]
+    stdout_console().print(make_table(columns, rows, right=["width", "parameters", "prunable", "MACs"]))
 
 
 # ----- info ---------------------------------------------------------------------------------------
@@ -496,6 +501,7 @@ PrecisionOpt = _config_option("precision")
 CompileOpt = _config_option("compile")
 DeterministicOpt = _config_option("deterministic")
 SyncBnOpt = _config_option("sync_bn")
+TrainScaleOpt = _config_option("train_scale")
 
 
 def _prepare_train_files(ticket_path: str, output: str, force: bool, ckpt: Optional[Path], log_jsonl: Optional[Path],
@@ -555,6 +561,7 @@ def train(
     compile: CompileOpt = False,
     deterministic: DeterministicOpt = False,
     sync_bn: SyncBnOpt = False,
+    train_scale: TrainScaleOpt = None,
     dist_timeout: DistTimeoutOpt = 300.0,
     checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="Checkpoint file (default: OUT.ckpt "
                           "beside the output; with '-o -' there is none unless given).")] = None,
@@ -684,8 +691,9 @@ def eval_cmd(
              "--out-dir runs/r20 -o r20-l10.safetensors  |  elth find --method snip --from runs/r20/round-00.safetensors "
              "--like runs/r20/round-10.safetensors -o r20-snip.safetensors")
 def find(
-    method: Annotated[str, typer.Option("--method", "-m", help="imp (iterative magnitude pruning with rewinding), or "
-                      "a one-shot baseline: random, magnitude, snip, grasp, synflow.")] = "imp",
+    method: Annotated[str, typer.Option("--method", "-m", help="imp (iterative magnitude pruning with rewinding), "
+                      "dynamic sparse training (rigl, set, dpf), or a one-shot baseline: random, magnitude, snip, "
+                      "grasp, synflow.")] = "imp",
     arch: Annotated[Optional[str], typer.Option("--arch", "-a", help="Architecture (elth archs lists them); "
                     "baselines take it from --from when given.")] = None,
     dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Data set: fixes input shape and class "
@@ -709,8 +717,15 @@ def find(
     like: Annotated[Optional[str], typer.Option("--like", help="Baselines: match this ticket's sparsity (instead of "
                     "--sparsity).")] = None,
     match: Annotated[str, typer.Option("--match", help="With --like: overall, or layerwise (same count per layer).")] = "overall",
-    distribution: Annotated[str, typer.Option("--distribution", help="random: layerwise (every tensor at the same "
-                            "rate, the paper's baseline) or global.")] = "layerwise",
+    distribution: Annotated[Optional[str], typer.Option("--distribution", help="How sparsity spreads over the "
+                            "layers. random: layerwise (every tensor at the same rate, the paper's baseline; default), "
+                            "global or erk (Erdos-Renyi-Kernel); rigl/set: erk (default) or layerwise.")] = None,
+    update_every: Annotated[Optional[int], typer.Option("--update-every", help="rigl/set/dpf: steps between mask "
+                            "updates (default 100 for rigl/set, 16 for dpf).")] = None,
+    update_until: Annotated[float, typer.Option("--update-until", help="rigl/set/dpf: fraction of training after "
+                            "which the mask is fixed (dpf reaches --sparsity there).")] = 0.75,
+    drop_fraction: Annotated[float, typer.Option("--drop-fraction", help="rigl/set: fraction of each layer's active "
+                             "weights rewired at the first update, decaying by cosine to 0.")] = 0.3,
     batches: Annotated[int, typer.Option("--batches", help="snip/grasp: training batches whose gradients score the "
                        "weights.")] = 10,
     iterations: Annotated[int, typer.Option("--iterations", help="synflow: pruning iterations.")] = 100,
@@ -731,6 +746,7 @@ def find(
     compile: CompileOpt = False,
     deterministic: DeterministicOpt = False,
     sync_bn: SyncBnOpt = False,
+    train_scale: TrainScaleOpt = None,
     dist_timeout: DistTimeoutOpt = 300.0,
     data_dir: DataDirOpt = None,
     download: DownloadOpt = False,
@@ -751,13 +767,14 @@ def find(
     """
     args = types.SimpleNamespace(**locals(), overrides=config_overrides(locals()))
     from elth_cli import data as data_mod
+    from elth_cli.dst import DST_METHODS
     from elth_cli.find import FIND_METHODS
     from elth_cli.prune import check_sparsity
 
     if method not in FIND_METHODS:
         raise UsageError(f"unknown method {method!r}; choose one of {', '.join(FIND_METHODS)}")
     if detect_launch().distributed and method != "imp":
-        raise UsageError(f"--method {method} prunes once, in one process; start it without torchrun or srun "
+        raise UsageError(f"--method {method} runs in one process; start it without torchrun or srun "
                          "(only imp trains data-parallel)")
     if output is not None:
         _check_stdout_use(output, json_out)
@@ -769,6 +786,8 @@ def find(
         data_mod.get_dataset_info(dataset, str(data_dir) if data_dir else None)
     if method == "imp":
         _find_imp(args)
+    elif method in DST_METHODS:
+        _find_dst(args)
     else:
         _find_baseline(args)
 
@@ -822,6 +841,52 @@ def _find_imp(a: types.SimpleNamespace) -> None:
                                           right=["round", "sparsity", "test acc", "best", "seconds"]))
 
 
+def _reject_flags(method: str, flags: tuple[tuple[str, Any], ...], purpose: str) -> None:
+    for flag, value in flags:
+        if value is not None:
+            raise UsageError(f"{flag} is {purpose}; {method} does not use it")
+
+
+def _find_dst(a: types.SimpleNamespace) -> None:
+    """``find --method rigl|set|dpf``: one training with a dynamic mask; ``a`` holds the command's parameters."""
+    from elth_cli import data as data_mod
+    from elth_cli import dst
+    from elth_cli.report import TrainProgress
+    from elth_cli.train.checkpoint import checkpoint_path_for
+    from elth_cli.train.session import training_session
+
+    _reject_flags(a.method, (("--from", a.from_ticket), ("--like", a.like), ("--out-dir", a.out_dir),
+                             ("--rounds", a.rounds)), "for imp and the one-shot baselines")
+    if a.output is None or a.arch is None or a.dataset is None or a.sparsity is None:
+        raise UsageError(f"{a.method} needs --arch, --dataset, --sparsity and -o FILE")
+    if a.method == "dpf" and a.distribution is not None:
+        raise UsageError("dpf prunes by global magnitude; drop --distribution")
+    spec = archs.resolve_arch(a.arch)
+    info = data_mod.get_dataset_info(a.dataset, str(a.data_dir) if a.data_dir else None)
+    opts = dst.DstOptions(a.method, spec.name, info.name, a.sparsity, distribution=a.distribution or "erk",
+                          update_every=a.update_every, update_until=a.update_until, drop_fraction=a.drop_fraction,
+                          exclude=tuple(a.exclude) if a.exclude else None)
+    dst.check_dst_options(opts)
+    ckpt = None if a.output == STDIO else checkpoint_path_for(a.output)
+    with training_session(a.device, a.precision, a.dist_timeout) as session, \
+            session.exclusive(ckpt and a.output, f"the {a.method} run writing {a.output}"):
+        check_output_path(a.output, a.force)
+        cfg, bundle = session.prepare(spec, info.name, data_dir=a.data_dir, download=a.download, workers=a.workers,
+                                      **a.overrides)
+        with _report_stop("find"):
+            ticket = dst.find_dst(opts, cfg, bundle, checkpoint_path=ckpt, log=TrainProgress(a.quiet))
+        sha = session.save(ticket, a.output, ckpt, a.force)
+    m = ticket.metrics or {}
+    if a.json_out:
+        print_json({"method": a.method, "output": a.output, "sha256": sha, "arch": ticket.arch,
+                    "sparsity": ticket.sparsity, "metrics": m, "cost": ticket.cost})
+        return
+    Log(a.quiet).info(f"{a.method} ticket {ticket.arch}: sparsity {fmt_pct(ticket.sparsity)}, test accuracy "
+                      f"{fmt_pct(m.get('test_acc'))}, {len(m.get('mask_updates', []))} mask updates, "
+                      f"{fmt_flops(ticket.cost.get('train_flops'))} training FLOPs "
+                      f"-> {a.output if a.output != STDIO else 'stdout'}")
+
+
 def _find_baseline(a: types.SimpleNamespace) -> None:
     """``find --method random|magnitude|snip|grasp|synflow``: ``a`` holds the command's parameters."""
     from elth_cli import data as data_mod
@@ -836,6 +901,10 @@ def _find_baseline(a: types.SimpleNamespace) -> None:
     for flag, value in (("--out-dir", a.out_dir), ("--rounds", a.rounds)):
         if value is not None:
             raise UsageError(f"{flag} is for --method imp")
+    _reject_flags(a.method, (("--update-every", a.update_every), ("--train-scale", a.train_scale)),
+                  "for training methods (imp, rigl, set, dpf)")
+    if a.distribution is not None and a.method != "random":
+        raise UsageError(f"--distribution is for random, rigl and set; {a.method} does not use it")
     if (a.sparsity is None) == (a.like is None):
         raise UsageError(f"{method} needs exactly one of --sparsity and --like")
     like_ticket = Ticket.load(a.like) if a.like is not None else None
@@ -855,7 +924,7 @@ def _find_baseline(a: types.SimpleNamespace) -> None:
         bundle = data_mod.load_dataset(name, data_dir, download=a.download, device=resolve_device(a.device),
                                        num_workers=a.workers)
     options = find_mod.BaselineOptions(
-        method=method, sparsity=a.sparsity, like=like_ticket, match=a.match, distribution=a.distribution,
+        method=method, sparsity=a.sparsity, like=like_ticket, match=a.match, distribution=a.distribution or "layerwise",
         exclude=tuple(a.exclude) if a.exclude else None, seed=a.seed, batches=a.batches,
         batch_size=a.batch_size or 128, synflow_iterations=a.iterations)
     ticket = find_mod.prune_baseline(source, options, bundle)

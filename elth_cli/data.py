@@ -300,6 +300,11 @@ class DataBundle(abc.ABC):
         """Steps each rank takes per epoch at global ``batch_size``; equals what train_batches yields."""
         return _train_steps(self.num_examples("train"), batch_size, world_size)
 
+    def step_images(self, batch_size: int, batch: int, world_size: int = 1) -> int:
+        """Images that step ``batch`` of an epoch trains on, over every rank (the last step may be short)."""
+        n, per = self.num_examples("train"), batch_size // world_size
+        return sum(max(0, min(per, n - (batch * batch_size + r * per))) for r in range(world_size))
+
     @abc.abstractmethod
     def train_batches(self, batch_size: int, epoch: int, seed: int, start_batch: int = 0, rank: int = 0,
                       world_size: int = 1, augment: bool = True) -> Iterator[tuple[Tensor, Tensor]]:

@@ -8,7 +8,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import Tensor
@@ -20,7 +20,7 @@ from elth_cli.errors import ElthError, UsageError
 from elth_cli.fileio import WriterLock, write_bytes_atomic
 from elth_cli.masks import kept_and_total, same_layout
 from elth_cli.prune import (
-    RANDOM_DISTRIBUTIONS, allocate_counts, check_sparsity, grasp_scores, magnitude_scores, prune_lowest,
+    RANDOM_DISTRIBUTIONS, allocate_counts, check_sparsity, erk_layer_counts, grasp_scores, magnitude_scores, prune_lowest,
     prune_lowest_per_layer, prune_to_sparsity, snip_scores, synflow_masks,
 )
 from elth_cli.steps import parse_steps
@@ -82,7 +82,7 @@ class BaselineOptions:
     sparsity: float | None = None
     like: Ticket | None = None
     match: str = "overall"
-    distribution: str = "layerwise"  # random only: layerwise or global
+    distribution: str = "layerwise"  # random only: layerwise, global or erk
     exclude: tuple[str, ...] | None = None  # None: the family's default (fc for VGG)
     seed: int = 0
     batches: int = 10  # snip/grasp: training batches that feed the gradients
@@ -136,10 +136,11 @@ def prune_baseline(source: Ticket, options: BaselineOptions, bundle=None) -> Tic
     if method == "random":
         gen = torch.Generator().manual_seed(options.seed + 7_000_003)
         scores = {k: torch.rand(masks[k].shape, generator=gen) for k in keys}
-        if options.distribution == "layerwise" and layer_targets is None:
-            layer_targets = _uniform_layer_targets(masks, sparsity, exclude)
-        elif options.distribution not in RANDOM_DISTRIBUTIONS:
-            raise UsageError(f"unknown random distribution {options.distribution!r}")
+        if options.distribution not in RANDOM_DISTRIBUTIONS:
+            raise UsageError(f"unknown random distribution {options.distribution!r}; choose one of "
+                             f"{', '.join(RANDOM_DISTRIBUTIONS)}")
+        if layer_targets is None and options.distribution != "global":
+            layer_targets = layer_distribution(masks, sparsity, exclude, options.distribution)
     elif method == "magnitude":
         scores = magnitude_scores(source.init, keys)
     elif method in ("snip", "grasp"):
@@ -190,7 +191,16 @@ def prune_baseline(source: Ticket, options: BaselineOptions, bundle=None) -> Tic
     )
 
 
-def _uniform_layer_targets(masks: dict[str, Tensor], sparsity: float, exclude: tuple[str, ...]) -> dict[str, int]:
+def layer_distribution(masks: Mapping[str, Tensor], sparsity: float, exclude: tuple[str, ...],
+                       distribution: str = "layerwise") -> dict[str, int]:
+    """Pruned counts per layer at exactly ``sparsity`` overall, ``exclude`` dense: ``layerwise`` (every
+    layer at the same rate) or ``erk`` (Erdos-Renyi-Kernel, RigL's default)."""
+    if distribution == "erk":
+        return erk_layer_counts({k: tuple(m.shape) for k, m in masks.items()}, sparsity, exclude)
+    return _uniform_layer_targets(masks, sparsity, exclude)
+
+
+def _uniform_layer_targets(masks: Mapping[str, Tensor], sparsity: float, exclude: tuple[str, ...]) -> dict[str, int]:
     """Pruned counts per layer for a layer-wise uniform mask at ``sparsity`` overall (excluded layers dense)."""
     keys = [k for k in masks if k not in exclude]
     sizes = [masks[k].numel() for k in keys]

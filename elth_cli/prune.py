@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from elth_cli.errors import UsageError
 from elth_cli.masks import kept_and_total
 
-RANDOM_DISTRIBUTIONS = ("layerwise", "global")
+RANDOM_DISTRIBUTIONS = ("layerwise", "global", "erk")
 
 
 def check_sparsity(sparsity: float) -> float:
@@ -40,6 +40,53 @@ def allocate_counts(sizes: list[int], sparsity: float) -> list[int]:
             break
         if counts[i] < sizes[i]:
             counts[i] += 1
+            left -= 1
+    return counts
+
+
+def erk_densities(shapes: dict[str, tuple[int, ...]], sparsity: float, dense: Iterable[str] = (),
+                  power: float = 1.0) -> dict[str, float]:
+    """Per-layer densities of the Erdos-Renyi-Kernel distribution at overall ``sparsity``.
+
+    A layer's density is proportional to ``(sum of its dimensions / product of its dimensions) ** power``
+    (Evci et al. 2020, RigL's ``get_sparsities_erdos_renyi``; Mocanu et al. 2018 for the
+    fully connected case): small layers and ones with few inputs per output stay denser. The scale
+    is chosen so the kept weights add up to ``(1 - sparsity)`` of all; a layer whose density would
+    exceed 1 is made dense and the rest rescaled, as RigL does. ``dense`` keys are kept dense.
+    """
+    check_sparsity(sparsity)
+    dense_keys = set(dense)
+    while True:
+        kept_budget = (1 - sparsity) * sum(math.prod(s) for s in shapes.values())
+        kept_budget -= sum(math.prod(shapes[k]) for k in dense_keys)
+        raw = {k: (sum(s) / math.prod(s)) ** power for k, s in shapes.items() if k not in dense_keys}
+        if not raw:
+            break
+        scale = kept_budget / sum(raw[k] * math.prod(shapes[k]) for k in raw)
+        over = [k for k, r in raw.items() if r * scale > 1]
+        if not over:
+            break
+        top = max(raw[k] for k in over)
+        dense_keys.update(k for k in over if raw[k] == top)
+    if raw and scale < 0:
+        raise UsageError(f"sparsity {sparsity} is impossible with {', '.join(sorted(dense)) or 'no layer'} kept dense")
+    return {k: 1.0 if k in dense_keys else raw[k] * scale for k in shapes}
+
+
+def erk_layer_counts(shapes: dict[str, tuple[int, ...]], sparsity: float, dense: Iterable[str] = (),
+                     power: float = 1.0) -> dict[str, int]:
+    """Pruned weights per layer for ERK at exactly ``round(sparsity * total)`` pruned (largest remainders)."""
+    densities = erk_densities(shapes, sparsity, dense, power)
+    sizes = {k: math.prod(s) for k, s in shapes.items()}
+    target = round(sparsity * sum(sizes.values()))
+    raw = {k: (1 - densities[k]) * sizes[k] for k in shapes}
+    counts = {k: min(sizes[k], math.floor(r + 1e-9)) for k, r in raw.items()}
+    left = target - sum(counts.values())
+    for k in sorted(shapes, key=lambda k: raw[k] - counts[k], reverse=True):
+        if left <= 0:
+            break
+        if counts[k] < sizes[k] and densities[k] < 1.0:
+            counts[k] += 1
             left -= 1
     return counts
 

@@ -76,6 +76,23 @@ def fmt_int(n: int) -> str:
     return f"{n:,}"
 
 
+def fmt_si(x: float | None, digits: int = 3) -> str:
+    """A count with an SI prefix and ``digits`` significant figures: 40.8M, 1.82G, 3.07T ('-' for None)."""
+    if x is None:
+        return "-"
+    value = float(x)
+    for prefix in ("", "k", "M", "G", "T", "P"):
+        if abs(value) < 1000 or prefix == "P":
+            return f"{value:.{digits}g}{prefix}"
+        value /= 1000
+    return f"{value:.{digits}g}P"
+
+
+def fmt_flops(x: float | None) -> str:
+    """FLOPs with an SI prefix: ``4.21T``."""
+    return fmt_si(x)
+
+
 class TrainProgress:
     """Training progress on stderr: a live rich bar on a terminal, one plain line per epoch elsewhere.
 

@@ -59,3 +59,13 @@ def parse_step_list(text: str) -> tuple[str, ...]:
     if s in ("", "none"):
         return ()
     return tuple(normalise_steps(part) for part in s.split(","))
+
+
+def scale_steps(text: str, factor: int) -> str:
+    """``'80ep'`` x 5 -> ``'400ep'``; ``'2ep100it'`` x 2 -> ``'4ep200it'`` (a recipe run ``factor`` times longer)."""
+    parts = split_steps(text)
+    if parts is None:
+        raise UsageError(f"{text!r} is not a step count; {STEP_HELP}")
+    epochs, iterations = parts
+    out = f"{epochs * factor}ep" if epochs is not None else ""
+    return out + (f"{iterations * factor}it" if iterations or epochs is None else "")

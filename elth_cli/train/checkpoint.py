@@ -47,6 +47,10 @@ METADATA_RULES: dict[str, schema.Check] = {
     "param_groups": schema.json_text(schema.list_of(schema.obj())),
     "optim_scalars": schema.json_text(schema.obj(values=schema.obj())),
     "scaler": schema.json_text(schema.optional(schema.obj())),
+    # Optional (older checkpoints lack them: 0 and {}): FLOPs so far and the hooks' own state (mask updates, ...).
+    "flops": _SECONDS,
+    "dense_flops": _SECONDS,
+    "extra": schema.json_text(schema.obj()),
     DIGEST_KEY: schema.text,
 }
 
@@ -84,6 +88,12 @@ class RunState:
     train_seconds: float = 0.0  # training steps only (no eval, no first step of a segment)
     train_images: int = 0  # images behind train_seconds
     snapshots: dict[int, dict[str, Tensor]] = field(default_factory=dict)
+    flops: float = 0.0  # training FLOPs so far, at the masks' densities (see elth_cli.flops)
+    dense_flops: float = 0.0  # what the same steps cost a dense network
+    # JSON-ready state that hooks keep across a resume (e.g. the record of a dynamic mask's updates).
+    extra: dict[str, Any] = field(default_factory=dict)
+    # Tensors the mask set keeps besides the model (DPF's dense weights), saved as ``extra/<name>``.
+    extra_tensors: dict[str, Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -144,6 +154,7 @@ def save_checkpoint(path: Path, identity: dict[str, Any], model: nn.Module, opti
     tensors.update({f"mask/{k}": _cpu(m).bool() for k, m in masks.items()})
     for s, state in run.snapshots.items():
         tensors.update({f"snap/{s}/{k}": v for k, v in state.items()})
+    tensors.update({f"extra/{k}": _cpu(v) for k, v in run.extra_tensors.items()})
     meta = {
         "format": CHECKPOINT_FORMAT,
         "format_version": str(CHECKPOINT_VERSION),
@@ -159,6 +170,9 @@ def save_checkpoint(path: Path, identity: dict[str, Any], model: nn.Module, opti
         "optim_scalars": json.dumps({str(i): {k: v for k, v in e.items() if not isinstance(v, Tensor)}
                                      for i, e in opt["state"].items()}),
         "scaler": json.dumps(scaler.state_dict() if scaler is not None else None),
+        "flops": repr(float(run.flops)),
+        "dense_flops": repr(float(run.dense_flops)),
+        "extra": json.dumps(run.extra, sort_keys=True),
     }
     write_bytes_atomic(path, save_with_digest(tensors, meta))
 
@@ -243,10 +257,13 @@ def _restore(ckpt: Checkpoint, model: nn.Module, optimizer: torch.optim.Optimize
         if name.startswith("snap/"):
             _, s, key = name.split("/", 2)
             snapshots.setdefault(int(s), {})[key] = value
+    extra_tensors = {name[len("extra/"):]: value for name, value in t.items() if name.startswith("extra/")}
     return RunState(step=int(meta["step"]), history=json.loads(meta["history"]),
                     best_test_acc=json.loads(meta["best_test_acc"]), wall_seconds=float(meta["wall_seconds"]),
                     train_seconds=float(meta["train_seconds"]), train_images=int(meta["train_images"]),
-                    snapshots=snapshots)
+                    snapshots=snapshots, flops=float(meta.get("flops", 0.0)),
+                    dense_flops=float(meta.get("dense_flops", 0.0)), extra=json.loads(meta.get("extra", "{}")),
+                    extra_tensors=extra_tensors)
 
 
 def remove_checkpoint(path: str | os.PathLike[str] | None) -> None:

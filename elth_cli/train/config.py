@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 from elth_cli.errors import UsageError
-from elth_cli.steps import normalise_steps, parse_step_list, parse_steps
+from elth_cli.steps import normalise_steps, parse_step_list, parse_steps, scale_steps
 
 if TYPE_CHECKING:
     from elth_cli.archs import ArchSpec
@@ -74,6 +74,8 @@ class TrainConfig:
     compile: bool = _flag("--compile", "torch.compile the model (faster on GPUs after a slow first step).", bool,
                           default=False)
     deterministic: bool = _flag("--deterministic", "Deterministic kernels only (slower).", bool, default=False)
+    train_scale: int = _flag("--train-scale", "Train K times longer: the recipe's epochs, milestones and warm-up "
+                             "(after the other options) times K, as RigL-5x (K=5).", Optional[int], default=1)
     # SyncBatchNorm across ranks (CUDA, several processes); ignored with one.
     sync_bn: bool = _flag("--sync-bn", "Several processes on GPUs: BatchNorm statistics over the global batch "
                           "(SyncBatchNorm). Ignored with one process; refused on the CPU.", bool, default=False)
@@ -137,6 +139,8 @@ def validate_config(cfg: TrainConfig) -> None:
         (math.isfinite(cfg.gamma) and cfg.gamma > 0, f"--gamma must be a positive number, got {cfg.gamma}"),
         (cfg.schedule in SCHEDULES, f"unknown --schedule {cfg.schedule!r}; choose step or cosine"),
         (cfg.recipe in RECIPES, f"unknown recipe {cfg.recipe!r}; choose one of {', '.join(RECIPES)}"),
+        (isinstance(cfg.train_scale, int) and 1 <= cfg.train_scale <= 100,
+         f"--train-scale must be a whole number from 1 to 100, got {cfg.train_scale}"),
         (cfg.eval_every >= 0, f"--eval-every must be 0 (only at the end) or more epochs, got {cfg.eval_every}"),
         (cfg.precision in ("bf16", "fp16", "fp32"),
          f"precision must be resolved to bf16, fp16 or fp32, got {cfg.precision!r}"),
@@ -201,4 +205,14 @@ def config_from_options(spec: ArchSpec, dataset_info: DatasetInfo, **options: An
         raise UsageError("--milestones only apply to --schedule step; drop them or pass --schedule step")
     if changes.get("schedule") == "cosine":
         changes["milestones"] = ()
-    return base.replace(**changes)
+    return scale_recipe(base.replace(**changes))
+
+
+def scale_recipe(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` run ``cfg.train_scale`` times longer: epochs, milestones and warm-up multiplied (RigL's
+    "5x" schedules, Evci et al. 2020). The config records the factor next to the scaled values."""
+    k = cfg.train_scale
+    if k == 1:
+        return cfg
+    return dataclasses.replace(cfg, epochs=cfg.epochs * k, milestones=tuple(scale_steps(m, k) for m in cfg.milestones),
+                               warmup=scale_steps(cfg.warmup, k))

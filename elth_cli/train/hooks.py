@@ -11,6 +11,7 @@ import torch
 
 from elth_cli import distributed
 from elth_cli.errors import ElthError
+from elth_cli.flops import FLOPS_PER_MAC, forward_macs
 from elth_cli.train.checkpoint import cpu_state, save_checkpoint
 from elth_cli.train.loop import Hook, TrainLoop
 from elth_cli.train.step import evaluate
@@ -90,6 +91,7 @@ class Checkpointing(Hook):
         loop.state.wall_seconds = loop.wall()
         stats = loop.epoch_stats()
         parts = loop.parts
+        loop.state.extra_tensors = parts.masks.extra_state()
         # Rank 0 writes; the others wait for it, and fail with it if the write fails.
         distributed.run_on_main(lambda: save_checkpoint(
             self.path, self.identity, parts.model, parts.optimizer, parts.scaler, stats, loop.state,
@@ -101,6 +103,35 @@ class Checkpointing(Hook):
 
     def on_stop(self, loop: TrainLoop) -> None:
         self.save(loop)
+
+
+class FlopCount(Hook):
+    """Training FLOPs, step by step, at the masks in force (``loop.state.flops``) and for a dense
+    network (``loop.state.dense_flops``); see :mod:`elth_cli.flops` for the convention.
+
+    A step costs its images x (forward + backward): backward is twice the forward at the layers'
+    densities, or, where the mask set needs the weight gradient at every weight (DPF), the
+    forward's sparse input gradient plus a dense weight gradient. Hooks that compute more (RigL's
+    dense gradient at its updates) add their part to ``loop.state.flops`` themselves.
+    """
+
+    def __init__(self, macs: dict[str, int]) -> None:
+        self.macs = macs
+        self.dense_forward = FLOPS_PER_MAC * forward_macs(macs)
+        self._version: int | None = None
+        self.per_image = 0.0
+
+    def _refresh(self, loop: TrainLoop) -> None:
+        masks = loop.parts.masks
+        sparse = FLOPS_PER_MAC * forward_macs(self.macs, masks.masks)
+        grad = self.dense_forward if masks.dense_weight_grad else sparse
+        self.per_image, self._version = 2 * sparse + grad, masks.version
+
+    def on_step_end(self, loop: TrainLoop) -> None:
+        if loop.parts.masks.version != self._version:
+            self._refresh(loop)
+        loop.state.flops += loop.step_images * self.per_image
+        loop.state.dense_flops += loop.step_images * 3 * self.dense_forward
 
 
 class JsonLines(Hook):
@@ -139,13 +170,16 @@ class Progress(Hook):
 
 
 def standard_hooks(*, snapshot_steps: Iterable[int] = (), checkpoint: tuple[Path, dict[str, Any]] | None = None,
-                   jsonl: Path | None = None, reporter: Reporter | None = None, extra: Iterable[Hook] = ()) -> list[Hook]:
-    """The hooks of a run, in the order their events need: measure (divergence, evaluation, then the
-    caller's ``extra`` hooks), then keep and report (snapshots, checkpoint, JSON lines, progress).
+                   jsonl: Path | None = None, reporter: Reporter | None = None, extra: Iterable[Hook] = (),
+                   macs: dict[str, int] | None = None) -> list[Hook]:
+    """The hooks of a run, in the order their events need: count FLOPs (with ``macs``, the layers'
+    forward MACs), measure (divergence, evaluation, then the caller's ``extra`` hooks), then keep
+    and report (snapshots, checkpoint, JSON lines, progress).
 
     Pass ``jsonl`` and ``reporter`` on the process that writes (rank 0) only.
     """
-    hooks: list[Hook] = [DivergenceCheck(), Evaluation(), *extra]
+    hooks: list[Hook] = [FlopCount(macs)] if macs is not None else []
+    hooks += [DivergenceCheck(), Evaluation(), *extra]
     if snapshot_steps:
         hooks.append(Snapshots(snapshot_steps))
     if checkpoint is not None:

@@ -117,6 +117,7 @@ class TrainLoop:
         self.stop_check = StopCheck(flag, world_size, bundle.device, state.step)
         self.checkpoint_path: Path | None = None  # set by the checkpoint hook: where a stop leaves its state
         self.finished = False
+        self.step_images = 0  # images of the last step, over every rank (FLOPs accounting reads it)
         self._step_hooks = [h for h in self.hooks if _overrides(h, "on_step_end")]
         self._warm_shapes: set[tuple[int, ...]] = set()
         self._wall_base, self._segment_start = state.wall_seconds, time.perf_counter()
@@ -217,8 +218,9 @@ class TrainLoop:
         """
         cfg, state, step_fn, device = self.cfg, self.state, self.parts.step, self.device
         train_time, timed_images, mark = 0.0, 0, time.perf_counter()
-        for x, y in self.bundle.train_batches(cfg.batch_size, epoch, cfg.seed, start_batch=batch, rank=self.rank,
-                                              world_size=self.world_size, augment=cfg.augment):
+        for index, (x, y) in enumerate(self.bundle.train_batches(
+                cfg.batch_size, epoch, cfg.seed, start_batch=batch, rank=self.rank, world_size=self.world_size,
+                augment=cfg.augment), start=batch):
             if state.step == self.stop_at_step or self.stop_check.before_step(state.step):
                 self._stop()
             warmup = tuple(x.shape) not in self._warm_shapes
@@ -227,6 +229,7 @@ class TrainLoop:
                 train_time += time.perf_counter() - mark
             step_fn(x, y, self.schedule(state.step))
             state.step += 1
+            self.step_images = self.bundle.step_images(cfg.batch_size, index, self.world_size)
             if warmup:
                 synchronize(device)
                 self._warm_shapes.add(tuple(x.shape))

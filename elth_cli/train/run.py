@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -22,6 +22,7 @@ from elth_cli.archs import ArchSpec
 from elth_cli.data import DataBundle, check_compatible
 from elth_cli.device import DeviceSetup, device_name, same_device
 from elth_cli.errors import ElthError, UsageError
+from elth_cli.flops import module_macs
 from elth_cli.masks import same_layout
 from elth_cli.ticket import Ticket
 from elth_cli.train.checkpoint import Checkpoint, RunState, cpu_state, read_checkpoint, restore_checkpoint, \
@@ -49,6 +50,7 @@ class TrainResult:
     resumed_from: int | None = None
     masks: dict[str, Tensor] | None = None
     setup: DeviceSetup | None = None  # the device choices it ran with
+    extra: dict[str, Any] = field(default_factory=dict)  # what hooks kept in the run state (e.g. mask updates)
 
 
 def _as_model(model_or_state: nn.Module | Mapping[str, Tensor], arch: str | ArchSpec | None,
@@ -121,6 +123,7 @@ def _resume(parts: TrainParts, path: Path | None, resume: str, identity: dict[st
             raise ElthError(f"cannot resume from {ckpt.path}: its masks do not fit this run; delete it (or pass "
                             "--restart) to start over")
         parts.masks.load(masks)  # the masks in force when it stopped (hooks may have rewired them)
+        parts.masks.load_extra(state.extra_tensors)  # DPF's dense weights (the model holds the masked ones)
     return state, state.step
 
 
@@ -134,6 +137,8 @@ def _metrics(loop: TrainLoop, start_step: int) -> dict[str, Any]:
         # All ranks step together: the run's throughput is world_size times one rank's.
         "images_per_s": round(state.train_images * ws / state.train_seconds, 1) if state.train_seconds > 0 else None,
         "device": device_name(loop.device), "precision": loop.cfg.precision,
+        # This training's FLOPs at the masks' densities, and what a dense network would have cost.
+        "train_flops": state.flops, "dense_train_flops": state.dense_flops,
     }
     if ws > 1:
         metrics["world_size"] = ws
@@ -163,6 +168,7 @@ def train_state(
     title: str = "training",
     hooks: Iterable[Hook] = (),
     setup: DeviceSetup | None = None,
+    feedback: bool = False,
 ) -> TrainResult:
     """Train a masked network from ``start_step`` to the recipe's last step; return its final state.
 
@@ -173,7 +179,8 @@ def train_state(
     ``stop_at_step``); the run then raises :class:`TrainingStopped`. ``resume``: ``auto`` continues
     from an existing checkpoint, ``require`` insists on one, ``never`` starts over. The state after
     ``s`` steps is kept for every ``s`` in ``snapshot_steps`` (IMP's rewind point). ``hooks`` join
-    the standard ones (see :mod:`.loop` for the events). The device's choices are the data's
+    the standard ones (see :mod:`.loop` for the events); ``feedback`` keeps dense weights beside the
+    masked ones (DPF, :class:`~elth_cli.train.step.FeedbackMaskSet`). The device's choices are the data's
     (``bundle.setup``) at the config's precision; ``setup`` overrides them. The checkpoint is left in place: remove it
     (:func:`remove_checkpoint`) once the result is saved.
 
@@ -191,14 +198,15 @@ def train_state(
     identity = run_identity(cfg, start_step, spe, world_size, model.state_dict(), masks)
     distributed.record_digests(f"{title} start", rank, masks=masks, state=model.state_dict())
     setup = setup or bundle.setup.for_run(cfg.precision, cfg.deterministic)
-    parts = build_parts(model, masks, cfg, setup, world_size)
+    macs = module_macs(model, bundle.info.input_shape)  # before build_parts: the model is still the plain module
+    parts = build_parts(model, masks, cfg, setup, world_size, feedback=feedback)
     ckpt_path = Path(checkpoint_path) if checkpoint_path is not None else None
     state, resumed_from = _resume(parts, ckpt_path, resume, identity, start_step, rank)
     main = rank == 0
     all_hooks = standard_hooks(
         snapshot_steps=snapshot_steps, checkpoint=(ckpt_path, identity) if ckpt_path is not None else None,
         jsonl=Path(jsonl_path) if jsonl_path is not None and main else None, reporter=log if main else None,
-        extra=hooks)
+        extra=hooks, macs=macs)
     flag = stop or StopFlag()
     loop = TrainLoop(parts, bundle, cfg, state, all_hooks, flag, stop_at_step=stop_at_step, rank=rank,
                      world_size=world_size, title=title, resumed_from=resumed_from)
@@ -209,7 +217,7 @@ def train_state(
     final = cpu_state(parts.model)
     distributed.record_digests(f"{title} end", rank, masks=parts.masks.masks, state=final)
     return TrainResult(final, _metrics(loop, start_step), state.snapshots, state.history, resumed_from,
-                       dict(parts.masks.masks), setup)
+                       dict(parts.masks.masks), setup, state.extra)
 
 
 def train_ticket(

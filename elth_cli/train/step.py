@@ -41,8 +41,13 @@ class MaskSet:
             raise UsageError(f"mask {missing[0]!r} names no parameter of the model; is it a mask for another architecture?")
         self.load(masks)
 
+    # False: the step's weight gradient is only needed at the kept weights (3 sparse passes per
+    # step). The feedback set (DPF) needs it at every weight: its step costs a dense weight gradient.
+    dense_weight_grad = False
+
     def load(self, masks: Mapping[str, Tensor]) -> None:
         """Take ``masks`` as they are (a resumed run's): no weight or optimizer state is touched."""
+        self.version = getattr(self, "version", -1) + 1  # hooks that cache per-mask work watch it
         # In the model's parameter order, whatever order they come in (a checkpoint's is sorted by name).
         self.masks = {k: masks[k].detach().to("cpu", torch.bool) for k in self._params if k in masks}
         # All-ones masks (a dense network, layers left unpruned) would multiply by 1: leave them out.
@@ -51,11 +56,22 @@ class MaskSet:
         # empty_like keeps channels_last strides, so the foreach product runs over matching layouts.
         self.values = [torch.empty_like(p).copy_(self.masks[k].to(p.device)) for k, p in zip(self.keys, self.params)]
 
+    def before_optimizer(self) -> None:
+        """Between backward and the optimizer step: nothing for a fixed mask (see FeedbackMaskSet)."""
+
     @torch.no_grad()
     def apply(self) -> None:
-        """Zero every pruned weight: one fused multi-tensor kernel (no hooks: they break under compile)."""
+        """After the optimizer step: zero every pruned weight, one fused multi-tensor kernel (no hooks:
+        they break under compile)."""
         if self.params:
             torch._foreach_mul_(self.params, self.values)
+
+    def extra_state(self) -> dict[str, Tensor]:
+        """Tensors besides the model that a checkpoint must keep (none for a fixed mask)."""
+        return {}
+
+    def load_extra(self, tensors: Mapping[str, Tensor]) -> None:
+        """Restore :meth:`extra_state` from a checkpoint."""
 
     @torch.no_grad()
     def clean(self) -> None:
@@ -92,6 +108,61 @@ class MaskSet:
             self.load(new)
             self.apply()
         return rewired
+
+
+class FeedbackMaskSet(MaskSet):
+    """Masks with feedback (DPF, Lin et al. 2020): dense weights live beside the masked model.
+
+    The model holds the masked weights at rest, so evaluation, snapshots and checkpoints see the
+    sparse network. Each step computes its gradient at the masked weights, puts the dense weights
+    back for the optimizer (momentum and weight decay act on them), keeps the result as the new
+    dense weights and masks the model again. A pruned weight therefore keeps learning and may
+    return when the mask is recomputed; :meth:`update` changes the masks without zeroing anything.
+    """
+
+    dense_weight_grad = True
+
+    def load(self, masks: Mapping[str, Tensor]) -> None:
+        super().load(masks)
+        # Every masked key, all-ones included: its dense weights move whatever the mask.
+        self.keys = list(self.masks)
+        self.params = [self._params[k] for k in self.keys]
+        self.values = [torch.empty_like(p).copy_(self.masks[k].to(p.device)) for k, p in zip(self.keys, self.params)]
+        if getattr(self, "dense", None) is None:
+            self.dense = [p.detach().clone() for p in self.params]
+
+    @torch.no_grad()
+    def before_optimizer(self) -> None:
+        torch._foreach_copy_(self.params, self.dense)
+
+    @torch.no_grad()
+    def apply(self) -> None:
+        torch._foreach_copy_(self.dense, self.params)
+        torch._foreach_mul_(self.params, self.values)
+
+    @torch.no_grad()
+    def update(self, masks: Mapping[str, Tensor], optimizer: torch.optim.Optimizer | None = None) -> int:
+        """New masks over the same dense weights: the model becomes dense x mask; no state is reset."""
+        unknown = [k for k in masks if k not in self.masks]
+        if unknown:
+            raise UsageError(f"mask update names {unknown[0]!r}, which is not a masked weight of this run")
+        new = {**self.masks, **{k: m.detach().to("cpu", torch.bool) for k, m in masks.items()}}
+        changed = sum(int((new[k] != self.masks[k]).sum()) for k in masks)
+        self.load(new)
+        torch._foreach_copy_(self.params, self.dense)
+        torch._foreach_mul_(self.params, self.values)
+        return changed
+
+    def extra_state(self) -> dict[str, Tensor]:
+        return {f"dense/{k}": d for k, d in zip(self.keys, self.dense)}
+
+    @torch.no_grad()
+    def load_extra(self, tensors: Mapping[str, Tensor]) -> None:
+        for k, d in zip(self.keys, self.dense):
+            saved = tensors.get(f"dense/{k}")
+            if saved is None:
+                raise UsageError(f"the checkpoint lacks the dense weights of {k!r} that feedback training keeps")
+            d.copy_(saved)
 
 
 def _zero_where(param: Tensor, changed: Tensor, optimizer: torch.optim.Optimizer | None) -> None:
@@ -141,10 +212,12 @@ class TrainStep:
         if self.scaler is not None:
             # With fused SGD the scaler hands its inf check to the optimizer kernel: still no sync.
             self.scaler.scale(loss).backward()
+            self.masks.before_optimizer()
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
             loss.backward()
+            self.masks.before_optimizer()
             self.optimizer.step()
         self.masks.apply()
         n = y.shape[0]
@@ -183,13 +256,16 @@ class TrainParts:
 
 
 def build_parts(model: nn.Module, masks: Mapping[str, Tensor], cfg: TrainConfig, setup: DeviceSetup,
-                world_size: int = 1) -> TrainParts:
-    """Move ``model`` to the device, zero its pruned weights and build the optimizer, scaler and step."""
+                world_size: int = 1, feedback: bool = False) -> TrainParts:
+    """Move ``model`` to the device, zero its pruned weights and build the optimizer, scaler and step.
+
+    ``feedback``: keep dense weights beside the masked ones (:class:`FeedbackMaskSet`, for DPF).
+    """
     setup.configure_torch()
     model = setup.prepare_model(model)
     if cfg.sync_bn and world_size > 1:
         model = distributed.convert_sync_bn(model, setup.device)
-    mask_set = MaskSet(model, masks)
+    mask_set = (FeedbackMaskSet if feedback else MaskSet)(model, masks)
     mask_set.apply()
     module: nn.Module = model
     if cfg.compile:
