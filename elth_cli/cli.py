@@ -183,7 +183,8 @@ def info(
         con.print(f"transform   {t.get('kind')} {t.get('source_arch')} -> {t.get('target_arch')}, "
                   f"strategy {t.get('strategy')}, mapping {t.get('mapping_string')}", markup=False)
     if ticket.metrics:
-        con.print("metrics     " + ", ".join(f"{k}={v}" for k, v in sorted(ticket.metrics.items())), markup=False)
+        shown = {k: f"[{len(v)} entries]" if isinstance(v, list) else v for k, v in ticket.metrics.items()}
+        con.print("metrics     " + ", ".join(f"{k}={v}" for k, v in sorted(shown.items())), markup=False)
     if ticket.cost:
         con.print("cost        " + ", ".join(f"{k}={v}" for k, v in sorted(ticket.cost.items())), markup=False)
     for line in _config_lines(ticket.config):
@@ -279,11 +280,15 @@ def _print_compare(doc: dict) -> None:
             f"{fmt_int(cost.get('train_steps') or 0)} steps, {float(cost.get('train_seconds') or 0):.0f} s, "
             f"{cost.get('trainings') or 0} trainings")
         loss = "-" if t["test_loss"] is None else f"{t['test_loss']:.4f}"
+        flops = t["flops"]
+        relative = "-" if flops["relative"] is None else f"{flops['relative']:.2f}x"
         rows.append((letter(i), t["name"], t["arch"], fmt_pct(t["sparsity"]), t["method"],
-                     t["rewind_step"], parents, "yes" if t["trained"] else "no", fmt_pct(t["test_acc"]), loss, cost_text))
+                     t["rewind_step"], parents, "yes" if t["trained"] else "no", fmt_pct(t["test_acc"]), loss, cost_text,
+                     fmt_flops(flops["total"]), relative))
     con.print(make_table(["", "ticket", "arch", "sparsity", "method", "rewind", "parents (sha256 arch)", "trained",
-                          "test acc", "test loss", "cost to obtain"], rows, title="tickets",
-                         right=["sparsity", "rewind", "test acc", "test loss"]))
+                          "test acc", "test loss", "cost to obtain", "FLOPs", "x dense"], rows,
+                         title="tickets (FLOPs: to obtain and train; x dense: over one dense training of the arch)",
+                         right=["sparsity", "rewind", "test acc", "test loss", "FLOPs", "x dense"]))
     if len(doc["tickets"]) == 2 and doc["pairs"]:
         pair = doc["pairs"][0]
         lrows = [(l["key"], fmt_int(l["weights"]), fmt_pct(l["sparsity_a"]), fmt_pct(l["sparsity_b"]),

@@ -40,7 +40,8 @@ PLOT_MISSING = "--plot needs matplotlib: pip install 'elth[plot]'"
 # the others are what hand-written or older tickets use.
 ACCURACY_KEYS = ("test_acc", "final_test_acc", "test_accuracy", "accuracy")
 LOSS_KEYS = ("test_loss", "final_test_loss", "loss")
-COST_KEYS = ("train_steps", "train_seconds", "trainings")
+COST_KEYS = ("train_steps", "train_seconds", "trainings", "train_flops", "dense_train_flops")
+DST_METHODS = ("rigl", "set", "dpf")  # (elth_cli.dst's; not imported: it pulls in the training loop)
 
 
 # ----- masks: overlap and distance ----------------------------------------------------------------
@@ -108,7 +109,31 @@ def ticket_row(ticket: Ticket, name: str) -> dict[str, Any]:
         "test_acc": metric_value(ticket.metrics, ACCURACY_KEYS),
         "test_loss": metric_value(ticket.metrics, LOSS_KEYS),
         "cost": cost,
+        "flops": flops_summary(ticket),
     }
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def flops_summary(ticket: Ticket) -> dict[str, float | None]:
+    """A ticket's FLOPs as the paper's Table 2 counts them: to obtain it, to train it, the total, and the
+    total relative to one dense training of its architecture with its recipe (None where unknown).
+
+    A ticket straight from dynamic sparse training (``find --method rigl|set|dpf``) was trained by
+    the run that found it: that run is its cost, counted once.
+    """
+    metrics = ticket.metrics or {}
+    obtain = _number(ticket.cost.get("train_flops"))
+    found_trained = ticket.method in DST_METHODS and (ticket.config or {}).get("command") == "find"
+    training = 0.0 if found_trained else _number(metrics.get("train_flops"))
+    if not ticket.is_trained:
+        training = 0.0  # nothing trained yet: the total is what obtaining it cost
+    total = None if obtain is None or training is None else obtain + training
+    dense = _number(metrics.get("dense_run_flops"))
+    return {"obtain": obtain, "training": training, "total": total, "dense_training": dense,
+            "relative": total / dense if total is not None and dense else None}
 
 
 # ----- aligned sparsity profiles ------------------------------------------------------------------

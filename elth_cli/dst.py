@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Iterable
 
 from elth_cli import archs, data
 from elth_cli.errors import UsageError
@@ -98,11 +98,13 @@ def _hook(opts: DstOptions, schedule: UpdateSchedule, start: Ticket, exclude: tu
     return Rewiring("gradient" if opts.method == "rigl" else "random", schedule, keys, macs, seed)
 
 
-def find_dst(opts: DstOptions, cfg: TrainConfig, bundle: data.DataBundle, **train_options: Any) -> Ticket:
+def find_dst(opts: DstOptions, cfg: TrainConfig, bundle: data.DataBundle, hooks: Iterable[Hook] = (),
+             **train_options: Any) -> Ticket:
     """Train a fresh ``opts.arch`` on ``bundle`` with a dynamic mask; return the trained ticket (unsaved).
 
-    ``train_options`` are :func:`~elth_cli.train.run.train_state`'s (checkpoint, resume, log, stop,
-    ranks, ...): a stopped run resumes bit-identically, mask updates and all.
+    ``hooks`` run after the method's own (they see the masks each update leaves); ``train_options``
+    are :func:`~elth_cli.train.run.train_state`'s (checkpoint, resume, log, stop, ranks, ...): a
+    stopped run resumes bit-identically, mask updates and all.
     """
     check_dst_options(opts)
     spec = archs.resolve_arch(opts.arch)
@@ -120,7 +122,7 @@ def find_dst(opts: DstOptions, cfg: TrainConfig, bundle: data.DataBundle, **trai
     model = start.build_model("init")
     hook = _hook(opts, schedule, start, exclude, module_macs(model, info.input_shape), cfg.seed)
     train_options.setdefault("title", f"{opts.method} {spec.name} on {info.name}")
-    result = train_state(model, start.masks, bundle, cfg, 0, hooks=[hook], feedback=opts.method == "dpf",
+    result = train_state(model, start.masks, bundle, cfg, 0, hooks=[hook, *hooks], feedback=opts.method == "dpf",
                          **train_options)
     masks = result.masks
     assert masks is not None

@@ -32,7 +32,10 @@ from elth_cli.train.run import train_state
 from elth_cli.train.session import save_result
 from elth_cli.train.signals import StopFlag, stop_signals
 
-FIND_METHODS = ("imp", "random", "magnitude", "snip", "grasp", "synflow")
+FIND_METHODS = ("imp", "rigl", "set", "dpf", "random", "magnitude", "snip", "grasp", "synflow")
+# What a fresh network cost: nothing (a ticket's ``cost`` is what obtaining its mask and init took).
+NO_COST: dict[str, Any] = {"train_steps": 0, "train_seconds": 0.0, "trainings": 0, "train_flops": 0.0,
+                           "dense_train_flops": 0.0}
 
 
 def fresh_ticket(arch: str, input_shape: tuple[int, int, int], num_classes: int, seed: int = 0,
@@ -47,7 +50,7 @@ def fresh_ticket(arch: str, input_shape: tuple[int, int, int], num_classes: int,
         arch=spec.name, input_shape=tuple(input_shape), num_classes=num_classes, masks=masks, init=state,
         method="random", rewind_step=0, dataset=dataset,
         hparams={"seed": seed, "init": "kaiming_normal, bn uniform (open_lth)"},
-        cost={"train_steps": 0, "train_seconds": 0.0, "trainings": 0},
+        cost=dict(NO_COST),
     )
 
 
@@ -444,7 +447,7 @@ def _imp_rounds(run: _ImpRun, done: dict[int, RoundRecord], on_round: Callable[[
     records: list[RoundRecord] = []
     prev: Ticket | None = None
     rewind_state: dict[str, Tensor] | None = None
-    cost = {"train_steps": 0, "train_seconds": 0.0, "trainings": 0}
+    cost = dict(NO_COST)
     # One handler for the whole run: a signal between rounds stops the next round at its first step.
     grace = 2.0 if run.world_size > 1 else 0.0
     signals = stop_signals(run.flag, grace) if handle_signals else contextlib.nullcontext()
@@ -457,12 +460,20 @@ def _imp_rounds(run: _ImpRun, done: dict[int, RoundRecord], on_round: Callable[[
             if r == 0:
                 # The rewind weights every later round starts from: rank 0's, on every rank.
                 rewind_state = run_on_main(lambda: dict(ticket.init))
-            cost = {"train_steps": cost["train_steps"] + record.steps,
-                    "train_seconds": round(cost["train_seconds"] + record.seconds, 3),
-                    "trainings": cost["trainings"] + 1}
+            cost = _plus_round(cost, record, ticket)
             prev = ticket
     assert prev is not None
     return records, prev
+
+
+def _plus_round(cost: dict[str, Any], record: RoundRecord, ticket: Ticket) -> dict[str, Any]:
+    """What the tickets after a round cost: everything before it, plus its whole training."""
+    metrics = ticket.metrics or {}
+    return {"train_steps": cost["train_steps"] + record.steps,
+            "train_seconds": round(cost["train_seconds"] + record.seconds, 3),
+            "trainings": cost["trainings"] + 1,
+            "train_flops": cost["train_flops"] + float(metrics.get("train_flops", 0.0)),
+            "dense_train_flops": cost["dense_train_flops"] + float(metrics.get("dense_train_flops", 0.0))}
 
 
 def _round(run: _ImpRun, r: int, done: dict[int, RoundRecord], prev: Ticket | None,
@@ -532,7 +543,9 @@ def _train_round(run: _ImpRun, r: int, masks: dict[str, Tensor] | None, prev: Ti
         # The dense ticket costs the training up to the rewind point (the weights it starts from).
         fraction = rewind_step / result.metrics["total_steps"]
         ticket_cost = {"train_steps": rewind_step, "trainings": 0,
-                       "train_seconds": round(result.metrics["wall_time_s"] * fraction, 3)}
+                       "train_seconds": round(result.metrics["wall_time_s"] * fraction, 3),
+                       "train_flops": result.metrics["train_flops"] * fraction,
+                       "dense_train_flops": result.metrics["dense_train_flops"] * fraction}
         parents: list[dict[str, Any]] = []
         start = 0
     else:

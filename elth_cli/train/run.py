@@ -22,7 +22,7 @@ from elth_cli.archs import ArchSpec
 from elth_cli.data import DataBundle, check_compatible
 from elth_cli.device import DeviceSetup, device_name, same_device
 from elth_cli.errors import ElthError, UsageError
-from elth_cli.flops import module_macs
+from elth_cli.flops import FLOPS_PER_MAC, TRAINING_PASSES, forward_macs, module_macs
 from elth_cli.masks import same_layout
 from elth_cli.ticket import Ticket
 from elth_cli.train.checkpoint import Checkpoint, RunState, cpu_state, read_checkpoint, restore_checkpoint, \
@@ -127,8 +127,10 @@ def _resume(parts: TrainParts, path: Path | None, resume: str, identity: dict[st
     return state, state.step
 
 
-def _metrics(loop: TrainLoop, start_step: int) -> dict[str, Any]:
+def _metrics(loop: TrainLoop, start_step: int, macs: dict[str, int]) -> dict[str, Any]:
     state, last, ws = loop.state, loop.state.history[-1], loop.world_size
+    images = loop.cfg.epochs // loop.cfg.train_scale * loop.bundle.num_examples("train")
+    dense_run_flops = FLOPS_PER_MAC * TRAINING_PASSES * forward_macs(macs) * images
     metrics: dict[str, Any] = {
         "test_acc": last["test_acc"], "best_test_acc": state.best_test_acc, "test_loss": last["test_loss"],
         "train_loss": last["train_loss"], "train_acc": last["train_acc"], "epochs": loop.cfg.epochs,
@@ -139,6 +141,9 @@ def _metrics(loop: TrainLoop, start_step: int) -> dict[str, Any]:
         "device": device_name(loop.device), "precision": loop.cfg.precision,
         # This training's FLOPs at the masks' densities, and what a dense network would have cost.
         "train_flops": state.flops, "dense_train_flops": state.dense_flops,
+        # The yardstick costs are compared against: one dense training of this network with the recipe
+        # (at --train-scale 1), from step 0 (the paper's Table 2 normalises by it).
+        "dense_run_flops": dense_run_flops,
     }
     if ws > 1:
         metrics["world_size"] = ws
@@ -216,7 +221,7 @@ def train_state(
         loop.run()
     final = cpu_state(parts.model)
     distributed.record_digests(f"{title} end", rank, masks=parts.masks.masks, state=final)
-    return TrainResult(final, _metrics(loop, start_step), state.snapshots, state.history, resumed_from,
+    return TrainResult(final, _metrics(loop, start_step, macs), state.snapshots, state.history, resumed_from,
                        dict(parts.masks.masks), setup, state.extra)
 
 
