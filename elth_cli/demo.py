@@ -2,10 +2,11 @@
 
 IMP on resnet20 and resnet32 at width 4 (at the default width every method saturates on digits:
 see docs/demo.md), then, at the levels where the methods separate, the elastic transformations
-(resnet20 -> resnet32 by append and interpolate; resnet32 -> resnet20 by keep-first and spaced)
-and the random and magnitude baselines from each target's rewind weights, each trained with the
-same recipe. The table compares them per target and level with the compute spent to obtain each
-ticket. Re-running resumes: finished IMP rounds and trained tickets are reused.
+(resnet20 -> resnet32 by append and interpolate; resnet32 -> resnet20 by keep-first and spaced),
+RigL from scratch at the same sparsity (dynamic sparse training), and the random and magnitude
+baselines from each target's rewind weights, each trained with the same recipe. The table compares
+them per target and level with the compute spent to obtain each ticket, and the FLOPs to obtain
+and train it. Re-running resumes: finished IMP rounds and trained tickets are reused.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from elth_cli import archs, data, elastic
+from elth_cli.compare import flops_summary
+from elth_cli.dst import DstOptions, find_dst
 from elth_cli.fileio import WriterLock
 from elth_cli.find import BaselineOptions, ImpOptions, RoundRecord, find_imp, imp_sparsities, prune_baseline, round_path
-from elth_cli.report import Log, fmt_pct, make_table, stdout_console
+from elth_cli.report import Log, fmt_flops, fmt_pct, make_table, stdout_console
 from elth_cli.ticket import Ticket
 from elth_cli.train.checkpoint import checkpoint_path_for
 from elth_cli.train.config import TrainConfig
@@ -52,6 +55,8 @@ class Row:
     cost_seconds: float
     path: str
     extra: dict[str, Any] = field(default_factory=dict)
+    flops: float | None = None  # to obtain and train the ticket (compare.flops_summary)
+    flops_vs_dense: float | None = None  # over one dense training of the target
 
 
 def _train_cached(session: Session, ticket: Ticket, path: Path, bundle: data.DataBundle, cfg: TrainConfig) -> Ticket:
@@ -146,6 +151,7 @@ def _level_rows(demo: _Demo, target: str, level: int) -> list[Row]:
         rows.append(_row(target, level, kind, source_arch, trained, trained))
         log.info(f"  {kind} {source_arch} -> {target} at round {level}: test acc "
                  f"{fmt_pct(trained.metrics['test_acc'])}")
+    rows.append(_rigl_row(demo, target, level, own))
     dense = Ticket.load(round_path(demo.imp_dir(target), 0))
     for method in ("random", "magnitude"):
         ticket = prune_baseline(dense, BaselineOptions(method=method, like=own, seed=config.seed))
@@ -157,19 +163,39 @@ def _level_rows(demo: _Demo, target: str, level: int) -> list[Row]:
     return rows
 
 
+def _rigl_row(demo: _Demo, target: str, level: int, own: Ticket) -> Row:
+    """RigL (ERK, its defaults) from scratch at the level's exact sparsity: dynamic sparse training's row."""
+    path = demo.out / f"{target}-l{level:02d}-rigl.safetensors"
+    if path.exists():
+        ticket = Ticket.load(path)
+    else:
+        ckpt = checkpoint_path_for(path)
+        cfg = demo.cfgs[target]
+        # RigL's default (every 100 steps) on the full recipe (690 steps: 5 updates); shorter runs
+        # (--quick, tests) update more often so they still make 5.
+        until = round(0.75 * cfg.total_steps(demo.bundle.steps_per_epoch(cfg.batch_size)))
+        every = min(100, max(1, until // 5))
+        ticket = find_dst(DstOptions("rigl", target, "digits", own.sparsity, update_every=every), cfg, demo.bundle,
+                          checkpoint_path=ckpt, title=f"rigl {target} at round {level}'s sparsity")
+        ticket.sha256 = save_result(ticket, path, ckpt, force=True)
+    demo.log.info(f"  rigl {target} at {fmt_pct(ticket.sparsity)}: test acc {fmt_pct(ticket.metrics['test_acc'])}")
+    return _row(target, level, "rigl", target, ticket, ticket)
+
+
 def _row(target: str, level: int, kind: str, source: str, ticket: Ticket, trained: Ticket) -> Row:
     metrics = trained.metrics or {}
     cost = ticket.cost or {}
+    flops = flops_summary(trained)
     return Row(target, level, kind, source, ticket.sparsity, float(metrics.get("test_acc", float("nan"))),
                int(cost.get("train_steps", 0)), float(cost.get("train_seconds", 0.0)), ticket.sha256 or "",
-               {"trainings": cost.get("trainings", 0)})
+               {"trainings": cost.get("trainings", 0)}, flops["total"], flops["relative"])
 
 
 def render_table(rows: list[Row]) -> str:
     """The comparison as text: per target and level, each ticket's sparsity, accuracy and cost."""
     lines = []
     header = f"{'target':<14} {'level':>5} {'ticket':<22} {'from':<14} {'sparsity':>9} {'test acc':>9} " \
-             f"{'cost: trainings':>15} {'steps':>7} {'seconds':>8}"
+             f"{'cost: trainings':>15} {'steps':>7} {'seconds':>8} {'FLOPs':>7} {'x dense':>7}"
     lines.append(header)
     lines.append("-" * len(header))
     last = None
@@ -178,16 +204,23 @@ def render_table(rows: list[Row]) -> str:
             lines.append("")
         last = (r.target, r.level)
         lines.append(f"{r.target:<14} {r.level:>5} {r.kind:<22} {r.source:<14} {fmt_pct(r.sparsity):>9} "
-                     f"{fmt_pct(r.test_acc):>9} {r.extra.get('trainings', 0):>15} {r.cost_steps:>7} {r.cost_seconds:>8.1f}")
+                     f"{fmt_pct(r.test_acc):>9} {r.extra.get('trainings', 0):>15} {r.cost_steps:>7} {r.cost_seconds:>8.1f} "
+                     f"{fmt_flops(r.flops):>7} {_times(r.flops_vs_dense):>7}")
     return "\n".join(lines) + "\n"
+
+
+def _times(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}x"
 
 
 def print_table(rows: list[Row]) -> None:
     table = make_table(
-        ["target", "level", "ticket", "from", "sparsity", "test acc", "trainings to obtain", "steps", "seconds"],
+        ["target", "level", "ticket", "from", "sparsity", "test acc", "trainings to obtain", "steps", "seconds",
+         "FLOPs", "x dense"],
         [(r.target, r.level, r.kind, r.source, fmt_pct(r.sparsity), fmt_pct(r.test_acc), r.extra.get("trainings", 0),
-          r.cost_steps, f"{r.cost_seconds:.1f}") for r in rows],
-        title="E-LTH on digits: each target's own IMP ticket vs transformed tickets vs baselines",
-        right=["level", "sparsity", "test acc", "trainings to obtain", "steps", "seconds"],
+          r.cost_steps, f"{r.cost_seconds:.1f}", fmt_flops(r.flops), _times(r.flops_vs_dense)) for r in rows],
+        title="E-LTH on digits: each target's own IMP ticket vs transformed tickets vs RigL vs baselines (FLOPs: to "
+              "obtain and train; x dense: over one dense training of the target)",
+        right=["level", "sparsity", "test acc", "trainings to obtain", "steps", "seconds", "FLOPs", "x dense"],
     )
     stdout_console().print(table)

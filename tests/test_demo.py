@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from elth_cli.demo import DemoConfig, render_table, run_demo
 from elth_cli.report import Log
 from elth_cli.ticket import Ticket
@@ -13,21 +15,26 @@ def test_tiny_demo(tmp_path):
     kinds = {(r.target, r.kind) for r in rows}
     assert kinds == {
         ("resnet14-w4", "IMP (own)"), ("resnet14-w4", "squeeze keep-first"), ("resnet14-w4", "squeeze spaced"),
-        ("resnet14-w4", "random"), ("resnet14-w4", "magnitude"),
+        ("resnet14-w4", "rigl"), ("resnet14-w4", "random"), ("resnet14-w4", "magnitude"),
         ("resnet20-w4", "IMP (own)"), ("resnet20-w4", "stretch append"), ("resnet20-w4", "stretch interpolate"),
-        ("resnet20-w4", "random"), ("resnet20-w4", "magnitude"),
+        ("resnet20-w4", "rigl"), ("resnet20-w4", "random"), ("resnet20-w4", "magnitude"),
     }
     by = {(r.target, r.kind): r for r in rows}
     # A stretched ticket costs its source's IMP (two trainings of resnet14), once; baselines only the rewind.
     assert by[("resnet20-w4", "stretch append")].extra["trainings"] == 2
     assert by[("resnet20-w4", "stretch append")].cost_steps == by[("resnet14-w4", "IMP (own)")].cost_steps
     assert by[("resnet20-w4", "random")].extra["trainings"] == 0
-    # Baselines match the target's IMP sparsity exactly.
+    # Baselines and RigL match the target's IMP sparsity exactly.
     assert by[("resnet20-w4", "random")].sparsity == by[("resnet20-w4", "IMP (own)")].sparsity
+    assert by[("resnet20-w4", "rigl")].sparsity == pytest.approx(by[("resnet20-w4", "IMP (own)")].sparsity, abs=1e-6)
+    # FLOPs: the stretched ticket costs its source's IMP plus one training; RigL one (sparse) training.
+    stretch_row, rigl_row = by[("resnet20-w4", "stretch append")], by[("resnet20-w4", "rigl")]
+    assert rigl_row.extra["trainings"] == 1 and 0 < rigl_row.flops_vs_dense < 1
+    assert stretch_row.flops > by[("resnet14-w4", "IMP (own)")].flops * 0.5 and stretch_row.flops_vs_dense > 1
     for r in rows:
         assert 0.0 <= r.test_acc <= 1.0
     doc = json.loads((tmp_path / "table.json").read_text())
-    assert len(doc["rows"]) == 10
+    assert len(doc["rows"]) == 12
     assert (tmp_path / "table.txt").read_text() == render_table(rows)
     stretched = Ticket.load(tmp_path / "resnet20-w4-l02-stretch-append.safetensors")
     assert stretched.is_trained and stretched.transform["source_arch"] == "resnet14-w4"
