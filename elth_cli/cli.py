@@ -697,8 +697,8 @@ def eval_cmd(
              "--like runs/r20/round-10.safetensors -o r20-snip.safetensors")
 def find(
     method: Annotated[str, typer.Option("--method", "-m", help="imp (iterative magnitude pruning with rewinding), "
-                      "dynamic sparse training (rigl, set, dpf), or a one-shot baseline: random, magnitude, snip, "
-                      "grasp, synflow.")] = "imp",
+                      "early-bird (prune once when the mask settles), dynamic sparse training (rigl, set, dpf), or a "
+                      "one-shot baseline: random, magnitude, snip, grasp, synflow.")] = "imp",
     arch: Annotated[Optional[str], typer.Option("--arch", "-a", help="Architecture (elth archs lists them); "
                     "baselines take it from --from when given.")] = None,
     dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Data set: fixes input shape and class "
@@ -731,6 +731,12 @@ def find(
                             "which the mask is fixed (dpf reaches --sparsity there).")] = 0.75,
     drop_fraction: Annotated[float, typer.Option("--drop-fraction", help="rigl/set: fraction of each layer's active "
                              "weights rewired at the first update, decaying by cosine to 0.")] = 0.3,
+    early_bird: Annotated[bool, typer.Option("--early-bird", help="imp: train each round only until its next mask "
+                          "has settled (--window, --epsilon), then prune and rewind.")] = False,
+    window: Annotated[Optional[int], typer.Option("--window", help="early-bird: epochs whose mask distances must "
+                      "all be below --epsilon (default 5, You et al. 2020).")] = None,
+    epsilon: Annotated[Optional[float], typer.Option("--epsilon", help="early-bird: largest mask distance (Hamming "
+                       "over the kept weights) that counts as settled (default 0.1, You et al. 2020).")] = None,
     batches: Annotated[int, typer.Option("--batches", help="snip/grasp: training batches whose gradients score the "
                        "weights.")] = 10,
     iterations: Annotated[int, typer.Option("--iterations", help="synflow: pruning iterations.")] = 100,
@@ -793,6 +799,8 @@ def find(
         _find_imp(args)
     elif method in DST_METHODS:
         _find_dst(args)
+    elif method == "early-bird":
+        _find_early_bird(args)
     else:
         _find_baseline(args)
 
@@ -812,8 +820,11 @@ def _find_imp(a: types.SimpleNamespace) -> None:
         raise UsageError("imp needs --arch, --dataset and --out-dir")
     spec = archs.resolve_arch(a.arch)
     info = data_mod.get_dataset_info(a.dataset, str(a.data_dir) if a.data_dir else None)
+    if not a.early_bird:
+        _reject_flags("imp", (("--window", a.window), ("--epsilon", a.epsilon)), "for early-bird rounds (--early-bird)")
     opts = find_mod.ImpOptions(spec.name, info.name, rounds=a.rounds, sparsity=a.sparsity, prune_rate=a.prune_rate,
-                               rewind=normalise_steps(a.rewind), exclude=tuple(a.exclude) if a.exclude else None)
+                               rewind=normalise_steps(a.rewind), exclude=tuple(a.exclude) if a.exclude else None,
+                               early_bird=a.early_bird, **_detection(a))
     find_mod.check_imp_options(opts)
     with training_session(a.device, a.precision, a.dist_timeout) as session:
         if a.output is not None:
@@ -839,11 +850,58 @@ def _find_imp(a: types.SimpleNamespace) -> None:
     if a.json_out:
         print_json(summary)
     elif not a.quiet:
-        rows = [(r.round, fmt_pct(r.sparsity), fmt_pct(r.test_acc), fmt_pct(r.best_test_acc), f"{r.seconds:.1f}")
-                for r in records]
-        stdout_console().print(make_table(["round", "sparsity", "test acc", "best", "seconds"], rows,
-                                          title=f"IMP {final.arch} on {bundle.info.name}",
-                                          right=["round", "sparsity", "test acc", "best", "seconds"]))
+        columns = ["round", "sparsity", "test acc", "best", "steps", "seconds"] + (["early"] if a.early_bird else [])
+        rows = [(r.round, fmt_pct(r.sparsity), fmt_pct(r.test_acc), fmt_pct(r.best_test_acc), fmt_int(r.steps),
+                 f"{r.seconds:.1f}", *(["yes" if r.stopped_early else "no"] if a.early_bird else [])) for r in records]
+        stdout_console().print(make_table(columns, rows, title=f"IMP {final.arch} on {bundle.info.name}"
+                                          + (" (early-bird rounds)" if a.early_bird else ""), right=columns[:6]))
+
+
+def _detection(a: types.SimpleNamespace) -> dict[str, Any]:
+    """--window and --epsilon where given (the library's defaults otherwise)."""
+    return {k: v for k, v in (("window", a.window), ("epsilon", a.epsilon)) if v is not None}
+
+
+def _find_early_bird(a: types.SimpleNamespace) -> None:
+    """``find --method early-bird``: train until the mask settles, prune once; ``a`` holds the parameters."""
+    from elth_cli import data as data_mod
+    from elth_cli import earlybird
+    from elth_cli.report import TrainProgress
+    from elth_cli.steps import normalise_steps
+    from elth_cli.train.checkpoint import checkpoint_path_for
+    from elth_cli.train.earlybird import check_detection
+    from elth_cli.train.session import training_session
+
+    _reject_flags(a.method, (("--from", a.from_ticket), ("--like", a.like), ("--out-dir", a.out_dir),
+                             ("--rounds", a.rounds), ("--distribution", a.distribution),
+                             ("--update-every", a.update_every)), "for other methods")
+    if a.output is None or a.arch is None or a.dataset is None or a.sparsity is None:
+        raise UsageError("early-bird needs --arch, --dataset, --sparsity and -o FILE")
+    spec = archs.resolve_arch(a.arch)
+    info = data_mod.get_dataset_info(a.dataset, str(a.data_dir) if a.data_dir else None)
+    opts = earlybird.EarlyBirdOptions(spec.name, info.name, a.sparsity, rewind=normalise_steps(a.rewind),
+                                      exclude=tuple(a.exclude) if a.exclude else None, **_detection(a))
+    check_detection(opts.window, opts.epsilon)
+    ckpt = None if a.output == STDIO else checkpoint_path_for(a.output)
+    with training_session(a.device, a.precision, a.dist_timeout) as session, \
+            session.exclusive(ckpt and a.output, f"the early-bird search writing {a.output}"):
+        check_output_path(a.output, a.force)
+        cfg, bundle = session.prepare(spec, info.name, data_dir=a.data_dir, download=a.download, workers=a.workers,
+                                      **a.overrides)
+        with _report_stop("find"):
+            ticket = earlybird.find_early_bird(opts, cfg, bundle, checkpoint_path=ckpt, log=TrainProgress(a.quiet))
+        sha = session.save(ticket, a.output, ckpt, a.force)
+    search = (ticket.metrics or {})["early_bird"]
+    if a.json_out:
+        print_json({"method": a.method, "output": a.output, "sha256": sha, "arch": ticket.arch,
+                    "sparsity": ticket.sparsity, "rewind_step": ticket.rewind_step, "early_bird": search,
+                    "cost": ticket.cost})
+        return
+    when = (f"mask settled at epoch {search['detected_epoch']}" if search["converged"]
+            else "mask never settled: pruned after the whole recipe")
+    Log(a.quiet).info(f"early-bird ticket {ticket.arch}: sparsity {fmt_pct(ticket.sparsity)}, {when}, "
+                      f"{fmt_int(search['steps'])} of {fmt_int(search['total_steps'])} steps, "
+                      f"{fmt_flops(ticket.cost.get('train_flops'))} FLOPs -> {a.output if a.output != STDIO else 'stdout'}")
 
 
 def _reject_flags(method: str, flags: tuple[tuple[str, Any], ...], purpose: str) -> None:
@@ -861,7 +919,10 @@ def _find_dst(a: types.SimpleNamespace) -> None:
     from elth_cli.train.session import training_session
 
     _reject_flags(a.method, (("--from", a.from_ticket), ("--like", a.like), ("--out-dir", a.out_dir),
-                             ("--rounds", a.rounds)), "for imp and the one-shot baselines")
+                             ("--rounds", a.rounds), ("--window", a.window), ("--epsilon", a.epsilon)),
+                  "for other methods")
+    if a.early_bird:
+        raise UsageError(f"--early-bird is for imp; {a.method} does not use it")
     if a.output is None or a.arch is None or a.dataset is None or a.sparsity is None:
         raise UsageError(f"{a.method} needs --arch, --dataset, --sparsity and -o FILE")
     if a.method == "dpf" and a.distribution is not None:
@@ -906,8 +967,11 @@ def _find_baseline(a: types.SimpleNamespace) -> None:
     for flag, value in (("--out-dir", a.out_dir), ("--rounds", a.rounds)):
         if value is not None:
             raise UsageError(f"{flag} is for --method imp")
-    _reject_flags(a.method, (("--update-every", a.update_every), ("--train-scale", a.train_scale)),
-                  "for training methods (imp, rigl, set, dpf)")
+    _reject_flags(a.method, (("--update-every", a.update_every), ("--train-scale", a.train_scale),
+                             ("--window", a.window), ("--epsilon", a.epsilon)),
+                  "for training methods (imp, early-bird, rigl, set, dpf)")
+    if a.early_bird:
+        raise UsageError(f"--early-bird is for imp; {a.method} does not use it")
     if a.distribution is not None and a.method != "random":
         raise UsageError(f"--distribution is for random, rigl and set; {a.method} does not use it")
     if (a.sparsity is None) == (a.like is None):

@@ -26,13 +26,15 @@ from elth_cli.prune import (
 from elth_cli.steps import parse_steps
 from elth_cli.ticket import Ticket, apply_masks
 from elth_cli.train.config import TrainConfig
+from elth_cli.train.earlybird import DEFAULT_EPSILON, DEFAULT_WINDOW, MaskConvergence, check_detection
+from elth_cli.train.earlybird import STATE_KEY as EARLY_BIRD_KEY
 from elth_cli.train.identity import run_differences
 from elth_cli.train.provenance import run_config
 from elth_cli.train.run import train_state
 from elth_cli.train.session import save_result
 from elth_cli.train.signals import StopFlag, stop_signals
 
-FIND_METHODS = ("imp", "rigl", "set", "dpf", "random", "magnitude", "snip", "grasp", "synflow")
+FIND_METHODS = ("imp", "early-bird", "rigl", "set", "dpf", "random", "magnitude", "snip", "grasp", "synflow")
 # What a fresh network cost: nothing (a ticket's ``cost`` is what obtaining its mask and init took).
 NO_COST: dict[str, Any] = {"train_steps": 0, "train_seconds": 0.0, "trainings": 0, "train_flops": 0.0,
                            "dense_train_flops": 0.0}
@@ -229,10 +231,17 @@ class ImpOptions:
     prune_rate: float = 0.2
     rewind: str = "0it"
     exclude: tuple[str, ...] | None = None  # None: the family's default (fc for VGG)
+    # Early-bird rounds (You et al. 2020): train each round only until its next mask settles.
+    early_bird: bool = False
+    window: int = DEFAULT_WINDOW
+    epsilon: float = DEFAULT_EPSILON
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["exclude"] = None if self.exclude is None else list(self.exclude)
+        if not self.early_bird:  # runs from before early-bird rounds existed recorded none of these
+            for key in ("early_bird", "window", "epsilon"):
+                del d[key]
         return d
 
 
@@ -242,7 +251,8 @@ RUN_FILE_RULES: dict[str, schema.Check] = {
     "method": schema.text, "imp": schema.obj(), "train": schema.obj(), "world_size": schema.integer(1)}
 RECORD_RULES: dict[str, schema.Check] = {
     "round": schema.integer(0), "sparsity": schema.number(0, 1), "test_acc": _METRIC, "best_test_acc": _METRIC,
-    "test_loss": _METRIC, "steps": schema.integer(0), "seconds": schema.number(0), "path": schema.text}
+    "test_loss": _METRIC, "steps": schema.integer(0), "seconds": schema.number(0), "path": schema.text,
+    "stopped_early": schema.integer(0, 1)}
 
 
 @dataclass
@@ -257,6 +267,7 @@ class RoundRecord:
     steps: int
     seconds: float
     path: str
+    stopped_early: int = 0  # 1: an early-bird round that stopped when its next mask had settled
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -317,6 +328,8 @@ def check_imp_options(opts: ImpOptions) -> int:
         raise UsageError(f"--prune-rate must be in (0, 1) (the fraction of remaining weights pruned per round), got {opts.prune_rate}")
     if (opts.rounds is None) == (opts.sparsity is None):
         raise UsageError("give exactly one of --rounds and --sparsity")
+    if opts.early_bird:
+        check_detection(opts.window, opts.epsilon)
     if opts.rounds is not None:
         if opts.rounds < 0 or opts.rounds > 100:
             raise UsageError(f"--rounds must be between 0 and 100, got {opts.rounds}")
@@ -350,6 +363,15 @@ def _check_run_dir(folder: RunFolder, identity: dict[str, Any]) -> None:
     if folder.has_rounds():
         raise UsageError(f"{folder.path} holds round files but no {folder.RUN_FILE}; choose an empty --out-dir")
     write_bytes_atomic(folder.run_file, (json.dumps(identity, indent=2, sort_keys=True) + "\n").encode())
+
+
+def _next_pruned(masks: dict[str, Tensor], n_round: int, last: int, opts: ImpOptions, exclude: tuple[str, ...]) -> int:
+    """How many weights round ``n_round``'s mask prunes in all, given the previous round's ``masks``."""
+    if opts.sparsity is not None and n_round == last:
+        return round(opts.sparsity * kept_and_total(masks)[1])
+    kept, total = kept_and_total(masks)
+    remaining = kept_and_total({k: m for k, m in masks.items() if k not in exclude})[0]
+    return total - kept + round(opts.prune_rate * remaining)
 
 
 def _imp_masks(prev: Ticket, n_round: int, last: int, opts: ImpOptions, exclude: tuple[str, ...]) -> dict[str, Tensor]:
@@ -519,9 +541,14 @@ def _read_log(path: Path) -> dict[int, RoundRecord]:
 
 def _record_from_ticket(r: int, ticket: Ticket, path: Path) -> RoundRecord:
     m = ticket.metrics or {}
-    return RoundRecord(r, ticket.sparsity, m.get("test_acc", float("nan")), m.get("best_test_acc", float("nan")),
-                       m.get("test_loss", float("nan")), int(m.get("steps", 0)), float(m.get("wall_time_s", 0.0)),
-                       str(path))
+    early = m.get("early_bird") or {}
+    return RoundRecord(r, ticket.sparsity, _nan_if_none(m.get("test_acc")), _nan_if_none(m.get("best_test_acc")),
+                       _nan_if_none(m.get("test_loss")), int(m.get("steps", 0)), float(m.get("wall_time_s", 0.0)),
+                       str(path), int(bool(early.get("stopped_early"))))
+
+
+def _nan_if_none(value: Any) -> float:
+    return float("nan") if value is None else float(value)
 
 
 def _train_round(run: _ImpRun, r: int, masks: dict[str, Tensor] | None, prev: Ticket | None,
@@ -530,18 +557,21 @@ def _train_round(run: _ImpRun, r: int, masks: dict[str, Tensor] | None, prev: Ti
     cfg, bundle, plan = run.cfg, run.bundle, run.plan
     shape, classes, rewind_step = bundle.info.input_shape, bundle.info.num_classes, plan.rewind_step
     stop_step = run.stop_at[1] if run.stop_at is not None and run.stop_at[0] == r else None
-    common = dict(checkpoint_path=run.folder.round_checkpoint(r), log=run.log, stop=run.flag, handle_signals=False,
-                  stop_at_step=stop_step, rank=run.rank, world_size=run.world_size,
-                  title=f"IMP round {r}/{plan.last} {plan.spec.name}")
     if r == 0:
         # Seeded: every rank builds the same initialisation.
         dense = fresh_ticket(plan.spec.name, shape, classes, seed=cfg.seed)
         masks = dense.masks
+    assert masks is not None
+    detector = _round_detector(run, r, masks)
+    common = dict(checkpoint_path=run.folder.round_checkpoint(r), log=run.log, stop=run.flag, handle_signals=False,
+                  stop_at_step=stop_step, rank=run.rank, world_size=run.world_size,
+                  title=f"IMP round {r}/{plan.last} {plan.spec.name}", hooks=[detector] if detector else [])
+    if r == 0:
         result = train_state(dense.build_model("init"), masks, bundle, cfg, 0,
                              snapshot_steps={rewind_step} if rewind_step > 0 else (), **common)
         rewind = result.snapshots[rewind_step] if rewind_step > 0 else dense.init
         # The dense ticket costs the training up to the rewind point (the weights it starts from).
-        fraction = rewind_step / result.metrics["total_steps"]
+        fraction = rewind_step / result.metrics["steps"]  # the steps it trained (fewer for an early-bird round)
         ticket_cost = {"train_steps": rewind_step, "trainings": 0,
                        "train_seconds": round(result.metrics["wall_time_s"] * fraction, 3),
                        "train_flops": result.metrics["train_flops"] * fraction,
@@ -556,9 +586,30 @@ def _train_round(run: _ImpRun, r: int, masks: dict[str, Tensor] | None, prev: Ti
     spe = bundle.steps_per_epoch(cfg.batch_size, run.world_size)
     hparams = {"imp": run.opts.as_dict() | {"round": r, "rounds": plan.last, "exclude": list(plan.exclude)},
                **cfg.resolved(spe, start, run.world_size)}
+    metrics = {**result.metrics, "round": r}
+    if detector is not None:
+        metrics["early_bird"] = _round_search(result.extra.get(EARLY_BIRD_KEY, {}), result.metrics)
     return Ticket(
         arch=plan.spec.name, input_shape=shape, num_classes=classes, masks=masks, init=apply_masks(rewind, masks),
         trained=apply_masks(result.state, masks), method="imp", rewind_step=rewind_step, dataset=bundle.info.name,
-        parents=parents, hparams=hparams, metrics={**result.metrics, "round": r}, cost=ticket_cost,
+        parents=parents, hparams=hparams, metrics=metrics, cost=ticket_cost,
         config=run_config("find", hparams, bundle.device, result.setup),
     )
+
+
+def _round_detector(run: _ImpRun, r: int, masks: dict[str, Tensor]) -> MaskConvergence | None:
+    """With ``--early-bird``, the hook that ends round ``r`` once its next mask has settled (None for the
+    last round, which has no next mask, and without ``--early-bird``)."""
+    opts, plan = run.opts, run.plan
+    if not opts.early_bird or r >= plan.last:
+        return None
+    keys = [k for k in masks if k not in plan.exclude]
+    return MaskConvergence(keys, _next_pruned(masks, r + 1, plan.last, opts, plan.exclude), opts.window,
+                           opts.epsilon, stop=True, not_before=plan.rewind_step if r == 0 else 0)
+
+
+def _round_search(state: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
+    """An early-bird round's record: whether it stopped early, when, and the steps it saved."""
+    return {"detected_epoch": state.get("detected_epoch"), "distances": state.get("distances", []),
+            "stopped_early": metrics["steps"] + metrics["start_step"] < metrics["total_steps"],
+            "steps_saved": metrics["total_steps"] - metrics["start_step"] - metrics["steps"]}

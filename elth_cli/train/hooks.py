@@ -91,7 +91,7 @@ class Checkpointing(Hook):
         loop.state.wall_seconds = loop.wall()
         stats = loop.epoch_stats()
         parts = loop.parts
-        loop.state.extra_tensors = parts.masks.extra_state()
+        loop.state.extra_tensors.update(parts.masks.extra_state())  # beside what hooks keep there
         # Rank 0 writes; the others wait for it, and fail with it if the write fails.
         distributed.run_on_main(lambda: save_checkpoint(
             self.path, self.identity, parts.model, parts.optimizer, parts.scaler, stats, loop.state,

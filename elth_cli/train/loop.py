@@ -5,7 +5,8 @@ Events, in order (each hook's method is a no-op unless it overrides it):
 * ``on_run_start(loop)``: before the first step of this segment (a resumed run starts mid-way);
 * ``on_step_end(loop)``: after every optimizer step (``loop.step`` already counts it);
 * ``on_epoch_end(loop, record)``: the epoch's training statistics are in ``record``; hooks that
-  measure add fields to it (evaluation, mask distances), check the weights, or change masks;
+  measure add fields to it (evaluation, mask distances), check the weights, change masks, or end
+  the run after this epoch (:meth:`TrainLoop.end_early`);
 * ``on_epoch_recorded(loop, record)``: the record is final and in the history; hooks that persist
   or report act (checkpoint, JSON lines, progress line);
 * ``on_stop(loop)``: a stop was requested (signal, or ``stop_at_step``); the loop then raises
@@ -117,6 +118,7 @@ class TrainLoop:
         self.stop_check = StopCheck(flag, world_size, bundle.device, state.step)
         self.checkpoint_path: Path | None = None  # set by the checkpoint hook: where a stop leaves its state
         self.finished = False
+        self.ended_early = False  # a hook ended the run before the recipe's last step (end_early)
         self.step_images = 0  # images of the last step, over every rank (FLOPs accounting reads it)
         self._step_hooks = [h for h in self.hooks if _overrides(h, "on_step_end")]
         self._warm_shapes: set[tuple[int, ...]] = set()
@@ -143,6 +145,13 @@ class TrainLoop:
         """Rewire masks mid-training (see :meth:`MaskSet.update`); every rank must pass the same masks."""
         return self.parts.masks.update(masks, self.parts.optimizer)
 
+    def end_early(self) -> None:
+        """End the run, successfully, after the current epoch (a hook has what it trained for: early-bird).
+
+        Called in ``on_run_start`` it ends the run before any step (a resumed run that had finished).
+        """
+        self.ended_early = True
+
     def wall(self) -> float:
         """Seconds of this run so far, over every segment of a resumed run."""
         return self._wall_base + time.perf_counter() - self._segment_start
@@ -164,7 +173,7 @@ class TrainLoop:
         self.model.train()
         try:
             self._emit("on_run_start")
-            while self.state.step < self.total:
+            while self.state.step < self.total and not self.ended_early:
                 self._run_epoch()
             self.state.wall_seconds = self.wall()
             self.finished = True
@@ -199,6 +208,8 @@ class TrainLoop:
         record: dict[str, Any] = {"epoch": epoch + 1, "step": self.state.step, "lr": self.schedule(self.state.step - 1),
                                   "train_loss": loss, "train_acc": acc, "test_loss": None, "test_acc": None}
         self._emit("on_epoch_end", record)
+        if self.ended_early and not done:
+            self.parts.masks.clean()
         images = timed_images * self.world_size  # every rank trained as many images as this one
         record["images_per_s"] = round(images / train_time, 1) if train_time > 0 and timed_images else None
         record["seconds"] = round(time.perf_counter() - epoch_start, 3)
@@ -206,7 +217,7 @@ class TrainLoop:
         self.state.train_images += timed_images
         self.state.history.append(record)
         self._emit("on_epoch_recorded", record)
-        if not done and self.stop_check.at_epoch_end(self.state.step):
+        if not done and not self.ended_early and self.stop_check.at_epoch_end(self.state.step):
             self._stop()
 
     def _train_batches(self, epoch: int, batch: int) -> tuple[float, int, float]:

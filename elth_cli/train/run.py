@@ -134,7 +134,7 @@ def _metrics(loop: TrainLoop, start_step: int, macs: dict[str, int]) -> dict[str
     metrics: dict[str, Any] = {
         "test_acc": last["test_acc"], "best_test_acc": state.best_test_acc, "test_loss": last["test_loss"],
         "train_loss": last["train_loss"], "train_acc": last["train_acc"], "epochs": loop.cfg.epochs,
-        "start_step": start_step, "steps": loop.total - start_step, "total_steps": loop.total,
+        "start_step": start_step, "steps": state.step - start_step, "total_steps": loop.total,
         "wall_time_s": round(state.wall_seconds, 3),
         # All ranks step together: the run's throughput is world_size times one rank's.
         "images_per_s": round(state.train_images * ws / state.train_seconds, 1) if state.train_seconds > 0 else None,

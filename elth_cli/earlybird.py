@@ -1,0 +1,106 @@
+"""Early-bird tickets: ``elth find --method early-bird`` (You et al., ICLR 2020).
+
+Train a fresh network with the recipe until the global magnitude mask at the target sparsity stops
+moving (the largest of the last ``window`` epoch-to-epoch normalised Hamming distances below
+``epsilon``; :class:`~elth_cli.train.earlybird.MaskConvergence`), then stop and prune once: the
+ticket is that mask, exact, with ``init`` = the weights at the rewind step under it. It is not
+trained (train it with ``elth train``); it records the epoch of detection, the distance history
+and what the search cost (steps, seconds, FLOPs). A run that never converges trains the whole
+recipe and prunes at its end, and says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable
+
+from elth_cli import archs, data
+from elth_cli.errors import UsageError
+from elth_cli.find import default_exclude, fresh_ticket
+from elth_cli.prune import check_sparsity, magnitude_scores, prune_to_sparsity
+from elth_cli.steps import parse_steps
+from elth_cli.ticket import Ticket, apply_masks
+from elth_cli.train.config import TrainConfig
+from elth_cli.train.earlybird import DEFAULT_EPSILON, DEFAULT_WINDOW, STATE_KEY, MaskConvergence, check_detection
+from elth_cli.train.loop import Hook
+from elth_cli.train.provenance import run_config
+from elth_cli.train.run import train_state
+
+
+@dataclass(frozen=True)
+class EarlyBirdOptions:
+    """What an early-bird search does, apart from the recipe (a TrainConfig)."""
+
+    arch: str
+    dataset: str
+    sparsity: float
+    rewind: str = "0it"
+    window: int = DEFAULT_WINDOW
+    epsilon: float = DEFAULT_EPSILON
+    exclude: tuple[str, ...] | None = None  # None: the family's default (fc for VGG)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["exclude"] = None if self.exclude is None else list(self.exclude)
+        return d
+
+
+def pruned_count(masks: dict[str, Any], sparsity: float, exclude: tuple[str, ...]) -> int:
+    """Weights pruned at ``sparsity`` of every prunable weight, checked to be reachable with ``exclude`` dense."""
+    total = sum(m.numel() for m in masks.values())
+    allowed = sum(m.numel() for k, m in masks.items() if k not in exclude)
+    target = round(sparsity * total)
+    if target > allowed:
+        raise UsageError(f"sparsity {sparsity} is impossible with {', '.join(exclude)} kept dense: at most "
+                         f"{allowed / total:.4f} is reachable; lower --sparsity or change --exclude")
+    return target
+
+
+def find_early_bird(opts: EarlyBirdOptions, cfg: TrainConfig, bundle: data.DataBundle, hooks: Iterable[Hook] = (),
+                    **train_options: Any) -> Ticket:
+    """Train until the mask converges, then prune once; return the (untrained) ticket, unsaved.
+
+    ``train_options`` are :func:`~elth_cli.train.run.train_state`'s (checkpoint, resume, log, ...):
+    a stopped search resumes and detects at the same epoch as an uninterrupted one.
+    """
+    check_sparsity(opts.sparsity)
+    check_detection(opts.window, opts.epsilon)
+    spec, info = archs.resolve_arch(opts.arch), bundle.info
+    exclude = default_exclude(spec) if opts.exclude is None else tuple(opts.exclude)
+    spe = bundle.steps_per_epoch(cfg.batch_size, train_options.get("world_size", 1))
+    rewind_step = parse_steps(opts.rewind, spe)
+    if rewind_step >= cfg.total_steps(spe):
+        raise UsageError(f"--rewind {opts.rewind} ({rewind_step} steps) is not before the end of training")
+    dense = fresh_ticket(spec.name, info.input_shape, info.num_classes, seed=cfg.seed, dataset=info.name)
+    keys = [k for k in dense.masks if k not in exclude]
+    detector = MaskConvergence(keys, pruned_count(dense.masks, opts.sparsity, exclude), opts.window, opts.epsilon,
+                               stop=True, not_before=rewind_step)
+    train_options.setdefault("title", f"early-bird {spec.name} on {info.name}")
+    result = train_state(dense.build_model("init"), dense.masks, bundle, cfg, 0, hooks=[detector, *hooks],
+                         snapshot_steps={rewind_step} if rewind_step else (), **train_options)
+    masks = prune_to_sparsity(magnitude_scores(result.state, keys), dense.masks, opts.sparsity, exclude)
+    rewind = result.snapshots[rewind_step] if rewind_step else dense.init
+    search = _search_record(result.extra.get(STATE_KEY, {}), result.metrics)
+    hparams = {"early_bird": opts.as_dict() | {"exclude": list(exclude)}, **cfg.resolved(spe, 0)}
+    m = result.metrics
+    return Ticket(
+        arch=spec.name, input_shape=info.input_shape, num_classes=info.num_classes, masks=masks,
+        init=apply_masks(rewind, masks), method="early-bird", rewind_step=rewind_step, dataset=info.name,
+        hparams=hparams, metrics={"early_bird": search},
+        cost={"trainings": 1, "train_steps": int(m["steps"]), "train_seconds": float(m["wall_time_s"]),
+              "train_flops": float(m["train_flops"]), "dense_train_flops": float(m["dense_train_flops"])},
+        config=run_config("find", hparams, bundle.device, result.setup),
+    )
+
+
+def _search_record(state: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
+    """What the ticket records of its search: detection, distances, and the dense network's accuracy then."""
+    return {
+        "detected_epoch": state.get("detected_epoch"),
+        "detected_step": state.get("detected_step"),
+        "converged": state.get("detected_epoch") is not None,
+        "distances": state.get("distances", []),
+        "steps": metrics["steps"], "total_steps": metrics["total_steps"],
+        "dense_test_acc": metrics.get("test_acc"),  # of the network it was drawn from, when it stopped
+        "train_flops": metrics["train_flops"], "dense_run_flops": metrics["dense_run_flops"],
+    }
