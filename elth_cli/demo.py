@@ -3,7 +3,8 @@
 IMP on resnet20 and resnet32 at width 4 (at the default width every method saturates on digits:
 see docs/demo.md), then, at the levels where the methods separate, the elastic transformations
 (resnet20 -> resnet32 by append and interpolate; resnet32 -> resnet20 by keep-first and spaced),
-RigL from scratch at the same sparsity (dynamic sparse training), and the random and magnitude
+the target's ticket from early-bird IMP (each round stopped once its next mask settled) trained in
+full, RigL from scratch at the same sparsity (dynamic sparse training), and the random and magnitude
 baselines from each target's rewind weights, each trained with the same recipe. The table compares
 them per target and level with the compute spent to obtain each ticket, and the FLOPs to obtain
 and train it. Re-running resumes: finished IMP rounds and trained tickets are reused.
@@ -11,6 +12,7 @@ and train it. Re-running resumes: finished IMP rounds and trained tickets are re
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -80,8 +82,8 @@ class _Demo:
     bundle: data.DataBundle
     cfgs: dict[str, TrainConfig]
 
-    def imp_dir(self, arch: str) -> Path:
-        return self.out / f"imp-{arch}"
+    def imp_dir(self, arch: str, early_bird: bool = False) -> Path:
+        return self.out / (f"imp-eb-{arch}" if early_bird else f"imp-{arch}")
 
 
 def run_demo(out_dir: str | Path, config: DemoConfig = DemoConfig(), log: Log | None = None) -> list[Row]:
@@ -98,9 +100,10 @@ def run_demo(out_dir: str | Path, config: DemoConfig = DemoConfig(), log: Log | 
         demo = _Demo(config, out, log, session, bundle, cfgs)
         _announce(demo)
         for arch in (config.small, config.large):
-            log.info(f"IMP on {arch} -> {demo.imp_dir(arch)}")
-            find_imp(ImpOptions(arch, "digits", rounds=config.rounds, rewind=config.rewind), cfgs[arch], bundle,
-                     demo.imp_dir(arch), on_round=_progress(log, arch))
+            for early in (False, True):
+                log.info(f"{'early-bird ' if early else ''}IMP on {arch} -> {demo.imp_dir(arch, early)}")
+                find_imp(ImpOptions(arch, "digits", rounds=config.rounds, rewind=config.rewind, early_bird=early),
+                         cfgs[arch], bundle, demo.imp_dir(arch, early), on_round=_progress(log, arch))
         rows = [row for level in config.levels for target in (config.small, config.large)
                 for row in _level_rows(demo, target, level)]
     doc = {
@@ -151,6 +154,7 @@ def _level_rows(demo: _Demo, target: str, level: int) -> list[Row]:
         rows.append(_row(target, level, kind, source_arch, trained, trained))
         log.info(f"  {kind} {source_arch} -> {target} at round {level}: test acc "
                  f"{fmt_pct(trained.metrics['test_acc'])}")
+    rows.append(_early_bird_row(demo, target, level))
     rows.append(_rigl_row(demo, target, level, own))
     dense = Ticket.load(round_path(demo.imp_dir(target), 0))
     for method in ("random", "magnitude"):
@@ -161,6 +165,18 @@ def _level_rows(demo: _Demo, target: str, level: int) -> list[Row]:
         log.info(f"  {method} baseline {target} at {fmt_pct(trained.sparsity)}: test acc "
                  f"{fmt_pct(trained.metrics['test_acc'])}")
     return rows
+
+
+def _early_bird_row(demo: _Demo, target: str, level: int) -> Row:
+    """The target's early-bird IMP ticket at ``level`` (rounds stopped when their next mask settled), trained
+    in full from its rewind point with the recipe: what early-bird rounds give for their lower cost."""
+    found = Ticket.load(round_path(demo.imp_dir(target, early_bird=True), level))
+    ticket = dataclasses.replace(found, trained=None, metrics=None, config=None,
+                                 parents=[found.parent_record()])  # its partial training dropped: trained anew
+    path = demo.out / f"{target}-l{level:02d}-imp-early-bird.safetensors"
+    trained = _train_cached(demo.session, ticket, path, demo.bundle, demo.cfgs[target])
+    demo.log.info(f"  early-bird IMP {target} at round {level}: test acc {fmt_pct(trained.metrics['test_acc'])}")
+    return _row(target, level, "IMP early-bird", target, found, trained)
 
 
 def _rigl_row(demo: _Demo, target: str, level: int, own: Ticket) -> Row:

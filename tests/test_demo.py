@@ -15,9 +15,11 @@ def test_tiny_demo(tmp_path):
     kinds = {(r.target, r.kind) for r in rows}
     assert kinds == {
         ("resnet14-w4", "IMP (own)"), ("resnet14-w4", "squeeze keep-first"), ("resnet14-w4", "squeeze spaced"),
-        ("resnet14-w4", "rigl"), ("resnet14-w4", "random"), ("resnet14-w4", "magnitude"),
+        ("resnet14-w4", "IMP early-bird"), ("resnet14-w4", "rigl"), ("resnet14-w4", "random"),
+        ("resnet14-w4", "magnitude"),
         ("resnet20-w4", "IMP (own)"), ("resnet20-w4", "stretch append"), ("resnet20-w4", "stretch interpolate"),
-        ("resnet20-w4", "rigl"), ("resnet20-w4", "random"), ("resnet20-w4", "magnitude"),
+        ("resnet20-w4", "IMP early-bird"), ("resnet20-w4", "rigl"), ("resnet20-w4", "random"),
+        ("resnet20-w4", "magnitude"),
     }
     by = {(r.target, r.kind): r for r in rows}
     # A stretched ticket costs its source's IMP (two trainings of resnet14), once; baselines only the rewind.
@@ -34,7 +36,11 @@ def test_tiny_demo(tmp_path):
     for r in rows:
         assert 0.0 <= r.test_acc <= 1.0
     doc = json.loads((tmp_path / "table.json").read_text())
-    assert len(doc["rows"]) == 12
+    assert len(doc["rows"]) == 14
+    # The early-bird row: the early-bird chain's round ticket, trained anew in full with the recipe.
+    early = by[("resnet20-w4", "IMP early-bird")]
+    assert early.sparsity == by[("resnet20-w4", "IMP (own)")].sparsity and early.extra["trainings"] == 2
+    assert (tmp_path / "imp-eb-resnet20-w4" / "find.jsonl").exists()
     assert (tmp_path / "table.txt").read_text() == render_table(rows)
     stretched = Ticket.load(tmp_path / "resnet20-w4-l02-stretch-append.safetensors")
     assert stretched.is_trained and stretched.transform["source_arch"] == "resnet14-w4"
