@@ -268,6 +268,10 @@ def squeeze(
 
 
 # ----- compare ------------------------------------------------------------------------------------
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def _print_compare(doc: dict) -> None:
     """The text form of ``elth compare``: tickets, mask overlap, aligned profile, interpolation."""
     con = stdout_console()
@@ -278,7 +282,7 @@ def _print_compare(doc: dict) -> None:
         cost = t["cost"]
         cost_text = "-" if all(cost.get(k) is None for k in ("train_steps", "train_seconds", "trainings")) else (
             f"{fmt_int(cost.get('train_steps') or 0)} steps, {float(cost.get('train_seconds') or 0):.0f} s, "
-            f"{cost.get('trainings') or 0} trainings")
+            f"{_plural(cost.get('trainings') or 0, 'training')}")
         loss = "-" if t["test_loss"] is None else f"{t['test_loss']:.4f}"
         flops = t["flops"]
         relative = "-" if flops["relative"] is None else f"{flops['relative']:.2f}x"
@@ -727,10 +731,12 @@ def find(
                             "global or erk (Erdos-Renyi-Kernel); rigl/set: erk (default) or layerwise.")] = None,
     update_every: Annotated[Optional[int], typer.Option("--update-every", help="rigl/set/dpf: steps between mask "
                             "updates (default 100 for rigl/set, 16 for dpf).")] = None,
-    update_until: Annotated[float, typer.Option("--update-until", help="rigl/set/dpf: fraction of training after "
-                            "which the mask is fixed (dpf reaches --sparsity there).")] = 0.75,
-    drop_fraction: Annotated[float, typer.Option("--drop-fraction", help="rigl/set: fraction of each layer's active "
-                             "weights rewired at the first update, decaying by cosine to 0.")] = 0.3,
+    update_until: Annotated[Optional[float], typer.Option("--update-until", help="rigl/set/dpf: fraction of "
+                            "training after which the mask is fixed (dpf reaches --sparsity there; default "
+                            "0.75).")] = None,
+    drop_fraction: Annotated[Optional[float], typer.Option("--drop-fraction", help="rigl/set: fraction of each "
+                             "layer's active weights rewired at the first update, decaying by cosine to 0 "
+                             "(default 0.3).")] = None,
     early_bird: Annotated[bool, typer.Option("--early-bird", help="imp: train each round only until its next mask "
                           "has settled (--window, --epsilon), then prune and rewind.")] = False,
     window: Annotated[Optional[int], typer.Option("--window", help="early-bird: epochs whose mask distances must "
@@ -766,12 +772,16 @@ def find(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Find a ticket: IMP with rewinding (one ticket per round), or a one-shot pruning baseline.
+    """Find a ticket: IMP with rewinding (one ticket per round), early-bird, dynamic sparse training, or a one-shot
+    pruning baseline.
 
     imp trains the dense network (round 0), then each round prunes --prune-rate of the remaining weights by global
-    magnitude, rewinds the survivors to the --rewind step and trains again (every flag of elth train applies).
-    Baselines prune once at --from's init weights (or a fresh seeded network of --arch) to --sparsity or --like's
-    sparsity: random, magnitude, snip, grasp (original sign convention), synflow (iterative, data-free).
+    magnitude, rewinds the survivors to the --rewind step and trains again (every flag of elth train applies);
+    with --early-bird each round stops once its next mask has settled. early-bird trains until the magnitude mask
+    at --sparsity settles, then prunes once and rewinds (an untrained ticket). rigl, set and dpf train once from
+    scratch while the mask moves (a trained ticket). Baselines prune once at --from's init weights (or a fresh
+    seeded network of --arch) to --sparsity or --like's sparsity: random, magnitude, snip, grasp (original sign
+    convention), synflow (iterative, data-free).
 
     imp runs data-parallel with several processes (torchrun --nproc-per-node N -m elth_cli find ..., or srun):
     rank 0 prunes and writes, every rank trains; --batch-size is the global batch.
@@ -822,6 +832,9 @@ def _find_imp(a: types.SimpleNamespace) -> None:
     info = data_mod.get_dataset_info(a.dataset, str(a.data_dir) if a.data_dir else None)
     if not a.early_bird:
         _reject_flags("imp", (("--window", a.window), ("--epsilon", a.epsilon)), "for early-bird rounds (--early-bird)")
+    _reject_flags("imp", _dst_flags(a), "for dynamic sparse training (rigl, set, dpf)")
+    if a.distribution is not None:
+        raise UsageError("--distribution is for random, rigl and set; imp prunes by global magnitude")
     opts = find_mod.ImpOptions(spec.name, info.name, rounds=a.rounds, sparsity=a.sparsity, prune_rate=a.prune_rate,
                                rewind=normalise_steps(a.rewind), exclude=tuple(a.exclude) if a.exclude else None,
                                early_bird=a.early_bird, **_detection(a))
@@ -873,8 +886,10 @@ def _find_early_bird(a: types.SimpleNamespace) -> None:
     from elth_cli.train.session import training_session
 
     _reject_flags(a.method, (("--from", a.from_ticket), ("--like", a.like), ("--out-dir", a.out_dir),
-                             ("--rounds", a.rounds), ("--distribution", a.distribution),
-                             ("--update-every", a.update_every)), "for other methods")
+                             ("--rounds", a.rounds), ("--distribution", a.distribution), *_dst_flags(a)),
+                  "for other methods")
+    if a.early_bird:
+        raise UsageError("--early-bird is for imp; --method early-bird searches once (drop --early-bird)")
     if a.output is None or a.arch is None or a.dataset is None or a.sparsity is None:
         raise UsageError("early-bird needs --arch, --dataset, --sparsity and -o FILE")
     spec = archs.resolve_arch(a.arch)
@@ -904,6 +919,11 @@ def _find_early_bird(a: types.SimpleNamespace) -> None:
                       f"{fmt_flops(ticket.cost.get('train_flops'))} FLOPs -> {a.output if a.output != STDIO else 'stdout'}")
 
 
+def _dst_flags(a: types.SimpleNamespace) -> tuple[tuple[str, Any], ...]:
+    return (("--update-every", a.update_every), ("--update-until", a.update_until),
+            ("--drop-fraction", a.drop_fraction))
+
+
 def _reject_flags(method: str, flags: tuple[tuple[str, Any], ...], purpose: str) -> None:
     for flag, value in flags:
         if value is not None:
@@ -927,10 +947,13 @@ def _find_dst(a: types.SimpleNamespace) -> None:
         raise UsageError(f"{a.method} needs --arch, --dataset, --sparsity and -o FILE")
     if a.method == "dpf" and a.distribution is not None:
         raise UsageError("dpf prunes by global magnitude; drop --distribution")
+    if a.method == "dpf" and a.drop_fraction is not None:
+        raise UsageError("dpf follows its sparsity schedule, it drops no fixed fraction; drop --drop-fraction")
     spec = archs.resolve_arch(a.arch)
     info = data_mod.get_dataset_info(a.dataset, str(a.data_dir) if a.data_dir else None)
     opts = dst.DstOptions(a.method, spec.name, info.name, a.sparsity, distribution=a.distribution or "erk",
-                          update_every=a.update_every, update_until=a.update_until, drop_fraction=a.drop_fraction,
+                          update_every=a.update_every, update_until=0.75 if a.update_until is None else a.update_until,
+                          drop_fraction=0.3 if a.drop_fraction is None else a.drop_fraction,
                           exclude=tuple(a.exclude) if a.exclude else None)
     dst.check_dst_options(opts)
     ckpt = None if a.output == STDIO else checkpoint_path_for(a.output)
@@ -967,9 +990,8 @@ def _find_baseline(a: types.SimpleNamespace) -> None:
     for flag, value in (("--out-dir", a.out_dir), ("--rounds", a.rounds)):
         if value is not None:
             raise UsageError(f"{flag} is for --method imp")
-    _reject_flags(a.method, (("--update-every", a.update_every), ("--train-scale", a.train_scale),
-                             ("--window", a.window), ("--epsilon", a.epsilon)),
-                  "for training methods (imp, early-bird, rigl, set, dpf)")
+    _reject_flags(a.method, (*_dst_flags(a), ("--train-scale", a.train_scale), ("--window", a.window),
+                             ("--epsilon", a.epsilon)), "for training methods (imp, early-bird, rigl, set, dpf)")
     if a.early_bird:
         raise UsageError(f"--early-bird is for imp; {a.method} does not use it")
     if a.distribution is not None and a.method != "random":

@@ -122,14 +122,19 @@ def flops_summary(ticket: Ticket) -> dict[str, float | None]:
     total relative to one dense training of its architecture with its recipe (None where unknown).
 
     A ticket straight from dynamic sparse training (``find --method rigl|set|dpf``) was trained by
-    the run that found it: that run is its cost, counted once.
+    the run that found it: that run is its cost, counted once. Likewise IMP's dense round 0, whose
+    cost (the training up to its rewind step) is the start of its own training.
     """
     metrics = ticket.metrics or {}
     obtain = _number(ticket.cost.get("train_flops"))
-    found_trained = ticket.method in DST_METHODS and (ticket.config or {}).get("command") == "find"
-    training = 0.0 if found_trained else _number(metrics.get("train_flops"))
+    training = _number(metrics.get("train_flops"))
+    from_find = (ticket.config or {}).get("command") == "find"
     if not ticket.is_trained:
         training = 0.0  # nothing trained yet: the total is what obtaining it cost
+    elif from_find and ticket.method in DST_METHODS:
+        training = 0.0  # the run that found it trained it: counted once, in its cost
+    elif from_find and ticket.method == "imp" and metrics.get("round") == 0 and training is not None and obtain:
+        training -= obtain  # IMP's dense round: its cost (training up to the rewind step) is part of its training
     total = None if obtain is None or training is None else obtain + training
     dense = _number(metrics.get("dense_run_flops"))
     return {"obtain": obtain, "training": training, "total": total, "dense_training": dense,

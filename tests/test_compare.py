@@ -23,7 +23,7 @@ from elth_cli.train import evaluate
 TOP_KEYS = {"schema", "schema_version", "family", "same_arch", "tickets", "pairs", "profile", "interpolation"}
 TICKET_KEYS = {"name", "sha256", "arch", "family", "blocks_per_stage", "dataset", "input_shape", "num_classes",
                "sparsity", "prunable_weights", "kept_weights", "method", "rewind_step", "trained", "parents",
-               "test_acc", "test_loss", "cost"}
+               "test_acc", "test_loss", "cost", "flops"}
 PAIR_KEYS = {"a", "b", "weights", "intersection", "union", "jaccard", "expected_random_jaccard", "jaccard_over_random",
              "hamming", "hamming_fraction", "identical_masks", "layers"}
 LAYER_KEYS = {"key", "weights", "sparsity_a", "sparsity_b", "intersection", "union", "jaccard",
@@ -140,9 +140,13 @@ def test_rows_report_metrics_cost_and_parents():
     assert rows[1]["test_acc"] is None and rows[1]["trained"] is False
     assert rows[2]["test_acc"] == 0.5 and rows[2]["test_loss"] is None
     # A stretched ticket costs what its source's IMP cost, once.
-    assert rows[1]["cost"] == rows[0]["cost"] == {"train_steps": 5000, "train_seconds": 12.5, "trainings": 5}
+    assert rows[1]["cost"] == rows[0]["cost"] == {"train_steps": 5000, "train_seconds": 12.5, "trainings": 5,
+                                                  "train_flops": None, "dense_train_flops": None}
+    assert rows[1]["flops"]["total"] is None  # a ticket from before FLOPs were counted: unknown, not 0
     # A random ticket costs no training, only the seconds its mask took to draw.
-    assert {k: v for k, v in rows[2]["cost"].items() if k != "prune_seconds"} == {"train_steps": 0, "train_seconds": 0.0, "trainings": 0}
+    assert {k: v for k, v in rows[2]["cost"].items() if k != "prune_seconds"} == {"train_steps": 0, "train_seconds": 0.0, "trainings": 0,
+                                                                                    "train_flops": 0.0,
+                                                                                    "dense_train_flops": 0.0}
     assert rows[2]["cost"]["prune_seconds"] < 5
     assert rows[1]["parents"] == [{"sha256": "ab" * 32, "arch": "resnet20-w4", "method": "imp",
                                    "sparsity": src.sparsity}]

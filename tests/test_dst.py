@@ -198,6 +198,8 @@ def test_find_rigl_command_writes_a_trained_ticket_that_compare_costs(tmp_path) 
     (["--method", "rigl", "--arch", ARCH, "--dataset", "digits", "-o", "x.safetensors"], "--sparsity"),
     (["--method", "dpf", "--arch", ARCH, "--dataset", "digits", "--sparsity", "0.9", "--distribution", "erk",
       "-o", "x.safetensors"], "global magnitude"),
+    (["--method", "dpf", "--arch", ARCH, "--dataset", "digits", "--sparsity", "0.9", "--drop-fraction", "0.3",
+      "-o", "x.safetensors"], "--drop-fraction"),
     (["--method", "set", "--arch", ARCH, "--dataset", "digits", "--sparsity", "0.9", "--epochs", "1",
       "-o", "x.safetensors"], "never update"),
     (["--method", "magnitude", "--arch", ARCH, "--dataset", "digits", "--sparsity", "0.9", "--update-every", "5",
@@ -230,3 +232,19 @@ def test_a_90_percent_rigl_ticket_learns_digits(digits) -> None:
     assert ticket.sparsity == pytest.approx(0.9, abs=1e-4)
     assert len(ticket.metrics["mask_updates"]) == 5  # every 100 of 690 steps until 75 %
     assert ticket.metrics["test_acc"] > 0.85, ticket.metrics["test_acc"]
+
+
+def test_imp_round_0_counts_its_training_once() -> None:
+    """Round 0's cost (its training up to the rewind step) is the start of its own training: not added twice."""
+    from dataclasses import replace
+
+    from elth_cli.compare import flops_summary
+    from elth_cli.find import random_ticket
+
+    dense = random_ticket(ARCH, (1, 8, 8), 10, 0.0)
+    round0 = replace(dense, method="imp", trained=dense.init, config={"command": "find"},
+                     metrics={"round": 0, "train_flops": 100.0, "dense_run_flops": 200.0},
+                     cost={**dense.cost, "train_flops": 10.0})
+    assert flops_summary(round0)["total"] == 100.0 and flops_summary(round0)["relative"] == 0.5
+    round1 = replace(round0, metrics={"round": 1, "train_flops": 100.0, "dense_run_flops": 200.0})
+    assert flops_summary(round1)["total"] == 110.0
