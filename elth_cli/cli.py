@@ -1029,8 +1029,8 @@ def _find_baseline(a: types.SimpleNamespace) -> None:
 
 
 # ----- demo ---------------------------------------------------------------------------------------
-@app.command(epilog="Example: elth demo --out-dir demo-out  (about 7 minutes on 2 CPU cores; --quick for a "
-             "one-minute check)")
+@app.command(epilog="Example: elth demo --out-dir demo-out  (18 minutes on 2 CPU cores, docs/demo.md; --quick "
+             "for a reduced run that checks an installation)")
 def demo(
     out_dir: Annotated[Path, typer.Option("--out-dir", help="Folder for the tickets and the table (re-running "
                        "resumes).")] = Path("demo-out"),
@@ -1040,8 +1040,9 @@ def demo(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """The E-LTH experiment in miniature on the embedded digits set: IMP on resnet20 and resnet32 (width 4),
-    stretch and squeeze between them, random and magnitude baselines, and the comparison table.
+    """The E-LTH experiment in miniature on the embedded digits set: IMP and early-bird IMP on resnet20 and
+    resnet32 (width 4), stretch and squeeze between them, RigL, random and magnitude baselines, and the comparison
+    table with each ticket's FLOPs.
     """
     from elth_cli import demo as demo_mod
 
