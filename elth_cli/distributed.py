@@ -68,7 +68,7 @@ def _master_address(launch: Launch, env: Mapping[str, str]) -> tuple[str, str]:
             f"{launch.launcher} started {launch.world_size} processes but MASTER_ADDR and MASTER_PORT are not set; "
             "export them in the job script, e.g. MASTER_ADDR=$(scontrol show hostnames \"$SLURM_JOB_NODELIST\" "
             "| head -n 1) and MASTER_PORT=29500 (docs/slurm/README.md)")
-    if not port.isdigit() or not 0 < int(port) < 65536:
+    if not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise UsageError(f"MASTER_PORT={port!r} is not a port number")
     return addr, port
 

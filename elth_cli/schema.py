@@ -30,10 +30,15 @@ def text(value: Any) -> str:
     return value
 
 
+def _ascii_digits(text: str) -> bool:
+    """Only 0-9 ('¹' and other Unicode digits pass str.isdigit but not int())."""
+    return text.isascii() and text.isdigit()
+
+
 def integer(lo: int | None = None, hi: int | None = None) -> Check:
     """A whole number (JSON number or decimal text) in [lo, hi]."""
     def check(value: Any) -> int:
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit() and len(value) < 30:
+        if isinstance(value, str) and _ascii_digits(value.strip().lstrip("-")) and len(value) < 30:
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise Invalid(f"a whole number, got {_show(value)}")

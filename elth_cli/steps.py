@@ -12,7 +12,7 @@ import re
 
 from elth_cli.errors import UsageError
 
-_STEP_RE = re.compile(r"^(?:(\d+)ep)?(?:(\d+)it)?$")
+_STEP_RE = re.compile(r"^(?:(\d+)ep)?(?:(\d+)it)?$", re.ASCII)
 STEP_HELP = "write iterations as '1000it' or '1000', epochs as '2ep'"
 
 
@@ -22,7 +22,7 @@ def split_steps(text: str) -> tuple[int | None, int] | None:
     The epoch part is None when the text names iterations only; None for text that is not a step.
     """
     s = str(text).strip().lower()
-    if s.isdigit():
+    if s.isascii() and s.isdigit():  # '¹'.isdigit() is True, but int('¹') fails
         return None, int(s)
     m = _STEP_RE.match(s)
     if not s or m is None or (m.group(1) is None and m.group(2) is None):
@@ -50,7 +50,7 @@ def normalise_steps(text: str | int) -> str:
     """The canonical spelling of a step count (a bare integer becomes ``<n>it``); checks the syntax."""
     parse_steps(text, 1)
     s = str(text).strip().lower()
-    return f"{int(s)}it" if s.isdigit() else s
+    return f"{int(s)}it" if s.isascii() and s.isdigit() else s
 
 
 def parse_step_list(text: str) -> tuple[str, ...]:

@@ -273,7 +273,7 @@ def _typed_metadata(meta: dict[str, str], source: str) -> dict[str, Any]:
         what = f"format={fmt!r}" if fmt else "no elth metadata"
         raise TicketError(f"{source} is a safetensors file but not an elth ticket ({what})")
     version = meta.get("format_version", "")
-    if not version.isdigit():
+    if not (version.isascii() and version.isdigit()):  # '¹'.isdigit() is True, int('¹') fails
         raise TicketError(f"{source}: format_version {version!r} is not a number")
     if int(version) > FORMAT_VERSION:
         raise TicketError(f"{source} uses ticket format version {version}, newer than this elth ({__version__}) "

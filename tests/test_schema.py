@@ -20,7 +20,7 @@ from elth_cli.ticket import Ticket
 
 def test_checks_convert_and_refuse() -> None:
     assert schema.integer(0, 10)("7") == 7 and schema.integer()(3) == 3
-    for bad in ("x", True, 2.5, 11, "-1"):
+    for bad in ("x", True, 2.5, 11, "-1", "¹", "٣"):  # Unicode digits: str.isdigit says yes, int() or we say no
         with pytest.raises(schema.Invalid):
             schema.integer(0, 10)(bad)
     assert schema.number(0, 1, below_hi=True)("0.25") == 0.25
@@ -153,3 +153,16 @@ def test_mutants_through_the_cli_are_one_line(tmp_path, rich_bytes) -> None:
         out = tmp_path / f"s{i}.safetensors"
         assert_clean_error(run_elth("stretch", str(path), "--target", "resnet26", "-o", str(out)), (1,), "metadata")
         assert not out.exists()
+
+
+def test_a_unicode_digit_is_refused_not_a_crash() -> None:
+    """Found by the property test above: format_version '¹' passed str.isdigit and crashed int()."""
+    from elth_cli.errors import UsageError
+    from elth_cli.steps import parse_steps
+    from elth_cli.ticket import FORMAT, TicketError, _typed_metadata
+
+    with pytest.raises(TicketError, match="format_version"):
+        _typed_metadata({"format": FORMAT, "format_version": "\u00b9"}, "t.safetensors")
+    for text in ("\u00b9", "\u0663ep", "2ep\u00b9it"):
+        with pytest.raises(UsageError, match="not a step count"):
+            parse_steps(text, 10)
