@@ -9,7 +9,7 @@ import sys
 import threading
 import types
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Iterator, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Iterator, Optional
 
 import typer
 
@@ -879,11 +879,8 @@ def _find_early_bird(a: types.SimpleNamespace) -> None:
     """``find --method early-bird``: train until the mask settles, prune once; ``a`` holds the parameters."""
     from elth_cli import data as data_mod
     from elth_cli import earlybird
-    from elth_cli.report import TrainProgress
     from elth_cli.steps import normalise_steps
-    from elth_cli.train.checkpoint import checkpoint_path_for
     from elth_cli.train.earlybird import check_detection
-    from elth_cli.train.session import training_session
 
     _reject_flags(a.method, (("--from", a.from_ticket), ("--like", a.like), ("--out-dir", a.out_dir),
                              ("--rounds", a.rounds), ("--distribution", a.distribution), *_dst_flags(a)),
@@ -897,15 +894,8 @@ def _find_early_bird(a: types.SimpleNamespace) -> None:
     opts = earlybird.EarlyBirdOptions(spec.name, info.name, a.sparsity, rewind=normalise_steps(a.rewind),
                                       exclude=tuple(a.exclude) if a.exclude else None, **_detection(a))
     check_detection(opts.window, opts.epsilon)
-    ckpt = None if a.output == STDIO else checkpoint_path_for(a.output)
-    with training_session(a.device, a.precision, a.dist_timeout) as session, \
-            session.exclusive(ckpt and a.output, f"the early-bird search writing {a.output}"):
-        check_output_path(a.output, a.force)
-        cfg, bundle = session.prepare(spec, info.name, data_dir=a.data_dir, download=a.download, workers=a.workers,
-                                      **a.overrides)
-        with _report_stop("find"):
-            ticket = earlybird.find_early_bird(opts, cfg, bundle, checkpoint_path=ckpt, log=TrainProgress(a.quiet))
-        sha = session.save(ticket, a.output, ckpt, a.force)
+    ticket, sha = _search_once(a, spec, info.name, "the early-bird search", lambda cfg, bundle, **options:
+                               earlybird.find_early_bird(opts, cfg, bundle, **options))
     search = (ticket.metrics or {})["early_bird"]
     if a.json_out:
         print_json({"method": a.method, "output": a.output, "sha256": sha, "arch": ticket.arch,
@@ -917,6 +907,26 @@ def _find_early_bird(a: types.SimpleNamespace) -> None:
     Log(a.quiet).info(f"early-bird ticket {ticket.arch}: sparsity {fmt_pct(ticket.sparsity)}, {when}, "
                       f"{fmt_int(search['steps'])} of {fmt_int(search['total_steps'])} steps, "
                       f"{fmt_flops(ticket.cost.get('train_flops'))} FLOPs -> {a.output if a.output != STDIO else 'stdout'}")
+
+
+def _search_once(a: types.SimpleNamespace, spec: Any, dataset: str, what: str,
+                 search: Callable[..., Ticket]) -> tuple[Ticket, str]:
+    """One training that makes one ticket (early-bird, rigl, set, dpf): the session, the lock, the recipe and
+    data, ``search(cfg, bundle, checkpoint_path=, log=)``, then the save (ticket first, checkpoint dropped)."""
+    from elth_cli.report import TrainProgress
+    from elth_cli.train.checkpoint import checkpoint_path_for
+    from elth_cli.train.session import training_session
+
+    ckpt = None if a.output == STDIO else checkpoint_path_for(a.output)
+    with training_session(a.device, a.precision, a.dist_timeout) as session, \
+            session.exclusive(ckpt and a.output, f"{what} writing {a.output}"):
+        check_output_path(a.output, a.force)
+        cfg, bundle = session.prepare(spec, dataset, data_dir=a.data_dir, download=a.download, workers=a.workers,
+                                      **a.overrides)
+        with _report_stop("find"):
+            ticket = search(cfg, bundle, checkpoint_path=ckpt, log=TrainProgress(a.quiet))
+        sha = session.save(ticket, a.output, ckpt, a.force)
+    return ticket, sha
 
 
 def _dst_flags(a: types.SimpleNamespace) -> tuple[tuple[str, Any], ...]:
@@ -934,9 +944,6 @@ def _find_dst(a: types.SimpleNamespace) -> None:
     """``find --method rigl|set|dpf``: one training with a dynamic mask; ``a`` holds the command's parameters."""
     from elth_cli import data as data_mod
     from elth_cli import dst
-    from elth_cli.report import TrainProgress
-    from elth_cli.train.checkpoint import checkpoint_path_for
-    from elth_cli.train.session import training_session
 
     _reject_flags(a.method, (("--from", a.from_ticket), ("--like", a.like), ("--out-dir", a.out_dir),
                              ("--rounds", a.rounds), ("--window", a.window), ("--epsilon", a.epsilon)),
@@ -956,15 +963,8 @@ def _find_dst(a: types.SimpleNamespace) -> None:
                           drop_fraction=0.3 if a.drop_fraction is None else a.drop_fraction,
                           exclude=tuple(a.exclude) if a.exclude else None)
     dst.check_dst_options(opts)
-    ckpt = None if a.output == STDIO else checkpoint_path_for(a.output)
-    with training_session(a.device, a.precision, a.dist_timeout) as session, \
-            session.exclusive(ckpt and a.output, f"the {a.method} run writing {a.output}"):
-        check_output_path(a.output, a.force)
-        cfg, bundle = session.prepare(spec, info.name, data_dir=a.data_dir, download=a.download, workers=a.workers,
-                                      **a.overrides)
-        with _report_stop("find"):
-            ticket = dst.find_dst(opts, cfg, bundle, checkpoint_path=ckpt, log=TrainProgress(a.quiet))
-        sha = session.save(ticket, a.output, ckpt, a.force)
+    ticket, sha = _search_once(a, spec, info.name, f"the {a.method} run", lambda cfg, bundle, **options:
+                               dst.find_dst(opts, cfg, bundle, **options))
     m = ticket.metrics or {}
     if a.json_out:
         print_json({"method": a.method, "output": a.output, "sha256": sha, "arch": ticket.arch,
