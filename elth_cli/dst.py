@@ -123,7 +123,7 @@ def find_dst(opts: DstOptions, cfg: TrainConfig, bundle: data.DataBundle, hooks:
     hook = _hook(opts, schedule, start, exclude, module_macs(model, info.input_shape), cfg.seed)
     train_options.setdefault("title", f"{opts.method} {spec.name} on {info.name}")
     result = train_state(model, start.masks, bundle, cfg, 0, hooks=[hook, *hooks], feedback=opts.method == "dpf",
-                         **train_options)
+                         search=opts.as_dict(), **train_options)
     masks = result.masks
     assert masks is not None
     hparams = {"dst": opts.as_dict() | {"update_until_step": schedule.until, "exclude": list(exclude)},

@@ -77,7 +77,8 @@ def find_early_bird(opts: EarlyBirdOptions, cfg: TrainConfig, bundle: data.DataB
                                stop=True, not_before=rewind_step)
     train_options.setdefault("title", f"early-bird {spec.name} on {info.name}")
     result = train_state(dense.build_model("init"), dense.masks, bundle, cfg, 0, hooks=[detector, *hooks],
-                         snapshot_steps={rewind_step} if rewind_step else (), **train_options)
+                         snapshot_steps={rewind_step} if rewind_step else (),
+                         search={"method": "early-bird", **opts.as_dict()}, **train_options)
     masks = prune_to_sparsity(magnitude_scores(result.state, keys), dense.masks, opts.sparsity, exclude)
     rewind = result.snapshots[rewind_step] if rewind_step else dense.init
     search = _search_record(result.extra.get(STATE_KEY, {}), result.metrics)

@@ -60,6 +60,17 @@ def run_elth(*args: str, stdin: bytes | None = None, cwd: Path | None = None, ti
     return Result(proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace"))
 
 
+def run_in_process(capsys, *args: str) -> Result:
+    """Run the CLI in this process (``cli.main``, the console script's code path, no second torch import)."""
+    from elth_cli import cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    code = exit_info.value.code
+    return Result(code if isinstance(code, int) else 0, out, err)
+
+
 def run_elth_bytes(*args: str, stdin: bytes | None = None) -> tuple[int, bytes, str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.run([sys.executable, "-m", "elth_cli", *args], input=stdin, capture_output=True, env=env, timeout=300)

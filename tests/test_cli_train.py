@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, Result, assert_clean_error, make_ticket
+from conftest import ROOT, Result, assert_clean_error, make_ticket, run_in_process
 from elth_cli import cli, data, train
 from elth_cli.find import random_ticket
 from elth_cli.ticket import Ticket
@@ -24,11 +24,7 @@ from elth_cli.ticket import Ticket
 
 def elth(capsys, *args: str) -> Result:
     """Run the CLI in-process; return its exit status and captured streams."""
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    code = exit_info.value.code
-    return Result(code if isinstance(code, int) else 0, out, err)
+    return run_in_process(capsys, *args)
 
 
 @pytest.fixture

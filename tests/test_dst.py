@@ -21,7 +21,7 @@ from elth_cli.train.config import config_from_options
 from elth_cli.train.dst import UpdateSchedule, cubic_sparsity
 from elth_cli.train.loop import Hook
 
-from conftest import assert_clean_error, run_elth
+from conftest import assert_clean_error, run_in_process
 
 ARCH = "resnet8-w4"
 
@@ -145,6 +145,14 @@ def test_a_stopped_run_resumes_bit_identically(digits, tmp_path, method) -> None
     assert whole.cost["train_flops"] == resumed.cost["train_flops"]
 
 
+def test_a_checkpoint_of_another_search_is_refused(digits, tmp_path) -> None:
+    ckpt = tmp_path / "run.ckpt"
+    with pytest.raises(TrainingStopped):
+        run_dst(digits, "rigl", checkpoint_path=ckpt, stop_at_step=6)
+    with pytest.raises(UsageError, match="search.method 'rigl' -> 'set'"):
+        run_dst(digits, "set", checkpoint_path=ckpt)  # same recipe, same starting mask: only the method differs
+
+
 # ----- FLOPs and cost -------------------------------------------------------------------------
 def test_a_static_run_costs_three_sparse_passes_per_image(digits) -> None:
     from elth_cli.find import random_ticket
@@ -176,16 +184,16 @@ def test_train_scale_lengthens_the_recipe(digits) -> None:
 
 
 # ----- the command ----------------------------------------------------------------------------
-def test_find_rigl_command_writes_a_trained_ticket_that_compare_costs(tmp_path) -> None:
+def test_find_rigl_command_writes_a_trained_ticket_that_compare_costs(tmp_path, capsys) -> None:
     out = tmp_path / "rigl.safetensors"
-    r = run_elth("find", "--method", "rigl", "--arch", ARCH, "--dataset", "digits", "--sparsity", "0.8",
-                 "--epochs", "2", "--update-every", "10", "--device", "cpu", "-o", str(out), "-q")
+    r = run_in_process(capsys, "find", "--method", "rigl", "--arch", ARCH, "--dataset", "digits", "--sparsity", "0.8",
+                       "--epochs", "2", "--update-every", "10", "--device", "cpu", "-o", str(out), "-q")
     assert r.code == 0, r.stderr
     assert not out.with_name(out.name + ".ckpt").exists()
     fresh = tmp_path / "random.safetensors"
-    assert run_elth("find", "--method", "random", "--arch", ARCH, "--dataset", "digits", "--sparsity", "0.8",
-                    "--distribution", "erk", "-o", str(fresh)).code == 0
-    r = run_elth("compare", str(out), str(fresh), "--json")
+    assert run_in_process(capsys, "find", "--method", "random", "--arch", ARCH, "--dataset", "digits",
+                          "--sparsity", "0.8", "--distribution", "erk", "-o", str(fresh), "-q").code == 0
+    r = run_in_process(capsys, "compare", str(out), str(fresh), "--json")
     rows = json.loads(r.stdout)["tickets"]
     assert rows[1]["flops"]["total"] == 0 and rows[1]["flops"]["relative"] is None  # untrained, costs nothing
     row = rows[0]
@@ -205,8 +213,9 @@ def test_find_rigl_command_writes_a_trained_ticket_that_compare_costs(tmp_path) 
     (["--method", "magnitude", "--arch", ARCH, "--dataset", "digits", "--sparsity", "0.9", "--update-every", "5",
       "-o", "x.safetensors"], "--update-every"),
 ])
-def test_find_dst_refuses_bad_options(tmp_path, args, message) -> None:
-    r = run_elth("find", *args, cwd=tmp_path)
+def test_find_dst_refuses_bad_options(tmp_path, monkeypatch, capsys, args, message) -> None:
+    monkeypatch.chdir(tmp_path)
+    r = run_in_process(capsys, "find", *args)
     assert_clean_error(r, contains=message)
     assert not (tmp_path / "x.safetensors").exists()
 

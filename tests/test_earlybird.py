@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from conftest import assert_clean_error, run_elth
+from conftest import assert_clean_error, run_in_process
 from elth_cli import archs, data
 from elth_cli.earlybird import EarlyBirdOptions, find_early_bird
 from elth_cli.find import ImpOptions, find_imp, fresh_ticket
@@ -130,8 +130,9 @@ def test_early_bird_imp_rounds_stop_early_and_cost_less(digits, tmp_path) -> Non
     (["--method", "imp", "--out-dir", "run", "--rounds", "2", "--window", "3"], "--early-bird"),
     (["--method", "rigl", "--early-bird"], "--early-bird is for imp"),
 ])
-def test_early_bird_options_are_checked(tmp_path, args, message) -> None:
-    r = run_elth("find", "--arch", ARCH, "--dataset", "digits", "--sparsity", "0.9", "-o", "x.safetensors", *args,
-                 cwd=tmp_path)
+def test_early_bird_options_are_checked(tmp_path, monkeypatch, capsys, args, message) -> None:
+    monkeypatch.chdir(tmp_path)
+    r = run_in_process(capsys, "find", "--arch", ARCH, "--dataset", "digits", "--sparsity", "0.9",
+                       "-o", "x.safetensors", *args)
     assert_clean_error(r, contains=message)
     assert not (tmp_path / "x.safetensors").exists()

@@ -174,6 +174,7 @@ def train_state(
     hooks: Iterable[Hook] = (),
     setup: DeviceSetup | None = None,
     feedback: bool = False,
+    search: Mapping[str, Any] | None = None,
 ) -> TrainResult:
     """Train a masked network from ``start_step`` to the recipe's last step; return its final state.
 
@@ -185,7 +186,9 @@ def train_state(
     from an existing checkpoint, ``require`` insists on one, ``never`` starts over. The state after
     ``s`` steps is kept for every ``s`` in ``snapshot_steps`` (IMP's rewind point). ``hooks`` join
     the standard ones (see :mod:`.loop` for the events); ``feedback`` keeps dense weights beside the
-    masked ones (DPF, :class:`~elth_cli.train.step.FeedbackMaskSet`). The device's choices are the data's
+    masked ones (DPF, :class:`~elth_cli.train.step.FeedbackMaskSet`); ``search`` (the options of a
+    search the hooks carry out: DST, early-bird) joins the run's identity, so a checkpoint of another
+    search is refused. The device's choices are the data's
     (``bundle.setup``) at the config's precision; ``setup`` overrides them. The checkpoint is left in place: remove it
     (:func:`remove_checkpoint`) once the result is saved.
 
@@ -201,6 +204,8 @@ def train_state(
     model = _as_model(model_or_state, arch, bundle)
     spe = bundle.steps_per_epoch(cfg.batch_size, world_size)
     identity = run_identity(cfg, start_step, spe, world_size, model.state_dict(), masks)
+    if search is not None:
+        identity["search"] = dict(search)
     distributed.record_digests(f"{title} start", rank, masks=masks, state=model.state_dict())
     setup = setup or bundle.setup.for_run(cfg.precision, cfg.deterministic)
     macs = module_macs(model, bundle.info.input_shape)  # before build_parts: the model is still the plain module
