@@ -18,7 +18,7 @@ from elth_cli import __version__, archs
 from elth_cli.errors import ElthError, UsageError
 from elth_cli.fileio import STDIO, check_output_path, write_bytes_atomic
 from elth_cli.launch import detect_launch
-from elth_cli.report import Log, fmt_flops, fmt_int, fmt_pct, make_table, print_json, stdout_console
+from elth_cli.report import Log, fmt_flops, fmt_int, fmt_pct, make_table, print_json, stderr_console, stdout_console
 from elth_cli.train.config import TrainConfig, config_overrides
 
 if TYPE_CHECKING:
@@ -866,8 +866,10 @@ def _find_imp(a: types.SimpleNamespace) -> None:
         columns = ["round", "sparsity", "test acc", "best", "steps", "seconds"] + (["early"] if a.early_bird else [])
         rows = [(r.round, fmt_pct(r.sparsity), fmt_pct(r.test_acc), fmt_pct(r.best_test_acc), fmt_int(r.steps),
                  f"{r.seconds:.1f}", *(["yes" if r.stopped_early else "no"] if a.early_bird else [])) for r in records]
-        stdout_console().print(make_table(columns, rows, title=f"IMP {final.arch} on {bundle.info.name}"
-                                          + (" (early-bird rounds)" if a.early_bird else ""), right=columns[:6]))
+        # With '-o -' stdout carries the ticket and nothing else: the table goes to stderr.
+        console = stderr_console() if a.output == STDIO else stdout_console()
+        console.print(make_table(columns, rows, title=f"IMP {final.arch} on {bundle.info.name}"
+                                 + (" (early-bird rounds)" if a.early_bird else ""), right=columns[:6]))
 
 
 def _detection(a: types.SimpleNamespace) -> dict[str, Any]:

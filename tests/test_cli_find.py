@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT, assert_clean_error, run_elth
+from conftest import ROOT, assert_clean_error, run_elth, run_elth_bytes
 from elth_cli.ticket import Ticket
 
 IMP_ARGS = ["find", "--method", "imp", "--arch", "resnet14-w4", "--dataset", "digits", "--rounds", "2",
@@ -44,6 +44,14 @@ def test_imp_rerun_skips_and_changed_args_refused(imp_dir):
     r = run_elth(*IMP_ARGS[:-2], "--eval-every", "1", "--lr", "0.01", "--out-dir", str(imp_dir / "run"))
     assert_clean_error(r, (2,), "other arguments")
     assert "lr" in r.stderr and "eval_every" in r.stderr
+
+
+def test_imp_to_stdout_writes_the_ticket_and_nothing_else(imp_dir, tmp_path):
+    """`find --method imp -o -` feeds a pipe: the round table goes to stderr, not into the ticket bytes."""
+    code, out, err = run_elth_bytes(*IMP_ARGS, "--out-dir", str(imp_dir / "run"), "-o", "-")
+    assert code == 0, err
+    assert out == (imp_dir / "run" / "round-02.safetensors").read_bytes()
+    assert "sparsity" in err  # the table, on stderr
 
 
 @pytest.mark.parametrize("method", ["random", "magnitude", "snip", "grasp", "synflow"])
