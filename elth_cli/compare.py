@@ -41,7 +41,6 @@ PLOT_MISSING = "--plot needs matplotlib: pip install 'elth[plot]'"
 ACCURACY_KEYS = ("test_acc", "final_test_acc", "test_accuracy", "accuracy")
 LOSS_KEYS = ("test_loss", "final_test_loss", "loss")
 COST_KEYS = ("train_steps", "train_seconds", "trainings", "train_flops", "dense_train_flops")
-DST_METHODS = ("rigl", "set", "dpf")  # (elth_cli.dst's; not imported: it pulls in the training loop)
 
 
 # ----- masks: overlap and distance ----------------------------------------------------------------
@@ -131,7 +130,7 @@ def flops_summary(ticket: Ticket) -> dict[str, float | None]:
     from_find = (ticket.config or {}).get("command") == "find"
     if not ticket.is_trained:
         training = 0.0  # nothing trained yet: the total is what obtaining it cost
-    elif from_find and ticket.method in DST_METHODS:
+    elif from_find and "dst" in (ticket.hparams or {}):
         training = 0.0  # the run that found it trained it: counted once, in its cost
     elif from_find and ticket.method == "imp" and metrics.get("round") == 0 and training is not None and obtain:
         training -= obtain  # IMP's dense round: its cost (training up to the rewind step) is part of its training

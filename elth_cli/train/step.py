@@ -50,11 +50,28 @@ class MaskSet:
         self.version = getattr(self, "version", -1) + 1  # hooks that cache per-mask work watch it
         # In the model's parameter order, whatever order they come in (a checkpoint's is sorted by name).
         self.masks = {k: masks[k].detach().to("cpu", torch.bool) for k in self._params if k in masks}
-        # All-ones masks (a dense network, layers left unpruned) would multiply by 1: leave them out.
-        self.keys = [k for k, m in self.masks.items() if not bool(m.all())]
+        self.keys = self._acting_keys()
         self.params = [self._params[k] for k in self.keys]
         # empty_like keeps channels_last strides, so the foreach product runs over matching layouts.
         self.values = [torch.empty_like(p).copy_(self.masks[k].to(p.device)) for k, p in zip(self.keys, self.params)]
+
+    def _acting_keys(self) -> list[str]:
+        """The keys the set acts on each step. All-ones masks (a dense network, layers left unpruned)
+        would multiply by 1: left out."""
+        return [k for k, m in self.masks.items() if not bool(m.all())]
+
+    def _checked(self, masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """A mask update as CPU bool tensors, refused when it names an unknown weight or has another shape."""
+        out = {}
+        for key, mask in masks.items():
+            if key not in self.masks:
+                raise UsageError(f"mask update names {key!r}, which is not a masked weight of this run")
+            mask = mask.detach().to("cpu", torch.bool)
+            if mask.shape != self.masks[key].shape:
+                raise UsageError(f"mask update for {key!r} has shape {tuple(mask.shape)}, the weight "
+                                 f"{tuple(self.masks[key].shape)}")
+            out[key] = mask
+        return out
 
     def before_optimizer(self) -> None:
         """Between backward and the optimizer step: nothing for a fixed mask (see FeedbackMaskSet)."""
@@ -88,16 +105,9 @@ class MaskSet:
         the mask is pruned, and one that joins starts from zero with no momentum, as RigL's grown
         connections do. Per-layer counts are the caller's to keep (the loop does not rebalance).
         """
-        unknown = [k for k in masks if k not in self.masks]
-        if unknown:
-            raise UsageError(f"mask update names {unknown[0]!r}, which is not a masked weight of this run")
         new = dict(self.masks)
         rewired = 0
-        for key, mask in masks.items():
-            mask = mask.detach().to("cpu", torch.bool)
-            if mask.shape != self.masks[key].shape:
-                raise UsageError(f"mask update for {key!r} has shape {tuple(mask.shape)}, the weight "
-                                 f"{tuple(self.masks[key].shape)}")
+        for key, mask in self._checked(masks).items():
             changed = mask != self.masks[key]
             count = int(changed.sum())
             if count:
@@ -122,12 +132,11 @@ class FeedbackMaskSet(MaskSet):
 
     dense_weight_grad = True
 
+    def _acting_keys(self) -> list[str]:
+        return list(self.masks)  # all-ones included: their dense weights move whatever the mask
+
     def load(self, masks: Mapping[str, Tensor]) -> None:
         super().load(masks)
-        # Every masked key, all-ones included: its dense weights move whatever the mask.
-        self.keys = list(self.masks)
-        self.params = [self._params[k] for k in self.keys]
-        self.values = [torch.empty_like(p).copy_(self.masks[k].to(p.device)) for k, p in zip(self.keys, self.params)]
         if getattr(self, "dense", None) is None:
             self.dense = [p.detach().clone() for p in self.params]
 
@@ -143,11 +152,9 @@ class FeedbackMaskSet(MaskSet):
     @torch.no_grad()
     def update(self, masks: Mapping[str, Tensor], optimizer: torch.optim.Optimizer | None = None) -> int:
         """New masks over the same dense weights: the model becomes dense x mask; no state is reset."""
-        unknown = [k for k in masks if k not in self.masks]
-        if unknown:
-            raise UsageError(f"mask update names {unknown[0]!r}, which is not a masked weight of this run")
-        new = {**self.masks, **{k: m.detach().to("cpu", torch.bool) for k, m in masks.items()}}
-        changed = sum(int((new[k] != self.masks[k]).sum()) for k in masks)
+        checked = self._checked(masks)
+        new = {**self.masks, **checked}
+        changed = sum(int((new[k] != self.masks[k]).sum()) for k in checked)
         self.load(new)
         torch._foreach_copy_(self.params, self.dense)
         torch._foreach_mul_(self.params, self.values)
