@@ -548,10 +548,19 @@ def _report_stop(command: str, is_main: bool = True) -> Iterator[None]:
 
 
 @app.command(epilog="Example: elth train r20.safetensors --dataset digits -o r20-trained.safetensors  "
-             "(stopped by SIGTERM/SIGUSR1: exit 75, re-run the same command to resume)")
+             "(stopped by SIGTERM/SIGUSR1: exit 75, re-run the same command to resume; several side by side: "
+             "elth train a.safetensors b.safetensors --out-dir trained --jobs 2)")
 def train(
-    ticket_path: Annotated[str, typer.Argument(metavar="TICKET", help="Ticket file ('-' for stdin).")],
-    output: OutOpt,
+    ticket_paths: Annotated[list[str], typer.Argument(metavar="TICKET...", help="Ticket file ('-' for stdin); "
+                            "several with --out-dir.")],
+    output: Annotated[Optional[str], typer.Option("-o", "--output", help="Output ticket file ('-' for stdout); one "
+                      "ticket only.")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out-dir", help="Train every TICKET into this folder, under "
+                       "its file name, with its checkpoint, log and JSON lines beside it; re-running finishes "
+                       "what is left.")] = None,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="With --out-dir: trainings side by side, each in a "
+                    "worker process with cores/N CPU threads, or its own GPU (several per GPU when N exceeds "
+                    "them).")] = 1,
     dataset: DatasetOpt = None,
     epochs: EpochsOpt = None,
     lr: LrOpt = None,
@@ -599,6 +608,23 @@ def train(
     stays the global batch; rank 0 alone writes the ticket, the checkpoint and the logs.
     """
     overrides = config_overrides(locals())
+    if out_dir is not None or len(ticket_paths) > 1:
+        _reject_flags("train --out-dir", (("-o", output), ("--checkpoint", checkpoint), ("--log-jsonl", log_jsonl),
+                                          ("--resume", resume or None)), "for one ticket")
+        if out_dir is None:
+            raise UsageError(f"{len(ticket_paths)} tickets need --out-dir DIR (each trains into DIR under its file "
+                             "name); -o takes one")
+        from elth_cli.train.several import TrainRequest
+
+        request = TrainRequest(dataset, overrides, precision, str(data_dir) if data_dir else None, download, workers,
+                               force, restart)
+        _train_several(ticket_paths, out_dir, jobs, device, compile, request, json_out, quiet)
+        return
+    if output is None:
+        raise UsageError("pass -o FILE (or '-o -' for stdout), or --out-dir DIR")
+    if jobs != 1:
+        raise UsageError("--jobs runs several trainings: give several tickets with --out-dir")
+    ticket_path = ticket_paths[0]
     from elth_cli.report import TrainProgress
     from elth_cli.train.checkpoint import checkpoint_path_for
     from elth_cli.train.provenance import train_summary
@@ -633,6 +659,45 @@ def train(
         f"{f', {ips:,.0f} img/s' if ips else ''} ({cfg.precision} on {m.get('device')}) "
         f"-> {output if output != STDIO else 'stdout'}"
     )
+
+
+def _train_several(paths: list[str], out_dir: Path, jobs: int, device: str, compile: bool, request: Any,
+                   json_out: bool, quiet: bool) -> None:
+    """``train T1 T2 ... --out-dir DIR --jobs N``: one job per ticket on the worker pool."""
+    from elth_cli import jobs as jobs_mod
+    from elth_cli.report import JobProgress
+    from elth_cli.train import several
+
+    if detect_launch().distributed:
+        raise UsageError("several tickets are trained by one process with --jobs; start it without torchrun or srun")
+    items = several.plan_items(paths, out_dir)
+    slots = jobs_mod.plan_slots(min(jobs, len(items)), device)
+    if compile and slots[0].device == "cpu" and slots[0].threads == 1:
+        raise UsageError("--compile with one CPU thread per worker crashed torch on small inputs (docs/performance.md); "
+                         "use fewer --jobs or drop --compile")
+    log = Log(quiet)
+    log.info(f"training {_plural(len(items), 'ticket')} into {out_dir} with {_plural(len(slots), 'worker')}")
+
+    def made(outcome: Any) -> str:
+        v = outcome.value
+        return (f"{'already trained, ' if v['reused'] else ''}test acc {fmt_pct(v['test_acc'])} -> {v['output']}")
+
+    with _report_stop("train"):
+        result = jobs_mod.run_jobs(several.train_jobs(items, request), slots, JobProgress(log, made))
+        if json_out:
+            print_json({"out_dir": str(out_dir), "jobs": len(slots),
+                        "results": [_job_record(o, item) for o, item in zip(result.outcomes.values(), items)]})
+        else:
+            rows = [(item.source, "reused" if o.ok and o.value["reused"] else o.status, fmt_pct((o.value or {}).get("test_acc")), f"{o.seconds:.1f}",
+                     item.output if o.ok else o.message) for o, item in zip(result.outcomes.values(), items)]
+            stdout_console().print(make_table(["ticket", "status", "test acc", "seconds", "output"], rows,
+                                              right=["test acc", "seconds"]))
+        result.check("trainings")
+
+
+def _job_record(outcome: Any, item: Any) -> dict[str, Any]:
+    return {"ticket": item.source, "output": item.output, "status": outcome.status, "message": outcome.message or None,
+            "seconds": outcome.seconds, "worker": outcome.slot, **({"result": outcome.value} if outcome.ok else {})}
 
 
 @app.command("eval", epilog="Example: elth eval r20-trained.safetensors --json  "

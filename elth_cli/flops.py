@@ -8,8 +8,8 @@ MACs times its density (kept / total weights of its mask), the usual accounting 
 sparsity (it assumes kernels that skip the zeros).
 
 ``layer_macs`` reads the shapes off the real model: it builds it on the meta device (no memory,
-no init) and runs a meta input through forward hooks; ``module_macs`` does the same for a live
-module (what training counts with), with meta stand-ins for its tensors. The registry's
+no init) and runs a meta input through forward hooks; ``module_macs`` runs one sample of zeros
+through a live module (what training counts with), where it is. The registry's
 torch-free count (``elth_cli.archs.summarize(...).macs``, what ``elth archs`` lists) must agree
 with it; tests/test_flops.py checks that for every listed architecture.
 """
@@ -35,12 +35,13 @@ def module_macs(model: nn.Module, input_shape: tuple[int, int, int]) -> dict[str
     """Forward multiply-accumulates per input sample of every Conv2d and Linear layer of a live module.
 
     Keyed by the layer's weight state-dict key, in the module's order (``archs.prunable_keys_of``).
-    The forward runs on the meta device with stand-ins for the parameters and buffers (a functional
-    call), in eval mode: the module's tensors, modes and BatchNorm statistics are left as they were,
-    and nothing runs on its device. Hand it the plain module, not a DDP or compiled wrapper.
+    One sample of zeros goes through the module where it is (its device and dtype; a model built on
+    the meta device runs on meta), in eval mode and without gradients: the module's weights,
+    BatchNorm statistics and modes are left as they were. A real forward rather than a meta one:
+    meta tensors run through torch's Python reference ops, whose first use imports torch._dynamo
+    and sympy (1.1-1.8 s of every training process's start-up), while one sample of a small network
+    costs milliseconds. Hand it the plain module, not a DDP or compiled wrapper.
     """
-    from torch.func import functional_call
-
     from elth_cli.archs.nets.common import prunable_keys_of
 
     keys = prunable_keys_of(model)
@@ -57,11 +58,13 @@ def module_macs(model: nn.Module, input_shape: tuple[int, int, int]) -> dict[str
     handles = [module.register_forward_hook(hook(f"{name}.weight" if name else "weight"))
                for name, module in model.named_modules() if isinstance(module, (nn.Conv2d, nn.Linear))]
     modes = {m: m.training for m in model.modules()}
-    stand_ins = {k: torch.empty_like(v, device="meta") for k, v in (*model.named_parameters(), *model.named_buffers())}
+    first = next(iter(model.parameters()), None)
+    device = first.device if first is not None else torch.device("cpu")
+    dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
     try:
-        model.eval()  # training-mode BatchNorm refuses one sample at 1x1, and would count its batch
+        model.eval()  # training-mode BatchNorm refuses one sample at 1x1, and would update its statistics
         with torch.no_grad():
-            functional_call(model, stand_ins, (torch.empty((1, *input_shape), device="meta"),))
+            model(torch.zeros((1, *input_shape), device=device, dtype=dtype))
     finally:
         for h in handles:
             h.remove()

@@ -168,3 +168,46 @@ def format_epoch(record: dict[str, Any], epochs: int, total: int) -> str:
     return (f"epoch {record['epoch']}/{epochs} step {record['step']}/{total} lr {record['lr']:.4g} "
             f"train loss {record['train_loss']:.4f} acc {fmt_pct(record['train_acc'])} {test} "
             f"{'-' if ips is None else f'{ips:,.0f}'} img/s {record['seconds']:.1f} s")
+
+
+def fmt_duration(seconds: float) -> str:
+    """A duration for people: 45 s, 3 min 05 s, 1 h 02 min."""
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+class JobProgress:
+    """The lines a pool of jobs prints on stderr (``elth_cli.jobs.Event``s): each job's start, notes and
+    end under its name, with the count finished and the time left. Failures print even when quiet."""
+
+    def __init__(self, log: Log, describe: Any = None) -> None:
+        self.log = log
+        self.describe = describe  # outcome -> text after "done": what the job made
+
+    def __call__(self, event: Any) -> None:
+        slot = event.slot
+        if event.kind == "start":
+            where = f"{slot.device}, {slot.threads} thread{'s' if slot.threads != 1 else ''}" \
+                if slot.threads is not None else slot.device
+            self.log.info(f"[{event.job}] started (worker {slot.index}: {where})")
+        elif event.kind == "note":
+            self.log.info(f"[{event.job}] {event.text}")
+        else:
+            self._end(event)
+
+    def _end(self, event: Any) -> None:
+        o = event.outcome
+        left = f", about {fmt_duration(event.left_s)} left" if event.left_s is not None and event.left_s >= 1 \
+            and event.done < event.total else ""
+        count = f" ({event.done} of {event.total} ended{left})"
+        if o.status == "done":
+            what = self.describe(o) if self.describe is not None else ""
+            self.log.info(f"[{event.job}] done in {o.seconds:.1f} s{': ' + what if what else ''}{count}")
+        elif o.status == "failed":
+            self.log.console.print(f"[{event.job}] failed: {o.message}{count}", markup=False)
+        else:
+            self.log.info(f"[{event.job}] {o.message}{count}")

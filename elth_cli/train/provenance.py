@@ -26,6 +26,8 @@ def environment(device: torch.device, setup: DeviceSetup | None = None) -> dict[
         "cuda": torch.version.cuda,  # the CUDA torch was built for (None: a CPU-only build)
         "cudnn": cudnn,
         "device": device_name(device),
+        # CPU results depend on the thread count (reductions split differently): what it was.
+        "cpu_threads": torch.get_num_threads(),
         "platform": platform.platform(),
         **distributed.describe(),  # world_size, launcher, backend, hostname (rank 0's)
     }

@@ -1,0 +1,561 @@
+"""Independent jobs side by side: a pool of worker processes (``--jobs N``), each with its share of
+the CPU cores as torch threads, or its GPU.
+
+A :class:`Job` is a module-level function ``fn(worker, **kwargs)`` with picklable arguments, a
+name, the jobs that must finish before it (``after``) and a relative cost estimate. :func:`run_jobs`
+runs a set of them on N workers and returns one :class:`Outcome` per job. With one worker the jobs
+run in this process, one after the other, and no process is started.
+
+The rules (docs/training.md, "Several trainings side by side"):
+
+* a worker keeps its device and its CPU thread count (:class:`Slot`) for its whole life, so a job's
+  result depends only on its arguments and those; on the CPU the result depends on the thread
+  count, which every trained ticket records;
+* a job that fails fails alone: the jobs that need it are skipped, every other one runs;
+* a stop signal (SIGTERM, SIGUSR1, Ctrl-C) reaches every running job through its worker's
+  :class:`~elth_cli.train.signals.StopFlag` (trainings write their checkpoint and stop) and no new
+  job starts; re-running the command finishes what is left. Workers sit in their own process
+  group, so a Ctrl-C at the terminal reaches this process only, which forwards it once; a worker
+  whose parent dies gets SIGTERM (Linux) and stops the same way;
+* only this process prints: workers send notes (:meth:`Worker.note`) that :func:`run_jobs` hands
+  to ``on_event`` with the job's name.
+
+Nothing here imports torch until a worker starts (or CUDA devices are counted).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import os
+import signal
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from typing import Any, Callable, Mapping, Sequence
+
+from elth_cli.errors import ElthError, UsageError
+from elth_cli.train.signals import EXIT_INTERRUPTED, EXIT_STOPPED, STOP_SIGNALS, StopFlag, TrainingStopped, stop_signals
+
+DONE, FAILED, STOPPED, SKIPPED, NOT_STARTED = "done", "failed", "stopped", "skipped", "not started"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One unit of work: ``fn(worker, **kwargs)``, run once every job named in ``after`` is done.
+
+    ``fn`` must be a module-level function and ``kwargs`` picklable (they travel to a worker
+    process). ``cost`` is a relative estimate (e.g. training steps x forward MACs): the pool starts
+    the jobs on the longest remaining chain first, and estimates the time left from it.
+    """
+
+    name: str
+    fn: Callable[..., Any]
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    after: tuple[str, ...] = ()
+    cost: float = 1.0
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where a worker runs: its index, its device and its CPU threads (None: this process's setting)."""
+
+    index: int
+    device: str
+    threads: int | None
+
+
+@dataclass
+class Outcome:
+    """What became of a job. ``status``: done, failed, stopped (a signal; checkpoint written), skipped
+    (a job it needs did not finish) or not started (a stop came first)."""
+
+    name: str
+    status: str
+    value: Any = None
+    message: str = ""
+    exit_code: int = 0
+    seconds: float = 0.0
+    slot: int | None = None
+    detail: str = ""  # the traceback of an unexpected error, for the job's log
+
+    @property
+    def ok(self) -> bool:
+        return self.status == DONE
+
+
+@dataclass(frozen=True)
+class Event:
+    """What :func:`run_jobs` tells ``on_event``: a job started, sent a note, or ended (``outcome``).
+
+    ``done``/``total`` count finished jobs; ``left_s`` estimates the seconds left (None until a
+    job has reported progress)."""
+
+    kind: str  # "start", "note", "end"
+    job: str
+    slot: Slot | None  # None: a job that never ran (skipped, not started)
+    text: str = ""
+    outcome: Outcome | None = None
+    done: int = 0
+    total: int = 0
+    left_s: float | None = None
+
+
+class Worker:
+    """What a running job sees of its worker: the slot, the stop flag, a way to report progress."""
+
+    def __init__(self, slot: Slot, stop: StopFlag, send: Callable[[str, float | None], None]) -> None:
+        self.slot, self.stop, self._send = slot, stop, send
+
+    @property
+    def device(self) -> str:
+        return self.slot.device
+
+    def note(self, text: str, progress: float | None = None) -> None:
+        """A line for the main process to print under the job's name; ``progress`` (0..1) of the job
+        so far feeds the estimate of the time left."""
+        self._send(text, progress)
+
+    def train_options(self) -> dict[str, Any]:
+        """What a job hands ``train_state``/``find_imp``: the worker's stop flag, which the worker's own
+        signal handlers set (a training must not install others)."""
+        return {"stop": self.stop, "handle_signals": False}
+
+
+# ---------------------------------------------------------------------------------------------
+# Slots: which device and how many threads each worker gets
+# ---------------------------------------------------------------------------------------------
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask: SLURM's and cgroups' allotment)."""
+    with contextlib.suppress(AttributeError, OSError):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def plan_slots(jobs: int, device: str = "cpu", cores: int | None = None) -> list[Slot]:
+    """``jobs`` workers: on the CPU each with ``cores // jobs`` threads (at least one); on CUDA
+    (``auto`` with GPUs, ``cuda``) one GPU each in turn, several per GPU when ``jobs`` exceeds
+    them; ``cuda:N`` puts every worker on GPU N. One job: one slot in this process (threads None)."""
+    if jobs < 1:
+        raise UsageError(f"--jobs must be at least 1, got {jobs}")
+    cores = cores if cores is not None else available_cores()
+    threads = max(1, cores // jobs) if jobs > 1 else None
+    devices = _worker_devices(jobs, device)
+    return [Slot(i, d, threads) for i, d in enumerate(devices)]
+
+
+def _worker_devices(jobs: int, device: str) -> list[str]:
+    text = (device or "auto").strip().lower()
+    if text == "cpu":
+        return ["cpu"] * jobs
+    import torch
+
+    if not torch.cuda.is_available():
+        if text == "auto":
+            return ["cpu"] * jobs
+        raise UsageError(f"device {device} asked for but CUDA is not available on this machine; use --device cpu or auto")
+    if text.startswith("cuda:"):
+        return [text] * jobs
+    if text not in ("auto", "cuda"):
+        raise UsageError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
+    count = torch.cuda.device_count()
+    return [f"cuda:{i % count}" for i in range(jobs)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Running one job (in a worker, or in this process)
+# ---------------------------------------------------------------------------------------------
+
+
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.strerror}: {e.filename}" if e.filename else e.strerror
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+def execute(job: Job, worker: Worker) -> Outcome:
+    """Run ``job`` on ``worker``; every way it can end becomes an :class:`Outcome` (nothing escapes)."""
+    if worker.stop.requested:
+        return Outcome(job.name, NOT_STARTED, message="not started: a stop was requested", slot=worker.slot.index)
+    start = time.perf_counter()
+
+    def ended(status: str, message: str = "", code: int = 0, value: Any = None, detail: str = "") -> Outcome:
+        return Outcome(job.name, status, value, message, code, round(time.perf_counter() - start, 3),
+                       worker.slot.index, detail)
+
+    try:
+        value = job.fn(worker, **job.kwargs)
+    except TrainingStopped as e:
+        return ended(STOPPED, str(e), e.exit_code)
+    except KeyboardInterrupt:
+        return ended(STOPPED, "interrupted", EXIT_INTERRUPTED)
+    except ElthError as e:
+        return ended(FAILED, str(e), e.exit_code)
+    except Exception as e:  # a job's unexpected error is its own: the others go on
+        return ended(FAILED, _one_line(e), 1, detail=traceback.format_exc())
+    return ended(DONE, value=value)
+
+
+# ---------------------------------------------------------------------------------------------
+# The worker process
+# ---------------------------------------------------------------------------------------------
+
+
+def _die_with_parent(parent: int) -> None:
+    """Get SIGTERM when the main process dies (Linux): the worker then checkpoints and stops."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):
+            import ctypes
+
+            ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it died before the request took effect
+        os._exit(1)
+
+
+def _worker_main(slot: Slot, conn: Connection, parent: int) -> None:
+    """A worker's life: its own process group, its threads and device, then jobs until told to exit."""
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)  # a Ctrl-C at the terminal is the main process's to forward
+    _die_with_parent(parent)
+    flag = StopFlag()
+    try:
+        with stop_signals(flag):
+            _set_up_worker(slot)
+            conn.send(("ready",))
+            while True:
+                message = conn.recv()
+                if message[0] == "exit":
+                    break
+                job: Job = message[1]
+                worker = Worker(slot, flag, lambda text, progress, name=job.name: conn.send(
+                    ("note", name, text, progress)))
+                outcome = execute(job, worker)
+                try:
+                    conn.send(("result", outcome))
+                except Exception as e:  # a value that does not pickle
+                    conn.send(("result", Outcome(job.name, FAILED, None, f"its result cannot be sent back: {_one_line(e)}",
+                                                 1, outcome.seconds, slot.index)))
+    except (KeyboardInterrupt, EOFError, BrokenPipeError):
+        pass  # interrupted while idle, or the main process went away: nothing is running
+
+
+def _set_up_worker(slot: Slot) -> None:
+    if slot.threads is not None:
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = str(slot.threads)
+    import torch
+
+    if slot.threads is not None:
+        torch.set_num_threads(slot.threads)
+    if slot.device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(slot.device))
+
+
+# ---------------------------------------------------------------------------------------------
+# The pool
+# ---------------------------------------------------------------------------------------------
+
+
+def check_jobs(jobs: Sequence[Job]) -> dict[str, float]:
+    """Refuse duplicate names, unknown prerequisites and cycles; return each job's priority (its cost
+    plus that of the costliest chain of jobs that wait for it: the critical path goes first)."""
+    names = [j.name for j in jobs]
+    if len(set(names)) != len(names):
+        raise UsageError(f"two jobs are named {next(n for n in names if names.count(n) > 1)!r}")
+    by_name = {j.name: j for j in jobs}
+    for j in jobs:
+        unknown = [a for a in j.after if a not in by_name]
+        if unknown:
+            raise UsageError(f"job {j.name!r} waits for {unknown[0]!r}, which is not a job")
+    waiting: dict[str, list[str]] = {n: [] for n in names}
+    for j in jobs:
+        for a in j.after:
+            waiting[a].append(j.name)
+    priority: dict[str, float] = {}
+
+    def chain(name: str, seen: tuple[str, ...]) -> float:
+        if name in seen:
+            raise UsageError(f"jobs wait for each other in a cycle: {' -> '.join((*seen, name))}")
+        if name not in priority:
+            priority[name] = by_name[name].cost + max((chain(w, (*seen, name)) for w in waiting[name]), default=0.0)
+        return priority[name]
+
+    for n in names:
+        chain(n, ())
+    return priority
+
+
+class _Progress:
+    """Finished jobs and the estimate of the time left: cost per worker-second measured so far."""
+
+    def __init__(self, jobs: Sequence[Job], workers: int) -> None:
+        self.cost = {j.name: j.cost for j in jobs}
+        self.after = {j.name: j.after for j in jobs}
+        self.workers, self.total = workers, len(jobs)
+        self.finished: dict[str, float] = {}  # name -> seconds
+        self.partial: dict[str, tuple[float, float]] = {}  # running name -> (fraction, started at)
+
+    def start(self, name: str) -> None:
+        self.partial[name] = (0.0, time.perf_counter())
+
+    def advance(self, name: str, fraction: float) -> None:
+        if name in self.partial:
+            self.partial[name] = (min(max(fraction, 0.0), 1.0), self.partial[name][1])
+
+    def end(self, name: str, seconds: float, counted: bool) -> None:
+        self.partial.pop(name, None)
+        if counted:
+            self.finished[name] = seconds
+
+    def left_s(self, ended: set[str]) -> float | None:
+        now = time.perf_counter()
+        work = sum(self.cost[n] for n in self.finished) + sum(self.cost[n] * f for n, (f, _) in self.partial.items())
+        busy = sum(self.finished.values()) + sum(now - t for f, t in self.partial.values() if f > 0)
+        if work <= 0 or busy <= 0:
+            return None
+        rate = work / busy  # cost per worker-second
+        remaining = {n: self.cost[n] * (1 - self.partial.get(n, (0.0, 0.0))[0]) for n in self.cost if n not in ended}
+        memo: dict[str, float] = {}
+
+        def chain(n: str) -> float:  # the remaining work that must happen one after the other, up to n
+            if n not in memo:
+                memo[n] = remaining.get(n, 0.0) + max((chain(a) for a in self.after[n]), default=0.0)
+            return memo[n]
+
+        critical = max((chain(n) for n in remaining), default=0.0)
+        return max(sum(remaining.values()) / (rate * self.workers), critical / rate)
+
+
+@dataclass
+class JobsResult:
+    """Every job's outcome by name (in the order the jobs were given), and the signal that stopped the
+    run (None: it ran to the end)."""
+
+    outcomes: dict[str, Outcome]
+    stopped_by: str | None = None
+
+    def count(self, status: str) -> int:
+        return sum(o.status == status for o in self.outcomes.values())
+
+    def check(self, what: str) -> None:
+        """Raise what a command reports when not every job is done: a stop (``TrainingStopped``, exit 75,
+        or 130 for Ctrl-C) or failures (one line naming each failed job, exit 1)."""
+        n = len(self.outcomes)
+        if self.stopped_by is not None:
+            code = EXIT_INTERRUPTED if self.stopped_by == "SIGINT" else EXIT_STOPPED
+            raise TrainingStopped(
+                f"stopped by {self.stopped_by}: {self.count(STOPPED)} of {n} {what} stopped with their checkpoint, "
+                f"{self.count(NOT_STARTED) + self.count(SKIPPED)} not started, {self.count(DONE)} done; re-run the "
+                "same command to finish them", code, 0, None)
+        failed = [o.name for o in self.outcomes.values() if o.status in (FAILED, SKIPPED)]
+        if failed:
+            raise ElthError(f"{len(failed)} of {n} {what} failed: {', '.join(failed)} (each one's error is above); "
+                            f"the other {n - len(failed)} are done")
+
+
+def run_jobs(jobs: Sequence[Job], slots: Sequence[Slot], on_event: Callable[[Event], None] | None = None
+             ) -> JobsResult:
+    """Run ``jobs`` on one worker per slot (:func:`plan_slots`) and return every job's outcome.
+
+    One slot with ``threads`` None runs the jobs in this process. Otherwise each slot is a worker
+    process (spawned: a clean interpreter, its threads set before torch starts its thread pool).
+    Signals are routed as the module's docstring says; the call returns once every running job has
+    ended, whatever happened.
+    """
+    priority = check_jobs(jobs)
+    pool = _Pool(list(jobs), priority, list(slots), on_event or (lambda event: None))
+    if jobs:
+        pool.run_here() if len(slots) == 1 and slots[0].threads is None else pool.run_workers()
+    signum = pool.flag.signum
+    return JobsResult({j.name: pool.outcomes[j.name] for j in jobs},
+                      signal.Signals(signum).name if signum is not None else None)
+
+
+@dataclass
+class _Process:
+    slot: Slot
+    process: Any
+    conn: Connection
+    ready: bool = False
+    job: str | None = None
+
+
+class _Pool:
+    """The bookkeeping of one :func:`run_jobs` call: what waits, what runs where, what ended."""
+
+    def __init__(self, jobs: list[Job], priority: dict[str, float], slots: list[Slot],
+                 on_event: Callable[[Event], None]) -> None:
+        self.jobs = {j.name: j for j in jobs}
+        self.priority, self.slots, self.on_event = priority, slots, on_event
+        self.pending = sorted(self.jobs, key=lambda n: -priority[n])
+        self.outcomes: dict[str, Outcome] = {}
+        self.progress = _Progress(jobs, len(slots))
+        self.flag = StopFlag()
+        self.workers: dict[int, _Process] = {}
+        self.start_failure: str | None = None
+
+    # ----- shared ----------------------------------------------------------------------------
+    def _emit(self, kind: str, job: str, slot: Slot | None, text: str = "", outcome: Outcome | None = None) -> None:
+        self.on_event(Event(kind, job, slot, text, outcome, len(self.outcomes), len(self.jobs),
+                            self.progress.left_s(set(self.outcomes))))
+
+    def _finish(self, outcome: Outcome, slot: Slot | None) -> None:
+        self.outcomes[outcome.name] = outcome
+        self.progress.end(outcome.name, outcome.seconds, counted=outcome.ok)
+        self._emit("end", outcome.name, slot, outcome=outcome)
+
+    def _next_ready(self) -> str | None:
+        """The waiting job with the highest priority whose prerequisites are done; jobs whose
+        prerequisites failed are marked skipped on the way."""
+        for name in list(self.pending):
+            blocked = [a for a in self.jobs[name].after if a in self.outcomes and not self.outcomes[a].ok]
+            if blocked:
+                self.pending.remove(name)
+                why = self.outcomes[blocked[0]]
+                self._finish(Outcome(name, SKIPPED, message=f"skipped: it needs {blocked[0]}, which {why.status}"
+                                     if why.status != NOT_STARTED else f"skipped: it needs {blocked[0]}, not started"),
+                             None)
+                return self._next_ready()
+        for name in self.pending:
+            if all(a in self.outcomes for a in self.jobs[name].after):
+                self.pending.remove(name)
+                return name
+        return None
+
+    def _not_started(self) -> None:
+        code = EXIT_INTERRUPTED if self.flag.signum == signal.SIGINT else EXIT_STOPPED
+        for name in self.pending:
+            self._finish(Outcome(name, NOT_STARTED, message="not started: a stop was requested", exit_code=code), None)
+        self.pending = []
+
+    # ----- in this process ------------------------------------------------------------------
+    def run_here(self) -> None:
+        slot = self.slots[0]
+        with stop_signals(self.flag):
+            while self.pending and not self.flag.requested:
+                name = self._next_ready()
+                if name is None:
+                    break
+                self.progress.start(name)
+                self._emit("start", name, slot)
+                worker = Worker(slot, self.flag, lambda text, progress, name=name: self._note(name, slot, text, progress))
+                self._finish(execute(self.jobs[name], worker), slot)
+            self._not_started()
+
+    def _note(self, name: str, slot: Slot, text: str, progress: float | None) -> None:
+        if progress is not None:
+            self.progress.advance(name, progress)
+        if text:
+            self._emit("note", name, slot, text)
+
+    # ----- in worker processes ---------------------------------------------------------------
+    def run_workers(self) -> None:
+        context = mp.get_context("spawn")
+        previous = {s: signal.signal(s, self._forward) for s in STOP_SIGNALS}
+        try:
+            for slot in self.slots[:len(self.jobs)]:
+                self._start_worker(context, slot)
+            while self.workers:
+                self._dispatch()
+                if not any(p.job for p in self.workers.values()) and not self.pending:
+                    break
+                self._wait_once(context)
+            self._not_started()
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+            self._close_workers()
+
+    def _forward(self, signum: int, frame: Any) -> None:
+        """A stop signal: no new job starts, and every worker gets the signal once."""
+        self.flag.request(signum)
+        for p in self.workers.values():  # a worker still starting has no job; it is told to exit
+            if not p.ready:
+                continue
+            with contextlib.suppress(ProcessLookupError, OSError):
+                os.kill(p.process.pid, signum)
+
+    def _start_worker(self, context: Any, slot: Slot) -> None:
+        parent_conn, child_conn = context.Pipe()
+        process = context.Process(target=_worker_main, args=(slot, child_conn, os.getpid()), daemon=True,
+                                  name=f"elth-worker-{slot.index}")
+        process.start()
+        child_conn.close()
+        self.workers[slot.index] = _Process(slot, process, parent_conn)
+
+    def _dispatch(self) -> None:
+        if self.flag.requested:
+            self._not_started()
+            return
+        for p in self.workers.values():
+            if p.ready and p.job is None:
+                name = self._next_ready()
+                if name is None:
+                    return
+                p.job = name
+                self.progress.start(name)
+                p.conn.send(("job", self.jobs[name]))
+                self._emit("start", name, p.slot)
+
+    def _wait_once(self, context: Any) -> None:
+        by_conn = {p.conn: p for p in self.workers.values()}
+        by_sentinel = {p.process.sentinel: p for p in self.workers.values()}
+        for ready in wait([*by_conn, *by_sentinel], timeout=1.0):
+            p = by_conn.get(ready) or by_sentinel[ready]
+            if self.workers.get(p.slot.index) is not p:
+                continue  # already found lost through its other handle
+            if ready in by_conn:
+                self._receive(p, context)
+            else:
+                self._lost(p, context)
+
+    def _receive(self, p: _Process, context: Any) -> None:
+        try:
+            message = p.conn.recv()
+        except (EOFError, OSError):
+            self._lost(p, context)
+            return
+        if message[0] == "ready":
+            p.ready = True
+        elif message[0] == "note":
+            self._note(message[1], p.slot, message[2], message[3])
+        elif message[0] == "result":
+            p.job = None
+            self._finish(message[1], p.slot)
+
+    def _lost(self, p: _Process, context: Any) -> None:
+        """A worker process ended by itself (a crash, the OOM killer): its job failed; a new worker takes its place."""
+        p.process.join(timeout=5)
+        del self.workers[p.slot.index]
+        code = p.process.exitcode
+        how = f"killed by {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit status {code}"
+        if p.job is not None:
+            self._finish(Outcome(p.job, FAILED, message=f"its worker process died ({how})", exit_code=1,
+                                 slot=p.slot.index), p.slot)
+        if not p.ready:  # it never started: starting another would fail the same way
+            self.start_failure = f"no worker process could start ({how}); run with --jobs 1 to see why"
+        elif self.pending and not self.flag.requested:
+            self._start_worker(context, p.slot)
+        if not self.workers:
+            for name in self.pending:
+                self._finish(Outcome(name, FAILED, message=self.start_failure or f"its worker process died ({how})",
+                                     exit_code=1), None)
+            self.pending = []
+
+    def _close_workers(self) -> None:
+        for p in self.workers.values():
+            with contextlib.suppress(OSError, BrokenPipeError):
+                p.conn.send(("exit",))
+        deadline = time.monotonic() + 30
+        for p in self.workers.values():
+            p.process.join(timeout=max(0.1, deadline - time.monotonic()))
+            if p.process.is_alive():
+                p.process.kill()
+                p.process.join(timeout=5)
+        self.workers = {}
+
