@@ -1096,30 +1096,35 @@ def _find_baseline(a: types.SimpleNamespace) -> None:
 
 
 # ----- demo ---------------------------------------------------------------------------------------
-@app.command(epilog="Example: elth demo --out-dir demo-out  (18 minutes on 2 CPU cores, docs/demo.md; --quick "
-             "for a reduced run that checks an installation)")
+@app.command(epilog="Example: elth demo --out-dir demo-out  (the core comparison, side by side on every core: "
+             "docs/demo.md gives the time measured; --full adds early-bird IMP and RigL; --quick checks an "
+             "installation)")
 def demo(
     out_dir: Annotated[Path, typer.Option("--out-dir", help="Folder for the tickets and the table (re-running "
                        "resumes).")] = Path("demo-out"),
     quick: Annotated[bool, typer.Option("--quick", help="A reduced run (4 rounds, 8 epochs) to check an "
                      "installation.")] = False,
+    full: Annotated[bool, typer.Option("--full", help="Also early-bird IMP chains and RigL: two more rows per "
+                    "target and level, about half as much work again.")] = False,
+    jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Worker processes side by side, each with "
+                    "cores/N threads (default: one per core, at most 8; 1: everything in this process).")] = None,
     seed: SeedOpt = 0,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """The E-LTH experiment in miniature on the embedded digits set: IMP and early-bird IMP on resnet20 and
-    resnet32 (width 4), stretch and squeeze between them, RigL, random and magnitude baselines, and the comparison
-    table with each ticket's FLOPs.
+    """The E-LTH experiment in miniature on the embedded digits set: IMP on resnet20 and resnet32 (width 4),
+    stretch and squeeze between them, random and magnitude baselines (with --full: early-bird IMP and RigL too),
+    and the comparison table with each ticket's FLOPs. IMP chains and trainings run side by side (--jobs).
     """
     from elth_cli import demo as demo_mod
 
     if detect_launch().distributed:  # every rank would write the same files at once
         raise UsageError("elth demo runs in one process; start it without torchrun or srun")
-    config = demo_mod.DemoConfig(seed=seed)
+    config = demo_mod.DemoConfig(seed=seed, full=full)
     if quick:
-        config = demo_mod.DemoConfig(rounds=4, levels=(3, 4), epochs=8, seed=seed)
+        config = demo_mod.DemoConfig(rounds=4, levels=(3, 4), epochs=8, seed=seed, full=full)
     with _report_stop("demo"):
-        rows = demo_mod.run_demo(out_dir, config, Log(quiet))
+        rows = demo_mod.run_demo(out_dir, config, Log(quiet), jobs)
     if json_out:
         print_json(json.loads((out_dir / "table.json").read_text()))
         return

@@ -2,12 +2,17 @@
 
 IMP on resnet20 and resnet32 at width 4 (at the default width every method saturates on digits:
 see docs/demo.md), then, at the levels where the methods separate, the elastic transformations
-(resnet20 -> resnet32 by append and interpolate; resnet32 -> resnet20 by keep-first and spaced),
-the target's ticket from early-bird IMP (each round stopped once its next mask settled) trained in
-full, RigL from scratch at the same sparsity (dynamic sparse training), and the random and magnitude
-baselines from each target's rewind weights, each trained with the same recipe. The table compares
-them per target and level with the compute spent to obtain each ticket, and the FLOPs to obtain
-and train it. Re-running resumes: finished IMP rounds and trained tickets are reused.
+(resnet20 -> resnet32 by append and interpolate; resnet32 -> resnet20 by keep-first and spaced)
+and the random and magnitude baselines from each target's rewind weights, each trained with the
+same recipe. With ``full``, also the target's ticket from early-bird IMP (each round stopped once
+its next mask settled) trained in full, and RigL from scratch at the same sparsity (dynamic sparse
+training). The table compares them per target and level with the compute spent to obtain each
+ticket, and the FLOPs to obtain and train it.
+
+Every IMP chain and every training is a job on the worker pool (:mod:`elth_cli.jobs`): the chains
+run side by side, and each training starts as soon as the chain it reads is done. Re-running
+resumes: finished IMP rounds and trained tickets are reused, an interrupted training continues
+from its checkpoint.
 """
 
 from __future__ import annotations
@@ -17,18 +22,22 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Sequence
 
 from elth_cli import archs, data, elastic
 from elth_cli.compare import flops_summary
 from elth_cli.dst import DstOptions, find_dst
 from elth_cli.fileio import WriterLock
 from elth_cli.find import BaselineOptions, ImpOptions, RoundRecord, find_imp, imp_sparsities, prune_baseline, round_path
-from elth_cli.report import Log, fmt_flops, fmt_pct, make_table, stdout_console
+from elth_cli.jobs import Job, Slot, Worker, available_cores, plan_slots, run_jobs
+from elth_cli.report import JobProgress, Log, fmt_flops, fmt_pct, make_table, stdout_console
 from elth_cli.ticket import Ticket
 from elth_cli.train.checkpoint import checkpoint_path_for
-from elth_cli.train.config import TrainConfig
+from elth_cli.train.config import TrainConfig, config_from_options
 from elth_cli.train.session import Session, save_result, training_session
+
+# More workers than this gain nothing: the demo has at most 4 chains, then 8-24 trainings, at once.
+MAX_JOBS = 8
 
 
 @dataclass(frozen=True)
@@ -43,6 +52,9 @@ class DemoConfig:
     epochs: int | None = None  # None: the digits recipe (30 epochs)
     seed: int = 0
     device: str = "cpu"  # the documented figures are the CPU's
+    full: bool = False  # also early-bird IMP and RigL rows
+    # The table reads each training's final test accuracy only: no test pass after the other epochs.
+    eval_every: int = 0
 
 
 @dataclass
@@ -61,56 +73,169 @@ class Row:
     flops_vs_dense: float | None = None  # over one dense training of the target
 
 
-def _train_cached(session: Session, ticket: Ticket, path: Path, bundle: data.DataBundle, cfg: TrainConfig) -> Ticket:
-    """Train ``ticket`` into ``path`` unless a trained ticket is already there (resume)."""
-    if path.exists():
-        return Ticket.load(path)
-    ckpt = checkpoint_path_for(path)
-    trained = session.train_ticket(ticket, bundle, cfg, checkpoint_path=ckpt)
-    save_result(trained, path, ckpt, force=True)
-    return trained
+# ----- where things are -------------------------------------------------------------------------
+def imp_dir(out: Path, arch: str, early_bird: bool = False) -> Path:
+    """An IMP chain's run folder in the demo's output."""
+    return out / (f"imp-eb-{arch}" if early_bird else f"imp-{arch}")
 
 
-@dataclass
-class _Demo:
-    """One demo run: where it writes, its session, data and each network's recipe."""
-
-    config: DemoConfig
-    out: Path
-    log: Log
-    session: Session
-    bundle: data.DataBundle
-    cfgs: dict[str, TrainConfig]
-
-    def imp_dir(self, arch: str, early_bird: bool = False) -> Path:
-        return self.out / (f"imp-eb-{arch}" if early_bird else f"imp-{arch}")
+def trained_path(out: Path, target: str, level: int, kind: str) -> Path:
+    """A trained row ticket: ``resnet32-w4-l10-stretch-append.safetensors``, ``...-l13-random...``."""
+    slug = {"IMP early-bird": "imp-early-bird"}.get(kind, kind.replace(" ", "-"))
+    return out / f"{target}-l{level:02d}-{slug}.safetensors"
 
 
-def run_demo(out_dir: str | Path, config: DemoConfig = DemoConfig(), log: Log | None = None) -> list[Row]:
-    """Run the whole experiment into ``out_dir``; return the table rows (also written as table.json)."""
+def _transforms(config: DemoConfig, target: str) -> list[tuple[str, str, str, str]]:
+    """(row kind, source arch, stretch or squeeze, strategy) of a target's transformed tickets."""
+    if target == config.large:
+        return [("stretch append", config.small, "stretch", "append"),
+                ("stretch interpolate", config.small, "stretch", "interpolate")]
+    return [("squeeze keep-first", config.large, "squeeze", "keep-first"),
+            ("squeeze spaced", config.large, "squeeze", "spaced")]
+
+
+# ----- the jobs -----------------------------------------------------------------------------------
+def _recipe(session: Session, config: DemoConfig, arch: str) -> tuple[TrainConfig, data.DataBundle]:
+    return session.prepare(archs.resolve_arch(arch), "digits", seed=config.seed, epochs=config.epochs,
+                           eval_every=config.eval_every)
+
+
+def _train_cached(worker: Worker, config: DemoConfig, target: str, ticket: Ticket, path: Path) -> str:
+    """Train ``ticket`` into ``path`` unless a trained ticket is already there (resume); its accuracy."""
+    if not path.exists():
+        with training_session(worker.device) as session:
+            cfg, bundle = _recipe(session, config, target)
+            ckpt = checkpoint_path_for(path)
+            trained = session.train_ticket(ticket, bundle, cfg, checkpoint_path=ckpt, **worker.train_options())
+            save_result(trained, path, ckpt, force=True)
+    return f"test acc {fmt_pct(Ticket.load(path).metrics['test_acc'])}"
+
+
+def imp_job(worker: Worker, out: Path, config: DemoConfig, arch: str, early_bird: bool) -> str:
+    """One IMP chain (``early_bird``: rounds stopped once their next mask settled) into its run folder."""
+    with training_session(worker.device) as session:
+        cfg, bundle = _recipe(session, config, arch)
+
+        def show(rec: RoundRecord) -> None:
+            worker.note(f"round {rec.round:2d}: sparsity {fmt_pct(rec.sparsity)}, test acc {fmt_pct(rec.test_acc)}, "
+                        f"{rec.seconds:.1f} s", (rec.round + 1) / (config.rounds + 1))
+
+        records, _ = find_imp(ImpOptions(arch, "digits", rounds=config.rounds, rewind=config.rewind,
+                                         early_bird=early_bird), cfg, bundle, imp_dir(out, arch, early_bird),
+                              on_round=show, **worker.train_options())
+    return f"{len(records) - 1} rounds, round {records[-1].round} at test acc {fmt_pct(records[-1].test_acc)}"
+
+
+def transform_job(worker: Worker, out: Path, config: DemoConfig, target: str, level: int, kind: str) -> str:
+    """The source's IMP ticket of ``level`` stretched or squeezed to ``target``, then trained."""
+    _, source_arch, op, strategy = next(t for t in _transforms(config, target) if t[0] == kind)
+    src = Ticket.load(round_path(imp_dir(out, source_arch), level))
+    fn = elastic.stretch if op == "stretch" else elastic.squeeze
+    moved = fn(src, archs.resolve_target(src.spec, target), strategy=strategy)
+    return _train_cached(worker, config, target, moved, trained_path(out, target, level, kind))
+
+
+def baseline_job(worker: Worker, out: Path, config: DemoConfig, target: str, level: int, method: str) -> str:
+    """A one-shot baseline at the target's dense rewind weights, at its IMP ticket's sparsity, trained."""
+    own = Ticket.load(round_path(imp_dir(out, target), level))
+    dense = Ticket.load(round_path(imp_dir(out, target), 0))
+    ticket = prune_baseline(dense, BaselineOptions(method=method, like=own, seed=config.seed))
+    return _train_cached(worker, config, target, ticket, trained_path(out, target, level, method))
+
+
+def early_bird_job(worker: Worker, out: Path, config: DemoConfig, target: str, level: int) -> str:
+    """The target's early-bird IMP ticket at ``level``, trained in full from its rewind point with the recipe:
+    what early-bird rounds give for their lower cost."""
+    found = Ticket.load(round_path(imp_dir(out, target, early_bird=True), level))
+    ticket = dataclasses.replace(found, trained=None, metrics=None, config=None,
+                                 parents=[found.parent_record()])  # its partial training dropped: trained anew
+    return _train_cached(worker, config, target, ticket, trained_path(out, target, level, "IMP early-bird"))
+
+
+def rigl_job(worker: Worker, out: Path, config: DemoConfig, target: str, level: int) -> str:
+    """RigL (ERK, its defaults) from scratch at the level's exact sparsity: dynamic sparse training's row."""
+    path = trained_path(out, target, level, "rigl")
+    if not path.exists():
+        own = Ticket.load(round_path(imp_dir(out, target), level))
+        with training_session(worker.device) as session:
+            cfg, bundle = _recipe(session, config, target)
+            ckpt = checkpoint_path_for(path)
+            # RigL's default (every 100 steps) on the full recipe (690 steps: 5 updates); shorter runs
+            # (--quick, tests) update more often so they still make 5.
+            until = round(0.75 * cfg.total_steps(bundle.steps_per_epoch(cfg.batch_size)))
+            every = min(100, max(1, until // 5))
+            ticket = find_dst(DstOptions("rigl", target, "digits", own.sparsity, update_every=every), cfg, bundle,
+                              checkpoint_path=ckpt, title=f"rigl {target} at round {level}'s sparsity",
+                              **worker.train_options())
+            save_result(ticket, path, ckpt, force=True)
+    return f"test acc {fmt_pct(Ticket.load(path).metrics['test_acc'])}"
+
+
+def demo_jobs(out: Path, config: DemoConfig, steps_per_training: int) -> list[Job]:
+    """Every chain and training of the demo as a job, each after the chain it reads.
+
+    Costs (for the order and the time-left estimate) are steps x layers: these small trainings
+    cost per step roughly in proportion to their depth, whatever their arithmetic."""
+    def cost(arch: str, trainings: float = 1.0) -> float:
+        return trainings * steps_per_training * sum(archs.resolve_arch(arch).depths)
+
+    chains = [(arch, early) for arch in (config.small, config.large) for early in ((False, True) if config.full
+                                                                                   else (False,))]
+    jobs = [Job(_chain_name(arch, early), imp_job, {"out": out, "config": config, "arch": arch, "early_bird": early},
+                cost=cost(arch, (config.rounds + 1) * (0.25 if early else 1.0))) for arch, early in chains]
+    for level in config.levels:
+        for target in (config.small, config.large):
+            common = {"out": out, "config": config, "target": target, "level": level}
+            for kind, source, _, _ in _transforms(config, target):
+                jobs.append(Job(f"{target} l{level} {kind}", transform_job, {**common, "kind": kind},
+                                (_chain_name(source),), cost(target)))
+            for method in ("random", "magnitude"):
+                jobs.append(Job(f"{target} l{level} {method}", baseline_job, {**common, "method": method},
+                                (_chain_name(target),), cost(target)))
+            if config.full:
+                jobs.append(Job(f"{target} l{level} IMP early-bird", early_bird_job, common,
+                                (_chain_name(target, True),), cost(target)))
+                jobs.append(Job(f"{target} l{level} rigl", rigl_job, common, (_chain_name(target),), cost(target)))
+    return jobs
+
+
+def _chain_name(arch: str, early_bird: bool = False) -> str:
+    return f"{'early-bird IMP' if early_bird else 'IMP'} {arch}"
+
+
+def default_jobs() -> int:
+    """One worker per core (one thread each), at most :data:`MAX_JOBS`."""
+    return min(available_cores(), MAX_JOBS)
+
+
+# ----- the run ------------------------------------------------------------------------------------
+def run_demo(out_dir: str | Path, config: DemoConfig = DemoConfig(), log: Log | None = None,
+             jobs: int | None = None) -> list[Row]:
+    """Run the whole experiment into ``out_dir`` with ``jobs`` workers (default :func:`default_jobs`);
+    return the table rows (also written as table.json and table.txt)."""
     log = log or Log()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    with training_session(config.device) as session, WriterLock(out / "demo.lock", f"the demo in {out}"):
-        cfgs, bundle = {}, None
-        for arch in (config.small, config.large):
-            cfgs[arch], bundle = session.prepare(archs.resolve_arch(arch), "digits", seed=config.seed,
-                                                 epochs=config.epochs)
-        demo = _Demo(config, out, log, session, bundle, cfgs)
-        _announce(demo)
-        for arch in (config.small, config.large):
-            for early in (False, True):
-                log.info(f"{'early-bird ' if early else ''}IMP on {arch} -> {demo.imp_dir(arch, early)}")
-                find_imp(ImpOptions(arch, "digits", rounds=config.rounds, rewind=config.rewind, early_bird=early),
-                         cfgs[arch], bundle, demo.imp_dir(arch, early), on_round=_progress(log, arch))
+    slots = plan_slots(jobs or default_jobs(), config.device)
+    with WriterLock(out / "demo.lock", f"the demo in {out}"):
+        info = data.get_dataset_info("digits")
+        cfgs = {a: config_from_options(archs.resolve_arch(a), info, seed=config.seed, epochs=config.epochs,
+                                       eval_every=config.eval_every, device=config.device)
+                for a in (config.small, config.large)}
+        spe = data.load_dataset("digits").steps_per_epoch(cfgs[config.small].batch_size)
+        _announce(log, config, cfgs[config.small], spe, slots)
+        result = run_jobs(demo_jobs(out, config, cfgs[config.small].total_steps(spe)), slots,
+                          JobProgress(log, lambda outcome: outcome.value))
+        result.check("demo jobs")
         rows = [row for level in config.levels for target in (config.small, config.large)
-                for row in _level_rows(demo, target, level)]
+                for row in _level_rows(out, config, target, level)]
     doc = {
         "config": asdict(config),
         "recipe": {a: c.as_dict() for a, c in cfgs.items()},
         "nominal_sparsity": {str(lv): imp_sparsities(config.rounds, 0.2)[lv] for lv in config.levels},
         "rows": [asdict(r) for r in rows],
+        "jobs": len(slots), "threads_per_job": slots[0].threads,
         "seconds": round(time.perf_counter() - started, 1),
     }
     (out / "table.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
@@ -118,84 +243,31 @@ def run_demo(out_dir: str | Path, config: DemoConfig = DemoConfig(), log: Log | 
     return rows
 
 
-def _announce(demo: _Demo) -> None:
-    config, bundle, cfg = demo.config, demo.bundle, demo.cfgs[demo.config.small]
-    spe = bundle.steps_per_epoch(cfg.batch_size)
-    demo.log.info(f"elth demo: digits ({bundle.num_examples('train')} train / {bundle.num_examples('test')} test "
-                  f"images), {config.small} and {config.large} (width 4), IMP {config.rounds} rounds at 20 %, rewind "
-                  f"{config.rewind}, {cfg.epochs} epochs per training (lr {cfg.lr}, warm-up {cfg.warmup}, "
-                  f"{cfg.schedule}), {spe} steps/epoch")
+def _announce(log: Log, config: DemoConfig, cfg: TrainConfig, spe: int, slots: Sequence[Slot]) -> None:
+    threads = f", {slots[0].threads} thread{'s' if slots[0].threads != 1 else ''} each" if slots[0].threads else ""
+    log.info(f"elth demo: digits, {config.small} and {config.large} (width 4), IMP {config.rounds} rounds at 20 %, "
+             f"rewind {config.rewind}, {cfg.epochs} epochs per training (lr {cfg.lr}, warm-up {cfg.warmup}, "
+             f"{cfg.schedule}), {spe} steps/epoch; {len(slots)} worker{'s' if len(slots) != 1 else ''}{threads}"
+             + ("" if config.full else "; --full adds early-bird IMP and RigL"))
 
 
-def _progress(log: Log, arch: str) -> Callable[[RoundRecord], None]:
-    def show(rec: RoundRecord) -> None:
-        log.info(f"  IMP {arch} round {rec.round:2d}: sparsity {fmt_pct(rec.sparsity)}, "
-                 f"test acc {fmt_pct(rec.test_acc)}, {rec.seconds:.1f} s")
-    return show
-
-
-def _level_rows(demo: _Demo, target: str, level: int) -> list[Row]:
-    """The rows of one target at one IMP level: its own ticket, the transformed ones, the baselines."""
-    config, log = demo.config, demo.log
-    transforms = {
-        config.large: [("stretch append", config.small, "stretch", "append"),
-                       ("stretch interpolate", config.small, "stretch", "interpolate")],
-        config.small: [("squeeze keep-first", config.large, "squeeze", "keep-first"),
-                       ("squeeze spaced", config.large, "squeeze", "spaced")],
-    }
-    own = Ticket.load(round_path(demo.imp_dir(target), level))
+def _level_rows(out: Path, config: DemoConfig, target: str, level: int) -> list[Row]:
+    """The rows of one target at one IMP level, read from the files the jobs wrote."""
+    own = Ticket.load(round_path(imp_dir(out, target), level))
     rows = [_row(target, level, "IMP (own)", target, own, own)]
-    for kind, source_arch, op, strategy in transforms[target]:
-        src = Ticket.load(round_path(demo.imp_dir(source_arch), level))
-        fn = elastic.stretch if op == "stretch" else elastic.squeeze
-        moved = fn(src, archs.resolve_target(src.spec, target), strategy=strategy)
-        name = f"{target}-l{level:02d}-{op}-{strategy}.safetensors"
-        trained = _train_cached(demo.session, moved, demo.out / name, demo.bundle, demo.cfgs[target])
-        rows.append(_row(target, level, kind, source_arch, trained, trained))
-        log.info(f"  {kind} {source_arch} -> {target} at round {level}: test acc "
-                 f"{fmt_pct(trained.metrics['test_acc'])}")
-    rows.append(_early_bird_row(demo, target, level))
-    rows.append(_rigl_row(demo, target, level, own))
-    dense = Ticket.load(round_path(demo.imp_dir(target), 0))
+    for kind, source, _, _ in _transforms(config, target):
+        trained = Ticket.load(trained_path(out, target, level, kind))
+        rows.append(_row(target, level, kind, source, trained, trained))
+    if config.full:
+        found = Ticket.load(round_path(imp_dir(out, target, early_bird=True), level))
+        rows.append(_row(target, level, "IMP early-bird", target, found,
+                         Ticket.load(trained_path(out, target, level, "IMP early-bird"))))
+        rigl = Ticket.load(trained_path(out, target, level, "rigl"))
+        rows.append(_row(target, level, "rigl", target, rigl, rigl))
     for method in ("random", "magnitude"):
-        ticket = prune_baseline(dense, BaselineOptions(method=method, like=own, seed=config.seed))
-        name = f"{target}-l{level:02d}-{method}.safetensors"
-        trained = _train_cached(demo.session, ticket, demo.out / name, demo.bundle, demo.cfgs[target])
+        trained = Ticket.load(trained_path(out, target, level, method))
         rows.append(_row(target, level, method, target, trained, trained))
-        log.info(f"  {method} baseline {target} at {fmt_pct(trained.sparsity)}: test acc "
-                 f"{fmt_pct(trained.metrics['test_acc'])}")
     return rows
-
-
-def _early_bird_row(demo: _Demo, target: str, level: int) -> Row:
-    """The target's early-bird IMP ticket at ``level`` (rounds stopped when their next mask settled), trained
-    in full from its rewind point with the recipe: what early-bird rounds give for their lower cost."""
-    found = Ticket.load(round_path(demo.imp_dir(target, early_bird=True), level))
-    ticket = dataclasses.replace(found, trained=None, metrics=None, config=None,
-                                 parents=[found.parent_record()])  # its partial training dropped: trained anew
-    path = demo.out / f"{target}-l{level:02d}-imp-early-bird.safetensors"
-    trained = _train_cached(demo.session, ticket, path, demo.bundle, demo.cfgs[target])
-    demo.log.info(f"  early-bird IMP {target} at round {level}: test acc {fmt_pct(trained.metrics['test_acc'])}")
-    return _row(target, level, "IMP early-bird", target, found, trained)
-
-
-def _rigl_row(demo: _Demo, target: str, level: int, own: Ticket) -> Row:
-    """RigL (ERK, its defaults) from scratch at the level's exact sparsity: dynamic sparse training's row."""
-    path = demo.out / f"{target}-l{level:02d}-rigl.safetensors"
-    if path.exists():
-        ticket = Ticket.load(path)
-    else:
-        ckpt = checkpoint_path_for(path)
-        cfg = demo.cfgs[target]
-        # RigL's default (every 100 steps) on the full recipe (690 steps: 5 updates); shorter runs
-        # (--quick, tests) update more often so they still make 5.
-        until = round(0.75 * cfg.total_steps(demo.bundle.steps_per_epoch(cfg.batch_size)))
-        every = min(100, max(1, until // 5))
-        ticket = find_dst(DstOptions("rigl", target, "digits", own.sparsity, update_every=every), cfg, demo.bundle,
-                          checkpoint_path=ckpt, title=f"rigl {target} at round {level}'s sparsity")
-        ticket.sha256 = save_result(ticket, path, ckpt, force=True)
-    demo.log.info(f"  rigl {target} at {fmt_pct(ticket.sparsity)}: test acc {fmt_pct(ticket.metrics['test_acc'])}")
-    return _row(target, level, "rigl", target, ticket, ticket)
 
 
 def _row(target: str, level: int, kind: str, source: str, ticket: Ticket, trained: Ticket) -> Row:
@@ -235,7 +307,7 @@ def print_table(rows: list[Row]) -> None:
          "FLOPs", "x dense"],
         [(r.target, r.level, r.kind, r.source, fmt_pct(r.sparsity), fmt_pct(r.test_acc), r.extra.get("trainings", 0),
           r.cost_steps, f"{r.cost_seconds:.1f}", fmt_flops(r.flops), _times(r.flops_vs_dense)) for r in rows],
-        title="E-LTH on digits: each target's own IMP ticket vs transformed tickets vs RigL vs baselines (FLOPs: to "
+        title="E-LTH on digits: each target's own IMP ticket vs transformed tickets vs baselines (FLOPs: to "
               "obtain and train; x dense: over one dense training of the target)",
         right=["level", "sparsity", "test acc", "trainings to obtain", "steps", "seconds", "FLOPs", "x dense"],
     )

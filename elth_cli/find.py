@@ -437,7 +437,7 @@ class _ImpRun:
 def find_imp(
     opts: ImpOptions, cfg: TrainConfig, bundle: data.DataBundle, out_dir: str | Path, log: Any = None,
     on_round: Callable[[RoundRecord], None] | None = None, handle_signals: bool = True,
-    stop_at: tuple[int, int] | None = None, rank: int = 0, world_size: int = 1,
+    stop_at: tuple[int, int] | None = None, rank: int = 0, world_size: int = 1, stop: StopFlag | None = None,
 ) -> tuple[list[RoundRecord], Ticket]:
     """Iterative magnitude pruning with rewinding; one ticket per round in ``out_dir``.
 
@@ -446,7 +446,9 @@ def find_imp(
     previous round's trained weights (``exclude`` kept dense), rewinds the survivors to the
     rewind-step weights and trains again from the rewind step. Re-running with the same
     arguments skips finished rounds and resumes the current one from its checkpoint.
-    ``stop_at=(round, step)`` stops that round at that step as a signal would (for tests).
+    ``stop_at=(round, step)`` stops that round at that step as a signal would (for tests); ``stop``
+    is a flag that someone else's signal handlers set (a worker of :mod:`elth_cli.jobs`: pass
+    ``handle_signals=False``).
 
     With ``world_size`` > 1 every rank calls this with the same arguments and trains every round
     data-parallel (see :func:`elth_cli.train.train_state`). Rank 0 alone reads and writes the
@@ -459,7 +461,7 @@ def find_imp(
     with held_on_main(folder.lock()):  # one writer per folder: a second job is refused, not interleaved
         run_on_main(lambda: _check_run_dir(folder, _run_identity(opts, cfg, world_size)))
         done = run_on_main(lambda: _read_log(folder.log_file))
-        run = _ImpRun(opts, cfg, bundle, plan, folder, StopFlag(), log, stop_at, rank, world_size)
+        run = _ImpRun(opts, cfg, bundle, plan, folder, stop or StopFlag(), log, stop_at, rank, world_size)
         return _imp_rounds(run, done, on_round, handle_signals)
 
 
