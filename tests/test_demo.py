@@ -10,8 +10,8 @@ from elth_cli.ticket import Ticket
 
 
 def test_tiny_demo(tmp_path):
-    config = DemoConfig(small="resnet14-w4", large="resnet20-w4", rounds=2, levels=(2,), epochs=2)
-    rows = run_demo(tmp_path, config, Log(quiet=True))
+    config = DemoConfig(small="resnet14-w4", large="resnet20-w4", rounds=2, levels=(2,), epochs=2, full=True)
+    rows = run_demo(tmp_path, config, Log(quiet=True), jobs=2)  # the chains and trainings on two workers
     kinds = {(r.target, r.kind) for r in rows}
     assert kinds == {
         ("resnet14-w4", "IMP (own)"), ("resnet14-w4", "squeeze keep-first"), ("resnet14-w4", "squeeze spaced"),
@@ -44,6 +44,7 @@ def test_tiny_demo(tmp_path):
     assert (tmp_path / "table.txt").read_text() == render_table(rows)
     stretched = Ticket.load(tmp_path / "resnet20-w4-l02-stretch-append.safetensors")
     assert stretched.is_trained and stretched.transform["source_arch"] == "resnet14-w4"
-    # Run again: everything is reused, the table is the same.
-    again = run_demo(tmp_path, config, Log(quiet=True))
+    assert doc["jobs"] == 2 and doc["threads_per_job"] >= 1
+    # Run again: everything is reused, the table is the same (in this process this time).
+    again = run_demo(tmp_path, config, Log(quiet=True), jobs=1)
     assert [(r.kind, r.test_acc) for r in again] == [(r.kind, r.test_acc) for r in rows]

@@ -366,8 +366,10 @@ def test_checkpoint_is_safetensors_without_pickle(digits, tmp_path) -> None:
     ckpt.write_bytes(raw[: len(raw) // 2])
     with pytest.raises(ElthError, match="cannot resume"):
         train.train_ticket(ticket, digits, digits_config(ticket, epochs=1), checkpoint_path=ckpt)
-    # resume="never" starts over and replaces the damaged file.
-    out = train.train_ticket(ticket, digits, digits_config(ticket, epochs=1), checkpoint_path=ckpt, resume="never")
+    # resume="never" starts over and replaces the damaged file (at the first epoch's end: the last
+    # epoch writes none, and checkpoint_every_s=0 writes one at every other epoch).
+    out = train.train_ticket(ticket, digits, digits_config(ticket, epochs=2), checkpoint_path=ckpt, resume="never",
+                             checkpoint_every_s=0)
     assert out.is_trained and train.read_checkpoint(ckpt).step == DIGITS_SPE
 
 

@@ -4,6 +4,7 @@ progress. :func:`standard_hooks` puts them in the order the loop needs (see :mod
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Protocol
 
@@ -75,15 +76,25 @@ class Snapshots(Hook):
         self._take(loop)
 
 
-class Checkpointing(Hook):
-    """Write a checkpoint after every epoch and when a stop is requested (rank 0 writes, every rank takes part)."""
+# One process writes a checkpoint at an epoch's end only when this long has passed since the last one
+# (or since the segment started); a stop always writes one. Several ranks write one every epoch: the
+# ranks' clocks differ, and every rank must take part in the same writes.
+CHECKPOINT_EVERY_S = 30.0
 
-    def __init__(self, path: Path, identity: dict[str, Any]) -> None:
-        self.path, self.identity = Path(path), identity
+
+class Checkpointing(Hook):
+    """Write a checkpoint at the end of an epoch (with one process at most every ``every_s`` seconds)
+    and when a stop is requested (rank 0 writes, every rank takes part). The last epoch writes none:
+    the finished run's ticket is saved next, and its checkpoint deleted."""
+
+    def __init__(self, path: Path, identity: dict[str, Any], every_s: float = CHECKPOINT_EVERY_S) -> None:
+        self.path, self.identity, self.every_s = Path(path), identity, every_s
         self.saved_at = -1
+        self.last_save = 0.0
 
     def on_run_start(self, loop: TrainLoop) -> None:
         loop.checkpoint_path = self.path
+        self.last_save = time.perf_counter()
 
     def save(self, loop: TrainLoop) -> None:
         if self.saved_at == loop.step:
@@ -96,9 +107,13 @@ class Checkpointing(Hook):
         distributed.run_on_main(lambda: save_checkpoint(
             self.path, self.identity, parts.model, parts.optimizer, parts.scaler, stats, loop.state,
             loop.masks(), cuda_rng=loop.world_size == 1))
-        self.saved_at = loop.step
+        self.saved_at, self.last_save = loop.step, time.perf_counter()
 
     def on_epoch_recorded(self, loop: TrainLoop, record: dict[str, Any]) -> None:
+        if loop.step >= loop.total or loop.ended_early:
+            return
+        if loop.world_size == 1 and time.perf_counter() - self.last_save < self.every_s:
+            return
         self.save(loop)
 
     def on_stop(self, loop: TrainLoop) -> None:
@@ -171,7 +186,7 @@ class Progress(Hook):
 
 def standard_hooks(*, snapshot_steps: Iterable[int] = (), checkpoint: tuple[Path, dict[str, Any]] | None = None,
                    jsonl: Path | None = None, reporter: Reporter | None = None, extra: Iterable[Hook] = (),
-                   macs: dict[str, int] | None = None) -> list[Hook]:
+                   macs: dict[str, int] | None = None, checkpoint_every_s: float = CHECKPOINT_EVERY_S) -> list[Hook]:
     """The hooks of a run, in the order their events need: count FLOPs (with ``macs``, the layers'
     forward MACs), measure (divergence, evaluation, then the caller's ``extra`` hooks), then keep
     and report (snapshots, checkpoint, JSON lines, progress).
@@ -183,7 +198,7 @@ def standard_hooks(*, snapshot_steps: Iterable[int] = (), checkpoint: tuple[Path
     if snapshot_steps:
         hooks.append(Snapshots(snapshot_steps))
     if checkpoint is not None:
-        hooks.append(Checkpointing(*checkpoint))
+        hooks.append(Checkpointing(*checkpoint, every_s=checkpoint_every_s))
     if jsonl is not None:
         hooks.append(JsonLines(jsonl))
     if reporter is not None:

@@ -28,7 +28,7 @@ from elth_cli.ticket import Ticket
 from elth_cli.train.checkpoint import Checkpoint, RunState, cpu_state, read_checkpoint, restore_checkpoint, \
     state_fingerprint
 from elth_cli.train.config import TrainConfig, validate_config
-from elth_cli.train.hooks import Reporter, standard_hooks
+from elth_cli.train.hooks import CHECKPOINT_EVERY_S, Reporter, standard_hooks
 from elth_cli.train.identity import run_differences
 from elth_cli.train.loop import Hook, TrainLoop
 from elth_cli.train.provenance import run_config, trained_ticket
@@ -175,12 +175,14 @@ def train_state(
     setup: DeviceSetup | None = None,
     feedback: bool = False,
     search: Mapping[str, Any] | None = None,
+    checkpoint_every_s: float = CHECKPOINT_EVERY_S,
 ) -> TrainResult:
     """Train a masked network from ``start_step`` to the recipe's last step; return its final state.
 
     ``model_or_state`` is a model (moved to ``cfg.device`` in place) or a state dict (then ``arch``
     names the architecture). Pruned weights are zeroed after every optimizer step. With a
-    ``checkpoint_path``, a checkpoint is written after every epoch and when a stop is requested
+    ``checkpoint_path``, a checkpoint is written at an epoch's end (with one process, at most every
+    ``checkpoint_every_s`` seconds; 0: every epoch; never after the last) and when a stop is requested
     (SIGTERM/SIGUSR1/SIGINT while ``handle_signals``, ``stop.request()``, or reaching
     ``stop_at_step``); the run then raises :class:`TrainingStopped`. ``resume``: ``auto`` continues
     from an existing checkpoint, ``require`` insists on one, ``never`` starts over. The state after
@@ -216,7 +218,7 @@ def train_state(
     all_hooks = standard_hooks(
         snapshot_steps=snapshot_steps, checkpoint=(ckpt_path, identity) if ckpt_path is not None else None,
         jsonl=Path(jsonl_path) if jsonl_path is not None and main else None, reporter=log if main else None,
-        extra=hooks, macs=macs)
+        extra=hooks, macs=macs, checkpoint_every_s=checkpoint_every_s)
     flag = stop or StopFlag()
     loop = TrainLoop(parts, bundle, cfg, state, all_hooks, flag, stop_at_step=stop_at_step, rank=rank,
                      world_size=world_size, title=title, resumed_from=resumed_from)

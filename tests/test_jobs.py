@@ -1,0 +1,118 @@
+"""The worker pool: order, dependencies, per-job failures, threads per worker, stop signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from elth_cli import jobs
+from elth_cli.errors import ElthError, UsageError
+from elth_cli.jobs import Job, plan_slots, run_jobs
+from elth_cli.train.signals import TrainingStopped, stopped_error
+
+# ----- job functions (module level: workers import them by name) ------------------------------------
+
+
+def square(worker, x):
+    import torch
+
+    worker.note(f"squaring {x}", 0.5)
+    return {"x": x * x, "pid": os.getpid(), "threads": torch.get_num_threads(), "device": worker.device}
+
+
+def fail(worker, message="bad input"):
+    raise UsageError(message)
+
+
+def crash(worker):
+    raise ZeroDivisionError("division by zero\nsecond line")
+
+
+def die(worker):
+    os._exit(3)
+
+
+def wait_for_stop(worker, ask_parent=False, seconds=60.0):
+    """Spin until the worker's stop flag is set, as a training checks it between steps."""
+    if ask_parent:
+        os.kill(os.getppid(), signal.SIGTERM)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if worker.stop.requested:
+            raise stopped_error(worker.stop.signum, "the spin", None, 0)
+        time.sleep(0.01)
+    return "never stopped"
+
+
+# ----- tests --------------------------------------------------------------------------------------
+
+
+def test_check_jobs_refuses_bad_graphs_and_puts_the_critical_path_first():
+    a, b, c = Job("a", square, cost=1), Job("b", square, after=("a",), cost=5), Job("c", square, cost=2)
+    assert jobs.check_jobs([a, b, c]) == {"a": 6, "b": 5, "c": 2}
+    with pytest.raises(UsageError, match="two jobs are named 'a'"):
+        jobs.check_jobs([a, a])
+    with pytest.raises(UsageError, match="waits for 'z'"):
+        jobs.check_jobs([Job("a", square, after=("z",))])
+    with pytest.raises(UsageError, match="cycle"):
+        jobs.check_jobs([Job("a", square, after=("b",)), Job("b", square, after=("a",))])
+
+
+def test_plan_slots_share_the_cores():
+    assert plan_slots(1, "cpu", cores=8) == [jobs.Slot(0, "cpu", None)]  # one job: this process, its threads
+    assert [s.threads for s in plan_slots(4, "cpu", cores=8)] == [2, 2, 2, 2]
+    assert [s.threads for s in plan_slots(3, "cpu", cores=2)] == [1, 1, 1]  # at least one each
+    with pytest.raises(UsageError, match="at least 1"):
+        plan_slots(0, "cpu")
+    if not __import__("torch").cuda.is_available():
+        assert [s.device for s in plan_slots(2, "auto", cores=2)] == ["cpu", "cpu"]
+        with pytest.raises(UsageError, match="CUDA is not available"):
+            plan_slots(2, "cuda")
+
+
+def test_in_this_process_a_failure_stays_with_its_job():
+    events = []
+    result = run_jobs([Job("a", square, {"x": 3}), Job("b", square, {"x": 4}, after=("a",)),
+                       Job("c", fail), Job("d", square, {"x": 5}, after=("c",)), Job("e", crash)],
+                      plan_slots(1, "cpu"), events.append)
+    out = result.outcomes
+    assert list(out) == ["a", "b", "c", "d", "e"]
+    assert out["a"].value["x"] == 9 and out["b"].value["x"] == 16 and out["a"].value["pid"] == os.getpid()
+    assert out["c"].status == "failed" and out["c"].message == "bad input" and out["c"].exit_code == 2
+    assert out["d"].status == "skipped" and "needs c" in out["d"].message
+    assert out["e"].status == "failed" and out["e"].message == "ZeroDivisionError: division by zero"
+    assert "Traceback" in out["e"].detail
+    assert [(e.kind, e.job) for e in events if e.kind == "note"] == [("note", "a"), ("note", "b")]
+    with pytest.raises(ElthError, match=r"3 of 5 jobs failed: c, d, e"):
+        result.check("jobs")
+
+
+def test_workers_run_side_by_side_with_their_threads_and_survive_a_dead_worker():
+    result = run_jobs([Job("a", square, {"x": 2}), Job("b", square, {"x": 3}), Job("dies", die),
+                       Job("c", square, {"x": 4}, after=("dies",)), Job("d", square, {"x": 5})],
+                      plan_slots(2, "cpu", cores=2))
+    out = result.outcomes
+    done = [out[n].value for n in ("a", "b", "d")]
+    assert [v["x"] for v in done] == [4, 9, 25]
+    assert {v["threads"] for v in done} == {1} and all(v["pid"] != os.getpid() for v in done)
+    assert out["dies"].status == "failed" and "worker process died (exit status 3)" in out["dies"].message
+    assert out["c"].status == "skipped"
+    assert result.stopped_by is None
+
+
+def test_a_stop_signal_reaches_every_running_job_and_starts_no_other():
+    # The first job asks the main process to stop (SIGTERM), as a scheduler would: it forwards the
+    # signal to both workers, both running jobs stop, the third never starts.
+    # "other" goes first (the costlier), so it is running when "trigger" starts on the second worker.
+    result = run_jobs([Job("trigger", wait_for_stop, {"ask_parent": True}), Job("other", wait_for_stop, cost=10),
+                       Job("later", square, {"x": 1}, after=("other",))], plan_slots(2, "cpu", cores=2))
+    out = result.outcomes
+    assert out["trigger"].status == "stopped" and out["other"].status == "stopped"
+    assert out["later"].status == "not started"
+    assert result.stopped_by == "SIGTERM"
+    with pytest.raises(TrainingStopped, match="stopped by SIGTERM: 2 of 3 jobs stopped") as info:
+        result.check("jobs")
+    assert info.value.exit_code == 75
