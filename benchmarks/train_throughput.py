@@ -108,11 +108,14 @@ class PrunedModel(nn.Module):
 
 
 def timed(batches: Iterator[tuple[Tensor, Tensor]], step: Callable[[Tensor, Tensor], None], warmup: int, steps: int,
-          device: torch.device) -> tuple[float, int]:
-    """Run ``warmup`` untimed then ``steps`` timed steps; return (seconds, images)."""
+          device: torch.device, start_at: float | None = None) -> tuple[float, int]:
+    """Run ``warmup`` untimed then ``steps`` timed steps; return (seconds, images). ``start_at``: a
+    wall-clock time (time.time()) to wait for after the warm-up, so that several workers time together."""
     for _ in range(warmup):
         step(*next(batches))
     synchronize(device)
+    if start_at is not None:
+        time.sleep(max(0.0, start_at - time.time()))
     t0 = time.perf_counter()
     images = 0
     for _ in range(steps):
@@ -154,7 +157,7 @@ def time_eval(model: nn.Module, bundle: data.DataBundle, device: torch.device, p
     return (time.perf_counter() - t0) / max(done, 1)
 
 
-def run_elth(args, ticket, images, labels, device: torch.device, precision: str) -> dict:
+def run_elth(args, ticket, images, labels, device: torch.device, precision: str, start_at: float | None = None) -> dict:
     info = data.get_dataset_info("cifar10")
     setup = device_setup(device, precision)  # what a training run on this device chooses
     bundle = data.TensorBundle(info, data.Augment(pad=4, flip=True), setup, images, labels)
@@ -162,7 +165,7 @@ def run_elth(args, ticket, images, labels, device: torch.device, precision: str)
                                                           compile=args.compile, batch_size=args.batch_size)
     parts = train.build_parts(ticket.build_model("init"), ticket.masks, cfg, setup)  # the loop's own set-up
     batches = full_batches(lambda e: bundle.train_batches(args.batch_size, e, seed=0), args.batch_size)
-    seconds, n = timed(batches, lambda x, y: parts.step(x, y, cfg.lr), args.warmup_steps, args.steps, device)
+    seconds, n = timed(batches, lambda x, y: parts.step(x, y, cfg.lr), args.warmup_steps, args.steps, device, start_at)
     eval_s_per_image = time_eval(parts.model, bundle, device, precision, min(TEST_IMAGES, args.eval_images))
     optimizer_kind = "fused" if setup.fused_sgd else "foreach"
     return {"images_per_s": n / seconds, "seconds": seconds, "images": n, "eval_s_per_image": eval_s_per_image,
@@ -203,6 +206,37 @@ def run_baseline(args, ticket, images, labels, device: torch.device) -> dict:
             "optimizer": "SGD (default)", "precision": "fp32"}
 
 
+def jobs_worker(worker, args: dict, start_at: float) -> dict:
+    """One of ``--jobs`` workers (elth_cli.jobs): elth's timed steps on the worker's device, timed from
+    ``start_at`` together with the others."""
+    opts = argparse.Namespace(**args)
+    device = resolve_device(worker.device)
+    precision = resolve_precision(opts.precision, device)
+    images, labels, _ = cifar_like(opts.data_dir)
+    ticket = random_ticket(opts.arch, (3, 32, 32), 10, opts.sparsity, seed=0, dataset="cifar10")
+    late = time.time() > start_at
+    result = run_elth(opts, ticket, images, labels, device, precision, start_at)
+    return {"device": worker.device, "threads": torch.get_num_threads(), "images_per_s": result["images_per_s"],
+            "late": late}
+
+
+def run_jobs_side_by_side(args, jobs: int) -> dict:
+    """``jobs`` independent trainings at once (``elth train ... --jobs N``'s workers: cores / N threads
+    each, or a GPU each, several per GPU past the GPU count): each one's images/s and their sum."""
+    from elth_cli.jobs import Job, plan_slots, run_jobs
+
+    slots = plan_slots(jobs, args.device)
+    start_at = time.time() + args.jobs_start_s  # time for every worker to start and warm up
+    fields = {k: getattr(args, k) for k in ("precision", "compile", "arch", "sparsity", "batch_size", "steps",
+                                           "warmup_steps", "eval_images", "data_dir")}
+    result = run_jobs([Job(f"worker {s.index}", jobs_worker, {"args": fields, "start_at": start_at}) for s in slots],
+                      slots)
+    result.check("benchmark workers")
+    workers = [o.value for o in result.outcomes.values()]
+    return {"jobs": jobs, "workers": workers, "images_per_s": sum(w["images_per_s"] for w in workers),
+            "late_starts": sum(w["late"] for w in workers)}
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -217,6 +251,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--eval-images", type=int, default=None, help="test images timed for the wall-time estimate "
                    "(default: 1,000 on CPU, 10,000 on CUDA)")
     p.add_argument("--data-dir", default=None, help="folder holding cifar-10-batches-py/ (default: synthetic data)")
+    p.add_argument("--jobs", type=int, default=1, help="also time N independent trainings at once, as elth train "
+                   "--jobs N runs them (worker processes; on CUDA one GPU each, several per GPU past the GPU count)")
+    p.add_argument("--jobs-start-s", type=float, default=60.0, help="seconds the --jobs workers get to start and "
+                   "warm up before they all start timing")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     args = p.parse_args(argv)
     try:
@@ -233,6 +271,7 @@ def main(argv: list[str] | None = None) -> dict:
     ticket = random_ticket(args.arch, (3, 32, 32), 10, args.sparsity, seed=0, dataset="cifar10")
     baseline = run_baseline(args, ticket, images, labels, device)
     elth = run_elth(args, ticket, images, labels, device, precision)
+    side_by_side = run_jobs_side_by_side(args, args.jobs) if args.jobs > 1 else None
     epoch_s = TRAIN_IMAGES / elth["images_per_s"] + TEST_IMAGES * elth["eval_s_per_image"]
     result = {
         "date": dt.date.today().isoformat(),
@@ -250,6 +289,7 @@ def main(argv: list[str] | None = None) -> dict:
         "speedup": elth["images_per_s"] / baseline["images_per_s"],
         "elth_epoch_seconds": epoch_s,
         "elth_160_epochs_minutes": EPOCHS * epoch_s / 60,
+        "jobs": side_by_side,
         "elth_version": __version__,
         "command": " ".join(["python", "benchmarks/train_throughput.py", *(argv if argv is not None else sys.argv[1:])]),
     }
@@ -267,6 +307,12 @@ def main(argv: list[str] | None = None) -> dict:
     for label, ips in rows:
         print(f"  {label:<{width}}  {ips:10,.0f} images/s")
     print(f"  speed-up x{result['speedup']:.2f}")
+    if side_by_side is not None:
+        per = ", ".join(f"{w['images_per_s']:,.0f}" for w in side_by_side["workers"])
+        print(f"  elth, {args.jobs} trainings side by side (--jobs {args.jobs}): {side_by_side['images_per_s']:10,.0f} "
+              f"images/s in all ({per}), x{side_by_side['images_per_s'] / elth['images_per_s']:.2f} one training"
+              + (f"; {side_by_side['late_starts']} worker(s) started late: raise --jobs-start-s"
+                 if side_by_side["late_starts"] else ""))
     print(f"  elth, 160 CIFAR-10 epochs (50,000 images + 10,000 test images each): "
           f"{result['elth_160_epochs_minutes']:.1f} min ({epoch_s:.2f} s per epoch)")
     return result

@@ -19,7 +19,7 @@ from elth_cli.errors import ElthError, UsageError
 from elth_cli.fileio import STDIO, check_output_path, write_bytes_atomic
 from elth_cli.launch import detect_launch
 from elth_cli.report import Log, fmt_flops, fmt_int, fmt_pct, make_table, print_json, stderr_console, stdout_console
-from elth_cli.train.config import TrainConfig, config_overrides
+from elth_cli.train.config import CHECKPOINT_EVERY_S, TrainConfig, check_checkpoint_every, config_overrides
 
 if TYPE_CHECKING:
     from elth_cli.ticket import Ticket
@@ -511,6 +511,10 @@ CompileOpt = _config_option("compile")
 DeterministicOpt = _config_option("deterministic")
 SyncBnOpt = _config_option("sync_bn")
 TrainScaleOpt = _config_option("train_scale")
+CheckpointEveryOpt = Annotated[Optional[float], typer.Option(
+    "--checkpoint-every", metavar="SECONDS", help=f"Write a checkpoint at an epoch's end when this long has passed "
+    f"since the last (default {CHECKPOINT_EVERY_S:g}; 0: every epoch); a stop (SIGTERM, SIGUSR1, Ctrl-C) always "
+    "writes one. Several processes write one every epoch.")]
 
 
 def _prepare_train_files(ticket_path: str, output: str, force: bool, ckpt: Optional[Path], log_jsonl: Optional[Path],
@@ -587,6 +591,7 @@ def train(
                       "checkpoint is resumed even without it).")] = False,
     restart: Annotated[bool, typer.Option("--restart", help="Ignore an existing checkpoint and start over.")] = False,
     log_jsonl: Annotated[Optional[Path], typer.Option("--log-jsonl", help="Write one JSON line per epoch here.")] = None,
+    checkpoint_every: CheckpointEveryOpt = None,
     data_dir: DataDirOpt = None,
     download: DownloadOpt = False,
     workers: WorkersOpt = None,
@@ -608,6 +613,7 @@ def train(
     stays the global batch; rank 0 alone writes the ticket, the checkpoint and the logs.
     """
     overrides = config_overrides(locals())
+    checkpoint_every = check_checkpoint_every(CHECKPOINT_EVERY_S if checkpoint_every is None else checkpoint_every)
     if out_dir is not None or len(ticket_paths) > 1:
         _reject_flags("train --out-dir", (("-o", output), ("--checkpoint", checkpoint), ("--log-jsonl", log_jsonl),
                                           ("--resume", resume or None)), "for one ticket")
@@ -617,7 +623,7 @@ def train(
         from elth_cli.train.several import TrainRequest
 
         request = TrainRequest(dataset, overrides, precision, str(data_dir) if data_dir else None, download, workers,
-                               force, restart)
+                               force, restart, checkpoint_every)
         _train_several(ticket_paths, out_dir, jobs, device, compile, request, json_out, quiet)
         return
     if output is None:
@@ -644,7 +650,8 @@ def train(
         with _report_stop("train", session.runtime.is_main):
             trained = session.train_ticket(
                 ticket, bundle, cfg, checkpoint_path=ckpt, resume="require" if resume else "never" if restart else "auto",
-                log=TrainProgress(quiet or not session.runtime.is_main), jsonl_path=log_jsonl)
+                log=TrainProgress(quiet or not session.runtime.is_main), jsonl_path=log_jsonl,
+                checkpoint_every_s=checkpoint_every)
         sha = session.save(trained, output, ckpt, force)
         if not session.runtime.is_main:
             return
@@ -830,6 +837,7 @@ def find(
     sync_bn: SyncBnOpt = False,
     train_scale: TrainScaleOpt = None,
     dist_timeout: DistTimeoutOpt = 300.0,
+    checkpoint_every: CheckpointEveryOpt = None,
     data_dir: DataDirOpt = None,
     download: DownloadOpt = False,
     workers: WorkersOpt = None,
@@ -866,6 +874,8 @@ def find(
         _check_stdout_use(output, json_out)
     if sparsity is not None:
         check_sparsity(sparsity)
+    if checkpoint_every is not None:
+        check_checkpoint_every(checkpoint_every)
     if arch is not None:
         archs.resolve_arch(arch)  # an unknown name is the first thing to report
     if dataset is not None:
@@ -918,7 +928,8 @@ def _find_imp(a: types.SimpleNamespace) -> None:
         with _report_stop("find", session.runtime.is_main):
             records, final = find_mod.find_imp(opts, cfg, bundle, a.out_dir, log=TrainProgress(log.quiet),
                                                on_round=show, rank=session.runtime.rank,
-                                               world_size=session.runtime.world_size)
+                                               world_size=session.runtime.world_size,
+                                               checkpoint_every_s=_checkpoint_every(a))
         if a.output is not None:  # a byte-for-byte copy of the final round's file
             session.on_main(lambda: write_bytes_atomic(a.output, Path(records[-1].path).read_bytes()))
         if not session.runtime.is_main:
@@ -991,9 +1002,14 @@ def _search_once(a: types.SimpleNamespace, spec: Any, dataset: str, what: str,
         cfg, bundle = session.prepare(spec, dataset, data_dir=a.data_dir, download=a.download, workers=a.workers,
                                       **a.overrides)
         with _report_stop("find"):
-            ticket = search(cfg, bundle, checkpoint_path=ckpt, log=TrainProgress(a.quiet))
+            ticket = search(cfg, bundle, checkpoint_path=ckpt, log=TrainProgress(a.quiet),
+                            checkpoint_every_s=_checkpoint_every(a))
         sha = session.save(ticket, a.output, ckpt, a.force)
     return ticket, sha
+
+
+def _checkpoint_every(a: types.SimpleNamespace) -> float:
+    return CHECKPOINT_EVERY_S if a.checkpoint_every is None else a.checkpoint_every
 
 
 def _dst_flags(a: types.SimpleNamespace) -> tuple[tuple[str, Any], ...]:
@@ -1058,7 +1074,8 @@ def _find_baseline(a: types.SimpleNamespace) -> None:
         if value is not None:
             raise UsageError(f"{flag} is for --method imp")
     _reject_flags(a.method, (*_dst_flags(a), ("--train-scale", a.train_scale), ("--window", a.window),
-                             ("--epsilon", a.epsilon)), "for training methods (imp, early-bird, rigl, set, dpf)")
+                             ("--epsilon", a.epsilon), ("--checkpoint-every", a.checkpoint_every)),
+                  "for training methods (imp, early-bird, rigl, set, dpf)")
     if a.early_bird:
         raise UsageError(f"--early-bird is for imp; {a.method} does not use it")
     if a.distribution is not None and a.method != "random":

@@ -25,7 +25,7 @@ from elth_cli.prune import (
 )
 from elth_cli.steps import parse_steps
 from elth_cli.ticket import Ticket, apply_masks
-from elth_cli.train.config import TrainConfig
+from elth_cli.train.config import CHECKPOINT_EVERY_S, TrainConfig
 from elth_cli.train.earlybird import DEFAULT_EPSILON, DEFAULT_WINDOW, MaskConvergence, check_detection
 from elth_cli.train.earlybird import STATE_KEY as EARLY_BIRD_KEY
 from elth_cli.train.identity import run_differences
@@ -432,12 +432,14 @@ class _ImpRun:
     stop_at: tuple[int, int] | None = None
     rank: int = 0
     world_size: int = 1
+    checkpoint_every_s: float = CHECKPOINT_EVERY_S
 
 
 def find_imp(
     opts: ImpOptions, cfg: TrainConfig, bundle: data.DataBundle, out_dir: str | Path, log: Any = None,
     on_round: Callable[[RoundRecord], None] | None = None, handle_signals: bool = True,
     stop_at: tuple[int, int] | None = None, rank: int = 0, world_size: int = 1, stop: StopFlag | None = None,
+    checkpoint_every_s: float = CHECKPOINT_EVERY_S,
 ) -> tuple[list[RoundRecord], Ticket]:
     """Iterative magnitude pruning with rewinding; one ticket per round in ``out_dir``.
 
@@ -448,7 +450,8 @@ def find_imp(
     arguments skips finished rounds and resumes the current one from its checkpoint.
     ``stop_at=(round, step)`` stops that round at that step as a signal would (for tests); ``stop``
     is a flag that someone else's signal handlers set (a worker of :mod:`elth_cli.jobs`: pass
-    ``handle_signals=False``).
+    ``handle_signals=False``). Each round checkpoints as :func:`~elth_cli.train.run.train_state` does
+    (``checkpoint_every_s``).
 
     With ``world_size`` > 1 every rank calls this with the same arguments and trains every round
     data-parallel (see :func:`elth_cli.train.train_state`). Rank 0 alone reads and writes the
@@ -461,7 +464,8 @@ def find_imp(
     with held_on_main(folder.lock()):  # one writer per folder: a second job is refused, not interleaved
         run_on_main(lambda: _check_run_dir(folder, _run_identity(opts, cfg, world_size)))
         done = run_on_main(lambda: _read_log(folder.log_file))
-        run = _ImpRun(opts, cfg, bundle, plan, folder, stop or StopFlag(), log, stop_at, rank, world_size)
+        run = _ImpRun(opts, cfg, bundle, plan, folder, stop or StopFlag(), log, stop_at, rank, world_size,
+                      checkpoint_every_s)
         return _imp_rounds(run, done, on_round, handle_signals)
 
 
@@ -567,6 +571,7 @@ def _train_round(run: _ImpRun, r: int, masks: dict[str, Tensor] | None, prev: Ti
     detector = _round_detector(run, r, masks)
     common = dict(checkpoint_path=run.folder.round_checkpoint(r), log=run.log, stop=run.flag, handle_signals=False,
                   stop_at_step=stop_step, rank=run.rank, world_size=run.world_size,
+                  checkpoint_every_s=run.checkpoint_every_s,
                   title=f"IMP round {r}/{plan.last} {plan.spec.name}", hooks=[detector] if detector else [])
     if r == 0:
         result = train_state(dense.build_model("init"), masks, bundle, cfg, 0,

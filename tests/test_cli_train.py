@@ -236,3 +236,11 @@ def test_eval_refuses_a_distributed_launch(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "elth_cli", "eval", str(path), "--weights", "init"],
                           capture_output=True, env=env, timeout=120)
     assert_clean_error(Result(proc.returncode, proc.stdout.decode(), proc.stderr.decode()), (2,), "one process")
+
+
+def test_checkpoint_every_is_checked_and_only_for_trainings(capsys, tmp_path, r8_file) -> None:
+    r = elth(capsys, "train", r8_file, "-o", tmp_path / "x.safetensors", "--checkpoint-every", "-1")
+    assert_clean_error(r, codes=(2,), contains="--checkpoint-every must be 0 or more")
+    r = elth(capsys, "find", "--method", "random", "--from", r8_file, "--sparsity", "0.9", "-o",
+             tmp_path / "y.safetensors", "--checkpoint-every", "5")
+    assert_clean_error(r, codes=(2,), contains="--checkpoint-every is for training methods")

@@ -57,7 +57,7 @@ def test_a_changed_digest_is_noticed() -> None:
 def test_a_damaged_checkpoint_is_never_resumed(tmp_path) -> None:
     bundle = data.load_dataset("digits")
     ticket = make_ticket("resnet8-w4")
-    cfg = train.default_recipe(ticket.spec, bundle.info).replace(epochs=1)
+    cfg = train.default_recipe(ticket.spec, bundle.info).replace(epochs=2)
     ckpt = tmp_path / "run.ckpt"
     with pytest.raises(train.TrainingStopped):
         train.train_ticket(ticket, bundle, cfg, checkpoint_path=ckpt, stop_at_step=5, handle_signals=False)
@@ -66,6 +66,8 @@ def test_a_damaged_checkpoint_is_never_resumed(tmp_path) -> None:
     ckpt.write_bytes(_flip_in(raw, "model/fc.weight", 2))
     with pytest.raises(ElthError, match=r"cannot resume from .*damaged.*--restart"):
         train.train_ticket(ticket, bundle, cfg, checkpoint_path=ckpt, handle_signals=False)
-    # --restart (resume="never") starts over and replaces it.
-    out = train.train_ticket(ticket, bundle, cfg, checkpoint_path=ckpt, resume="never", handle_signals=False)
+    # --restart (resume="never") starts over and replaces it (at the first epoch's end, with
+    # checkpoint_every_s=0; the last epoch writes none).
+    out = train.train_ticket(ticket, bundle, cfg, checkpoint_path=ckpt, resume="never", handle_signals=False,
+                             checkpoint_every_s=0)
     assert out.is_trained and train.read_checkpoint(ckpt).step == 23

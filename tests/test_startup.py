@@ -70,7 +70,8 @@ def test_ctrl_c_at_any_moment_is_one_line_and_130(tmp_path, delay) -> None:
     import, the data loading and the training itself (which checkpoints first)."""
     ticket = tmp_path / "t.safetensors"
     make_ticket("resnet8-w4").save(ticket)
-    code, err = _interrupt(["train", str(ticket), "-o", str(tmp_path / "out.safetensors"), "--epochs", "3"],
+    # Enough epochs that the last moment (4 s) still falls in the training, even on a fast machine.
+    code, err = _interrupt(["train", str(ticket), "-o", str(tmp_path / "out.safetensors"), "--epochs", "30"],
                            delay, tmp_path)
     if _before_elth(code, err):
         return

@@ -431,3 +431,21 @@ def test_cuda_eval_matches_cpu_eval(trained_pair, digits) -> None:
         gpu = train.evaluate(model, bundle, "test", 1000, precision)
         assert abs(gpu["accuracy"] - cpu["accuracy"]) <= tol, precision
         assert gpu["loss"] == pytest.approx(cpu["loss"], rel=0.05), precision
+
+
+@pytest.mark.parametrize("every_s, written_after", [(0, [False, True, True]), (1e9, [False, False, False])])
+def test_checkpoints_at_epoch_ends_follow_checkpoint_every(digits, tmp_path, every_s, written_after) -> None:
+    """0 writes one after every epoch but the last; a long interval writes none (a stop still would)."""
+    ticket = digits_ticket("resnet8-w4")
+    ckpt = tmp_path / "run.ckpt"
+    seen: list[bool] = []
+
+    class Watch(train.Hook):
+        def on_epoch_end(self, loop, record) -> None:
+            seen.append(ckpt.exists())
+
+    train.train_ticket(ticket, digits, digits_config(ticket, epochs=3), checkpoint_path=ckpt, hooks=[Watch()],
+                       checkpoint_every_s=every_s)
+    assert seen == written_after
+    with pytest.raises(UsageError, match="--checkpoint-every must be 0 or more"):
+        train.train_ticket(ticket, digits, digits_config(ticket, epochs=1), checkpoint_every_s=-1)

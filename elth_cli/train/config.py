@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from elth_cli.data import DatasetInfo
 
 SCHEDULES = ("step", "cosine")
+# One process writes a checkpoint at an epoch's end only when this long has passed since the last one
+# (``--checkpoint-every``); a stop always writes one. Not part of a run's identity: it changes no result.
+CHECKPOINT_EVERY_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -178,6 +181,13 @@ def default_recipe(spec: ArchSpec, dataset_info: DatasetInfo) -> TrainConfig:
     name = recipe_name(spec, dataset_info)
     eval_batch = 1000 if dataset_info.in_memory else 250
     return TrainConfig(dataset=dataset_info.name, recipe=name, eval_batch_size=eval_batch, **RECIPES[name])
+
+
+def check_checkpoint_every(seconds: float) -> float:
+    """``--checkpoint-every`` is a number of seconds, 0 or more."""
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise UsageError(f"--checkpoint-every must be 0 or more seconds, got {seconds}")
+    return seconds
 
 
 def config_overrides(values: Mapping[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from elth_cli import distributed
 from elth_cli.errors import ElthError
 from elth_cli.flops import FLOPS_PER_MAC, forward_macs
 from elth_cli.train.checkpoint import cpu_state, save_checkpoint
+from elth_cli.train.config import CHECKPOINT_EVERY_S
 from elth_cli.train.loop import Hook, TrainLoop
 from elth_cli.train.step import evaluate
 
@@ -76,16 +77,11 @@ class Snapshots(Hook):
         self._take(loop)
 
 
-# One process writes a checkpoint at an epoch's end only when this long has passed since the last one
-# (or since the segment started); a stop always writes one. Several ranks write one every epoch: the
-# ranks' clocks differ, and every rank must take part in the same writes.
-CHECKPOINT_EVERY_S = 30.0
-
-
 class Checkpointing(Hook):
-    """Write a checkpoint at the end of an epoch (with one process at most every ``every_s`` seconds)
-    and when a stop is requested (rank 0 writes, every rank takes part). The last epoch writes none:
-    the finished run's ticket is saved next, and its checkpoint deleted."""
+    """Write a checkpoint at the end of an epoch (with one process at most every ``every_s`` seconds;
+    several ranks write one every epoch, since their clocks differ and every rank takes part in each
+    write) and when a stop is requested (rank 0 writes). The last epoch writes none: the finished
+    run's ticket is saved next, and its checkpoint deleted."""
 
     def __init__(self, path: Path, identity: dict[str, Any], every_s: float = CHECKPOINT_EVERY_S) -> None:
         self.path, self.identity, self.every_s = Path(path), identity, every_s

@@ -27,8 +27,8 @@ from elth_cli.masks import same_layout
 from elth_cli.ticket import Ticket
 from elth_cli.train.checkpoint import Checkpoint, RunState, cpu_state, read_checkpoint, restore_checkpoint, \
     state_fingerprint
-from elth_cli.train.config import TrainConfig, validate_config
-from elth_cli.train.hooks import CHECKPOINT_EVERY_S, Reporter, standard_hooks
+from elth_cli.train.config import CHECKPOINT_EVERY_S, TrainConfig, check_checkpoint_every, validate_config
+from elth_cli.train.hooks import Reporter, standard_hooks
 from elth_cli.train.identity import run_differences
 from elth_cli.train.loop import Hook, TrainLoop
 from elth_cli.train.provenance import run_config, trained_ticket
@@ -201,6 +201,7 @@ def train_state(
     stops every rank at the same step, and every rank returns the same state and metrics (timings aside).
     """
     snapshot_steps = {int(s) for s in snapshot_steps}
+    check_checkpoint_every(checkpoint_every_s)
     distributed.require(rank, world_size)
     _check_run(bundle, cfg, start_step, snapshot_steps, resume, world_size)
     model = _as_model(model_or_state, arch, bundle)

@@ -22,6 +22,7 @@ from elth_cli.errors import UsageError
 from elth_cli.fileio import STDIO
 from elth_cli.jobs import Job, Worker
 from elth_cli.train.checkpoint import checkpoint_path_for
+from elth_cli.train.config import CHECKPOINT_EVERY_S
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,8 @@ class TrainItem:
 @dataclass(frozen=True)
 class TrainRequest:
     """What every ticket of one command is trained with: the data set (None: the one each ticket
-    records), the config overrides by field name, precision, data options, --force and --restart."""
+    records), the config overrides by field name, precision, data options, --force, --restart and
+    --checkpoint-every."""
 
     dataset: str | None = None
     overrides: Mapping[str, Any] = field(default_factory=dict)
@@ -62,6 +64,7 @@ class TrainRequest:
     loader_workers: int | None = None
     force: bool = False
     restart: bool = False
+    checkpoint_every_s: float = CHECKPOINT_EVERY_S
 
 
 def plan_items(sources: Sequence[str], out_dir: str | os.PathLike[str]) -> list[TrainItem]:
@@ -143,7 +146,8 @@ def train_item(worker: Worker, item: TrainItem, request: TrainRequest) -> dict[s
             try:
                 trained = session.train_ticket(
                     ticket, bundle, cfg, checkpoint_path=item.checkpoint, resume="never" if request.restart else "auto",
-                    log=TrainProgress(stream=log), jsonl_path=item.jsonl, **worker.train_options())
+                    log=TrainProgress(stream=log), jsonl_path=item.jsonl, checkpoint_every_s=request.checkpoint_every_s,
+                    **worker.train_options())
             except Exception as e:  # the log says how its training ended, too
                 log.write(f"error: {e}\n")
                 raise
