@@ -606,8 +606,13 @@ def train(
 
     Step values read 1000it, 2ep or a bare number of iterations.
 
-    A checkpoint is written every epoch and on SIGTERM/SIGUSR1 (exit 75) or Ctrl-C (exit 130): re-run the same
-    command to resume. The output ticket holds the trained weights, the resolved config and the metrics.
+    A checkpoint is written at epoch ends (every --checkpoint-every seconds) and on SIGTERM/SIGUSR1 (exit 75) or
+    Ctrl-C (exit 130): re-run the same command to resume. The output ticket holds the trained weights, the
+    resolved config and the metrics.
+
+    Several tickets side by side: elth train T1 T2 ... --out-dir DIR --jobs N trains each into DIR under its file
+    name (checkpoint, .log and .jsonl beside it) in N worker processes with cores/N CPU threads each, or a GPU
+    each. A failed ticket does not stop the others; a re-run reuses finished outputs and resumes the rest.
 
     Data-parallel with several processes: torchrun --nproc-per-node N -m elth_cli train ... (or srun). --batch-size
     stays the global batch; rank 0 alone writes the ticket, the checkpoint and the logs.
