@@ -15,8 +15,13 @@ Same model (ResNet-20 by default, a random 50%-sparse ticket), same batch, same 
 Warm-up steps are excluded; on CUDA the clocks are read after a synchronisation. The data are
 CIFAR-10 when ``--data-dir`` holds it, else 50,000 random 32x32x3 images (the speed is the same).
 
+``--jobs N`` also times N trainings side by side, as ``elth train --out-dir --jobs N`` and the demo
+run them (worker processes; on CUDA one GPU each, several per GPU past the GPU count): each
+worker's images/s and their sum, against one training alone.
+
     python benchmarks/train_throughput.py                 # CPU here, CUDA where there is one
     python benchmarks/train_throughput.py --device cuda --compile --json
+    python benchmarks/train_throughput.py --device cuda --jobs 4   # four trainings on one GPU
 """
 
 from __future__ import annotations

@@ -158,11 +158,13 @@ def _worker_devices(jobs: int, device: str) -> list[str]:
         if text == "auto":
             return ["cpu"] * jobs
         raise UsageError(f"device {device} asked for but CUDA is not available on this machine; use --device cpu or auto")
-    if text.startswith("cuda:"):
+    count = torch.cuda.device_count()
+    if text.startswith("cuda:") and text[5:].isascii() and text[5:].isdigit():
+        if int(text[5:]) >= count:
+            raise UsageError(f"device {device} does not exist: this machine has {count} CUDA device(s)")
         return [text] * jobs
     if text not in ("auto", "cuda"):
         raise UsageError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
-    count = torch.cuda.device_count()
     return [f"cuda:{i % count}" for i in range(jobs)]
 
 

@@ -116,3 +116,17 @@ def test_a_stop_signal_reaches_every_running_job_and_starts_no_other():
     with pytest.raises(TrainingStopped, match="stopped by SIGTERM: 2 of 3 jobs stopped") as info:
         result.check("jobs")
     assert info.value.exit_code == 75
+
+
+def test_plan_slots_on_a_gpu_node(monkeypatch):
+    """One GPU per worker in turn, several per GPU past the count; cuda:N puts them all on N."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert [s.device for s in plan_slots(2, "auto", cores=16)] == ["cuda:0", "cuda:1"]
+    assert [s.device for s in plan_slots(5, "cuda", cores=16)] == ["cuda:0", "cuda:1", "cuda:0", "cuda:1", "cuda:0"]
+    assert {s.device for s in plan_slots(3, "cuda:1", cores=16)} == {"cuda:1"}
+    assert {s.threads for s in plan_slots(4, "cuda", cores=16)} == {4}  # the cores still shared for data work
+    with pytest.raises(UsageError, match="does not exist"):
+        plan_slots(2, "cuda:2")
