@@ -25,8 +25,9 @@ def _exit_interrupted() -> None:
 def main() -> None:
     try:
         from elth_cli.cli import main as run
-    except KeyboardInterrupt:
-        sys.stderr.write("error: interrupted\n")
+    except KeyboardInterrupt:  # the one stop line, as elth_cli.cli prints it once it is loaded
+        command = sys.argv[1] if len(sys.argv) > 1 and sys.argv[1].isalpha() else ""
+        sys.stderr.write(f"elth{' ' + command if command else ''}: interrupted by Ctrl-C\n")
         _exit_interrupted()
     try:
         run()

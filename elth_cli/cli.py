@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import sys
 import threading
@@ -76,7 +77,8 @@ def _root(
 OutOpt = Annotated[str, typer.Option("-o", "--output", help="Output ticket file ('-' for stdout).")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite the output if it exists.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON document on stdout instead of text.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors on stderr.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or log lines on stderr (errors and "
+                     "warnings still print); stdout is unchanged.")]
 DataDirOpt = Annotated[
     Optional[Path],
     typer.Option("--data-dir", envvar="ELTH_DATA", help="Folder holding the data sets (default: a cache folder)."),
@@ -518,7 +520,7 @@ CheckpointEveryOpt = Annotated[Optional[float], typer.Option(
 
 
 def _prepare_train_files(ticket_path: str, output: str, force: bool, ckpt: Optional[Path], log_jsonl: Optional[Path],
-                         resume: bool) -> Ticket:
+                         resume: bool, restart: bool) -> Ticket:
     """What ``train`` checks before any work (rank 0 of several processes): the files it writes, the ticket."""
     from elth_cli.ticket import Ticket
 
@@ -528,6 +530,10 @@ def _prepare_train_files(ticket_path: str, output: str, force: bool, ckpt: Optio
             raise UsageError(f"folder {Path(path).parent} of the {what} file does not exist; create it first")
     if resume and (ckpt is None or not Path(ckpt).exists()):
         raise UsageError(f"--resume given but there is no checkpoint {ckpt}; drop --resume to start a new run")
+    resuming = ckpt is not None and Path(ckpt).exists() and not restart
+    if log_jsonl is not None and Path(log_jsonl).exists() and not (force or resuming):
+        # A resumed run rewrites it from the checkpoint's history (its own earlier lines); a new run would lose it.
+        raise UsageError(f"--log-jsonl {log_jsonl} already exists; pass --force to overwrite it or choose another file")
     return Ticket.load(ticket_path)
 
 
@@ -649,7 +655,8 @@ def train(
     with training_session(device, precision, dist_timeout) as session, \
             session.exclusive(target, f"the training of {output if output != STDIO else ckpt}"):
         # Rank 0 checks the files and reads the ticket; every rank gets it, or the error.
-        ticket = session.on_main(lambda: _prepare_train_files(ticket_path, output, force, ckpt, log_jsonl, resume))
+        ticket = session.on_main(lambda: _prepare_train_files(ticket_path, output, force, ckpt, log_jsonl, resume,
+                                                              restart))
         cfg, bundle = session.prepare(ticket.spec, _dataset_for(ticket, dataset), data_dir=data_dir,
                                       download=download, workers=workers, ticket=ticket, **overrides)
         with _report_stop("train", session.runtime.is_main):
@@ -763,8 +770,6 @@ def eval_cmd(
            **result}
     if json_out:
         print_json(doc)
-        return
-    if quiet:
         return
     top5 = f", top-5 {fmt_pct(result['top5'])}" if "top5" in result else ""
     stdout_console().print(
@@ -943,7 +948,7 @@ def _find_imp(a: types.SimpleNamespace) -> None:
                "arch": final.arch, "rounds": [r.as_dict() for r in records]}
     if a.json_out:
         print_json(summary)
-    elif not a.quiet:
+    elif not (a.quiet and a.output == STDIO):  # the table is data on stdout; with '-o -' a log line on stderr
         columns = ["round", "sparsity", "test acc", "best", "steps", "seconds"] + (["early"] if a.early_bird else [])
         rows = [(r.round, fmt_pct(r.sparsity), fmt_pct(r.test_acc), fmt_pct(r.best_test_acc), fmt_int(r.steps),
                  f"{r.seconds:.1f}", *(["yes" if r.stopped_early else "no"] if a.early_bird else [])) for r in records]
@@ -1161,7 +1166,9 @@ def main(argv: list[str] | None = None) -> None:
     The command is invoked directly rather than through typer's ``main``, so that a Ctrl-C at any
     moment reaches the handler below (typer turns it into a silent exit, click into a bare newline).
     """
+    global _command
     args = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    _command = f"elth {args[0]}" if args and args[0].isalpha() else "elth"
     code: Any = 0
     previous = _watch_interrupts()
     try:
@@ -1189,11 +1196,15 @@ def main(argv: list[str] | None = None) -> None:
         where = ctx.command_path if ctx is not None else "elth"
         _fail(f"{e.format_message()} (see {where} --help)".replace("\n", " "), getattr(e, "exit_code", 2))
     except (KeyboardInterrupt, typer.Abort):
-        _fail("interrupted", 130)
+        _fail(INTERRUPTED, 130)
     except BrokenPipeError:
-        # The reader of our stdout went away (e.g. `| head`): not an error of ours.
-        sys.stderr.close()
-        sys.exit(1)
+        # The reader of our stdout went away (`| head`): stop quietly with the status a process killed
+        # by SIGPIPE has in a shell (128 + 13), as `yes | head` does, so that `set -o pipefail` sees a
+        # ticket or document that was not read in full. stdout goes to /dev/null first: Python's own
+        # flush at exit would fail again and print a traceback-like warning.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _exit(EXIT_BROKEN_PIPE)
     except OSError as e:
         # A folder that is a file, no permission, a full disk: the system's reason, on one line.
         where = f": {e.filename}" if getattr(e, "filename", None) else ""
@@ -1201,7 +1212,7 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as e:  # (after typer's Exit and Abort, which are RuntimeErrors too)
         distributed = sys.modules.get("elth_cli.distributed")
         if _interrupted:  # whatever a Ctrl-C broke on its way (a half-imported library, ...)
-            _fail("interrupted", 130)
+            _fail(INTERRUPTED, 130)
         if distributed is None or not isinstance(e, RuntimeError) or not distributed.is_comm_failure(e):
             raise
         # A rank lost its peers (gloo, NCCL): one line, not a traceback.
@@ -1213,6 +1224,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 _interrupted = False
+_command = "elth"  # "elth train" once the command is known: the prefix of every stop line
+INTERRUPTED = "interrupted by Ctrl-C"
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader of stdout closed the pipe before the end
 _TORCH_FREE = ("archs",)  # commands that answer without torch (and every --help)
 
 
@@ -1258,10 +1272,13 @@ def _fail(message: str, code: int, local: bool = False) -> None:
     """Print the error and exit. With several processes every rank fails alike and rank 0 alone reports it,
     except for a failure only this rank saw (``local``), which it reports under its rank."""
     if _interrupted:
-        message, code, local = "interrupted", 130, False
+        message, code, local = INTERRUPTED, 130, False
     rank = _rank_for_errors()
+    # A stop is not an error of the work: its one line starts as every stop line does ("elth train: stopped
+    # by SIGINT at ...", printed by _report_stop), with the command.
+    prefix = f"{_command}:" if message == INTERRUPTED else "error:"
     if rank == 0:
-        print(f"error: {message}", file=sys.stderr)
+        print(f"{prefix} {message}", file=sys.stderr)
     elif local:
         print(f"error: rank {rank}: {message}", file=sys.stderr)
     _exit(code)

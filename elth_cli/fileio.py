@@ -25,14 +25,22 @@ STDIO = "-"
 
 
 def check_output_path(path: str | os.PathLike[str], force: bool = False) -> None:
-    """Refuse to overwrite an existing output unless ``force``; check its folder exists."""
+    """Before any work: refuse to overwrite an existing output unless ``force``, a missing or
+    unwritable folder, and a binary ticket for stdout when stdout is a terminal."""
     if str(path) == STDIO:
+        if sys.stdout.isatty():
+            raise UsageError("output '-' means stdout, but stdout is a terminal and a ticket is binary; redirect it "
+                             "(> FILE) or pipe it (| elth info -)")
         return
     p = Path(path)
+    if p.is_dir():
+        raise UsageError(f"output {p} is a folder; give a file name")
     if p.exists() and not force:
         raise UsageError(f"output {p} already exists; pass --force to overwrite it or choose another path")
     if not p.parent.exists():
         raise UsageError(f"folder {p.parent} does not exist; create it first")
+    if not os.access(p.parent, os.W_OK | os.X_OK):
+        raise UsageError(f"folder {p.parent} is not writable; choose another output path or fix its permissions")
 
 
 @contextlib.contextmanager
@@ -76,11 +84,13 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
                 f.flush()
                 os.fsync(f.fileno())
     except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
-            raise
+        # The error names the temporary file beside the output: say it with the user's path.
         was = "left as it was" if Path(path).exists() else "not created"
-        raise ElthError(f"cannot write {path}: {e.strerror} ({len(data):,} bytes); the file was {was}; free "
-                        "some space (or raise the limit) and run the command again") from None
+        if e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            raise ElthError(f"cannot write {path}: {e.strerror} ({len(data):,} bytes); the file was {was}; free "
+                            "some space (or raise the limit) and run the command again") from None
+        raise ElthError(f"cannot write {path}: {e.strerror or e}; the file was {was}; check the folder "
+                        f"{Path(path).parent} and its permissions") from None
 
 
 def read_bytes(path: str | os.PathLike[str]) -> bytes:

@@ -1,0 +1,128 @@
+"""Streams: with '-o -' stdout carries the ticket and nothing else, a terminal never gets binary, a
+closed pipe is exit 141, outputs are checked before any work, --quiet only quiets stderr."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, Result, assert_clean_error, make_ticket, run_in_process
+from elth_cli import cli, container
+from elth_cli.ticket import Ticket
+
+
+def _bytes_run(capsysbinary, *args) -> tuple[int, bytes, str]:
+    with pytest.raises(SystemExit) as info:
+        cli.main([str(a) for a in args])
+    out, err = capsysbinary.readouterr()
+    return info.value.code or 0, out, err.decode()
+
+
+@pytest.fixture
+def r8(tmp_path: Path) -> Path:
+    path = tmp_path / "r8.safetensors"
+    make_ticket("resnet8-w4").save(path)
+    return path
+
+
+@pytest.mark.parametrize("case", ["random", "stretch", "squeeze", "train", "rigl", "early-bird", "import"])
+def test_stdout_is_the_ticket_and_nothing_else(capsysbinary, tmp_path, r8, case):
+    r14 = tmp_path / "r14.safetensors"
+    make_ticket("resnet14-w4").save(r14)
+    if case == "import":
+        code, _, err = _bytes_run(capsysbinary, "export", r8, tmp_path / "run", "--quiet")
+        assert code == 0, err
+    args = {
+        "random": ["find", "--method", "random", "--arch", "resnet8-w4", "--dataset", "digits", "--sparsity", "0.5"],
+        "stretch": ["stretch", r14, "--target", "resnet20"],
+        "squeeze": ["squeeze", r14, "--target", "resnet8"],
+        "train": ["train", r8, "--epochs", "1"],
+        "rigl": ["find", "--method", "rigl", "--arch", "resnet8-w4", "--dataset", "digits", "--sparsity", "0.5",
+                 "--epochs", "2", "--update-every", "5"],
+        "early-bird": ["find", "--method", "early-bird", "--arch", "resnet8-w4", "--dataset", "digits", "--sparsity",
+                       "0.5", "--epochs", "3", "--window", "1", "--epsilon", "1"],
+        "import": ["import", tmp_path / "run", "--arch", "resnet8-w4", "--dataset", "digits"],
+    }[case]
+    code, out, err = _bytes_run(capsysbinary, *args, "-o", "-")
+    assert code == 0, err
+    ticket = Ticket.from_bytes(out)
+    # Nothing before or after it: the file ends where its header says its tensors end.
+    header = json.loads(out[8:8 + container.header_length(out, "stdout")])
+    end = max(e["data_offsets"][1] for k, e in header.items() if k != "__metadata__")
+    assert len(out) == 8 + container.header_length(out, "stdout") + end
+    assert ticket.arch.startswith("resnet")
+
+
+def test_a_terminal_gets_no_ticket(tmp_path, r8):
+    """'-o -' with stdout on a terminal is refused before any work, as '-' from a terminal is."""
+    leader, follower = os.openpty()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "elth_cli", "squeeze", str(r8), "--target", "resnet8", "-o", "-"],
+                              stdout=follower, stderr=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                              timeout=120)
+    finally:
+        os.close(follower)
+        os.close(leader)
+    r = Result(proc.returncode, "", proc.stderr.decode())
+    assert_clean_error(r, codes=(2,), contains="stdout is a terminal")
+
+
+def test_a_reader_that_closes_the_pipe_gives_141(tmp_path):
+    """The reader went away: no traceback, exit 141 (128 + SIGPIPE), as `yes | head` gets."""
+    proc = subprocess.Popen([sys.executable, "-m", "elth_cli", "find", "--method", "random", "--arch", "resnet56",
+                             "--dataset", "cifar10", "--sparsity", "0.5", "-o", "-"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    proc.stdout.close()  # before it writes: its write finds no reader
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert "Traceback" not in err and "Exception ignored" not in err
+
+
+def test_an_unwritable_folder_is_found_before_any_work(capsys, tmp_path, r8, monkeypatch):
+    import elth_cli.fileio as fileio
+
+    out = tmp_path / "locked" / "x.safetensors"
+    out.parent.mkdir()
+    real = os.access
+    monkeypatch.setattr(fileio.os, "access", lambda p, mode: False if Path(p) == out.parent else real(p, mode))
+    r = run_in_process(capsys, "train", r8, "-o", out, "--epochs", "1")
+    assert_clean_error(r, codes=(2,), contains=f"folder {out.parent} is not writable")
+    assert "epoch" not in r.stderr
+
+
+def test_a_failed_write_names_the_users_path_not_the_temporary_file(tmp_path, monkeypatch):
+    import elth_cli.fileio as fileio
+    from elth_cli.errors import ElthError
+
+    target = tmp_path / "x.safetensors"
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / ".x.safetensors.abc.tmp"))
+
+    monkeypatch.setattr(fileio.tempfile, "mkstemp", refuse)
+    with pytest.raises(ElthError) as info:
+        fileio.write_bytes_atomic(target, b"data")
+    assert str(info.value).startswith(f"cannot write {target}: Permission denied") and ".tmp" not in str(info.value)
+
+
+def test_quiet_silences_stderr_only(capsys, tmp_path, r8):
+    trained = tmp_path / "t.safetensors"
+    assert run_in_process(capsys, "train", r8, "-o", trained, "--epochs", "1", "-q").code == 0
+    r = run_in_process(capsys, "eval", trained, "-q")
+    assert r.code == 0 and r.stderr == "" and "accuracy" in r.stdout  # the result is data: it stays
+
+
+def test_log_jsonl_is_not_overwritten_by_a_new_run(capsys, tmp_path, r8):
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"epoch": 1}\n')
+    r = run_in_process(capsys, "train", r8, "-o", tmp_path / "t.safetensors", "--epochs", "1", "--log-jsonl", log)
+    assert_clean_error(r, codes=(2,), contains="--log-jsonl")
+    assert log.read_text() == '{"epoch": 1}\n'
+    r = run_in_process(capsys, "train", r8, "-o", tmp_path / "t.safetensors", "--epochs", "1", "--log-jsonl", log,
+                       "--force")
+    assert r.code == 0 and len(log.read_text().splitlines()) == 1 and '"test_acc"' in log.read_text()
