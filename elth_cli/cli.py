@@ -20,7 +20,7 @@ from elth_cli.errors import ElthError, UsageError
 from elth_cli.fileio import STDIO, check_output_path, write_bytes_atomic
 from elth_cli.launch import detect_launch
 from elth_cli.report import Log, fmt_flops, fmt_int, fmt_pct, make_table, print_json, stderr_console, stdout_console
-from elth_cli.train.config import CHECKPOINT_EVERY_S, TrainConfig, check_checkpoint_every, config_overrides
+from elth_cli.train.config import CHECKPOINT_EVERY_S, TrainConfig, check_checkpoint_every, config_overrides, recipe_hint
 
 if TYPE_CHECKING:
     from elth_cli.ticket import Ticket
@@ -50,7 +50,7 @@ app = typer.Typer(
     epilog="Example: elth find --method random --arch resnet20 --dataset digits --sparsity 0.8 -o - "
     "| elth stretch - --target resnet56 -o r56.safetensors",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     # Markdown re-flows docstring paragraphs (wrapped in the source) to the terminal width.
     rich_markup_mode=None,
@@ -81,14 +81,16 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or lo
                      "warnings still print); stdout is unchanged.")]
 DataDirOpt = Annotated[
     Optional[Path],
-    typer.Option("--data-dir", envvar="ELTH_DATA", help="Folder holding the data sets (default: a cache folder)."),
+    typer.Option("--data-dir", envvar="ELTH_DATA", help="Folder holding the data sets (default: "
+                 "$XDG_CACHE_HOME/elth/data, else ~/.cache/elth/data; docs/datasets.md)."),
 ]
 
 
 def _config_option(name: str) -> Any:
     """The option of a TrainConfig field, as its metadata describes it (flag, help, type)."""
     flag = TrainConfig.flags()[name]
-    return Annotated[flag.type, typer.Option(*flag.decls, help=flag.help)]
+    hint = recipe_hint(name)  # the recipe decides these defaults: say what each recipe has
+    return Annotated[flag.type, typer.Option(*flag.decls, help=f"{flag.help} [{hint}]" if hint else flag.help)]
 
 
 def _check_stdout_use(output: str, json_out: bool) -> None:
@@ -125,7 +127,9 @@ def archs_cmd(
 # ----- info ---------------------------------------------------------------------------------------
 def ticket_summary(ticket: Ticket) -> dict:
     """Everything ``elth info`` shows, as a JSON-ready dict."""
-    layers = {k: {"pruned": p, "total": t, "sparsity": p / t if t else 0.0} for k, (p, t) in ticket.layer_sparsity().items()}
+    # A list, in the model's order (a JSON object's keys would be sorted by name).
+    layers = [{"key": k, "pruned": p, "total": t, "sparsity": p / t if t else 0.0}
+              for k, (p, t) in ticket.layer_sparsity().items()]
     return {
         **ticket.identity(),
         "parents": ticket.parents,
@@ -192,7 +196,8 @@ def info(
     for line in _config_lines(ticket.config):
         con.print(line, markup=False)
     con.print(f"created     {ticket.created} by elth {ticket.elth_version}", markup=False)
-    rows = [(k, fmt_int(v["total"]), fmt_int(v["total"] - v["pruned"]), fmt_pct(v["sparsity"])) for k, v in doc["layers"].items()]
+    rows = [(v["key"], fmt_int(v["total"]), fmt_int(v["total"] - v["pruned"]), fmt_pct(v["sparsity"]))
+            for v in doc["layers"]]
     con.print(make_table(["layer", "weights", "kept", "sparsity"], rows, right=["weights", "kept", "sparsity"]))
 
 
@@ -414,8 +419,8 @@ def import_cmd(
     output: OutOpt,
     arch: Annotated[str, typer.Option("--arch", "-a", help="Architecture, elth's or open_lth's name "
                     "(resnet20, cifar_resnet_20, cifar_vgg_16).")],
-    dataset: Annotated[str, typer.Option("--dataset", "-d", help="Data set the run trained on: fixes input "
-                       "channels and classes (checked against the weights).")] = "cifar10",
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="Data set the run trained on (cifar10, "
+                       "imagenet, ...): fixes input channels and classes (checked against the weights).")],
     init_step: Annotated[Optional[str], typer.Option("--init-step", help="Step of the init (rewind) weights: "
                          "1000it, 2ep218it or a file name (default: the earliest model file).")] = None,
     trained_step: Annotated[Optional[str], typer.Option("--trained-step", help="Step of the trained weights "
@@ -778,10 +783,52 @@ def eval_cmd(
 
 
 # ----- find ---------------------------------------------------------------------------------------
+# Which `find` options each method uses: one given to a method that ignores it is refused (a silently
+# ignored flag is a result the user did not ask for). Options every method takes are not listed.
+_TRAINING_METHODS = ("imp", "early-bird", "rigl", "set", "dpf")
+_BASELINES = ("random", "magnitude", "snip", "grasp", "synflow")
+_RECIPE_OPTIONS = ("epochs", "lr", "momentum", "weight_decay", "milestones", "gamma", "warmup", "schedule", "augment",
+                   "eval_every", "precision", "compile", "deterministic", "sync_bn", "train_scale", "dist_timeout",
+                   "checkpoint_every")
+FIND_OPTION_USERS: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(_RECIPE_OPTIONS, _TRAINING_METHODS),
+    "batch_size": (*_TRAINING_METHODS, "snip", "grasp"), "workers": (*_TRAINING_METHODS, "snip", "grasp"),
+    "out_dir": ("imp",), "rounds": ("imp",), "prune_rate": ("imp",), "early_bird": ("imp",),
+    "rewind": ("imp", "early-bird"), "window": ("imp", "early-bird"), "epsilon": ("imp", "early-bird"),
+    "from_ticket": _BASELINES, "like": _BASELINES, "match": ("random", "magnitude", "snip", "grasp"),
+    "distribution": ("random", "rigl", "set"), "update_every": ("rigl", "set", "dpf"),
+    "update_until": ("rigl", "set", "dpf"), "drop_fraction": ("rigl", "set"),
+    "batches": ("snip", "grasp"), "iterations": ("synflow",),
+}
+
+
+def _given_options(ctx: typer.Context) -> set[str]:
+    """The parameters the command line set (not their defaults, nor an environment variable a cluster
+    sets for every job)."""
+    given = set()
+    for name in ctx.params:
+        source = ctx.get_parameter_source(name)
+        if source is not None and source.name == "COMMANDLINE":
+            given.add(name)
+    return given
+
+
+def _refuse_unused(ctx: typer.Context, method: str) -> None:
+    """Refuse an option ``method`` does not use, naming the methods that do."""
+    flags = {p.name: p.opts[0] if len(p.opts[0]) > 2 else p.opts[-1] for p in ctx.command.params}
+    for name in sorted(_given_options(ctx)):
+        users = FIND_OPTION_USERS.get(name)
+        if users is not None and method not in users:
+            who = "training methods (imp, early-bird, rigl, set, dpf)" if users == _TRAINING_METHODS else \
+                "the one-shot baselines" if users == _BASELINES else ", ".join(users)
+            raise UsageError(f"{flags.get(name, name)} is for {who}; --method {method} does not use it")
+
+
 @app.command(epilog="Example: elth find --method imp --arch resnet20-w4 --dataset digits --rounds 10 --rewind 1ep "
              "--out-dir runs/r20 -o r20-l10.safetensors  |  elth find --method snip --from runs/r20/round-00.safetensors "
              "--like runs/r20/round-10.safetensors -o r20-snip.safetensors")
 def find(
+    ctx: typer.Context,
     method: Annotated[str, typer.Option("--method", "-m", help="imp (iterative magnitude pruning with rewinding), "
                       "early-bird (prune once when the mask settles), dynamic sparse training (rigl, set, dpf), or a "
                       "one-shot baseline: random, magnitude, snip, grasp, synflow.")] = "imp",
@@ -869,7 +916,8 @@ def find(
     imp runs data-parallel with several processes (torchrun --nproc-per-node N -m elth_cli find ..., or srun):
     rank 0 prunes and writes, every rank trains; --batch-size is the global batch.
     """
-    args = types.SimpleNamespace(**locals(), overrides=config_overrides(locals()))
+    args = types.SimpleNamespace(**{k: v for k, v in locals().items() if k != "ctx"},
+                                 overrides=config_overrides(locals()))
     from elth_cli import data as data_mod
     from elth_cli.dst import DST_METHODS
     from elth_cli.find import FIND_METHODS
@@ -877,6 +925,9 @@ def find(
 
     if method not in FIND_METHODS:
         raise UsageError(f"unknown method {method!r}; choose one of {', '.join(FIND_METHODS)}")
+    _refuse_unused(ctx, method)
+    if "match" in _given_options(ctx) and like is None:
+        raise UsageError("--match says how to match --like's sparsity; give --like TICKET or drop --match")
     if detect_launch().distributed and method != "imp":
         raise UsageError(f"--method {method} runs in one process; start it without torchrun or srun "
                          "(only imp trains data-parallel)")
@@ -908,18 +959,12 @@ def _find_imp(a: types.SimpleNamespace) -> None:
     from elth_cli.steps import normalise_steps
     from elth_cli.train.session import training_session
 
-    for flag, value in (("--from", a.from_ticket), ("--like", a.like)):
-        if value is not None:
-            raise UsageError(f"{flag} is for the one-shot baselines; imp starts from a fresh network of --arch")
     if a.arch is None or a.dataset is None or a.out_dir is None:
         raise UsageError("imp needs --arch, --dataset and --out-dir")
     spec = archs.resolve_arch(a.arch)
     info = data_mod.get_dataset_info(a.dataset, str(a.data_dir) if a.data_dir else None)
     if not a.early_bird:
         _reject_flags("imp", (("--window", a.window), ("--epsilon", a.epsilon)), "for early-bird rounds (--early-bird)")
-    _reject_flags("imp", _dst_flags(a), "for dynamic sparse training (rigl, set, dpf)")
-    if a.distribution is not None:
-        raise UsageError("--distribution is for random, rigl and set; imp prunes by global magnitude")
     opts = find_mod.ImpOptions(spec.name, info.name, rounds=a.rounds, sparsity=a.sparsity, prune_rate=a.prune_rate,
                                rewind=normalise_steps(a.rewind), exclude=tuple(a.exclude) if a.exclude else None,
                                early_bird=a.early_bird, **_detection(a))
@@ -970,11 +1015,6 @@ def _find_early_bird(a: types.SimpleNamespace) -> None:
     from elth_cli.steps import normalise_steps
     from elth_cli.train.earlybird import check_detection
 
-    _reject_flags(a.method, (("--from", a.from_ticket), ("--like", a.like), ("--out-dir", a.out_dir),
-                             ("--rounds", a.rounds), ("--distribution", a.distribution), *_dst_flags(a)),
-                  "for other methods")
-    if a.early_bird:
-        raise UsageError("--early-bird is for imp; --method early-bird searches once (drop --early-bird)")
     if a.output is None or a.arch is None or a.dataset is None or a.sparsity is None:
         raise UsageError("early-bird needs --arch, --dataset, --sparsity and -o FILE")
     spec = archs.resolve_arch(a.arch)
@@ -1022,11 +1062,6 @@ def _checkpoint_every(a: types.SimpleNamespace) -> float:
     return CHECKPOINT_EVERY_S if a.checkpoint_every is None else a.checkpoint_every
 
 
-def _dst_flags(a: types.SimpleNamespace) -> tuple[tuple[str, Any], ...]:
-    return (("--update-every", a.update_every), ("--update-until", a.update_until),
-            ("--drop-fraction", a.drop_fraction))
-
-
 def _reject_flags(method: str, flags: tuple[tuple[str, Any], ...], purpose: str) -> None:
     for flag, value in flags:
         if value is not None:
@@ -1038,17 +1073,8 @@ def _find_dst(a: types.SimpleNamespace) -> None:
     from elth_cli import data as data_mod
     from elth_cli import dst
 
-    _reject_flags(a.method, (("--from", a.from_ticket), ("--like", a.like), ("--out-dir", a.out_dir),
-                             ("--rounds", a.rounds), ("--window", a.window), ("--epsilon", a.epsilon)),
-                  "for other methods")
-    if a.early_bird:
-        raise UsageError(f"--early-bird is for imp; {a.method} does not use it")
     if a.output is None or a.arch is None or a.dataset is None or a.sparsity is None:
         raise UsageError(f"{a.method} needs --arch, --dataset, --sparsity and -o FILE")
-    if a.method == "dpf" and a.distribution is not None:
-        raise UsageError("dpf prunes by global magnitude; drop --distribution")
-    if a.method == "dpf" and a.drop_fraction is not None:
-        raise UsageError("dpf follows its sparsity schedule, it drops no fixed fraction; drop --drop-fraction")
     spec = archs.resolve_arch(a.arch)
     info = data_mod.get_dataset_info(a.dataset, str(a.data_dir) if a.data_dir else None)
     opts = dst.DstOptions(a.method, spec.name, info.name, a.sparsity, distribution=a.distribution or "erk",
@@ -1080,16 +1106,6 @@ def _find_baseline(a: types.SimpleNamespace) -> None:
     if a.output is None:
         raise UsageError(f"{method} writes one ticket: pass -o FILE")
     check_output_path(a.output, a.force)
-    for flag, value in (("--out-dir", a.out_dir), ("--rounds", a.rounds)):
-        if value is not None:
-            raise UsageError(f"{flag} is for --method imp")
-    _reject_flags(a.method, (*_dst_flags(a), ("--train-scale", a.train_scale), ("--window", a.window),
-                             ("--epsilon", a.epsilon), ("--checkpoint-every", a.checkpoint_every)),
-                  "for training methods (imp, early-bird, rigl, set, dpf)")
-    if a.early_bird:
-        raise UsageError(f"--early-bird is for imp; {a.method} does not use it")
-    if a.distribution is not None and a.method != "random":
-        raise UsageError(f"--distribution is for random, rigl and set; {a.method} does not use it")
     if (a.sparsity is None) == (a.like is None):
         raise UsageError(f"{method} needs exactly one of --sparsity and --like")
     like_ticket = Ticket.load(a.like) if a.like is not None else None
@@ -1173,6 +1189,8 @@ def main(argv: list[str] | None = None) -> None:
     previous = _watch_interrupts()
     try:
         command = typer.main.get_command(app)
+        if COMPLETE_VAR in os.environ:  # the shell asks for completions: click's own main answers and exits
+            command.main(args=args, prog_name="elth", complete_var=COMPLETE_VAR)
         if len(args) == 2 and args[1] in _HELP_OPTIONS and args[0] in getattr(command, "commands", {}):
             # `elth CMD --help` straight from the command: parsing the group's options first would
             # import pydantic (typer's coercion) for nothing, a fifth of the start-up.
@@ -1226,6 +1244,7 @@ def main(argv: list[str] | None = None) -> None:
 _interrupted = False
 _command = "elth"  # "elth train" once the command is known: the prefix of every stop line
 INTERRUPTED = "interrupted by Ctrl-C"
+COMPLETE_VAR = "_ELTH_COMPLETE"  # what the script of `elth --show-completion` sets
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader of stdout closed the pipe before the end
 _TORCH_FREE = ("archs",)  # commands that answer without torch (and every --help)
 

@@ -24,8 +24,16 @@ DIGEST_KEY = "payload_sha256"
 MAX_HEADER = 100_000_000
 
 
+# What torch.save writes: a zip archive (torch >= 1.6) or a bare pickle (older, or _use_new_zipfile_serialization=False).
+_TORCH_SAVE_MAGIC = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
+
+
 def header_length(data: bytes, source: str) -> int:
     """The JSON header's length, checked against the file's size."""
+    if data.startswith(_TORCH_SAVE_MAGIC):
+        raise TicketError(f"{source} is a PyTorch file (torch.save: a .pth or .pt), not an elth ticket; turn an "
+                          "open_lth / ElasticLTH run folder (mask.pth, model_ep*_it*.pth) into one with elth import "
+                          "RUN_DIR --arch ARCH --dataset DATASET -o TICKET")
     if len(data) < 8:
         raise TicketError(f"{source} is not a safetensors file (only {len(data)} bytes)")
     (n,) = struct.unpack("<Q", data[:8])

@@ -13,12 +13,16 @@ if TYPE_CHECKING:
     from rich.table import Table
 
 
+NO_WRAP_WIDTH = 100_000
+
+
 def _console(stream) -> Console:
     from rich.console import Console
 
-    # Not a terminal (pipe, file, SLURM log): plain text, and wide enough that tables are never cut.
+    # Not a terminal (pipe, file, SLURM log): plain text, and so wide that a table's lines are never
+    # wrapped (a table is only as wide as its cells).
     tty = stream.isatty()
-    return Console(file=stream, highlight=False, soft_wrap=True, width=None if tty else 200)
+    return Console(file=stream, highlight=False, soft_wrap=True, width=None if tty else NO_WRAP_WIDTH)
 
 
 def stdout_console() -> Console:

@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT, assert_clean_error, run_elth, run_elth_bytes
+from conftest import ROOT, assert_clean_error, run_elth, run_elth_bytes, run_in_process
 from elth_cli.ticket import Ticket
 
 IMP_ARGS = ["find", "--method", "imp", "--arch", "resnet14-w4", "--dataset", "digits", "--rounds", "2",
@@ -57,8 +57,9 @@ def test_imp_to_stdout_writes_the_ticket_and_nothing_else(imp_dir, tmp_path):
 @pytest.mark.parametrize("method", ["random", "magnitude", "snip", "grasp", "synflow"])
 def test_baselines_from_imp_round_zero(imp_dir, method, tmp_path):
     out = tmp_path / f"{method}.safetensors"
+    own = {"snip": ["--batches", "2"], "grasp": ["--batches", "2"], "synflow": ["--iterations", "10"]}
     r = run_elth("find", "--method", method, "--from", str(imp_dir / "run" / "round-00.safetensors"),
-                 "--like", str(imp_dir / "run" / "round-02.safetensors"), "--batches", "2", "--iterations", "10",
+                 "--like", str(imp_dir / "run" / "round-02.safetensors"), *own.get(method, []),
                  "-o", str(out), "--json")
     assert r.code == 0, r.stderr
     t = Ticket.load(out)
@@ -138,3 +139,20 @@ def test_bad_find_input(tmp_path, imp_dir):
                  "--sparsity", "0.1", "-o", str(tmp_path / "y.safetensors"))
     assert_clean_error(r, (2,), "already")
     assert not any(p.suffix == ".safetensors" for p in tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--method", "magnitude", "--distribution", "global"], "--distribution is for random, rigl, set; --method magnitude"),
+    (["--method", "random", "--epochs", "3"], "--epochs is for training methods"),
+    (["--method", "snip", "--iterations", "5"], "--iterations is for synflow"),
+    (["--method", "synflow", "--batches", "5"], "--batches is for snip, grasp"),
+    (["--method", "magnitude", "--prune-rate", "0.3"], "--prune-rate is for imp"),
+    (["--method", "rigl", "--rewind", "1ep"], "--rewind is for imp, early-bird"),
+    (["--method", "random", "--match", "layerwise"], "--match says how to match --like"),
+])
+def test_an_option_the_method_ignores_is_refused(capsys, tmp_path, args, message):
+    out = tmp_path / "x.safetensors"
+    r = run_in_process(capsys, "find", "--arch", "resnet8-w4", "--dataset", "digits", "--sparsity", "0.5",
+                       "-o", out, *args)
+    assert_clean_error(r, codes=(2,), contains=message)
+    assert not out.exists()

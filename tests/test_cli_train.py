@@ -77,12 +77,12 @@ def test_fp16_on_the_cpu(capsys, tmp_path, r8_file) -> None:
 
 def test_train_to_stdout(capsysbinary, tmp_path, r8_file) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        cli.main(["train", str(r8_file), "-o", "-", "--epochs", "1", "--quiet"])
+        cli.main(["train", str(r8_file), "-o", "-", "--epochs", "3", "--quiet"])  # the recipe's warm-up fits
     out, err = capsysbinary.readouterr()
     assert exit_info.value.code == 0, err
     assert err == b""
     ticket = Ticket.from_bytes(out)
-    assert ticket.is_trained and ticket.metrics["steps"] == 23
+    assert ticket.is_trained and ticket.metrics["steps"] == 3 * 23
     assert not list(tmp_path.glob("*.ckpt"))  # no checkpoint without a path for it
 
 
@@ -244,3 +244,15 @@ def test_checkpoint_every_is_checked_and_only_for_trainings(capsys, tmp_path, r8
     r = elth(capsys, "find", "--method", "random", "--from", r8_file, "--sparsity", "0.9", "-o",
              tmp_path / "y.safetensors", "--checkpoint-every", "5")
     assert_clean_error(r, codes=(2,), contains="--checkpoint-every is for training methods")
+
+
+def test_a_warmup_or_milestone_past_the_end_is_refused_or_warned(capsys, tmp_path, r8_file) -> None:
+    out = tmp_path / "x.safetensors"
+    r = elth(capsys, "train", r8_file, "-o", out, "--epochs", "2", "--warmup", "2ep")
+    assert_clean_error(r, codes=(2,), contains="--warmup 2ep (46 steps) is not shorter than the run")
+    r = elth(capsys, "train", r8_file, "-o", out, "--epochs", "2", "--schedule", "step", "--milestones", "1ep,2ep")
+    assert_clean_error(r, codes=(2,), contains="--milestones 2ep at or past the end")
+    assert not out.exists()
+    # The recipe's own 2-epoch warm-up in a 1-epoch run: the run goes on, with a warning that says so.
+    r = elth(capsys, "train", r8_file, "-o", out, "--epochs", "1", "-q")
+    assert r.code == 0 and r.stderr.startswith("warning: the recipe's warm-up 2ep (46 steps) is not shorter")

@@ -185,7 +185,7 @@ def test_cli_refuses_a_pickled_object_and_writes_nothing(tmp_path):
     write_run(tmp_path / "run", ticket, {"model_ep0_it0.pth": ticket.init})
     torch.save({"conv.weight": ticket.masks["conv.weight"].int(), "note": NotATensor()}, tmp_path / "run" / "mask.pth")
     out = tmp_path / "t.safetensors"
-    r = run_elth("import", str(tmp_path / "run"), "--arch", "resnet8-w4", "-o", str(out))
+    r = run_elth("import", str(tmp_path / "run"), "--arch", "resnet8-w4", "--dataset", "cifar10", "-o", str(out))
     assert_clean_error(r, codes=(1,), contains="weights_only")
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
@@ -195,7 +195,7 @@ def test_cli_run_without_mask_is_an_error(tmp_path):
     write_run(tmp_path / "run", ticket, {"model_ep0_it0.pth": ticket.init})
     (tmp_path / "run" / "mask.pth").unlink()
     out = tmp_path / "t.safetensors"
-    r = run_elth("import", str(tmp_path / "run"), "--arch", "resnet8-w4", "-o", str(out))
+    r = run_elth("import", str(tmp_path / "run"), "--arch", "resnet8-w4", "--dataset", "cifar10", "-o", str(out))
     assert_clean_error(r, codes=(1,), contains="mask.pth")
     assert not out.exists()
 
@@ -267,7 +267,7 @@ def test_cli_import_and_export(tmp_path):
     run = tmp_path / "run"
     write_run(run, ticket, {"model_ep0_it0.pth": ticket.init, "model_ep4_it0.pth": trained_state(ticket)})
     out = tmp_path / "t.safetensors"
-    r = run_elth("import", str(run), "--arch", "cifar_resnet_8_4", "-o", str(out), "--json")
+    r = run_elth("import", str(run), "--arch", "cifar_resnet_8_4", "--dataset", "cifar10", "-o", str(out), "--json")
     assert r.code == 0, r.stderr
     doc = json.loads(r.stdout)
     assert doc["trained_file"] == "model_ep4_it0.pth" and doc["arch"] == "resnet8-w4"

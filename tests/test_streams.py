@@ -126,3 +126,46 @@ def test_log_jsonl_is_not_overwritten_by_a_new_run(capsys, tmp_path, r8):
     r = run_in_process(capsys, "train", r8, "-o", tmp_path / "t.safetensors", "--epochs", "1", "--log-jsonl", log,
                        "--force")
     assert r.code == 0 and len(log.read_text().splitlines()) == 1 and '"test_acc"' in log.read_text()
+
+
+def test_a_pth_file_where_a_ticket_is_expected_points_to_import(capsys, tmp_path):
+    import torch
+
+    pth = tmp_path / "model_ep0_it0.pth"
+    torch.save({"fc.weight": torch.zeros(2, 2)}, pth)
+    r = run_in_process(capsys, "info", pth)
+    assert_clean_error(r, codes=(1,), contains="is a PyTorch file")
+    assert "elth import" in r.stderr
+
+
+def test_tables_off_a_terminal_are_not_wrapped(capsys, tmp_path):
+    folder = tmp_path / ("x" * 120) / ("y" * 120)
+    folder.mkdir(parents=True)
+    long_name = folder / "r8.safetensors"
+    make_ticket("resnet8-w4").save(long_name)
+    r = run_in_process(capsys, "compare", long_name, long_name)
+    assert r.code == 0, r.stderr
+    assert any(str(long_name) in line for line in r.stdout.splitlines())  # the whole name on one line
+
+
+def test_shell_completion_is_available_and_answers():
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-m", "elth_cli", "--show-completion", "bash"], capture_output=True,
+                          env=env, timeout=120)
+    assert proc.returncode == 0 and b"_ELTH_COMPLETE=complete_bash" in proc.stdout, proc.stderr
+    # What the installed script asks for when the user types `elth train --ep<TAB>`.
+    proc = subprocess.run([sys.executable, "-m", "elth_cli"], capture_output=True, timeout=120,
+                          env={**env, "COMP_WORDS": "elth train --ep", "COMP_CWORD": "2", "_ELTH_COMPLETE": "complete_bash"})
+    assert proc.returncode == 0 and proc.stdout.split() == [b"--epochs"], (proc.stdout, proc.stderr)
+
+
+def test_installing_prints_no_setuptools_warnings():
+    """The licence is an SPDX string (the TOML table form is deprecated and warned about on every
+    install), and the editable install is a plain .pth (setuptools' finder warns on every install)."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert meta["project"]["license"] == "MIT"
+    assert any(r.startswith("setuptools>=77") for r in meta["build-system"]["requires"])
+    assert meta["tool"]["setuptools"]["package-dir"] == {"": "."}
+    assert "elth_cli.data_files" in meta["tool"]["setuptools"]["packages"]

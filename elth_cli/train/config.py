@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Collection, Mapping, Optional
 
 from elth_cli.errors import UsageError
 from elth_cli.steps import normalise_steps, parse_step_list, parse_steps, scale_steps
@@ -54,8 +54,8 @@ class TrainConfig:
 
     dataset: str
     recipe: str
-    epochs: int = _flag("--epochs", "Epochs of the whole schedule (a run starts at the ticket's rewind step). "
-                        "Recipe: 160 CIFAR, 90 ImageNet, 30 digits.", Optional[int])
+    epochs: int = _flag("--epochs", "Epochs of the whole schedule (a run starts at the ticket's rewind step).",
+                        Optional[int])
     batch_size: int = _flag(("--batch-size", "-b"), "Global batch size.", Optional[int])
     lr: float = _flag("--lr", "Base learning rate.", Optional[float])
     momentum: float = _flag("--momentum", "SGD momentum.", Optional[float])
@@ -169,6 +169,21 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
+def recipe_hint(name: str) -> str:
+    """What a field defaults to in each recipe, for its option's help: ``default: 0.1 CIFAR, 0.4 ImageNet,
+    0.05 digits`` (empty for a field the recipes do not set)."""
+    if not all(name in r for r in RECIPES.values()):
+        return ""
+
+    def shown(value: Any) -> str:
+        if isinstance(value, tuple):
+            return ",".join(value) if value else "none"
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
+    labels = {"cifar": "CIFAR", "imagenet": "ImageNet", "digits": "digits"}
+    return "default: " + ", ".join(f"{shown(r[name])} {labels.get(k, k)}" for k, r in RECIPES.items())
+
+
 def recipe_name(spec: ArchSpec, dataset_info: DatasetInfo) -> str:
     """The recipe a network trains with: digits' own on digits, else its family's (cifar or imagenet)."""
     from elth_cli import archs
@@ -181,6 +196,27 @@ def default_recipe(spec: ArchSpec, dataset_info: DatasetInfo) -> TrainConfig:
     name = recipe_name(spec, dataset_info)
     eval_batch = 1000 if dataset_info.in_memory else 250
     return TrainConfig(dataset=dataset_info.name, recipe=name, eval_batch_size=eval_batch, **RECIPES[name])
+
+
+def schedule_problems(cfg: TrainConfig, steps_per_epoch: int, given: Collection[str] = ()) -> dict[str, str]:
+    """A warm-up or milestones at or past the end of training (they would never take effect), by field.
+
+    The message names the option when it is in ``given`` (the command line asked for it: an error),
+    else the recipe (a short run of a long recipe: a warning)."""
+    total = cfg.total_steps(steps_per_epoch)
+    run = f"the run ({cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}, {total} steps)"
+    problems = {}
+    warmup = parse_steps(cfg.warmup, steps_per_epoch)
+    if warmup > 0 and warmup >= total:
+        what = f"--warmup {cfg.warmup}" if "warmup" in given else f"the recipe's warm-up {cfg.warmup}"
+        problems["warmup"] = (f"{what} ({warmup} steps) is not shorter than {run}: the LR never reaches "
+                              f"{cfg.lr:g}; pass a shorter --warmup or train longer")
+    late = [m for m in cfg.milestones if parse_steps(m, steps_per_epoch) >= total]
+    if cfg.schedule == "step" and late:
+        what = "--milestones" if "milestones" in given else "the recipe's milestones"
+        problems["milestones"] = (f"{what} {','.join(late)} at or past the end of {run} never take effect; "
+                                  "drop them (--milestones none) or train longer")
+    return problems
 
 
 def check_checkpoint_every(seconds: float) -> float:

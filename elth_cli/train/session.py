@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
@@ -23,7 +24,7 @@ from elth_cli.errors import UsageError
 from elth_cli.fileio import STDIO, WriterLock
 from elth_cli.ticket import Ticket
 from elth_cli.train.checkpoint import remove_checkpoint
-from elth_cli.train.config import TrainConfig, config_from_options
+from elth_cli.train.config import TrainConfig, config_from_options, schedule_problems
 
 if TYPE_CHECKING:
     from elth_cli.archs import ArchSpec
@@ -90,8 +91,18 @@ class Session:
             # The data carries the device's choices; training reads them from it.
             setup = device_setup(self.device, cfg.precision, cfg.deterministic)
             bundle = data.load_dataset(info.name, data_dir, download=fetch, device=setup, num_workers=workers)
-            bundle.steps_per_epoch(cfg.batch_size, self.runtime.world_size)  # the global batch fits the world size and data
+            spe = bundle.steps_per_epoch(cfg.batch_size, self.runtime.world_size)  # the global batch fits the world size and data
+            self._check_schedule(cfg, spe, overrides)
         return cfg, bundle
+
+    def _check_schedule(self, cfg: TrainConfig, steps_per_epoch: int, overrides: dict[str, Any]) -> None:
+        """A warm-up or milestone that would never take effect: an error when the command line asked for
+        it, a warning when it is the recipe's (a short run of a long recipe)."""
+        for name, problem in schedule_problems(cfg, steps_per_epoch, given=overrides).items():
+            if name in overrides:
+                raise UsageError(problem)
+            if self.runtime.is_main:
+                print(f"warning: {problem}", file=sys.stderr)
 
     def train_ticket(self, ticket: Ticket, bundle: data.DataBundle, cfg: TrainConfig, **options: Any) -> Ticket:
         """:func:`~elth_cli.train.run.train_ticket` on every rank, with this session's ranks."""
