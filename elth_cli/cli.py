@@ -40,6 +40,15 @@ try:
 except ImportError:  # pragma: no cover
     pass
 
+def _plain_argument_help() -> None:
+    """typer >= 0.2x prints an argument's Python type after its name in --help (``TICKET <list[str]>``,
+    ``SRC <str>``); the metavar already says what the argument is. Show the name alone."""
+    argument = getattr(getattr(typer, "core", None), "TyperArgument", None)
+    if argument is not None and hasattr(argument, "display_type_rich"):
+        argument.display_type_rich = lambda self, ctx: None
+
+
+_plain_argument_help()
 _HELP_OPTIONS = ("-h", "--help")
 _CONTEXT_SETTINGS = {"help_option_names": list(_HELP_OPTIONS)}
 app = typer.Typer(
@@ -343,7 +352,7 @@ def _print_compare(doc: dict) -> None:
 @app.command(epilog="Example: elth compare r20.safetensors r32.safetensors --plot profile.png  "
              "(two trainings of one ticket: elth compare a.safetensors b.safetensors --interpolate --dataset digits)")
 def compare(
-    tickets: Annotated[list[str], typer.Argument(metavar="TICKET...", help="Two or more ticket files of one "
+    tickets: Annotated[list[str], typer.Argument(metavar="TICKET", help="Two or more ticket files of one "
                        "family ('-' for stdin, once).")],
     json_out: JsonOpt = False,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG: layer-wise sparsity profiles and, "
@@ -566,7 +575,7 @@ def _report_stop(command: str, is_main: bool = True) -> Iterator[None]:
              "(stopped by SIGTERM/SIGUSR1: exit 75, re-run the same command to resume; several side by side: "
              "elth train a.safetensors b.safetensors --out-dir trained --jobs 2)")
 def train(
-    ticket_paths: Annotated[list[str], typer.Argument(metavar="TICKET...", help="Ticket file ('-' for stdin); "
+    ticket_paths: Annotated[list[str], typer.Argument(metavar="TICKET", help="Ticket file ('-' for stdin); "
                             "several with --out-dir.")],
     output: Annotated[Optional[str], typer.Option("-o", "--output", help="Output ticket file ('-' for stdout); one "
                       "ticket only.")] = None,
@@ -848,7 +857,7 @@ def find(
                           "per round.")] = 0.2,
     rewind: Annotated[str, typer.Option("--rewind", help="imp: training step the survivors rewind to: 1000it, 2ep "
                       "or 0 (the initialisation).")] = "0",
-    exclude: Annotated[Optional[list[str]], typer.Option("--exclude", help="Prunable weights kept dense (repeat the "
+    exclude: Annotated[Optional[list[str]], typer.Option("--exclude", metavar="KEY", help="Prunable weights kept dense (repeat the "
                        "option); default: fc.weight for VGGs, nothing for ResNets.")] = None,
     from_ticket: Annotated[Optional[str], typer.Option("--from", help="Baselines: prune at this ticket's init "
                            "(rewind) weights, e.g. an IMP run's round-00.safetensors.")] = None,

@@ -197,3 +197,12 @@ def test_output_folder_that_is_a_file(tmp_path):
                  "--epochs", "1", "--out-dir", str(blocker))
     assert_clean_error(r, (1,), "taken")
     assert blocker.read_text() == "a file"
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_shows_no_python_types(command):
+    """Options and arguments read as words (TICKET, KEY, --augment/--no-augment), never as Python types."""
+    r = run_elth(command, "--help")
+    assert r.code == 0
+    for junk in ("<bool>", "<list[", "{TICKET...}"):
+        assert junk not in r.stdout, (junk, r.stdout)
