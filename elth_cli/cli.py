@@ -527,6 +527,9 @@ CompileOpt = _config_option("compile")
 DeterministicOpt = _config_option("deterministic")
 SyncBnOpt = _config_option("sync_bn")
 TrainScaleOpt = _config_option("train_scale")
+AllowEmptyOpt = Annotated[bool, typer.Option("--allow-empty-layers", help="Go on with a mask that leaves a layer "
+                          "without any weight (refused otherwise: nothing passes through it), with a warning that "
+                          "names the layers.")]
 CheckpointEveryOpt = Annotated[Optional[float], typer.Option(
     "--checkpoint-every", metavar="SECONDS", help=f"Write a checkpoint at an epoch's end when this long has passed "
     f"since the last (default {CHECKPOINT_EVERY_S:g}; 0: every epoch); a stop (SIGTERM, SIGUSR1, Ctrl-C) always "
@@ -612,6 +615,7 @@ def train(
     restart: Annotated[bool, typer.Option("--restart", help="Ignore an existing checkpoint and start over.")] = False,
     log_jsonl: Annotated[Optional[Path], typer.Option("--log-jsonl", help="Write one JSON line per epoch here.")] = None,
     checkpoint_every: CheckpointEveryOpt = None,
+    allow_empty_layers: AllowEmptyOpt = False,
     data_dir: DataDirOpt = None,
     download: DownloadOpt = False,
     workers: WorkersOpt = None,
@@ -648,7 +652,7 @@ def train(
         from elth_cli.train.several import TrainRequest
 
         request = TrainRequest(dataset, overrides, precision, str(data_dir) if data_dir else None, download, workers,
-                               force, restart, checkpoint_every)
+                               force, restart, checkpoint_every, allow_empty_layers)
         _train_several(ticket_paths, out_dir, jobs, device, compile, request, json_out, quiet)
         return
     if output is None:
@@ -677,8 +681,9 @@ def train(
             trained = session.train_ticket(
                 ticket, bundle, cfg, checkpoint_path=ckpt, resume="require" if resume else "never" if restart else "auto",
                 log=TrainProgress(quiet or not session.runtime.is_main), jsonl_path=log_jsonl,
-                checkpoint_every_s=checkpoint_every)
+                checkpoint_every_s=checkpoint_every, allow_empty_layers=allow_empty_layers)
         sha = session.save(trained, output, ckpt, force)
+        _warn_empty_layers(trained, output)
         if not session.runtime.is_main:
             return
     if json_out:
@@ -904,6 +909,7 @@ def find(
     train_scale: TrainScaleOpt = None,
     dist_timeout: DistTimeoutOpt = 300.0,
     checkpoint_every: CheckpointEveryOpt = None,
+    allow_empty_layers: AllowEmptyOpt = False,
     data_dir: DataDirOpt = None,
     download: DownloadOpt = False,
     workers: WorkersOpt = None,
@@ -993,7 +999,9 @@ def _find_imp(a: types.SimpleNamespace) -> None:
             records, final = find_mod.find_imp(opts, cfg, bundle, a.out_dir, log=TrainProgress(log.quiet),
                                                on_round=show, rank=session.runtime.rank,
                                                world_size=session.runtime.world_size,
-                                               checkpoint_every_s=_checkpoint_every(a))
+                                               checkpoint_every_s=_checkpoint_every(a),
+                                               allow_empty_layers=a.allow_empty_layers)
+        _warn_empty_layers(final, str(a.out_dir))
         if a.output is not None:  # a byte-for-byte copy of the final round's file
             session.on_main(lambda: write_bytes_atomic(a.output, Path(records[-1].path).read_bytes()))
         if not session.runtime.is_main:
@@ -1046,6 +1054,16 @@ def _find_early_bird(a: types.SimpleNamespace) -> None:
                       f"{fmt_flops(ticket.cost.get('train_flops'))} FLOPs -> {a.output if a.output != STDIO else 'stdout'}")
 
 
+def _warn_empty_layers(ticket: Ticket, where: str) -> None:
+    """The warning of --allow-empty-layers: which layers of what was written keep no weight."""
+    from elth_cli.masks import describe_keys, empty_layers
+
+    empty = empty_layers(ticket.masks)
+    if empty:
+        Log().warn(f"{'stdout' if where == STDIO else where}: {len(empty)} layer{'s' if len(empty) > 1 else ''} keep "
+                   f"no weight ({describe_keys(empty)}); nothing passes through them")
+
+
 def _search_once(a: types.SimpleNamespace, spec: Any, dataset: str, what: str,
                  search: Callable[..., Ticket]) -> tuple[Ticket, str]:
     """One training that makes one ticket (early-bird, rigl, set, dpf): the session, the lock, the recipe and
@@ -1062,8 +1080,9 @@ def _search_once(a: types.SimpleNamespace, spec: Any, dataset: str, what: str,
                                       **a.overrides)
         with _report_stop("find"):
             ticket = search(cfg, bundle, checkpoint_path=ckpt, log=TrainProgress(a.quiet),
-                            checkpoint_every_s=_checkpoint_every(a))
+                            checkpoint_every_s=_checkpoint_every(a), allow_empty_layers=a.allow_empty_layers)
         sha = session.save(ticket, a.output, ckpt, a.force)
+    _warn_empty_layers(ticket, a.output)
     return ticket, sha
 
 
@@ -1136,8 +1155,9 @@ def _find_baseline(a: types.SimpleNamespace) -> None:
     options = find_mod.BaselineOptions(
         method=method, sparsity=a.sparsity, like=like_ticket, match=a.match, distribution=a.distribution or "layerwise",
         exclude=tuple(a.exclude) if a.exclude else None, seed=a.seed, batches=a.batches,
-        batch_size=a.batch_size or 128, synflow_iterations=a.iterations)
+        batch_size=a.batch_size or 128, synflow_iterations=a.iterations, allow_empty_layers=a.allow_empty_layers)
     ticket = find_mod.prune_baseline(source, options, bundle)
+    _warn_empty_layers(ticket, a.output)
     sha = ticket.save(a.output, force=a.force)
     if a.json_out:
         print_json({"method": method, "output": a.output, "sha256": sha, "arch": ticket.arch,

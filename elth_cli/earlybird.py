@@ -17,6 +17,7 @@ from typing import Any, Iterable
 from elth_cli import archs, data
 from elth_cli.errors import UsageError
 from elth_cli.find import default_exclude, fresh_ticket
+from elth_cli.masks import refuse_empty_layers
 from elth_cli.prune import check_sparsity, magnitude_scores, prune_to_sparsity
 from elth_cli.steps import parse_steps
 from elth_cli.ticket import Ticket, apply_masks
@@ -80,6 +81,8 @@ def find_early_bird(opts: EarlyBirdOptions, cfg: TrainConfig, bundle: data.DataB
                          snapshot_steps={rewind_step} if rewind_step else (),
                          search={"method": "early-bird", **opts.as_dict()}, **train_options)
     masks = prune_to_sparsity(magnitude_scores(result.state, keys), dense.masks, opts.sparsity, exclude)
+    refuse_empty_layers(masks, f"sparsity {opts.sparsity:g}", "lower --sparsity",
+                        allow=train_options.get("allow_empty_layers", False))
     rewind = result.snapshots[rewind_step] if rewind_step else dense.init
     search = _search_record(result.extra.get(STATE_KEY, {}), result.metrics)
     hparams = {"early_bird": opts.as_dict() | {"exclude": list(exclude)}, **cfg.resolved(spe, 0)}

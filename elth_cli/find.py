@@ -18,7 +18,7 @@ from elth_cli.data import check_compatible
 from elth_cli.distributed import held_on_main, run_on_main
 from elth_cli.errors import ElthError, UsageError
 from elth_cli.fileio import WriterLock, write_bytes_atomic
-from elth_cli.masks import kept_and_total, same_layout
+from elth_cli.masks import kept_and_total, refuse_empty_layers, same_layout
 from elth_cli.prune import (
     RANDOM_DISTRIBUTIONS, allocate_counts, check_sparsity, erk_layer_counts, grasp_scores, magnitude_scores, prune_lowest,
     prune_lowest_per_layer, prune_to_sparsity, snip_scores, synflow_masks,
@@ -93,6 +93,7 @@ class BaselineOptions:
     batches: int = 10  # snip/grasp: training batches that feed the gradients
     batch_size: int = 128
     synflow_iterations: int = 100
+    allow_empty_layers: bool = False  # write a mask that leaves a layer without any weight
 
 
 def default_exclude(spec: archs.ArchSpec) -> tuple[str, ...]:
@@ -171,6 +172,7 @@ def prune_baseline(source: Ticket, options: BaselineOptions, bundle=None) -> Tic
         else:
             new_masks = prune_to_sparsity(scores, masks, sparsity, exclude)
     new_masks = {k: m.to("cpu") for k, m in new_masks.items()}
+    refuse_empty_layers(new_masks, f"sparsity {sparsity:g}", "lower --sparsity", allow=options.allow_empty_layers)
     seconds = time.perf_counter() - t0
     cost = dict(source.cost)
     cost["prune_seconds"] = round(cost.get("prune_seconds", 0.0) + seconds, 6)
@@ -433,13 +435,14 @@ class _ImpRun:
     rank: int = 0
     world_size: int = 1
     checkpoint_every_s: float = CHECKPOINT_EVERY_S
+    allow_empty_layers: bool = False
 
 
 def find_imp(
     opts: ImpOptions, cfg: TrainConfig, bundle: data.DataBundle, out_dir: str | Path, log: Any = None,
     on_round: Callable[[RoundRecord], None] | None = None, handle_signals: bool = True,
     stop_at: tuple[int, int] | None = None, rank: int = 0, world_size: int = 1, stop: StopFlag | None = None,
-    checkpoint_every_s: float = CHECKPOINT_EVERY_S,
+    checkpoint_every_s: float = CHECKPOINT_EVERY_S, allow_empty_layers: bool = False,
 ) -> tuple[list[RoundRecord], Ticket]:
     """Iterative magnitude pruning with rewinding; one ticket per round in ``out_dir``.
 
@@ -465,7 +468,7 @@ def find_imp(
         run_on_main(lambda: _check_run_dir(folder, _run_identity(opts, cfg, world_size)))
         done = run_on_main(lambda: _read_log(folder.log_file))
         run = _ImpRun(opts, cfg, bundle, plan, folder, stop or StopFlag(), log, stop_at, rank, world_size,
-                      checkpoint_every_s)
+                      checkpoint_every_s, allow_empty_layers)
         return _imp_rounds(run, done, on_round, handle_signals)
 
 
@@ -517,6 +520,8 @@ def _round(run: _ImpRun, r: int, done: dict[int, RoundRecord], prev: Ticket | No
         assert prev is not None
         # Pruned once, on rank 0; every rank trains with exactly these masks.
         masks = run_on_main(lambda: _imp_masks(prev, r, run.plan.last, run.opts, run.plan.exclude))
+        refuse_empty_layers(masks, f"round {r}'s mask", "lower --sparsity or run fewer --rounds",
+                            allow=run.allow_empty_layers)
     ticket = _train_round(run, r, masks, prev, rewind_state, cost)
     ticket.sha256 = run_on_main(lambda: _save_round(ticket, path, r, run.folder))
     return ticket, _record_from_ticket(r, ticket, path)
@@ -571,7 +576,7 @@ def _train_round(run: _ImpRun, r: int, masks: dict[str, Tensor] | None, prev: Ti
     detector = _round_detector(run, r, masks)
     common = dict(checkpoint_path=run.folder.round_checkpoint(r), log=run.log, stop=run.flag, handle_signals=False,
                   stop_at_step=stop_step, rank=run.rank, world_size=run.world_size,
-                  checkpoint_every_s=run.checkpoint_every_s,
+                  checkpoint_every_s=run.checkpoint_every_s, allow_empty_layers=run.allow_empty_layers,
                   title=f"IMP round {r}/{plan.last} {plan.spec.name}", hooks=[detector] if detector else [])
     if r == 0:
         result = train_state(dense.build_model("init"), masks, bundle, cfg, 0,

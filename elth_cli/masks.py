@@ -35,6 +35,31 @@ def kept_and_total(masks: Mapping[str, Tensor]) -> tuple[int, int]:
     return kept, total
 
 
+def empty_layers(masks: Mapping[str, Tensor]) -> list[str]:
+    """The keys whose mask keeps no weight at all (in the masks' order)."""
+    return [key for key, (kept, total) in layer_counts(masks).items() if kept == 0 and total > 0]
+
+
+def describe_keys(keys: list[str], shown: int = 4) -> str:
+    """``a, b, c and 5 more``: a list of layer names for a one-line message."""
+    return ", ".join(keys[:shown]) + (f" and {len(keys) - shown} more" if len(keys) > shown else "")
+
+
+def refuse_empty_layers(masks: Mapping[str, Tensor], what: str, fix: str, allow: bool = False) -> None:
+    """Refuse masks that leave a layer without any weight (unless ``allow``): no signal passes through
+    such a layer, so the network trains to chance. Masks that keep no weight at all are refused
+    whatever ``allow`` says (a ticket's sparsity is below 1). ``what`` says whose masks they are,
+    ``fix`` what to do instead."""
+    kept, total = kept_and_total(masks)
+    if total and not kept:
+        raise UsageError(f"{what} prunes every one of the network's {total:,} weights; {fix}")
+    empty = empty_layers(masks)
+    if empty and not allow:
+        raise UsageError(f"{what} leaves no weight in {len(empty)} layer{'s' if len(empty) > 1 else ''} "
+                         f"({describe_keys(empty)}): nothing passes through {'them' if len(empty) > 1 else 'it'}, "
+                         f"so the network cannot learn; {fix}, or pass --allow-empty-layers to go on anyway")
+
+
 # ----- same layout --------------------------------------------------------------------------------
 def layout_difference(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> str | None:
     """The first way two mask dicts differ in keys or shapes, as a phrase; None when they line up."""

@@ -325,6 +325,8 @@ def validate(ticket: Ticket, source: str = "ticket") -> None:
             raise TicketError(f"{where}: mask/{key} has dtype {m.dtype} but masks must be bool (0/1)")
         if m.numel() and int(m.view(torch.uint8).max()) > 1:
             raise TicketError(f"{where}: mask/{key} holds values other than 0 and 1")
+    if ticket.masks and not any(bool(m.any()) for m in ticket.masks.values()):
+        raise TicketError(f"{where}: its masks keep no weight at all; a ticket keeps at least one (sparsity below 1)")
 
     for label, state in (("init", ticket.init), ("trained", ticket.trained)):
         if state is None:

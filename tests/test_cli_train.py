@@ -256,3 +256,18 @@ def test_a_warmup_or_milestone_past_the_end_is_refused_or_warned(capsys, tmp_pat
     # The recipe's own 2-epoch warm-up in a 1-epoch run: the run goes on, with a warning that says so.
     r = elth(capsys, "train", r8_file, "-o", out, "--epochs", "1", "-q")
     assert r.code == 0 and r.stderr.startswith("warning: the recipe's warm-up 2ep (46 steps) is not shorter")
+
+
+def test_a_ticket_with_an_empty_layer_is_refused_by_find_and_train(capsys, tmp_path) -> None:
+    sparse = tmp_path / "s.safetensors"
+    r = elth(capsys, "find", "--method", "random", "--arch", "resnet8-w4", "--dataset", "digits", "--sparsity",
+             "0.999", "-o", sparse)
+    assert_clean_error(r, codes=(2,), contains="leaves no weight in")
+    assert not sparse.exists()
+    r = elth(capsys, "find", "--method", "random", "--arch", "resnet8-w4", "--dataset", "digits", "--sparsity",
+             "0.999", "-o", sparse, "--allow-empty-layers")
+    assert r.code == 0 and "warning: " in r.stderr and "keep no weight (conv.weight" in r.stderr
+    r = elth(capsys, "train", sparse, "-o", tmp_path / "t.safetensors", "--epochs", "3")
+    assert_clean_error(r, codes=(2,), contains="the ticket leaves no weight in")
+    r = elth(capsys, "train", sparse, "-o", tmp_path / "t.safetensors", "--epochs", "3", "--allow-empty-layers", "-q")
+    assert r.code == 0 and "keep no weight" in r.stderr

@@ -165,3 +165,18 @@ def test_damaged_run_state_reuses_or_refuses(imp_run, digits, tmp_path_factory, 
         return
     assert [r.round for r in again] == [0, 1, 2, 3]
     assert [r.sparsity for r in again] == [r.sparsity for r in records]
+
+
+def test_a_mask_that_empties_a_layer_is_refused_unless_asked_for() -> None:
+    """0.999 of resnet8-w4 by layer-wise random pruning leaves some layers (those under 1,000 weights) empty."""
+    from elth_cli.find import BaselineOptions, fresh_ticket, prune_baseline
+    from elth_cli.masks import empty_layers
+
+    dense = fresh_ticket("resnet8-w4", (1, 8, 8), 10)
+    with pytest.raises(UsageError, match=r"sparsity 0.999 leaves no weight in \d+ layers \(conv.weight"):
+        prune_baseline(dense, BaselineOptions("random", sparsity=0.999))
+    allowed = prune_baseline(dense, BaselineOptions("random", sparsity=0.999, allow_empty_layers=True))
+    assert empty_layers(allowed.masks)[0] == "conv.weight"
+    # Every weight pruned: refused whatever is asked (a ticket keeps at least one weight).
+    with pytest.raises(UsageError, match="prunes every one of the network's"):
+        prune_baseline(dense, BaselineOptions("random", sparsity=0.999999, allow_empty_layers=True))

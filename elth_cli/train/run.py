@@ -23,7 +23,7 @@ from elth_cli.data import DataBundle, check_compatible
 from elth_cli.device import DeviceSetup, device_name, same_device
 from elth_cli.errors import ElthError, UsageError
 from elth_cli.flops import FLOPS_PER_MAC, TRAINING_PASSES, forward_macs, module_macs
-from elth_cli.masks import same_layout
+from elth_cli.masks import refuse_empty_layers, same_layout
 from elth_cli.ticket import Ticket
 from elth_cli.train.checkpoint import Checkpoint, RunState, cpu_state, read_checkpoint, restore_checkpoint, \
     state_fingerprint
@@ -176,6 +176,7 @@ def train_state(
     feedback: bool = False,
     search: Mapping[str, Any] | None = None,
     checkpoint_every_s: float = CHECKPOINT_EVERY_S,
+    allow_empty_layers: bool = False,
 ) -> TrainResult:
     """Train a masked network from ``start_step`` to the recipe's last step; return its final state.
 
@@ -191,7 +192,8 @@ def train_state(
     masked ones (DPF, :class:`~elth_cli.train.step.FeedbackMaskSet`); ``search`` (the options of a
     search the hooks carry out: DST, early-bird) joins the run's identity, so a checkpoint of another
     search is refused. The device's choices are the data's
-    (``bundle.setup``) at the config's precision; ``setup`` overrides them. The checkpoint is left in place: remove it
+    (``bundle.setup``) at the config's precision; ``setup`` overrides them. Masks that leave a
+    layer without any weight are refused unless ``allow_empty_layers``. The checkpoint is left in place: remove it
     (:func:`remove_checkpoint`) once the result is saved.
 
     With ``world_size`` > 1 (a process group of that size must be running, see
@@ -204,6 +206,8 @@ def train_state(
     check_checkpoint_every(checkpoint_every_s)
     distributed.require(rank, world_size)
     _check_run(bundle, cfg, start_step, snapshot_steps, resume, world_size)
+    # A layer with no weight passes nothing: the run would train to chance.
+    refuse_empty_layers(masks, "the ticket", "use a less sparse one", allow=allow_empty_layers)
     model = _as_model(model_or_state, arch, bundle)
     spe = bundle.steps_per_epoch(cfg.batch_size, world_size)
     identity = run_identity(cfg, start_step, spe, world_size, model.state_dict(), masks)

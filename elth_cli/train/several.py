@@ -65,6 +65,7 @@ class TrainRequest:
     force: bool = False
     restart: bool = False
     checkpoint_every_s: float = CHECKPOINT_EVERY_S
+    allow_empty_layers: bool = False
 
 
 def plan_items(sources: Sequence[str], out_dir: str | os.PathLike[str]) -> list[TrainItem]:
@@ -147,7 +148,7 @@ def train_item(worker: Worker, item: TrainItem, request: TrainRequest) -> dict[s
                 trained = session.train_ticket(
                     ticket, bundle, cfg, checkpoint_path=item.checkpoint, resume="never" if request.restart else "auto",
                     log=TrainProgress(stream=log), jsonl_path=item.jsonl, checkpoint_every_s=request.checkpoint_every_s,
-                    **worker.train_options())
+                    allow_empty_layers=request.allow_empty_layers, **worker.train_options())
             except Exception as e:  # the log says how its training ended, too
                 log.write(f"error: {e}\n")
                 raise
