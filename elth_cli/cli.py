@@ -169,13 +169,27 @@ def _config_lines(config: Optional[dict]) -> list[str]:
     return lines
 
 
-@app.command(epilog="Example: elth info r56.safetensors --json")
+@app.command(epilog="Examples: elth info r56.safetensors --json  |  elth info runs/r20  (an IMP run: its rounds)  "
+             "|  elth info runs/r20/round-1*.safetensors trained/*.safetensors  (one table)")
 def info(
-    ticket_path: Annotated[str, typer.Argument(metavar="TICKET", help="Ticket file ('-' for stdin).")],
+    paths: Annotated[list[str], typer.Argument(metavar="TICKET_OR_RUN", help="Ticket files ('-' for stdin) or IMP "
+                     "run folders (the --out-dir of find --method imp).")],
     json_out: JsonOpt = False,
 ) -> None:
     """Show a ticket: architecture, sparsity overall and per layer, rewind step, provenance, metrics, and the
-    configuration of the run that made it (hyperparameters, versions, device, processes, host)."""
+    configuration of the run that made it (hyperparameters, versions, device, processes, host). An IMP run folder:
+    its rounds (sparsity, test accuracy, steps, seconds, file) and the round in progress. Several: one table of
+    every ticket (a run folder gives its rounds)."""
+    if len(paths) == 1 and paths[0] != STDIO and Path(paths[0]).is_dir():
+        _info_run(paths[0], json_out)
+    elif len(paths) == 1:
+        _info_ticket(paths[0], json_out)
+    else:
+        _info_many(paths, json_out)
+
+
+def _info_ticket(ticket_path: str, json_out: bool) -> None:
+    """``elth info TICKET``: everything about one ticket."""
     from elth_cli.ticket import Ticket
 
     ticket = Ticket.load(ticket_path)
@@ -208,6 +222,55 @@ def info(
     rows = [(v["key"], fmt_int(v["total"]), fmt_int(v["total"] - v["pruned"]), fmt_pct(v["sparsity"]))
             for v in doc["layers"]]
     con.print(make_table(["layer", "weights", "kept", "sparsity"], rows, right=["weights", "kept", "sparsity"]))
+
+
+def _info_run(path: str, json_out: bool) -> None:
+    """``elth info RUN_DIR``: an IMP run's rounds."""
+    from elth_cli.runfolder import run_summary
+
+    doc = run_summary(path)
+    if json_out:
+        print_json(doc)
+        return
+    imp, con = doc["arguments"]["imp"], stdout_console()
+    plan = f"--rounds {imp['rounds']}" if imp.get("rounds") is not None else f"--sparsity {imp['sparsity']}"
+    con.print(f"run         {path}  (IMP {doc['arch']} on {doc['dataset']}, {doc['finished_rounds']} of "
+              f"{doc['planned_rounds'] + 1} rounds finished; {plan}, --prune-rate {imp.get('prune_rate')}, "
+              f"--rewind {imp.get('rewind')}{', early-bird rounds' if imp.get('early_bird') else ''})", markup=False)
+    if doc["in_progress"]:
+        p = doc["in_progress"]
+        con.print(f"in progress round {p['round']}, step {p['step']} ({p['checkpoint']}); re-run the same find "
+                  "command to resume", markup=False)
+    columns = ["round", "sparsity", "test acc", "steps", "seconds", "file"]
+    rows = [(r["round"], fmt_pct(r["sparsity"]), fmt_pct(r["test_acc"]), fmt_int(r["steps"]), f"{r['seconds']:.1f}",
+             r["path"]) for r in doc["rounds"]]
+    con.print(make_table(columns, rows, right=columns[:5]))
+
+
+def _info_many(paths: list[str], json_out: bool) -> None:
+    """``elth info A B ...``: one row per ticket (a run folder gives one per round)."""
+    from elth_cli.runfolder import run_summary
+    from elth_cli.ticket import Ticket
+
+    if paths.count(STDIO) > 1:
+        raise UsageError("only one ticket can come from stdin ('-')")
+    files = []
+    for p in paths:
+        if p != STDIO and Path(p).is_dir():
+            files += [r["path"] for r in run_summary(p)["rounds"]]
+        else:
+            files.append(p)
+    docs = []
+    for f in files:
+        t = Ticket.load(f)
+        docs.append({"path": "stdin" if f == STDIO else f, **t.identity(), "test_acc": (t.metrics or {}).get("test_acc")})
+    if json_out:
+        print_json(docs)
+        return
+    columns = ["ticket", "arch", "method", "sparsity", "rewind", "trained", "test acc", "sha256"]
+    rows = [(d["path"], d["arch"], d["method"], fmt_pct(d["sparsity"]), d["rewind_step"], "yes" if d["trained"] else "no",
+             fmt_pct(d["test_acc"]), str(d.get("sha256") or "")[:12]) for d in docs]
+    stdout_console().print(make_table(columns, rows, right=["sparsity", "rewind", "test acc"]))
 
 
 # ----- stretch / squeeze --------------------------------------------------------------------------

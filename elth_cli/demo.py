@@ -28,7 +28,8 @@ from elth_cli import archs, data, elastic
 from elth_cli.compare import flops_summary
 from elth_cli.dst import DstOptions, find_dst
 from elth_cli.fileio import WriterLock
-from elth_cli.find import BaselineOptions, ImpOptions, RoundRecord, find_imp, imp_sparsities, prune_baseline, round_path
+from elth_cli.find import BaselineOptions, ImpOptions, find_imp, imp_sparsities, prune_baseline
+from elth_cli.runfolder import RoundRecord, round_path
 from elth_cli.jobs import Job, Slot, Worker, available_cores, plan_slots, run_jobs
 from elth_cli.report import JobProgress, Log, fmt_flops, fmt_pct, make_table, stdout_console
 from elth_cli.ticket import Ticket

@@ -13,12 +13,13 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import Tensor
 
-from elth_cli import archs, data, schema
+from elth_cli import archs, data
 from elth_cli.data import check_compatible
 from elth_cli.distributed import held_on_main, run_on_main
-from elth_cli.errors import ElthError, UsageError
-from elth_cli.fileio import WriterLock, write_bytes_atomic
+from elth_cli.errors import UsageError
+from elth_cli.fileio import write_bytes_atomic
 from elth_cli.masks import kept_and_total, refuse_empty_layers, same_layout
+from elth_cli.runfolder import RoundRecord, RunFolder, read_log, read_run_file, record_from_ticket
 from elth_cli.prune import (
     RANDOM_DISTRIBUTIONS, allocate_counts, check_sparsity, erk_layer_counts, grasp_scores, magnitude_scores, prune_lowest,
     prune_lowest_per_layer, prune_to_sparsity, snip_scores, synflow_masks,
@@ -247,34 +248,6 @@ class ImpOptions:
         return d
 
 
-_METRIC = schema.number(nan=True)
-# find.json and find.jsonl, by type (docs/find.md): what a re-run reads back from the folder.
-RUN_FILE_RULES: dict[str, schema.Check] = {
-    "method": schema.text, "imp": schema.obj(), "train": schema.obj(), "world_size": schema.integer(1)}
-RECORD_RULES: dict[str, schema.Check] = {
-    "round": schema.integer(0), "sparsity": schema.number(0, 1), "test_acc": _METRIC, "best_test_acc": _METRIC,
-    "test_loss": _METRIC, "steps": schema.integer(0), "seconds": schema.number(0), "path": schema.text,
-    "stopped_early": schema.integer(0, 1)}
-
-
-@dataclass
-class RoundRecord:
-    """One finished IMP round, as find.jsonl and the summary table show it."""
-
-    round: int
-    sparsity: float
-    test_acc: float
-    best_test_acc: float
-    test_loss: float
-    steps: int
-    seconds: float
-    path: str
-    stopped_early: int = 0  # 1: an early-bird round that stopped when its next mask had settled
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 def imp_sparsities(rounds: int, prune_rate: float) -> list[float]:
     """Nominal sparsity after each round r = 0..rounds: 1 - (1 - p)^r."""
     return [1 - (1 - prune_rate) ** r for r in range(rounds + 1)]
@@ -285,43 +258,6 @@ def rounds_for_sparsity(sparsity: float, prune_rate: float) -> int:
     if sparsity <= 0:
         return 0
     return max(1, math.ceil(math.log(1 - sparsity) / math.log(1 - prune_rate) - 1e-9))
-
-
-@dataclass(frozen=True)
-class RunFolder:
-    """An IMP run folder: the one place that names its files (docs/find.md)."""
-
-    path: Path
-
-    RUN_FILE = "find.json"  # the run's identity: arguments and recipe
-    LOG_FILE = "find.jsonl"  # one line per finished round
-    LOCK_FILE = "find.lock"  # held while a process writes the folder
-
-    def lock(self) -> WriterLock:
-        """The lock one process holds while it writes this folder."""
-        return WriterLock(self.path / self.LOCK_FILE, f"the IMP run in {self.path}")
-
-    @property
-    def run_file(self) -> Path:
-        return self.path / self.RUN_FILE
-
-    @property
-    def log_file(self) -> Path:
-        return self.path / self.LOG_FILE
-
-    def round_ticket(self, r: int) -> Path:
-        return self.path / f"round-{r:02d}.safetensors"
-
-    def round_checkpoint(self, r: int) -> Path:
-        return self.path / f"round-{r:02d}.ckpt"
-
-    def has_rounds(self) -> bool:
-        return self.path.exists() and any(p.name.startswith("round-") for p in self.path.iterdir())
-
-
-def round_path(out_dir: str | Path, r: int) -> Path:
-    """The ticket file of round ``r`` in an IMP run folder."""
-    return RunFolder(Path(out_dir)).round_ticket(r)
 
 
 def check_imp_options(opts: ImpOptions) -> int:
@@ -347,14 +283,10 @@ def _run_identity(opts: ImpOptions, cfg: TrainConfig, world_size: int = 1) -> di
 def _check_run_dir(folder: RunFolder, identity: dict[str, Any]) -> None:
     """Refuse an existing run folder made with other arguments; record the identity of a new one."""
     if folder.run_file.exists():
-        try:
-            saved = json.loads(folder.run_file.read_text())
-            if not isinstance(saved, dict):
-                raise schema.Invalid("not a JSON object")
-            saved = schema.check_fields(saved, RUN_FILE_RULES, lambda field, expected: schema.Invalid(field))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, schema.Invalid):
-            raise ElthError(f"{folder.run_file} is unreadable or damaged; move the folder away or pick another "
-                            "--out-dir") from None
+        saved = read_run_file(folder)
+        if _extends(saved, identity, folder):  # the same run with more rounds: it continues
+            write_bytes_atomic(folder.run_file, (json.dumps(identity, indent=2, sort_keys=True) + "\n").encode())
+            return
         diffs = run_differences(saved, identity, config_key="train")
         if diffs:
             raise UsageError(
@@ -365,6 +297,23 @@ def _check_run_dir(folder: RunFolder, identity: dict[str, Any]) -> None:
     if folder.has_rounds():
         raise UsageError(f"{folder.path} holds round files but no {folder.RUN_FILE}; choose an empty --out-dir")
     write_bytes_atomic(folder.run_file, (json.dumps(identity, indent=2, sort_keys=True) + "\n").encode())
+
+
+def _extends(saved: dict[str, Any], wanted: dict[str, Any], folder: RunFolder) -> bool:
+    """Whether ``wanted`` is the saved run with a larger ``--rounds`` and nothing else changed: its
+    finished rounds are the first rounds of the longer run (each prunes the same fraction of what is
+    left), so it continues from the last of them. An early-bird run cannot be extended: its last
+    round trained in full, where the longer run stops that round early."""
+    old, new = saved.get("imp") or {}, wanted.get("imp") or {}
+    if old.get("rounds") is None or new.get("rounds") is None or new["rounds"] <= old["rounds"]:
+        return False
+    if run_differences({**saved, "imp": {**old, "rounds": new["rounds"]}}, wanted, config_key="train"):
+        return False
+    if old.get("early_bird"):
+        raise UsageError(f"{folder.path} holds an early-bird IMP run of {old['rounds']} rounds: its last round "
+                         f"trained in full, where a {new['rounds']}-round run stops it early, so it cannot be "
+                         "extended; choose another --out-dir")
+    return True
 
 
 def _next_pruned(masks: dict[str, Tensor], n_round: int, last: int, opts: ImpOptions, exclude: tuple[str, ...]) -> int:
@@ -466,7 +415,7 @@ def find_imp(
     run_on_main(lambda: folder.path.mkdir(parents=True, exist_ok=True))
     with held_on_main(folder.lock()):  # one writer per folder: a second job is refused, not interleaved
         run_on_main(lambda: _check_run_dir(folder, _run_identity(opts, cfg, world_size)))
-        done = run_on_main(lambda: _read_log(folder.log_file))
+        done = run_on_main(lambda: read_log(folder.log_file))
         run = _ImpRun(opts, cfg, bundle, plan, folder, stop or StopFlag(), log, stop_at, rank, world_size,
                       checkpoint_every_s, allow_empty_layers)
         return _imp_rounds(run, done, on_round, handle_signals)
@@ -514,7 +463,7 @@ def _round(run: _ImpRun, r: int, done: dict[int, RoundRecord], prev: Ticket | No
     # A finished round (its file is the record) is read by rank 0 and handed to every rank.
     finished = run_on_main(lambda: Ticket.load(path) if path.exists() else None)
     if finished is not None:
-        return finished, done.get(r) or _record_from_ticket(r, finished, path)
+        return finished, done.get(r) or record_from_ticket(r, finished, path)
     masks = None
     if r > 0:
         assert prev is not None
@@ -524,42 +473,15 @@ def _round(run: _ImpRun, r: int, done: dict[int, RoundRecord], prev: Ticket | No
                             allow=run.allow_empty_layers)
     ticket = _train_round(run, r, masks, prev, rewind_state, cost)
     ticket.sha256 = run_on_main(lambda: _save_round(ticket, path, r, run.folder))
-    return ticket, _record_from_ticket(r, ticket, path)
+    return ticket, record_from_ticket(r, ticket, path)
 
 
 def _save_round(ticket: Ticket, path: Path, r: int, folder: RunFolder) -> str:
     """Write a finished round (rank 0): the ticket, then drop its checkpoint, then its find.jsonl line."""
     sha = save_result(ticket, path, folder.round_checkpoint(r), force=True)
     with open(folder.log_file, "a") as f:
-        f.write(json.dumps(_record_from_ticket(r, ticket, path).as_dict(), sort_keys=True) + "\n")
+        f.write(json.dumps(record_from_ticket(r, ticket, path).as_dict(), sort_keys=True) + "\n")
     return sha
-
-
-def _read_log(path: Path) -> dict[int, RoundRecord]:
-    out: dict[int, RoundRecord] = {}
-    if path.exists():
-        for line in path.read_text(errors="replace").splitlines():
-            try:
-                fields = json.loads(line)
-                if not isinstance(fields, dict) or set(fields) != set(RECORD_RULES):
-                    continue
-                rec = RoundRecord(**schema.check_fields(fields, RECORD_RULES, lambda f, e: schema.Invalid(f)))
-            except (json.JSONDecodeError, schema.Invalid):
-                continue  # a line cut by a crash, or damaged: the round file is the authority
-            out[rec.round] = rec
-    return out
-
-
-def _record_from_ticket(r: int, ticket: Ticket, path: Path) -> RoundRecord:
-    m = ticket.metrics or {}
-    early = m.get("early_bird") or {}
-    return RoundRecord(r, ticket.sparsity, _nan_if_none(m.get("test_acc")), _nan_if_none(m.get("best_test_acc")),
-                       _nan_if_none(m.get("test_loss")), int(m.get("steps", 0)), float(m.get("wall_time_s", 0.0)),
-                       str(path), int(bool(early.get("stopped_early"))))
-
-
-def _nan_if_none(value: Any) -> float:
-    return float("nan") if value is None else float(value)
 
 
 def _train_round(run: _ImpRun, r: int, masks: dict[str, Tensor] | None, prev: Ticket | None,
@@ -574,7 +496,8 @@ def _train_round(run: _ImpRun, r: int, masks: dict[str, Tensor] | None, prev: Ti
         masks = dense.masks
     assert masks is not None
     detector = _round_detector(run, r, masks)
-    common = dict(checkpoint_path=run.folder.round_checkpoint(r), log=run.log, stop=run.flag, handle_signals=False,
+    common = dict(checkpoint_path=run.folder.round_checkpoint(r), jsonl_path=run.folder.round_log(r), log=run.log,
+                  stop=run.flag, handle_signals=False,
                   stop_at_step=stop_step, rank=run.rank, world_size=run.world_size,
                   checkpoint_every_s=run.checkpoint_every_s, allow_empty_layers=run.allow_empty_layers,
                   title=f"IMP round {r}/{plan.last} {plan.spec.name}", hooks=[detector] if detector else [])

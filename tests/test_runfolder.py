@@ -1,0 +1,86 @@
+"""IMP run folders as a user meets them: `elth info RUN_DIR`, several tickets in one table, a run
+extended with more rounds, each round's epoch records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import assert_clean_error, run_in_process
+from elth_cli.runfolder import RunFolder, run_summary
+from elth_cli.ticket import Ticket
+
+IMP = ["find", "--method", "imp", "--arch", "resnet8-w4", "--dataset", "digits", "--epochs", "3", "--rewind", "1ep",
+       "--eval-every", "0", "-q"]
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory) -> Path:
+    """A 1-round IMP run on digits (3 epochs per round)."""
+    from elth_cli import cli
+
+    out = tmp_path_factory.mktemp("imp") / "run"
+    with pytest.raises(SystemExit) as info:
+        cli.main([*IMP, "--rounds", "1", "--out-dir", str(out)])
+    assert info.value.code == 0
+    return out
+
+
+def test_info_of_a_run_folder_lists_its_rounds(capsys, short_run):
+    r = run_in_process(capsys, "info", short_run, "--json")
+    assert r.code == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert (doc["arch"], doc["planned_rounds"], doc["finished_rounds"], doc["in_progress"]) == ("resnet8-w4", 1, 2, None)
+    assert [x["round"] for x in doc["rounds"]] == [0, 1]
+    assert doc["rounds"][1]["path"] == str(RunFolder(short_run).round_ticket(1))
+    assert doc["rounds"][1]["sparsity"] == pytest.approx(0.2, abs=1e-3) and doc["rounds"][1]["steps"] == 3 * 23 - 23
+    text = run_in_process(capsys, "info", short_run)
+    assert text.code == 0 and "2 of 2 rounds finished" in text.stdout and "round-01.safetensors" in text.stdout
+
+
+def test_each_round_keeps_its_epoch_records(short_run):
+    for r, epochs in ((0, 3), (1, 2)):  # round 1 starts at the rewind step, after epoch 1
+        lines = RunFolder(short_run).round_log(r).read_text().splitlines()
+        assert [json.loads(line)["epoch"] for line in lines] == list(range(4 - epochs, 4))
+
+
+def test_info_of_several_tickets_is_one_table(capsys, short_run, tmp_path):
+    r = run_in_process(capsys, "info", short_run, RunFolder(short_run).round_ticket(1), "--json")
+    assert r.code == 0, r.stderr
+    rows = json.loads(r.stdout)
+    assert [row["path"] for row in rows] == [str(RunFolder(short_run).round_ticket(i)) for i in (0, 1, 1)]
+    assert all(row["trained"] and row["method"] == "imp" for row in rows)
+    text = run_in_process(capsys, "info", RunFolder(short_run).round_ticket(0), RunFolder(short_run).round_ticket(1))
+    assert text.code == 0 and text.stdout.count("resnet8-w4") == 2
+
+
+def test_a_larger_rounds_continues_the_run_and_nothing_else_may_change(capsys, tmp_path, short_run):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(short_run, run)
+    before = {r: Ticket.load(RunFolder(run).round_ticket(r)).sha256 for r in (0, 1)}
+    r = run_in_process(capsys, *IMP, "--rounds", "2", "--out-dir", run, "--lr", "0.01")
+    assert_clean_error(r, codes=(2,), contains="made with other arguments")
+    r = run_in_process(capsys, *IMP, "--rounds", "2", "--out-dir", run)
+    assert r.code == 0, r.stderr
+    assert {i: Ticket.load(RunFolder(run).round_ticket(i)).sha256 for i in (0, 1)} == before  # reused, not retrained
+    third = Ticket.load(RunFolder(run).round_ticket(2))
+    assert third.sparsity == pytest.approx(1 - 0.8 ** 2, abs=1e-3)
+    assert third.parents[0]["sha256"] == before[1]
+    assert run_summary(run)["planned_rounds"] == 2 and json.loads((run / "find.json").read_text())["imp"]["rounds"] == 2
+
+
+def test_an_early_bird_run_cannot_be_extended(capsys, tmp_path):
+    run = tmp_path / "eb"
+    args = [*IMP, "--early-bird", "--window", "1", "--epsilon", "1", "--out-dir", run]
+    assert run_in_process(capsys, *args, "--rounds", "1").code == 0
+    r = run_in_process(capsys, *args, "--rounds", "2")
+    assert_clean_error(r, codes=(2,), contains="cannot be extended")
+
+
+def test_a_folder_that_is_not_a_run(capsys, tmp_path):
+    r = run_in_process(capsys, "info", tmp_path)
+    assert_clean_error(r, codes=(2,), contains="not an IMP run folder")
