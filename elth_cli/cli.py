@@ -16,6 +16,7 @@ import typer
 
 # Only what --help and --version need is imported here: no torch. Commands import the core lazily.
 from elth_cli import __version__, archs
+from elth_cli.cli_examples import epilog
 from elth_cli.errors import ElthError, UsageError
 from elth_cli.fileio import STDIO, check_output_path, write_bytes_atomic
 from elth_cli.launch import detect_launch
@@ -56,8 +57,7 @@ app = typer.Typer(
     help="Find, stretch, squeeze and train lottery tickets (Elastic Lottery Ticket Hypothesis, Chen et al. 2021).\n\n"
     "Tickets are safetensors files (mask + init weights + provenance); commands chain through them, "
     "and '-' reads a ticket from stdin or writes it to stdout.",
-    epilog="Example: elth find --method random --arch resnet20 --dataset digits --sparsity 0.8 -o - "
-    "| elth stretch - --target resnet56 -o r56.safetensors",
+    epilog=epilog(None),
     no_args_is_help=True,
     add_completion=True,
     pretty_exceptions_enable=False,
@@ -108,7 +108,7 @@ def _check_stdout_use(output: str, json_out: bool) -> None:
 
 
 # ----- archs --------------------------------------------------------------------------------------
-@app.command("archs", epilog="Example: elth archs --json | jq '.[] | select(.family == \"cifar-resnet\") | .name'")
+@app.command("archs", epilog=epilog("archs"))
 def archs_cmd(
     json_out: JsonOpt = False,
 ) -> None:
@@ -169,8 +169,7 @@ def _config_lines(config: Optional[dict]) -> list[str]:
     return lines
 
 
-@app.command(epilog="Examples: elth info r56.safetensors --json  |  elth info runs/r20  (an IMP run: its rounds)  "
-             "|  elth info runs/r20/round-1*.safetensors trained/*.safetensors  (one table)")
+@app.command(epilog=epilog("info"))
 def info(
     paths: Annotated[list[str], typer.Argument(metavar="TICKET_OR_RUN", help="Ticket files ('-' for stdin) or IMP "
                      "run folders (the --out-dir of find --method imp).")],
@@ -312,8 +311,7 @@ MappingOpt = Annotated[
 ]
 
 
-@app.command(epilog="Example: elth stretch r20.safetensors --target resnet56 -o r56.safetensors  "
-             "(resnet20 -> resnet32 with append maps each stage as B0 B1 B2 B1 B2)")
+@app.command(epilog=epilog("stretch"))
 def stretch(
     source: SrcArg,
     target: TargetOpt,
@@ -329,8 +327,7 @@ def stretch(
     _transform_command("stretch", source, target, output, strategy, mapping, force, json_out, quiet)
 
 
-@app.command(epilog="Example: elth squeeze r56.safetensors --target resnet32 --strategy spaced -o r32.safetensors  "
-             "(resnet56 -> resnet32 spaced keeps blocks 0 2 4 6 8 of each stage)")
+@app.command(epilog=epilog("squeeze"))
 def squeeze(
     source: SrcArg,
     target: TargetOpt,
@@ -412,8 +409,7 @@ def _print_compare(doc: dict) -> None:
                   markup=False)
 
 
-@app.command(epilog="Example: elth compare r20.safetensors r32.safetensors --plot profile.png  "
-             "(two trainings of one ticket: elth compare a.safetensors b.safetensors --interpolate --dataset digits)")
+@app.command(epilog=epilog("compare"))
 def compare(
     tickets: Annotated[list[str], typer.Argument(metavar="TICKET", help="Two or more ticket files of one "
                        "family ('-' for stdin, once).")],
@@ -483,8 +479,7 @@ def compare(
 
 
 # ----- import / export (open_lth run folders) ------------------------------------------------------
-@app.command("import", epilog="Example: elth import ~/open_lth_data/lottery_<hash>/replicate_1/level_10/main "
-             "--arch cifar_resnet_20 --dataset cifar10 --steps-per-epoch 391 -o r20-l10.safetensors")
+@app.command("import", epilog=epilog("import"))
 def import_cmd(
     run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="open_lth / ElasticLTH run folder (holds "
                        "mask.pth and `model_ep{E}_it{I}.pth`).")],
@@ -531,8 +526,7 @@ def import_cmd(
     log.info(f"wrote {output if output != STDIO else 'stdout'}")
 
 
-@app.command(epilog="Example: elth export r20-trained.safetensors runs/r20/main  "
-             "(writes mask.pth, model_ep0_it0.pth, model_ep30_it0.pth, sparsity_report.json)")
+@app.command(epilog=epilog("export"))
 def export(
     ticket_path: Annotated[str, typer.Argument(metavar="TICKET", help="Ticket file ('-' for stdin).")],
     out_dir: Annotated[Path, typer.Argument(metavar="OUT_DIR", help="Folder to create (open_lth run layout).")],
@@ -637,9 +631,7 @@ def _report_stop(command: str, is_main: bool = True) -> Iterator[None]:
         raise typer.Exit(e.exit_code) from None
 
 
-@app.command(epilog="Example: elth train r20.safetensors --dataset digits -o r20-trained.safetensors  "
-             "(stopped by SIGTERM/SIGUSR1: exit 75, re-run the same command to resume; several side by side: "
-             "elth train a.safetensors b.safetensors --out-dir trained --jobs 2)")
+@app.command(epilog=epilog("train"))
 def train(
     ticket_paths: Annotated[list[str], typer.Argument(metavar="TICKET", help="Ticket file ('-' for stdin); "
                             "several with --out-dir.")],
@@ -772,6 +764,7 @@ def _train_several(paths: list[str], out_dir: Path, jobs: int, device: str, comp
     if detect_launch().distributed:
         raise UsageError("several tickets are trained by one process with --jobs; start it without torchrun or srun")
     items = several.plan_items(paths, out_dir)
+    several.make_out_dir(out_dir)
     slots = jobs_mod.plan_slots(min(jobs, len(items)), device)
     if compile and slots[0].device == "cpu" and slots[0].threads == 1:
         raise UsageError("--compile with one CPU thread per worker crashed torch on small inputs (docs/performance.md); "
@@ -801,8 +794,7 @@ def _job_record(outcome: Any, item: Any) -> dict[str, Any]:
             "seconds": outcome.seconds, "worker": outcome.slot, **({"result": outcome.value} if outcome.ok else {})}
 
 
-@app.command("eval", epilog="Example: elth eval r20-trained.safetensors --json  "
-             "(reproduces the final test accuracy that elth train recorded)")
+@app.command("eval", epilog=epilog("eval"))
 def eval_cmd(
     ticket_path: Annotated[str, typer.Argument(metavar="TICKET", help="Ticket file ('-' for stdin).")],
     dataset: DatasetOpt = None,
@@ -901,9 +893,7 @@ def _refuse_unused(ctx: typer.Context, method: str) -> None:
             raise UsageError(f"{flags.get(name, name)} is for {who}; --method {method} does not use it")
 
 
-@app.command(epilog="Example: elth find --method imp --arch resnet20-w4 --dataset digits --rounds 10 --rewind 1ep "
-             "--out-dir runs/r20 -o r20-l10.safetensors  |  elth find --method snip --from runs/r20/round-00.safetensors "
-             "--like runs/r20/round-10.safetensors -o r20-snip.safetensors")
+@app.command(epilog=epilog("find"))
 def find(
     ctx: typer.Context,
     method: Annotated[str, typer.Option("--method", "-m", help="imp (iterative magnitude pruning with rewinding), "
@@ -1231,9 +1221,7 @@ def _find_baseline(a: types.SimpleNamespace) -> None:
 
 
 # ----- demo ---------------------------------------------------------------------------------------
-@app.command(epilog="Example: elth demo --out-dir demo-out  (the core comparison, side by side on every core: "
-             "docs/demo.md gives the time measured; --full adds early-bird IMP and RigL; --quick checks an "
-             "installation)")
+@app.command(epilog=epilog("demo"))
 def demo(
     out_dir: Annotated[Path, typer.Option("--out-dir", help="Folder for the tickets and the table (re-running "
                        "resumes).")] = Path("demo-out"),

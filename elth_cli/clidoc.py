@@ -17,6 +17,7 @@ from typing import Any
 from typer.models import ArgumentInfo, OptionInfo
 
 from elth_cli import cli
+from elth_cli.cli_examples import EXAMPLES
 
 
 def _type_name(annotation: Any) -> str:
@@ -110,8 +111,11 @@ def render_cli_reference() -> str:
             lines += ["| option | type | default | meaning |", "|---|---|---|---|"]
             lines += [f"| {d} | {t} | {_cell(df)} | {_cell(h)} |" for d, t, df, h in options]
             lines.append("")
-        if info.epilog:
-            lines += [f"{' '.join(info.epilog.split())}", ""]
+        if name in EXAMPLES:
+            lines += ["Examples (each runs as written; tests/test_examples.py runs them in this order):", "", "```sh"]
+            for e in EXAMPLES[name]:
+                lines += [f"# {e.what}", e.command]
+            lines += ["```", ""]
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -32,6 +32,7 @@ from torch import Tensor
 
 from elth_cli import archs, data
 from elth_cli.errors import ElthError, UsageError
+from elth_cli.fileio import current_umask
 from elth_cli.masks import kept_and_total
 from elth_cli.steps import split_steps
 from elth_cli.ticket import Ticket, apply_masks, validate
@@ -496,8 +497,8 @@ def _check_out_dir(out: Path, force: bool) -> None:
         raise UsageError(f"output {out} exists and is not a folder; choose another path")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise UsageError(f"output folder {out} is not empty; pass --force to replace it or choose another path")
-    if not out.parent.exists():
-        raise UsageError(f"folder {out.parent} does not exist; create it first")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise UsageError(f"{out.parent} is a file, not a folder; choose another path")
 
 
 def _save(obj: dict[str, Tensor], path: Path) -> None:
@@ -512,7 +513,10 @@ def export_ticket(ticket: Ticket, out_dir: str | os.PathLike[str], force: bool =
     _check_out_dir(out, force)
     validate(ticket)
     plan = plan_export(ticket, trained_step)
+    out.parent.mkdir(parents=True, exist_ok=True)  # OUT_DIR is a folder to create, as find's --out-dir
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    # mkdtemp makes the folder private (0700): give it the permissions a plain mkdir would.
+    os.chmod(tmp, 0o777 & ~current_umask())
     try:
         # open_lth's Mask.save: every prunable key, int32 0/1 (v.cpu().int()).
         _save({k: m.to(torch.int32) for k, m in ticket.masks.items()}, tmp / MASK_FILE)

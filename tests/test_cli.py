@@ -41,21 +41,22 @@ def test_archs_json():
 
 
 def test_find_stretch_info_pipeline(tmp_path):
-    """`elth find ... -o - | elth stretch - ...` through a real shell pipe."""
-    out = tmp_path / "r32.safetensors"
-    cmd = (f"{sys.executable} -m elth_cli find --method random --arch resnet20-w4 --dataset digits --sparsity 0.8 -o - "
-           f"| {sys.executable} -m elth_cli stretch - --target resnet32 -o {out}")
-    proc = subprocess.run(cmd, shell=True, capture_output=True, cwd=ROOT, timeout=300,
+    """`elth --help`'s example, `elth find ... -o - | elth stretch - ...`, through a real shell pipe."""
+    from elth_cli.cli_examples import PIPELINE
+
+    cmd = PIPELINE.command.replace("elth ", f"{sys.executable} -m elth_cli ")
+    proc = subprocess.run(cmd, shell=True, capture_output=True, cwd=tmp_path, timeout=300,
                           env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr.decode()
-    assert b"stretch resnet20-w4 -> resnet32-w4" in proc.stderr
+    assert b"stretch resnet20 -> resnet56" in proc.stderr
+    out = tmp_path / "r56.safetensors"
     ticket = Ticket.load(out)
-    assert ticket.arch == "resnet32-w4" and ticket.method == "stretch"
+    assert ticket.arch == "resnet56" and ticket.method == "stretch"
     assert ticket.sparsity == pytest.approx(0.8, abs=0.01)
     r = run_elth("info", str(out), "--json")
     doc = json.loads(r.stdout)
-    assert doc["transform"]["mapping_string"] == "0:0;1:1,3;2:2,4"
-    assert doc["parents"][0]["arch"] == "resnet20-w4"
+    assert doc["transform"]["mapping_string"] == "0:0;1:1,3,5,7;2:2,4,6,8"
+    assert doc["parents"][0]["arch"] == "resnet20"
     assert len(doc["parents"][0]["sha256"]) == 64
     assert [layer["key"] for layer in doc["layers"]] == list(ticket.masks)  # the model's order
 

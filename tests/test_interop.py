@@ -3,6 +3,7 @@
 import builtins
 import json
 import os
+import stat
 
 import pytest
 import torch
@@ -278,3 +279,15 @@ def test_cli_import_and_export(tmp_path):
     assert_same_files(run, tmp_path / "back", files)
     r = run_elth("export", str(out), str(tmp_path / "back"))
     assert_clean_error(r, codes=(2,), contains="--force")
+
+
+def test_export_creates_its_folder_with_the_umask(tmp_path, ticket):
+    """The folder gets the permissions a plain mkdir gives (mkdtemp's are 0700), parents included."""
+    out = tmp_path / "new" / "run"
+    before = os.umask(0o022)
+    try:
+        interop.export_ticket(ticket, out)
+    finally:
+        os.umask(before)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    assert (out / "mask.pth").exists()

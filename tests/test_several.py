@@ -86,12 +86,13 @@ def test_rerun_reuses_its_outputs_and_refuses_another_training(capsys, tmp_path,
     (("--out-dir", "OUT", "-o", "x.safetensors"), "-o is for one ticket"),
     (("--out-dir", "OUT", "--log-jsonl", "x.jsonl"), "--log-jsonl is for one ticket"),
     (("--out-dir", "OUT", "--resume"), "--resume is for one ticket"),
-    (("--out-dir", "MISSING"), "is not a folder"),
+    (("--out-dir", "AFILE"), "is a file, not a folder"),
     (("--out-dir", "OUT", "--jobs", "0"), "--jobs must be at least 1"),
 ])
 def test_bad_combinations_are_one_line(capsys, tmp_path, tickets, extra, message):
     (tmp_path / "OUT").mkdir()
-    args = [str(tmp_path / a) if a in ("OUT", "MISSING") else a for a in extra]
+    (tmp_path / "AFILE").write_text("")
+    args = [str(tmp_path / a) if a in ("OUT", "AFILE") else a for a in extra]
     assert_clean_error(run_in_process(capsys, "train", *tickets, *args), codes=(2,), contains=message)
 
 

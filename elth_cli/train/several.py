@@ -72,8 +72,8 @@ def plan_items(sources: Sequence[str], out_dir: str | os.PathLike[str]) -> list[
     """One item per ticket file, its output ``out_dir/<file name>``; refuse stdin, a missing folder,
     two tickets of one file name, and an output that is its own source."""
     out = Path(out_dir)
-    if not out.is_dir():
-        raise UsageError(f"--out-dir {out} is not a folder; create it first")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out-dir {out} is a file, not a folder; choose another path")
     items, seen = [], {}
     for source in sources:
         if source == STDIO:
@@ -89,6 +89,11 @@ def plan_items(sources: Sequence[str], out_dir: str | os.PathLike[str]) -> list[
                              "--out-dir")
         items.append(TrainItem(source, str(output)))
     return items
+
+
+def make_out_dir(out_dir: str | os.PathLike[str]) -> None:
+    """Create ``--out-dir`` (and its parents) before the first job writes into it, as find does."""
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
 
 
 def train_jobs(items: Sequence[TrainItem], request: TrainRequest) -> list[Job]:

@@ -1,0 +1,95 @@
+"""The worked examples of every command: one list that ``--help`` prints, docs/cli.md shows and a test
+runs (tests/test_examples.py, in this order, in one folder, each on the files the earlier ones wrote).
+
+Every example runs as written on the embedded digits set; the test only shortens trainings
+(``Example.short``: ``--epochs 3``) and leaves out the demo (tests/test_demo.py runs its code). No torch here: ``--help``
+reads it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Example:
+    """A command line as a user types it, and what it does."""
+
+    command: str
+    what: str
+    short: str = ""  # what the test appends to make its training short (--epochs 3, ...)
+
+
+EXAMPLES: dict[str, tuple[Example, ...]] = {
+    "archs": (
+        Example("elth archs", "every architecture with its blocks per stage, parameters and forward MACs"),
+        Example("elth archs --json", "the same as JSON, for scripts"),
+    ),
+    "find": (
+        Example("elth find --method imp --arch resnet20-w4 --dataset digits --rounds 4 --rewind 1ep --out-dir runs/r20 "
+                "-o r20.safetensors", "IMP: 4 rounds of 20 % (59 % sparsity), one ticket per round in runs/r20, the "
+                "last also as r20.safetensors", short="--epochs 3"),
+        Example("elth find --method random --from runs/r20/round-00.safetensors --like r20.safetensors "
+                "-o r20-random.safetensors", "the random baseline at the IMP ticket's sparsity, at its rewind weights"),
+        Example("elth find --method rigl --arch resnet20-w4 --dataset digits --sparsity 0.9 -o r20-rigl.safetensors",
+                "RigL from scratch at 90 % sparsity: a trained ticket", short="--epochs 3 --update-every 10"),
+    ),
+    "info": (
+        Example("elth info r20.safetensors", "a ticket: sparsity per layer, provenance, metrics, configuration"),
+        Example("elth info runs/r20", "an IMP run: its rounds"),
+        Example("elth info r20.safetensors r20-random.safetensors --json", "several tickets in one table, as JSON"),
+    ),
+    "stretch": (
+        Example("elth stretch r20.safetensors --target resnet32 -o r32.safetensors",
+                "resnet20 -> resnet32 with append: each stage's blocks B0 B1 B2 become B0 B1 B2 B1 B2"),
+    ),
+    "squeeze": (
+        Example("elth squeeze r32.safetensors --target resnet20 --strategy spaced -o r20-back.safetensors",
+                "resnet32 -> resnet20 keeping evenly spaced blocks: B0 B2 B4 of each stage"),
+    ),
+    "train": (
+        Example("elth train r32.safetensors --dataset digits -o r32-trained.safetensors",
+                "train the stretched ticket from its rewind point (stopped by SIGTERM/SIGUSR1: exit 75; the same "
+                "command resumes)", short="--epochs 3"),
+        Example("elth train r32.safetensors r20-random.safetensors --out-dir trained --jobs 2",
+                "two trainings side by side, one per core, into trained/", short="--epochs 3"),
+    ),
+    "eval": (
+        Example("elth eval r32-trained.safetensors --json", "the test accuracy that elth train recorded, measured again"),
+    ),
+    "compare": (
+        Example("elth compare r20.safetensors r20-random.safetensors",
+                "two tickets: accuracy, cost, mask overlap against chance"),
+        Example("elth compare r32-trained.safetensors trained/r32.safetensors --interpolate --dataset digits",
+                "two trainings of one ticket: the error along the straight line between them"),
+    ),
+    "export": (
+        Example("elth export r32-trained.safetensors exported/r32",
+                "an open_lth run folder: mask.pth, model_ep{E}_it{I}.pth at the rewind and final steps, "
+                "sparsity_report.json"),
+    ),
+    "import": (
+        Example("elth import exported/r32 --arch resnet32-w4 --dataset digits --steps-per-epoch 23 "
+                "-o r32-imported.safetensors", "an open_lth / ElasticLTH run folder back to a ticket (23 steps per "
+                "epoch: digits at batch 64)"),
+    ),
+    "demo": (
+        Example("elth demo --out-dir demo-out", "the E-LTH comparison on digits (docs/demo.md); --full adds "
+                "early-bird IMP and RigL, --quick checks an installation"),
+    ),
+}
+
+# The root command's example: a pipe, which the test runs through a shell.
+PIPELINE = Example("elth find --method random --arch resnet20 --dataset digits --sparsity 0.8 -o - "
+                   "| elth stretch - --target resnet56 -o r56.safetensors",
+                   "a random ticket straight into a stretch, through a pipe")
+
+
+def epilog(command: str | None) -> str:
+    """The examples of ``command`` (None: the root command) as a help epilog; ``\\b`` keeps click from
+    re-flowing the lines."""
+    examples = EXAMPLES[command] if command is not None else (PIPELINE,)
+    lines = ["Examples:", "", "\b"]
+    for e in examples:
+        lines += [f"  {e.command}", f"      {e.what}"]
+    return "\n".join(lines)
