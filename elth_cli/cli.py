@@ -348,6 +348,29 @@ def _plural(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
+def _mean_std(s: dict, pct: bool = True) -> str:
+    """``96.94% +- 0.52`` (mean +- standard deviation over the replicates)."""
+    if s["mean"] is None:
+        return "-"
+    mean = fmt_pct(s["mean"]) if pct else fmt_flops(s["mean"])
+    if s["std"] is None:
+        return mean
+    return f"{mean} +- {100 * s['std']:.2f}" if pct else f"{mean} +- {fmt_flops(s['std'])}"
+
+
+def _print_replicates(doc: dict, letter: Callable[[int], str]) -> None:
+    """Tickets that differ only by seed: one row per group, mean +- standard deviation over its members."""
+    if not doc["replicates"]:
+        return
+    rows = [(" ".join(letter(i) for i in g["members"]), g["method"], g["arch"], g["test_acc"]["n"],
+             ", ".join("/".join(map(str, s)) for s in g["seeds"]), _mean_std(g["sparsity"]), _mean_std(g["test_acc"]),
+             _mean_std(g["flops_total"], pct=False)) for g in doc["replicates"]]
+    columns = ["tickets", "method", "arch", "n", "seeds", "sparsity", "test acc", "FLOPs"]
+    stdout_console().print(make_table(columns, rows, right=["n", "sparsity", "test acc", "FLOPs"],
+                                      title="replicates: tickets that differ only by seed (mean +- standard "
+                                            "deviation over n, n-1 in the denominator)"))
+
+
 def _print_compare(doc: dict) -> None:
     """The text form of ``elth compare``: tickets, mask overlap, aligned profile, interpolation."""
     con = stdout_console()
@@ -369,6 +392,7 @@ def _print_compare(doc: dict) -> None:
                           "test acc", "test loss", "cost to obtain", "FLOPs", "x dense"], rows,
                          title="tickets (FLOPs: to obtain and train; x dense: over one dense training of the arch)",
                          right=["sparsity", "rewind", "test acc", "test loss", "FLOPs", "x dense"]))
+    _print_replicates(doc, letter)
     if len(doc["tickets"]) == 2 and doc["pairs"]:
         pair = doc["pairs"][0]
         lrows = [(l["key"], fmt_int(l["weights"]), fmt_pct(l["sparsity_a"]), fmt_pct(l["sparsity_b"]),

@@ -13,7 +13,9 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -235,6 +237,66 @@ def aligned_profile(tickets: list[Ticket]) -> list[dict[str, Any]]:
     return rows
 
 
+# ----- replicates: tickets that differ only by seed -----------------------------------------------
+def _seeds(value: Any) -> list[Any]:
+    """Every ``seed`` in a ticket's hparams, nested ones (its source's, its training's) included."""
+    if isinstance(value, dict):
+        return [v for k, v in sorted(value.items()) for v in ([v] if k == "seed" else _seeds(v))]
+    if isinstance(value, list):
+        return [s for v in value for s in _seeds(v)]
+    return []
+
+
+def _without_seeds(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_seeds(v) for k, v in value.items() if k != "seed"}
+    if isinstance(value, list):
+        return [_without_seeds(v) for v in value]
+    return value
+
+
+def replicate_key(ticket: Ticket) -> str:
+    """What a ticket is apart from its seeds: architecture, method, data set, rewind step, how it was
+    transformed, and every hyperparameter but the seeds. Tickets with the same key are replicates."""
+    t = ticket.transform or {}
+    key = {"arch": ticket.arch, "method": ticket.method, "dataset": ticket.dataset, "rewind_step": ticket.rewind_step,
+           "trained": ticket.is_trained, "hparams": _without_seeds(ticket.hparams or {}),
+           "transform": {k: t.get(k) for k in ("kind", "strategy", "source_arch", "target_arch", "mapping_string",
+                                              "source_method")} if t else None}
+    return json.dumps(key, sort_keys=True, default=str)
+
+
+def spread(values: list[float]) -> dict[str, Any]:
+    """Mean, standard deviation over the replicates (n - 1 in the denominator, as the paper's error bars)
+    and n; None where fewer than two values exist."""
+    n = len(values)
+    mean = statistics.fmean(values) if values else None
+    return {"mean": mean, "std": statistics.stdev(values) if n >= 2 else None, "n": n}
+
+
+def replicate_groups(tickets: list[Ticket], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Groups of two or more tickets that differ only by seed: their members, seeds, and the mean and
+    standard deviation of their sparsity, test accuracy and FLOPs."""
+    groups: dict[str, list[int]] = {}
+    for i, t in enumerate(tickets):
+        groups.setdefault(replicate_key(t), []).append(i)
+    out = []
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        first = tickets[members[0]]
+
+        def values(field: Callable[[dict[str, Any]], Any]) -> list[float]:
+            return [float(v) for v in (field(rows[i]) for i in members) if v is not None]
+
+        out.append({"members": members, "method": first.method, "arch": first.arch,
+                    "seeds": [_seeds(tickets[i].hparams or {}) for i in members],
+                    "sparsity": spread(values(lambda r: r["sparsity"])),
+                    "test_acc": spread(values(lambda r: r["test_acc"])),
+                    "flops_total": spread(values(lambda r: r["flops"]["total"]))})
+    return out
+
+
 # ----- the comparison document ---------------------------------------------------------------------
 def check_one_family(tickets: list[Ticket], names: list[str]) -> None:
     """Refuse tickets of different families: their layers do not correspond."""
@@ -260,12 +322,14 @@ def compare_tickets(tickets: list[Ticket], names: list[str]) -> dict[str, Any]:
     for i, j in itertools.combinations(range(len(tickets)), 2):
         if comparable_masks(tickets[i], tickets[j]):
             pairs.append({"a": i, "b": j, **mask_overlap(tickets[i], tickets[j])})
+    rows = [ticket_row(t, n) for t, n in zip(tickets, names)]
     return {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
         "family": tickets[0].family,
         "same_arch": all(comparable_masks(tickets[0], t) for t in tickets[1:]),
-        "tickets": [ticket_row(t, n) for t, n in zip(tickets, names)],
+        "tickets": rows,
+        "replicates": replicate_groups(tickets, rows),
         "pairs": pairs,
         "profile": aligned_profile(tickets),
         "interpolation": None,

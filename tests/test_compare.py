@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import Result, assert_clean_error, make_ticket, run_elth
+from conftest import Result, assert_clean_error, make_ticket, run_elth, run_in_process
 from elth_cli import archs, cli, data, elastic
 from elth_cli.compare import (
     compare_tickets, error_barriers, expected_random_jaccard, hamming, interpolate, interpolate_state, jaccard,
@@ -20,7 +20,7 @@ from elth_cli.errors import UsageError
 from elth_cli.ticket import Ticket, apply_masks
 from elth_cli.train import evaluate
 
-TOP_KEYS = {"schema", "schema_version", "family", "same_arch", "tickets", "pairs", "profile", "interpolation"}
+TOP_KEYS = {"schema", "schema_version", "family", "same_arch", "tickets", "replicates", "pairs", "profile", "interpolation"}
 TICKET_KEYS = {"name", "sha256", "arch", "family", "blocks_per_stage", "dataset", "input_shape", "num_classes",
                "sparsity", "prunable_weights", "kept_weights", "method", "rewind_step", "trained", "parents",
                "test_acc", "test_loss", "cost", "flops"}
@@ -372,3 +372,27 @@ def test_plot_writes_a_png(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.safetensors", "b.safetensors", "p.png"]
     r = run_inprocess(capsys, "compare", str(pa), str(pb), "--plot", str(out))
     assert_clean_error(r, codes=(2,), contains="--force")
+
+
+def test_tickets_that_differ_only_by_seed_are_grouped_with_mean_and_std(capsys, tmp_path):
+    import dataclasses
+    import statistics
+
+    from elth_cli.compare import compare_tickets
+
+    accs = [0.91, 0.95, 0.93]
+    seeded = [dataclasses.replace(make_ticket("resnet8-w4", 0.5, seed=s), metrics={"test_acc": a})
+              for s, a in zip((0, 1, 2), accs)]
+    other = make_ticket("resnet8-w4", 0.8, seed=0)  # another sparsity: not a replicate
+    doc = compare_tickets([*seeded, other], ["a", "b", "c", "d"])
+    (group,) = doc["replicates"]
+    assert group["members"] == [0, 1, 2] and group["seeds"] == [[0, 0], [1, 1], [2, 2]]
+    assert group["test_acc"]["n"] == 3
+    assert group["test_acc"]["mean"] == pytest.approx(statistics.fmean(accs))
+    assert group["test_acc"]["std"] == pytest.approx(statistics.stdev(accs))
+    assert group["sparsity"]["std"] == pytest.approx(0.0, abs=1e-12)
+    for i, t in enumerate([*seeded, other]):
+        t.save(tmp_path / f"t{i}.safetensors")
+    r = run_in_process(capsys, "compare", *[tmp_path / f"t{i}.safetensors" for i in range(4)])
+    assert r.code == 0, r.stderr
+    assert "replicates" in r.stdout and "93.00% +- 2.00" in r.stdout
