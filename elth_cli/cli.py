@@ -1255,6 +1255,8 @@ def demo(
                     "target and level, about half as much work again.")] = False,
     jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Worker processes side by side, each with "
                     "cores/N threads (default: one per core, at most 8; 1: everything in this process).")] = None,
+    seeds: Annotated[int, typer.Option("--seeds", help="Run the whole comparison for N seeds (--seed, --seed + 1, "
+                     "...; each in OUT_DIR/seed-S) and print mean +- standard deviation per row.")] = 1,
     seed: SeedOpt = 0,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -1267,15 +1269,19 @@ def demo(
 
     if detect_launch().distributed:  # every rank would write the same files at once
         raise UsageError("elth demo runs in one process; start it without torchrun or srun")
-    config = demo_mod.DemoConfig(seed=seed, full=full)
+    config = demo_mod.DemoConfig(seed=seed, full=full, seeds=seeds)
     if quick:
-        config = demo_mod.DemoConfig(rounds=4, levels=(3, 4), epochs=8, seed=seed, full=full)
+        config = demo_mod.DemoConfig(rounds=4, levels=(3, 4), epochs=8, seed=seed, full=full, seeds=seeds)
+    demo_mod.seeds_of(config)  # a bad --seeds is the first thing to report
     with _report_stop("demo"):
         rows = demo_mod.run_demo(out_dir, config, Log(quiet), jobs)
     if json_out:
         print_json(json.loads((out_dir / "table.json").read_text()))
         return
-    demo_mod.print_table(rows)
+    if seeds > 1:
+        demo_mod.print_summary(demo_mod.summarize(rows))
+    else:
+        demo_mod.print_table(rows)
     Log(quiet).info(f"tickets, table.txt and table.json in {out_dir}")
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from typing import Any, Sequence
 from elth_cli import archs, data, elastic
 from elth_cli.compare import flops_summary
 from elth_cli.dst import DstOptions, find_dst
+from elth_cli.errors import UsageError
 from elth_cli.fileio import WriterLock
 from elth_cli.find import BaselineOptions, ImpOptions, find_imp, imp_sparsities, prune_baseline
 from elth_cli.runfolder import RoundRecord, round_path
@@ -54,6 +56,7 @@ class DemoConfig:
     seed: int = 0
     device: str = "cpu"  # the documented figures are the CPU's
     full: bool = False  # also early-bird IMP and RigL rows
+    seeds: int = 1  # replicates: seeds seed, seed + 1, ...; each in its own folder seed-S/ when more than one
     # The table reads each training's final test accuracy only: no test pass after the other epochs.
     eval_every: int = 0
 
@@ -72,6 +75,24 @@ class Row:
     extra: dict[str, Any] = field(default_factory=dict)
     flops: float | None = None  # to obtain and train the ticket (compare.flops_summary)
     flops_vs_dense: float | None = None  # over one dense training of the target
+    seed: int = 0
+
+
+@dataclass
+class SeedSummary:
+    """One row of the table over seeds: a target, level and ticket kind, its n replicates' mean and
+    standard deviation (n - 1 in the denominator, as the paper's error bars)."""
+
+    target: str
+    level: int
+    kind: str
+    source: str
+    n: int
+    sparsity: float
+    test_acc: float
+    test_acc_std: float | None
+    flops: float | None
+    flops_vs_dense: float | None
 
 
 # ----- where things are -------------------------------------------------------------------------
@@ -172,8 +193,9 @@ def rigl_job(worker: Worker, out: Path, config: DemoConfig, target: str, level: 
     return f"test acc {fmt_pct(Ticket.load(path).metrics['test_acc'])}"
 
 
-def demo_jobs(out: Path, config: DemoConfig, steps_per_training: int) -> list[Job]:
-    """Every chain and training of the demo as a job, each after the chain it reads.
+def demo_jobs(out: Path, config: DemoConfig, steps_per_training: int, prefix: str = "") -> list[Job]:
+    """Every chain and training of the demo as a job, each after the chain it reads (names start with
+    ``prefix``: one seed's jobs among several seeds').
 
     Costs (for the order and the time-left estimate) are steps x layers: these small trainings
     cost per step roughly in proportion to their depth, whatever their arithmetic."""
@@ -182,21 +204,22 @@ def demo_jobs(out: Path, config: DemoConfig, steps_per_training: int) -> list[Jo
 
     chains = [(arch, early) for arch in (config.small, config.large) for early in ((False, True) if config.full
                                                                                    else (False,))]
-    jobs = [Job(_chain_name(arch, early), imp_job, {"out": out, "config": config, "arch": arch, "early_bird": early},
+    jobs = [Job(prefix + _chain_name(arch, early), imp_job, {"out": out, "config": config, "arch": arch, "early_bird": early},
                 cost=cost(arch, (config.rounds + 1) * (0.25 if early else 1.0))) for arch, early in chains]
     for level in config.levels:
         for target in (config.small, config.large):
             common = {"out": out, "config": config, "target": target, "level": level}
             for kind, source, _, _ in _transforms(config, target):
-                jobs.append(Job(f"{target} l{level} {kind}", transform_job, {**common, "kind": kind},
-                                (_chain_name(source),), cost(target)))
+                jobs.append(Job(f"{prefix}{target} l{level} {kind}", transform_job, {**common, "kind": kind},
+                                (prefix + _chain_name(source),), cost(target)))
             for method in ("random", "magnitude"):
-                jobs.append(Job(f"{target} l{level} {method}", baseline_job, {**common, "method": method},
-                                (_chain_name(target),), cost(target)))
+                jobs.append(Job(f"{prefix}{target} l{level} {method}", baseline_job, {**common, "method": method},
+                                (prefix + _chain_name(target),), cost(target)))
             if config.full:
-                jobs.append(Job(f"{target} l{level} IMP early-bird", early_bird_job, common,
-                                (_chain_name(target, True),), cost(target)))
-                jobs.append(Job(f"{target} l{level} rigl", rigl_job, common, (_chain_name(target),), cost(target)))
+                jobs.append(Job(f"{prefix}{target} l{level} IMP early-bird", early_bird_job, common,
+                                (prefix + _chain_name(target, True),), cost(target)))
+                jobs.append(Job(f"{prefix}{target} l{level} rigl", rigl_job, common, (prefix + _chain_name(target),),
+                                cost(target)))
     return jobs
 
 
@@ -226,22 +249,55 @@ def run_demo(out_dir: str | Path, config: DemoConfig = DemoConfig(), log: Log | 
                 for a in (config.small, config.large)}
         spe = data.load_dataset("digits").steps_per_epoch(cfgs[config.small].batch_size)
         _announce(log, config, cfgs[config.small], spe, slots)
-        result = run_jobs(demo_jobs(out, config, cfgs[config.small].total_steps(spe)), slots,
-                          JobProgress(log, lambda outcome: outcome.value))
+        steps = cfgs[config.small].total_steps(spe)
+        per_seed = [(seed_dir(out, config, s), dataclasses.replace(config, seed=s, seeds=1)) for s in seeds_of(config)]
+        prefix = (lambda s: f"seed {s}: ") if config.seeds > 1 else (lambda s: "")
+        jobs = [job for folder, c in per_seed for job in demo_jobs(folder, c, steps, prefix(c.seed))]
+        result = run_jobs(jobs, slots, JobProgress(log, lambda outcome: outcome.value))
         result.check("demo jobs")
-        rows = [row for level in config.levels for target in (config.small, config.large)
-                for row in _level_rows(out, config, target, level)]
+        rows = [dataclasses.replace(row, seed=c.seed) for folder, c in per_seed for level in config.levels
+                for target in (config.small, config.large) for row in _level_rows(folder, c, target, level)]
     doc = {
         "config": asdict(config),
         "recipe": {a: c.as_dict() for a, c in cfgs.items()},
         "nominal_sparsity": {str(lv): imp_sparsities(config.rounds, 0.2)[lv] for lv in config.levels},
         "rows": [asdict(r) for r in rows],
+        "summary": [asdict(r) for r in summarize(rows)] if config.seeds > 1 else None,
         "jobs": len(slots), "threads_per_job": slots[0].threads,
         "seconds": round(time.perf_counter() - started, 1),
     }
     (out / "table.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-    (out / "table.txt").write_text(render_table(rows))
+    text = render_summary(summarize(rows)) if config.seeds > 1 else render_table(rows)
+    (out / "table.txt").write_text(text)
     return rows
+
+
+def seeds_of(config: DemoConfig) -> list[int]:
+    """The seeds a demo runs: ``seed``, ``seed + 1``, ... (``seeds`` of them)."""
+    if config.seeds < 1:
+        raise UsageError(f"--seeds must be at least 1, got {config.seeds}")
+    return list(range(config.seed, config.seed + config.seeds))
+
+
+def seed_dir(out: Path, config: DemoConfig, seed: int) -> Path:
+    """Where one seed's chains and tickets go: the demo's folder itself with one seed, else ``seed-S/``."""
+    return out if config.seeds == 1 else out / f"seed-{seed}"
+
+
+def summarize(rows: list[Row]) -> list[SeedSummary]:
+    """The rows over seeds: per target, level and kind, the mean and standard deviation of the seeds'."""
+    groups: dict[tuple[str, int, str, str], list[Row]] = {}
+    for r in rows:
+        groups.setdefault((r.target, r.level, r.kind, r.source), []).append(r)
+    out = []
+    for (target, level, kind, source), rs in groups.items():
+        accs = [r.test_acc for r in rs]
+        flops = [r.flops for r in rs if r.flops is not None]
+        rel = [r.flops_vs_dense for r in rs if r.flops_vs_dense is not None]
+        out.append(SeedSummary(target, level, kind, source, len(rs), statistics.fmean(r.sparsity for r in rs),
+                               statistics.fmean(accs), statistics.stdev(accs) if len(accs) > 1 else None,
+                               statistics.fmean(flops) if flops else None, statistics.fmean(rel) if rel else None))
+    return out
 
 
 def _announce(log: Log, config: DemoConfig, cfg: TrainConfig, spe: int, slots: Sequence[Slot]) -> None:
@@ -296,6 +352,34 @@ def render_table(rows: list[Row]) -> str:
                      f"{fmt_pct(r.test_acc):>9} {r.extra.get('trainings', 0):>15} {r.cost_steps:>7} {r.cost_seconds:>8.1f} "
                      f"{fmt_flops(r.flops):>7} {_times(r.flops_vs_dense):>7}")
     return "\n".join(lines) + "\n"
+
+
+def _acc_spread(r: SeedSummary) -> str:
+    return fmt_pct(r.test_acc) + ("" if r.test_acc_std is None else f" +- {100 * r.test_acc_std:.2f}")
+
+
+def render_summary(summary: list[SeedSummary]) -> str:
+    """The table over seeds as text: per target, level and kind, mean +- standard deviation over n."""
+    header = f"{'target':<14} {'level':>5} {'ticket':<22} {'from':<14} {'n':>3} {'sparsity':>9} " \
+             f"{'test acc (mean +- std)':>24} {'FLOPs':>7} {'x dense':>7}"
+    lines, last = [header, "-" * len(header)], None
+    for r in summary:
+        if last is not None and (r.target, r.level) != last:
+            lines.append("")
+        last = (r.target, r.level)
+        lines.append(f"{r.target:<14} {r.level:>5} {r.kind:<22} {r.source:<14} {r.n:>3} {fmt_pct(r.sparsity):>9} "
+                     f"{_acc_spread(r):>24} {fmt_flops(r.flops):>7} {_times(r.flops_vs_dense):>7}")
+    return "\n".join(lines) + "\n"
+
+
+def print_summary(summary: list[SeedSummary]) -> None:
+    """The table over seeds on stdout."""
+    columns = ["target", "level", "ticket", "from", "n", "sparsity", "test acc (mean +- std)", "FLOPs", "x dense"]
+    rows = [(r.target, r.level, r.kind, r.source, r.n, fmt_pct(r.sparsity), _acc_spread(r), fmt_flops(r.flops),
+             _times(r.flops_vs_dense)) for r in summary]
+    stdout_console().print(make_table(columns, rows, right=columns[4:], title=(
+        f"E-LTH on digits over {summary[0].n if summary else 0} seeds: mean +- standard deviation (n - 1 in the "
+        "denominator) of each ticket's test accuracy; FLOPs: to obtain and train, the seeds' mean")))
 
 
 def _times(x: float | None) -> str:

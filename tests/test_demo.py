@@ -48,3 +48,24 @@ def test_tiny_demo(tmp_path):
     # Run again: everything is reused, the table is the same (in this process this time).
     again = run_demo(tmp_path, config, Log(quiet=True), jobs=1)
     assert [(r.kind, r.test_acc) for r in again] == [(r.kind, r.test_acc) for r in rows]
+
+
+def test_demo_over_seeds_reports_mean_and_std(tmp_path):
+    """Two seeds of a tiny demo, side by side: each seed in its own folder, one summary row per ticket
+    kind with n = 2 and the seeds' mean and standard deviation."""
+    import statistics
+
+    from elth_cli.demo import render_summary, summarize
+
+    config = DemoConfig(small="resnet14-w4", large="resnet20-w4", rounds=1, levels=(1,), epochs=2, seeds=2)
+    rows = run_demo(tmp_path, config, Log(quiet=True), jobs=2)
+    assert {r.seed for r in rows} == {0, 1}
+    assert (tmp_path / "seed-0" / "imp-resnet14-w4" / "round-01.safetensors").exists()
+    assert (tmp_path / "seed-1" / "resnet20-w4-l01-random.safetensors").exists()
+    summary = summarize(rows)
+    assert len(summary) == len(rows) // 2 and all(s.n == 2 for s in summary)
+    own = next(s for s in summary if s.target == "resnet20-w4" and s.kind == "IMP (own)")
+    accs = [r.test_acc for r in rows if r.target == "resnet20-w4" and r.kind == "IMP (own)"]
+    assert own.test_acc == pytest.approx(statistics.fmean(accs)) and own.test_acc_std == pytest.approx(statistics.stdev(accs))
+    doc = json.loads((tmp_path / "table.json").read_text())
+    assert len(doc["summary"]) == len(summary) and (tmp_path / "table.txt").read_text() == render_summary(summary)
