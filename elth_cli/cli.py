@@ -248,17 +248,11 @@ def _info_run(path: str, json_out: bool) -> None:
 
 def _info_many(paths: list[str], json_out: bool) -> None:
     """``elth info A B ...``: one row per ticket (a run folder gives one per round)."""
-    from elth_cli.runfolder import run_summary
     from elth_cli.ticket import Ticket
 
     if paths.count(STDIO) > 1:
         raise UsageError("only one ticket can come from stdin ('-')")
-    files = []
-    for p in paths:
-        if p != STDIO and Path(p).is_dir():
-            files += [r["path"] for r in run_summary(p)["rounds"]]
-        else:
-            files.append(p)
+    files = _expand_runs(paths)
     docs = []
     for f in files:
         t = Ticket.load(f)
@@ -433,13 +427,26 @@ def _print_compare(doc: dict) -> None:
                   markup=False)
 
 
+def _expand_runs(paths: list[str]) -> list[str]:
+    """Ticket paths, with each IMP run folder replaced by its finished rounds' tickets."""
+    from elth_cli.runfolder import run_summary
+
+    out: list[str] = []
+    for p in paths:
+        out += [r["path"] for r in run_summary(p)["rounds"]] if p != STDIO and Path(p).is_dir() else [p]
+    return out
+
+
 @app.command(epilog=epilog("compare"))
 def compare(
-    tickets: Annotated[list[str], typer.Argument(metavar="TICKET", help="Two or more ticket files of one "
-                       "family ('-' for stdin, once).")],
+    tickets: Annotated[list[str], typer.Argument(metavar="TICKET_OR_RUN", help="Two or more ticket files of one "
+                       "family ('-' for stdin, once), or IMP run folders (each gives its rounds).")],
     json_out: JsonOpt = False,
-    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG: layer-wise sparsity profiles and, "
-                    "with --interpolate, accuracy against alpha (needs matplotlib: pip install 'elth[plot]').")] = None,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a figure; the extension sets the format "
+                    "(.png, .pdf, .svg). Needs matplotlib: pip install 'elth[plot]'.")] = None,
+    plot_kind: Annotated[str, typer.Option("--plot-kind", help="accuracy (test accuracy against weights "
+                         "remaining, log axis, error bars over seeds), layers (layer-wise sparsity), interpolation "
+                         "(with --interpolate), or auto: every one the tickets allow, side by side.")] = "auto",
     interpolate: Annotated[bool, typer.Option("--interpolate", help="Evaluate the straight line between two "
                            "trained tickets with one mask (needs --dataset).")] = False,
     dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Data set for --interpolate.")] = None,
@@ -460,11 +467,16 @@ def compare(
     different depths; with --interpolate, linear mode connectivity of two trainings of one ticket.
     """
     from elth_cli import compare as cmp
+    from elth_cli import plots
     from elth_cli.ticket import Ticket
 
     if plot is not None:
-        cmp.require_matplotlib()  # before any work: a missing extra must not cost an interpolation
+        plots.require_matplotlib()  # before any work: a missing extra must not cost an interpolation
+        plots.plot_format(plot)
         check_output_path(plot, force)
+        if plot_kind == "interpolation" and not interpolate:
+            raise UsageError("--plot-kind interpolation: it needs --interpolate")
+    tickets = _expand_runs(tickets)
     if len(tickets) < 2:
         raise UsageError("compare needs at least two tickets")
     if tickets.count(STDIO) > 1:
@@ -494,8 +506,8 @@ def compare(
             batch_size=batch_size, names=(names[0], names[1]),
             progress=lambda a, p: log.info(f"  alpha {a:.3f}: accuracy {fmt_pct(p['accuracy'])}, loss {p['loss']:.4f}"))
     if plot is not None:
-        cmp.plot_comparison(doc, plot)
-        log.info(f"wrote {plot}")
+        drawn = plots.plot_comparison(doc, plot, plot_kind)
+        log.info(f"wrote {plot} ({', '.join(drawn)})")
     if json_out:
         print_json(doc)
     else:

@@ -17,7 +17,6 @@ import json
 import math
 import statistics
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
@@ -26,7 +25,6 @@ from torch import Tensor, nn
 from elth_cli import archs
 from elth_cli.data import DataBundle, check_compatible
 from elth_cli.errors import ElthError, UsageError
-from elth_cli.fileio import atomic_path
 # jaccard and expected_random_jaccard are re-exported: compare is where callers have always found them.
 from elth_cli.masks import (  # noqa: F401
     Overlap, expected_random_jaccard, hamming, jaccard, kept_and_total, layer_counts, layer_overlaps, pooled,
@@ -36,7 +34,6 @@ from elth_cli.ticket import Ticket, apply_masks
 
 SCHEMA = "elth.compare"
 SCHEMA_VERSION = 1
-PLOT_MISSING = "--plot needs matplotlib: pip install 'elth[plot]'"
 
 # Metric names, most specific first: training records test_acc/test_loss (of the final step);
 # the others are what hand-written or older tickets use.
@@ -107,6 +104,8 @@ def ticket_row(ticket: Ticket, name: str) -> dict[str, Any]:
             {"sha256": p.get("sha256"), "arch": p.get("arch"), "method": p.get("method"), "sparsity": p.get("sparsity")}
             for p in ticket.parents
         ],
+        "transform": {k: ticket.transform.get(k) for k in ("kind", "strategy", "source_arch", "target_arch")}
+        if ticket.transform else None,
         "test_acc": metric_value(ticket.metrics, ACCURACY_KEYS),
         "test_loss": metric_value(ticket.metrics, LOSS_KEYS),
         "cost": cost,
@@ -477,60 +476,3 @@ def interpolate(
         "error_barrier": barrier,
         "error_barrier_vs_mean": barrier_mean,
     }
-
-
-# ----- plotting -----------------------------------------------------------------------------------
-def require_matplotlib() -> None:
-    """Fail with a one-line install hint when the optional plotting extra is missing."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise ElthError(PLOT_MISSING, exit_code=1) from None
-
-
-def plot_comparison(doc: dict[str, Any], path: str | Path) -> None:
-    """Sparsity profiles (and, with an interpolation, accuracy against alpha) as a PNG, written atomically."""
-    require_matplotlib()
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display needed; must precede pyplot
-    import matplotlib.pyplot as plt
-
-    interp = doc.get("interpolation")
-    ncols = 2 if interp else 1
-    fig, axes = plt.subplots(1, ncols, figsize=(7 * ncols + 3, 4.5), squeeze=False)
-    ax = axes[0][0]
-    rows = doc["profile"]
-    xs = list(range(len(rows)))
-    for i, t in enumerate(doc["tickets"]):
-        ys = [r["sparsity"][i] if r["sparsity"][i] is not None else float("nan") for r in rows]
-        # Distinct markers and dashes: a stretched ticket's line lies exactly on its source's.
-        ax.plot(xs, ys, marker="os^Dv"[i % 5], markersize=4 + 2 * ((len(doc["tickets"]) - 1 - i) % 3),
-                linestyle=("-", "--", "-.", ":")[i % 4], alpha=0.85,
-                label=f"{t['name']} ({t['arch']}, {100 * t['sparsity']:.1f}%)")
-    # Tick every block start (or every row on short profiles) so stage/block positions stay readable.
-    ticks = [i for i, r in enumerate(rows) if len(rows) <= 40 or r["section"] != "block" or r is rows[0]
-             or (r["stage"], r["block"]) != (rows[i - 1]["stage"], rows[i - 1]["block"])]
-    ax.set_xticks(ticks)
-    ax.set_xticklabels([rows[i]["label"] for i in ticks], rotation=90, fontsize=6)
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_ylabel("sparsity (fraction pruned)")
-    ax.set_title("layer-wise sparsity, aligned by stage and block")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    if interp:
-        ax2 = axes[0][1]
-        alphas = [p["alpha"] for p in interp["points"]]
-        ax2.plot(alphas, [100 * p["accuracy"] for p in interp["points"]], marker="o")
-        ax2.set_xlabel(f"alpha (0: {doc['tickets'][0]['name']}, 1: {doc['tickets'][1]['name']})")
-        ax2.set_ylabel(f"{interp['split']} accuracy (%)")
-        bn = "BN recomputed" if interp["recompute_bn"] else "BN interpolated"
-        ax2.set_title(f"linear interpolation on {interp['dataset']} ({bn}); "
-                      f"barrier {100 * interp['error_barrier']:.2f}%", fontsize=9)
-        ax2.grid(alpha=0.3)
-    fig.tight_layout()
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=120)
-    finally:
-        plt.close(fig)

@@ -23,7 +23,7 @@ from elth_cli.train import evaluate
 TOP_KEYS = {"schema", "schema_version", "family", "same_arch", "tickets", "replicates", "pairs", "profile", "interpolation"}
 TICKET_KEYS = {"name", "sha256", "arch", "family", "blocks_per_stage", "dataset", "input_shape", "num_classes",
                "sparsity", "prunable_weights", "kept_weights", "method", "rewind_step", "trained", "parents",
-               "test_acc", "test_loss", "cost", "flops"}
+               "transform", "test_acc", "test_loss", "cost", "flops"}
 PAIR_KEYS = {"a", "b", "weights", "intersection", "union", "jaccard", "expected_random_jaccard", "jaccard_over_random",
              "hamming", "hamming_fraction", "identical_masks", "layers"}
 LAYER_KEYS = {"key", "weights", "sparsity_a", "sparsity_b", "intersection", "union", "jaccard",
