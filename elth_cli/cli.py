@@ -210,6 +210,10 @@ def _info_ticket(ticket_path: str, json_out: bool) -> None:
         t = ticket.transform
         con.print(f"transform   {t.get('kind')} {t.get('source_arch')} -> {t.get('target_arch')}, "
                   f"strategy {t.get('strategy')}, mapping {t.get('mapping_string')}", markup=False)
+        if "reference_mapping" in t:
+            ref = t["reference_mapping"]
+            con.print(f"reference   --block_mapping '{ref}' (ElasticLTH's change_depth)" if ref else
+                      f"reference   no --block_mapping: {t.get('reference_mapping_note')}", markup=False)
     if ticket.metrics:
         shown = {k: f"[{len(v)} entries]" if isinstance(v, list) else v for k, v in ticket.metrics.items()}
         con.print("metrics     " + ", ".join(f"{k}={v}" for k, v in sorted(shown.items())), markup=False)
@@ -292,6 +296,8 @@ def _transform_command(kind: str, source: str, target: str, output: str, strateg
         blocks = " ".join(f"B{i}" for i in stage)
         log.info(f"  stage {s}: {plan.source.depths[s]} -> {len(stage)} blocks: {blocks}")
     log.info(f"  mapping  {elastic.format_mapping(plan.mapping)}")
+    ref, why = elastic.reference_mapping(plan.source, plan.mapping)
+    log.info(f"  reference --block_mapping '{ref}'" if ref else f"  no reference --block_mapping: {why}")
     log.info(f"  sparsity {fmt_pct(ticket.sparsity)} -> {fmt_pct(result.sparsity)}")
     log.info(f"wrote {output if output != STDIO else 'stdout'}")
 

@@ -138,6 +138,19 @@ def format_mapping(mapping: Mapping) -> str:
     return texts[0] if len(set(texts)) == 1 else "|".join(texts)
 
 
+def reference_mapping(spec: ArchSpec, mapping: Mapping) -> tuple[str | None, str | None]:
+    """The mapping in the reference code's own syntax for ``--block_mapping`` (ElasticLTH's
+    change_depth branch), and why there is none: it applies one string to every stage of a CIFAR ResNet,
+    and takes one string per stage, joined by ``|``, for ImageNet ResNets and VGGs."""
+    per_stage = [format_mapping((stage,)) for stage in mapping]
+    if archs.family_of(spec).reference_mapping == "one":
+        if len(set(per_stage)) > 1:
+            return None, ("the reference applies one --block_mapping string to every stage of a CIFAR ResNet; this "
+                          "mapping differs between stages")
+        return per_stage[0], None
+    return "|".join(per_stage), None
+
+
 def check_mapping(mapping: Mapping, src_depths: tuple[int, ...], tgt_depths: tuple[int, ...]) -> None:
     """Refuse a mapping that moves block 0, leaves a block empty or names blocks that do not exist."""
     if len(mapping) != len(tgt_depths) or len(src_depths) != len(tgt_depths):
@@ -204,7 +217,10 @@ class TransformPlan:
     mapping: Mapping
 
     def describe(self) -> dict[str, Any]:
+        ref, why = reference_mapping(self.source, self.mapping)
         return {
+            "reference_mapping": ref,  # ready for ElasticLTH's --block_mapping (None: it cannot take this one)
+            **({"reference_mapping_note": why} if why else {}),
             "kind": self.kind,
             "strategy": self.strategy,
             "source_arch": self.source.name,
@@ -216,6 +232,24 @@ class TransformPlan:
         }
 
 
+def _refuse_single_block_stretch(source: ArchSpec, target: ArchSpec) -> None:
+    """A stage of one block cannot grow: its block 0 changes shape and maps to block 0 only, so no
+    mapping, whatever its strategy, can fill the extra blocks. Say so, and which sources can."""
+    stuck = [s for s, (a, b) in enumerate(zip(source.depths, target.depths)) if a == 1 and b > 1]
+    if not stuck:
+        return
+    family = archs.family_of(source)
+    candidates = [archs.resolve_target(source, n) for n in family.standard_names]
+    able = [c.name for c in candidates if c != target and all(c.depths[s] >= 2 for s in stuck)
+            and all(d <= t for d, t in zip(c.depths, target.depths))]
+    stages = ", ".join(map(str, stuck))
+    raise MappingError(
+        f"{source.name} cannot be stretched to {target.name}: in stage{'s' if len(stuck) > 1 else ''} {stages} the "
+        f"source has only its block 0, which changes shape and maps to block 0 alone, so no mapping can add blocks "
+        f"there; stretch from a source with two or more blocks in {'those stages' if len(stuck) > 1 else 'that stage'}"
+        + (f" ({', '.join(able)})" if able else ""))
+
+
 def plan_transform(
     source: ArchSpec, target_name: str | ArchSpec, kind: str, strategy: str | None = None, mapping: str | None = None
 ) -> TransformPlan:
@@ -225,6 +259,7 @@ def plan_transform(
     other = {"stretch": "squeeze", "squeeze": "stretch"}[kind]
     if tgt_d == src_d:
         raise UsageError(f"target {target.name} has the same blocks per stage as the source ({source.name}); nothing to {kind}")
+    _refuse_single_block_stretch(source, target)
     deeper = all(t >= s for s, t in zip(src_d, tgt_d))
     shallower = all(t <= s for s, t in zip(src_d, tgt_d))
     wrong_way = (kind == "stretch" and shallower) or (kind == "squeeze" and deeper)

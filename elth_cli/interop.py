@@ -25,7 +25,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor
@@ -164,10 +164,26 @@ def _pick(files: list[Step], spec: StepSpec | None, spe: int | None, what: str, 
     return hits[0]
 
 
+def from_reference_keys(tensors: dict[str, Tensor], spec: archs.ArchSpec) -> dict[str, Tensor]:
+    """The reference's keys as elth's: open_lth's ImageNet ResNet holds torchvision's as ``model``, so its
+    keys read ``model.layer1.0.conv1.weight`` (the family's ``reference_prefix``). Keys without the prefix
+    (an older elth export) are taken as they are."""
+    prefix = archs.family_of(spec).reference_prefix
+    if not prefix:
+        return tensors
+    return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in tensors.items()}
+
+
+def to_reference_keys(tensors: Mapping[str, Tensor], spec: archs.ArchSpec) -> dict[str, Tensor]:
+    """elth's keys as the reference loads them (``model.`` before every ImageNet ResNet key)."""
+    prefix = archs.family_of(spec).reference_prefix
+    return {prefix + k: v for k, v in tensors.items()}
+
+
 def _read_mask(path: Path, spec: archs.ArchSpec, shape: tuple[int, int, int], classes: int,
                expected: dict[str, tuple[tuple[int, ...], torch.dtype]]) -> tuple[dict[str, Tensor], list[str], dict[str, Tensor]]:
     """Masks for every prunable key (bool), the keys left dense, and the file's own tensors."""
-    raw = load_tensor_dict(path, "mask")
+    raw = from_reference_keys(load_tensor_dict(path, "mask"), spec)
     prunable = archs.prunable_keys(spec, shape, classes)
     masks, dense = {}, []
     for key, t in raw.items():
@@ -338,7 +354,7 @@ def _read_run(root: Path, init: Step, trained: Step | None, spec: archs.ArchSpec
     shape, classes = tuple(info.input_shape), info.num_classes
     expected = archs.expected_state(spec, shape, classes)
     init_where = str(root / init.filename)
-    init_raw = load_tensor_dict(root / init.filename, "model file")
+    init_raw = from_reference_keys(load_tensor_dict(root / init.filename, "model file"), spec)
     # A wrong --dataset shows first in the stem and the classifier: say so before any shape complaint.
     _check_io(init_raw, init_where, spec, shape, classes, info.name)
     masks, dense, raw_mask = _read_mask(root / MASK_FILE, spec, shape, classes, expected)
@@ -346,7 +362,7 @@ def _read_run(root: Path, init: Step, trained: Step | None, spec: archs.ArchSpec
     init_state, zeroed_init = _masked(_conform_state(init_raw, init_where, spec, shape, classes, info.name), masks)
     trained_state, zeroed_trained = None, 0
     if trained is not None:
-        trained_state = _conform_state(load_tensor_dict(root / trained.filename, "model file"),
+        trained_state = _conform_state(from_reference_keys(load_tensor_dict(root / trained.filename, "model file"), spec),
                                        str(root / trained.filename), spec, shape, classes, info.name)
         trained_state, zeroed_trained = _masked(trained_state, masks)
     return _RunStates(masks, dense, report, init_state, trained_state, {"init": zeroed_init, "trained": zeroed_trained})
@@ -519,10 +535,11 @@ def export_ticket(ticket: Ticket, out_dir: str | os.PathLike[str], force: bool =
     os.chmod(tmp, 0o777 & ~current_umask())
     try:
         # open_lth's Mask.save: every prunable key, int32 0/1 (v.cpu().int()).
-        _save({k: m.to(torch.int32) for k, m in ticket.masks.items()}, tmp / MASK_FILE)
-        _save(ticket.init, tmp / plan.init.filename)
+        spec = ticket.spec
+        _save(to_reference_keys({k: m.to(torch.int32) for k, m in ticket.masks.items()}, spec), tmp / MASK_FILE)
+        _save(to_reference_keys(ticket.init, spec), tmp / plan.init.filename)
         if plan.trained is not None:
-            _save(ticket.trained, tmp / plan.trained.filename)
+            _save(to_reference_keys(ticket.trained, spec), tmp / plan.trained.filename)
         unpruned, total = kept_and_total(ticket.masks)
         (tmp / REPORT_FILE).write_text(json.dumps({"total": float(total), "unpruned": float(unpruned)}, indent=4))
         _replace_dir(tmp, out)

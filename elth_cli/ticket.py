@@ -62,6 +62,7 @@ METADATA_RULES: dict[str, schema.Check] = {
     "transform": schema.json_text(schema.obj({
         "kind": schema.text, "strategy": schema.optional(schema.text), "source_arch": schema.text,
         "target_arch": schema.text, "mapping_string": schema.text, "source_method": schema.text,
+        "reference_mapping": schema.optional(schema.text), "reference_mapping_note": schema.optional(schema.text),
         "source_sparsity": schema.optional(schema.number(0, 1)),
         "source_blocks_per_stage": schema.list_of(_COUNT), "target_blocks_per_stage": schema.list_of(_COUNT),
         "mapping": schema.list_of(schema.list_of(_COUNT))})),

@@ -222,3 +222,42 @@ def test_mixed_depths_need_a_mapping():
         elastic.plan_transform(src.spec, target, "stretch")
     plan = elastic.plan_transform(src.spec, target, "stretch", mapping="0:0;1:1,2|0:0;1:1|0:0;1:1;2:2;3:3|0:0;1:1;2:2")
     assert plan.mapping == ((0, 1, 1), (0, 1), (0, 1, 2, 3), (0, 1, 2))
+
+
+@pytest.mark.parametrize("source, target, strategy, expected", [
+    ("resnet20", "resnet32", "append", "0:0;1:1,3;2:2,4"),                       # one string for every stage
+    ("resnet56", "resnet32", "spaced", "0:0;2:1;4:2;6:3;8:4"),
+    ("vgg13", "vgg16", "append", "0:0;1:1|0:0;1:1|0:0;1:1,2|0:0;1:1,2|0:0;1:1,2"),  # one per stage, always
+    ("imagenet-resnet18", "imagenet-resnet34", "append", "0:0;1:1,2|0:0;1:1,2,3|0:0;1:1,2,3,4,5|0:0;1:1,2"),
+])
+def test_the_recorded_mapping_is_in_the_references_syntax(source, target, strategy, expected):
+    from elth_cli import archs
+    from elth_cli.elastic import parse_mapping, plan_transform
+
+    src = archs.resolve_arch(source)
+    kind = "stretch" if sum(archs.resolve_arch(target).depths) > sum(src.depths) else "squeeze"
+    plan = plan_transform(src, target, kind, strategy)
+    described = plan.describe()
+    assert described["reference_mapping"] == expected
+    # ...and elth reads it back to the same mapping.
+    assert parse_mapping(expected, src.depths, plan.target.depths) == plan.mapping
+
+
+def test_a_cifar_resnet_mapping_that_differs_between_stages_has_no_reference_form():
+    from elth_cli import archs
+    from elth_cli.elastic import plan_transform
+
+    plan = plan_transform(archs.resolve_arch("resnet20"), "resnet32", "stretch", mapping="0:0;1:1,3;2:2,4|0:0;1:1,2;2:3,4|0:0;1:1,3;2:2,4")
+    d = plan.describe()
+    assert d["reference_mapping"] is None and "one --block_mapping string to every stage" in d["reference_mapping_note"]
+
+
+def test_a_source_stage_of_one_block_cannot_be_stretched_and_no_mapping_is_suggested():
+    from elth_cli import archs
+    from elth_cli.elastic import plan_transform
+
+    for mapping in (None, "0:0|0:0|0:0;1:1,2|0:0;1:1,2|0:0;1:1,2"):
+        with pytest.raises(UsageError, match=r"vgg11 cannot be stretched to vgg16: in stages 0, 1 .* no mapping can "
+                                             r"add blocks there; .* \(vgg13\)") as info:
+            plan_transform(archs.resolve_arch("vgg11"), "vgg16", "stretch", mapping=mapping)
+        assert "--mapping" not in str(info.value)

@@ -11,6 +11,7 @@ import torch
 from conftest import assert_clean_error, make_ticket, run_elth
 from elth_cli import interop
 from elth_cli.errors import ElthError, UsageError
+from elth_cli.find import random_ticket
 from elth_cli.interop import export_ticket, import_run, parse_step_spec, plan_export
 from elth_cli.ticket import Ticket, apply_masks
 
@@ -291,3 +292,44 @@ def test_export_creates_its_folder_with_the_umask(tmp_path, ticket):
         os.umask(before)
     assert stat.S_IMODE(out.stat().st_mode) == 0o755
     assert (out / "mask.pth").exists()
+
+
+def _reference_imagenet_model(num_classes: int = 1000):
+    """open_lth's ImageNet ResNet-18 layout: torchvision's ResNet held as ``model`` (keys ``model.*``)."""
+    import torchvision
+
+    class Model(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = torchvision.models.resnet18(num_classes=num_classes)
+
+    return Model()
+
+
+def test_imagenet_round_trip_with_the_references_model_prefix(tmp_path):
+    ticket = random_ticket("imagenet-resnet18", (3, 224, 224), 1000, 0.7, seed=0, dataset="imagenet")
+    interop.export_ticket(ticket, tmp_path / "run")
+    mask = torch.load(tmp_path / "run" / "mask.pth", weights_only=True)
+    assert all(k.startswith("model.") for k in mask) and "model.fc.weight" in mask
+    state = torch.load(tmp_path / "run" / "model_ep0_it0.pth", weights_only=True)
+    reference = _reference_imagenet_model()
+    reference.load_state_dict(state, strict=True)  # every tensor where the reference looks for it
+    back = import_run(tmp_path / "run", "imagenet-resnet18", "imagenet").ticket
+    assert all(torch.equal(back.masks[k], ticket.masks[k]) for k in ticket.masks)
+    assert all(torch.equal(back.init[k], ticket.init[k]) for k in ticket.init)
+
+
+def test_a_reference_imagenet_folder_imports(tmp_path):
+    """A folder as ElasticLTH writes it for imagenet_resnet_18: prefixed state dict and int 0/1 mask."""
+    reference = _reference_imagenet_model()
+    run = tmp_path / "level_3" / "main"
+    run.mkdir(parents=True)
+    state = reference.state_dict()
+    gen = torch.Generator().manual_seed(0)
+    mask = {k: (torch.rand(v.shape, generator=gen) > 0.5).int() for k, v in state.items()
+            if k.endswith("weight") and v.dim() in (2, 4)}
+    torch.save(state, run / "model_ep0_it0.pth")
+    torch.save(mask, run / "mask.pth")
+    ticket = import_run(run, "imagenet_resnet_18", "imagenet").ticket
+    assert ticket.arch == "imagenet-resnet18" and set(ticket.masks) == {k[len("model."):] for k in mask}
+    assert torch.equal(ticket.masks["layer1.0.conv1.weight"], mask["model.layer1.0.conv1.weight"].bool())

@@ -151,3 +151,8 @@ class Family:
     recipe: str = "cifar"
     # The data set whose shape the family is normally used with (for listings).
     native_input: tuple[tuple[int, int, int], int] = ((3, 32, 32), 10)
+    # The reference code (open_lth / ElasticLTH): the prefix of its state-dict and mask keys (its ImageNet
+    # ResNet wraps torchvision's as ``model``), and how its --block_mapping takes a mapping: "one" string
+    # applied to every stage (CIFAR ResNets), or "per-stage" strings joined by "|" (ImageNet ResNets, VGGs).
+    reference_prefix: str = ""
+    reference_mapping: str = "per-stage"

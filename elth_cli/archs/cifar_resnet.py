@@ -100,4 +100,5 @@ FAMILY = Family(
     default_exclude=(),
     recipe="cifar",
     native_input=((3, 32, 32), 10),
+    reference_mapping="one",
 )

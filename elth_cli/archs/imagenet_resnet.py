@@ -120,4 +120,6 @@ FAMILY = Family(
     default_exclude=(),
     recipe="imagenet",
     native_input=((3, 224, 224), 1000),
+    reference_prefix="model.",
+    reference_mapping="per-stage",
 )
