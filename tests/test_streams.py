@@ -3,6 +3,7 @@ closed pipe is exit 141, outputs are checked before any work, --quiet only quiet
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -169,3 +170,36 @@ def test_installing_prints_no_setuptools_warnings():
     assert any(r.startswith("setuptools>=77") for r in meta["build-system"]["requires"])
     assert meta["tool"]["setuptools"]["package-dir"] == {"": "."}
     assert "elth_cli.data_files" in meta["tool"]["setuptools"]["packages"]
+
+
+def test_ctrl_c_during_an_interpolation_is_the_stop_line_and_130(tmp_path):
+    """compare --interpolate stopped by Ctrl-C: exit 130 and one line in the form of every stop line."""
+    import signal
+    import time
+
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    ticket = make_ticket("resnet8-w4")
+    trained = dataclasses.replace(ticket, trained=dict(ticket.init))
+    trained.save(a)
+    trained.save(b)
+    proc = subprocess.Popen([sys.executable, "-m", "elth_cli", "compare", str(a), str(b), "--interpolate",
+                             "--dataset", "digits", "--points", "500"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    seen = b""
+    deadline = time.monotonic() + 120
+    while b"alpha" not in seen and time.monotonic() < deadline:  # the interpolation is under way
+        seen += proc.stderr.read1(4096)
+    proc.send_signal(signal.SIGINT)
+    err = (seen + proc.stderr.read()).decode()
+    assert proc.wait(timeout=60) == 130, err
+    assert err.strip().splitlines()[-1] == "elth compare: interrupted by Ctrl-C" and "Traceback" not in err
+
+
+def test_help_names_the_recipe_defaults_the_cache_folder_and_requires_an_import_data_set(capsys, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "elth_cli", "train", "--help"], capture_output=True, text=True,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="200"), timeout=60)
+    text = " ".join(r.stdout.split())  # help wraps its lines
+    assert "[default: 0.1 CIFAR, 0.4 ImageNet, 0.05 digits]" in text
+    assert "~/.cache/elth/data" in text
+    r = run_in_process(capsys, "import", tmp_path, "--arch", "resnet20", "-o", tmp_path / "x.safetensors")
+    assert_clean_error(r, codes=(2,), contains="Missing option '--dataset'")
