@@ -33,12 +33,17 @@ class MappingError(UsageError):
 
 # ----- planning: strategies -----------------------------------------------------------------------
 def _stage_append(n_src: int, n_tgt: int) -> tuple[int, ...]:
-    # The extra blocks cycle through the source's non-first blocks in order: 3->5 is 0 1 2 1 2.
+    # The extra blocks cycle through the source's non-first blocks in order: 3->5 is 0 1 2 1 2. A stage
+    # of one block (possible only where block 0 may be copied: fully connected stacks) repeats it.
+    if n_src == 1:
+        return (0,) * n_tgt
     return tuple(range(n_src)) + tuple(1 + (j % (n_src - 1)) for j in range(n_tgt - n_src))
 
 
 def _stage_interpolate(n_src: int, n_tgt: int) -> tuple[int, ...]:
     # Each non-first block repeated in place, earlier blocks taking the extra copies: 3->5 is 0 1 1 2 2.
+    if n_src == 1:
+        return (0,) * n_tgt
     copies, extra = divmod(n_tgt - 1, n_src - 1)
     out = [0]
     for i in range(1, n_src):
@@ -65,8 +70,10 @@ _PLANNERS = {
 }
 
 
-def plan_mapping(src_depths: tuple[int, ...], tgt_depths: tuple[int, ...], strategy: str) -> Mapping:
-    """The per-stage mapping a named strategy gives for these blocks-per-stage."""
+def plan_mapping(src_depths: tuple[int, ...], tgt_depths: tuple[int, ...], strategy: str,
+                 free_first: tuple[bool, ...] = ()) -> Mapping:
+    """The per-stage mapping a named strategy gives for these blocks-per-stage (``free_first``: the
+    stages whose block 0 may be copied, see :class:`~elth_cli.archs.BlockLayout`)."""
     if strategy not in _PLANNERS:
         raise UsageError(f"unknown strategy {strategy!r}; stretch: {', '.join(STRETCH_STRATEGIES)}; squeeze: {', '.join(SQUEEZE_STRATEGIES)}")
     if len(src_depths) != len(tgt_depths):
@@ -76,7 +83,7 @@ def plan_mapping(src_depths: tuple[int, ...], tgt_depths: tuple[int, ...], strat
     for s, (n_src, n_tgt) in enumerate(zip(src_depths, tgt_depths)):
         if n_src == n_tgt:
             stages.append(tuple(range(n_src)))
-        elif stretching and n_tgt > n_src and n_src == 1:
+        elif stretching and n_tgt > n_src and n_src == 1 and not (free_first and free_first[s]):
             raise MappingError(
                 f"stage {s} of the source has only its block 0, which is never copied; nothing can fill the "
                 f"{n_tgt - 1} extra block(s); pass an explicit --mapping or use a deeper source"
@@ -89,7 +96,8 @@ def plan_mapping(src_depths: tuple[int, ...], tgt_depths: tuple[int, ...], strat
 
 
 # ----- the reference syntax -----------------------------------------------------------------------
-def parse_mapping(text: str, src_depths: tuple[int, ...], tgt_depths: tuple[int, ...]) -> Mapping:
+def parse_mapping(text: str, src_depths: tuple[int, ...], tgt_depths: tuple[int, ...],
+                  free_first: tuple[bool, ...] = ()) -> Mapping:
     """Parse ``src:dst,dst;src:dst`` (one string for all stages, or one per stage joined by ``|``)."""
     parts = [p.strip() for p in text.strip().split("|")]
     n_stages = len(tgt_depths)
@@ -122,7 +130,7 @@ def parse_mapping(text: str, src_depths: tuple[int, ...], tgt_depths: tuple[int,
             raise MappingError(f"target block {empty[0]} of stage {s} is left empty by the mapping; every target block must be filled")
         stages.append(tuple(fill[j] for j in range(tgt_depths[s])))
     mapping = tuple(stages)
-    check_mapping(mapping, src_depths, tgt_depths)
+    check_mapping(mapping, src_depths, tgt_depths, free_first)
     return mapping
 
 
@@ -143,7 +151,20 @@ def reference_mapping(spec: ArchSpec, mapping: Mapping) -> tuple[str | None, str
     change_depth branch), and why there is none: it applies one string to every stage of a CIFAR ResNet,
     and takes one string per stage, joined by ``|``, for ImageNet ResNets and VGGs."""
     per_stage = [format_mapping((stage,)) for stage in mapping]
-    if archs.family_of(spec).reference_mapping == "one":
+    form = archs.family_of(spec).reference_mapping
+    if form == "fc_layers":
+        # open_lth's LeNet: one string over every fc_layers index, the narrow layer after the stage included.
+        return f"{per_stage[0]};{spec.depths[0]}:{len(mapping[0])}", None
+    if form == "classifier":
+        # ElasticLTH's cifar_vggnfc: one string over the classifier's Sequential places, 2j for hidden layer j.
+        def places(stage: tuple[int, ...]) -> str:
+            dsts: dict[int, list[int]] = {}
+            for j, src in enumerate(stage):
+                dsts.setdefault(2 * src, []).append(2 * j)
+            return ";".join(f"{src}:{','.join(map(str, d))}" for src, d in sorted(dsts.items()))
+
+        return places(mapping[0]), None
+    if form == "one":
         if len(set(per_stage)) > 1:
             return None, ("the reference applies one --block_mapping string to every stage of a CIFAR ResNet; this "
                           "mapping differs between stages")
@@ -151,8 +172,10 @@ def reference_mapping(spec: ArchSpec, mapping: Mapping) -> tuple[str | None, str
     return "|".join(per_stage), None
 
 
-def check_mapping(mapping: Mapping, src_depths: tuple[int, ...], tgt_depths: tuple[int, ...]) -> None:
-    """Refuse a mapping that moves block 0, leaves a block empty or names blocks that do not exist."""
+def check_mapping(mapping: Mapping, src_depths: tuple[int, ...], tgt_depths: tuple[int, ...],
+                  free_first: tuple[bool, ...] = ()) -> None:
+    """Refuse a mapping that moves block 0 (where it changes the shape), leaves a block empty or names
+    blocks that do not exist."""
     if len(mapping) != len(tgt_depths) or len(src_depths) != len(tgt_depths):
         raise MappingError("the number of stages never changes; the mapping must have one entry per stage")
     for s, stage in enumerate(mapping):
@@ -161,7 +184,7 @@ def check_mapping(mapping: Mapping, src_depths: tuple[int, ...], tgt_depths: tup
         for j, src in enumerate(stage):
             if not 0 <= src < src_depths[s]:
                 raise MappingError(f"stage {s}: source block {src} does not exist (the source has blocks 0..{src_depths[s] - 1})")
-            if (j == 0) != (src == 0):
+            if (j == 0) != (src == 0) and not (free_first and free_first[s]):
                 raise MappingError(
                     f"stage {s}: block 0 (the one that changes shape) must map to block 0 and only there; "
                     f"the mapping fills target block {j} from source block {src}"
@@ -189,7 +212,9 @@ def map_state(
             src_prefix = src_layout.stages[s][mapping[s][j]]
             src_key = src_prefix + key[len(tgt_layout.stages[s][j]):]
         else:
-            src_key = key
+            # The stem and head are copied unchanged, prefix for prefix: their keys may shift with the
+            # depth (an MLP's narrow layer is fc_layers.{n}), so they are matched by position.
+            src_key = _same_part(key, kind, src_layout, tgt_layout)
         if src_key not in state:
             raise MappingError(
                 f"target {key} would come from source {src_key}, which does not exist: "
@@ -204,6 +229,15 @@ def map_state(
         # Copies are independent tensors: two target blocks never share storage.
         out[key] = t.clone()
     return out
+
+
+def _same_part(key: str, kind: str, src_layout: BlockLayout, tgt_layout: BlockLayout) -> str:
+    """The source key of a stem or head key: the same prefix position, the same rest."""
+    src_parts, tgt_parts = (src_layout.stem, tgt_layout.stem) if kind == "stem" else (src_layout.head, tgt_layout.head)
+    for i, prefix in enumerate(tgt_parts):
+        if key.startswith(prefix) and i < len(src_parts):
+            return src_parts[i] + key[len(prefix):]
+    return key
 
 
 @dataclass(frozen=True)
@@ -232,10 +266,11 @@ class TransformPlan:
         }
 
 
-def _refuse_single_block_stretch(source: ArchSpec, target: ArchSpec) -> None:
-    """A stage of one block cannot grow: its block 0 changes shape and maps to block 0 only, so no
+def _refuse_single_block_stretch(source: ArchSpec, target: ArchSpec, free_first: tuple[bool, ...]) -> None:
+    """A stage of one block cannot grow where its block 0 changes shape (it maps to block 0 only), so no
     mapping, whatever its strategy, can fill the extra blocks. Say so, and which sources can."""
-    stuck = [s for s, (a, b) in enumerate(zip(source.depths, target.depths)) if a == 1 and b > 1]
+    stuck = [s for s, (a, b) in enumerate(zip(source.depths, target.depths))
+             if a == 1 and b > 1 and not (free_first and free_first[s])]
     if not stuck:
         return
     family = archs.family_of(source)
@@ -259,7 +294,8 @@ def plan_transform(
     other = {"stretch": "squeeze", "squeeze": "stretch"}[kind]
     if tgt_d == src_d:
         raise UsageError(f"target {target.name} has the same blocks per stage as the source ({source.name}); nothing to {kind}")
-    _refuse_single_block_stretch(source, target)
+    free = archs.block_layout(source).free_first
+    _refuse_single_block_stretch(source, target, free)
     deeper = all(t >= s for s, t in zip(src_d, tgt_d))
     shallower = all(t <= s for s, t in zip(src_d, tgt_d))
     wrong_way = (kind == "stretch" and shallower) or (kind == "squeeze" and deeper)
@@ -271,13 +307,13 @@ def plan_transform(
     if mapping is not None:
         if strategy is not None:
             raise UsageError("give either --strategy or --mapping, not both")
-        return TransformPlan(kind, "mapping", source, target, parse_mapping(mapping, src_d, tgt_d))
+        return TransformPlan(kind, "mapping", source, target, parse_mapping(mapping, src_d, tgt_d, free))
     strategy = strategy or ("append" if kind == "stretch" else "keep-first")
     allowed = STRETCH_STRATEGIES if kind == "stretch" else SQUEEZE_STRATEGIES
     if strategy not in allowed:
         raise UsageError(f"{kind} strategies are {', '.join(allowed)}; got {strategy!r}")
-    plan = plan_mapping(src_d, tgt_d, strategy)
-    check_mapping(plan, src_d, tgt_d)
+    plan = plan_mapping(src_d, tgt_d, strategy, free)
+    check_mapping(plan, src_d, tgt_d, free)
     return TransformPlan(kind, strategy, source, target, plan)
 
 

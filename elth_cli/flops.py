@@ -76,7 +76,7 @@ def module_macs(model: nn.Module, input_shape: tuple[int, int, int]) -> dict[str
 @functools.lru_cache(maxsize=64)
 def _layer_macs(spec: archs.ArchSpec, input_shape: tuple[int, int, int], num_classes: int) -> tuple[tuple[str, int], ...]:
     with torch.device("meta"):
-        model = archs.family_of(spec).build(spec, input_shape[0], num_classes)
+        model = archs.family_of(spec).build(spec, tuple(input_shape), num_classes)
     return tuple(module_macs(model, input_shape).items())
 
 

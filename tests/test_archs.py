@@ -28,6 +28,12 @@ ROOT = Path(__file__).resolve().parents[1]
         ("vgg19", "vgg19", (2, 2, 4, 4, 4)),
         ("cifar_vgg_11", "vgg11", (1, 1, 2, 2, 2)),
         ("VGG16-w16", "vgg16-w16", (2, 2, 3, 3, 3)),
+        # The reference's names of the families issue 12 added: ImageNet widths, MLPs, VGGs with FC stacks.
+        ("imagenet_resnet_18_32", "imagenet-resnet18-w32", (2, 2, 2, 2)),
+        ("mnist_lenet_300_300_100", "mlp-300x2", (2,)),
+        ("mnist_lenet_300_100", "mlp-300x1", (1,)),
+        ("cifar_vggnfc_13_64_3", "vgg13-fc3", (2,)),
+        ("cifar_vggnfc_13_16_5", "vgg13-w16-fc5", (4,)),
     ],
 )
 def test_resolve(name, canonical, depths):
@@ -36,7 +42,8 @@ def test_resolve(name, canonical, depths):
     assert spec.depths == depths
 
 
-@pytest.mark.parametrize("name", ["resnet21", "resnet2", "vgg12", "imagenet-resnet20", "alexnet", "imagenet-resnet18-w32"])
+@pytest.mark.parametrize("name", ["resnet21", "resnet2", "vgg12", "imagenet-resnet20", "alexnet", "mlp-300x0",
+                                  "mnist_lenet_500_300_100", "cifar_vggnfc_13_64_1", "vgg13-fc1"])
 def test_unknown_names(name):
     with pytest.raises(UsageError):
         archs.resolve_arch(name)
@@ -126,10 +133,10 @@ def test_standard_archs_listed():
         assert n in names
 
 
-def _model_counts(spec, in_channels, num_classes):
+def _model_counts(spec, input_shape, num_classes):
     """Counts read off the real model, built on the meta device (no memory, no init cost)."""
     with torch.device("meta"):
-        model = archs.family_of(spec).build(spec, in_channels, num_classes)
+        model = archs.family_of(spec).build(spec, tuple(input_shape), num_classes)
     parameters = sum(p.numel() for p in model.parameters() if p.is_floating_point())
     prunable = sum(m.weight.numel() for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
     # What summarize counted before it became arithmetic: state-dict floats bar the running stats.
@@ -148,8 +155,7 @@ _OTHERS = ["resnet8", "resnet110-w4", "resnet20-w4", "resnet56-w8", "resnet32-w3
 def test_counts_match_the_models_at_native_input(name):
     spec = archs.resolve_arch(name)
     summary = archs.summarize(spec)
-    in_channels = summary.input_shape[0]
-    assert (summary.parameters, summary.prunable) == _model_counts(spec, in_channels, summary.num_classes)
+    assert (summary.parameters, summary.prunable) == _model_counts(spec, summary.input_shape, summary.num_classes)
 
 
 @pytest.mark.parametrize("shape, classes", [((1, 8, 8), 10), ((3, 32, 32), 100), ((1, 224, 224), 7)])
@@ -159,7 +165,7 @@ def test_counts_match_the_models_for_other_inputs(name, shape, classes):
     spec = archs.resolve_arch(name)
     summary = archs.summarize(spec, shape, classes)
     assert (summary.input_shape, summary.num_classes) == (shape, classes)
-    assert (summary.parameters, summary.prunable) == _model_counts(spec, shape[0], classes)
+    assert (summary.parameters, summary.prunable) == _model_counts(spec, shape, classes)
 
 
 def test_known_counts():

@@ -280,8 +280,9 @@ def test_imp_ranks_train_with_identical_masks(tmp_path) -> None:
     doc = json.loads(r.stdout)
     assert [x["round"] for x in doc["rounds"]] == [0, 1, 2]
     run = tmp_path / "run"
+    # Rank 0 alone wrote the folder: the rounds, their epoch records, the run's files; no checkpoint left.
     assert files(run) == {"find.json", "find.jsonl", "round-00.safetensors", "round-01.safetensors",
-                          "round-02.safetensors"}
+                          "round-02.safetensors", "round-00.jsonl", "round-01.jsonl", "round-02.jsonl"}
     assert [json.loads(x)["round"] for x in (run / "find.jsonl").read_text().splitlines()] == [0, 1, 2]
     assert (tmp_path / "final.safetensors").read_bytes() == (run / "round-02.safetensors").read_bytes()
     d = digests(tmp_path / "d")

@@ -51,8 +51,11 @@ def test_help_version_and_archs_do_not_import_torch() -> None:
 
 def _interrupt(args: list[str], delay: float, cwd) -> tuple[int, str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
+    # SIGINT as a terminal gives it: a test run started in the background (`cmd &`, nohup, some CI
+    # runners) hands its children SIGINT ignored, and Python keeps an ignored SIGINT ignored.
     proc = subprocess.Popen([sys.executable, "-m", "elth_cli", *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, env=env, cwd=cwd)
+                            stderr=subprocess.PIPE, env=env, cwd=cwd,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # Count the delay from the exec: a signal that reaches the child between fork and exec is lost
     # with the old program image (seen on a loaded CI machine: the training then ran to the end).
     cmdline = Path(f"/proc/{proc.pid}/cmdline")

@@ -12,7 +12,7 @@ import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from elth_cli.archs import cifar_resnet, imagenet_resnet, vgg
+from elth_cli.archs import cifar_resnet, imagenet_resnet, mlp, vgg, vgg_fc
 from elth_cli.archs.base import ArchSpec, BlockLayout, Family, ParamCount
 from elth_cli.errors import UsageError
 
@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 
     from elth_cli.archs.nets.common import meta_state, open_lth_init, prunable_keys_of
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (cifar_resnet.FAMILY, imagenet_resnet.FAMILY, vgg.FAMILY)}
+FAMILIES: dict[str, Family] = {f.name: f for f in (cifar_resnet.FAMILY, imagenet_resnet.FAMILY, vgg.FAMILY,
+                                                    vgg_fc.FAMILY, mlp.FAMILY)}
 
 __all__ = [
     "ArchSpec",
@@ -114,7 +115,7 @@ def build_model(
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)
-        model = family_of(spec).build(spec, input_shape[0], num_classes)
+        model = family_of(spec).build(spec, tuple(input_shape), num_classes)
         model.apply(open_lth_init)
     return model
 
@@ -123,7 +124,7 @@ def build_model(
 def _expected(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int):
     from elth_cli.archs.nets.common import meta_state
 
-    state, prunable = meta_state(lambda: family_of(spec).build(spec, input_shape[0], num_classes))
+    state, prunable = meta_state(lambda: family_of(spec).build(spec, tuple(input_shape), num_classes))
     shapes = {k: (tuple(v.shape), v.dtype) for k, v in state.items()}
     return shapes, tuple(prunable)
 

@@ -24,6 +24,12 @@ class BlockLayout:
     stem: tuple[str, ...]
     stages: tuple[tuple[str, ...], ...]
     head: tuple[str, ...]
+    # Per stage: whether its block 0 has the shape of the others and may be copied or dropped like
+    # them (fully connected stacks). Empty: no stage's (a ResNet's block 0 changes the shape).
+    free_first: tuple[bool, ...] = ()
+
+    def first_is_free(self, stage: int) -> bool:
+        return bool(self.free_first) and self.free_first[stage]
 
     @property
     def depths(self) -> tuple[int, ...]:
@@ -137,9 +143,10 @@ class Family:
 
     name: str
     parse: Callable[[str], ArchSpec | None]
-    build: Callable[[ArchSpec, int, int], nn.Module]
+    # The model for a (channels, height, width) input: ``build(spec, input_shape, num_classes)``.
+    build: Callable[[ArchSpec, tuple[int, int, int], int], nn.Module]
     layout: Callable[[ArchSpec], BlockLayout]
-    # The parameter counts and forward MACs of ``build(spec, input_shape[0], num_classes)`` on a
+    # The parameter counts and forward MACs of ``build(spec, input_shape, num_classes)`` on a
     # (channels, height, width) input, worked out from the spec alone.
     count: Callable[[ArchSpec, tuple[int, int, int], int], ParamCount]
     # Resolve a target name relative to a source (keeps the source's width where unspecified).

@@ -51,7 +51,8 @@ def resolve_target(source: ArchSpec, name: str) -> ArchSpec | None:
     return _spec(int(m.group(1)), width)
 
 
-def build(spec: ArchSpec, in_channels: int, num_classes: int) -> nn.Module:
+def build(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    in_channels = input_shape[0]
     # Imported here: the modules need torch, and resolving names or counting parameters must not.
     from elth_cli.archs.nets.cifar_resnet import CifarResNet
 

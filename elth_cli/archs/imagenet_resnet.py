@@ -3,6 +3,8 @@
 imagenet-resnet18/26/34 use basic blocks (2/2/2/2, 2/3/4/3 as in the E-LTH paper, 3/4/6/3),
 imagenet-resnet50/101/152 bottleneck blocks. The ``imagenet-`` prefix keeps them apart from the
 CIFAR ResNets (CIFAR resnet50 and resnet152 exist too). open_lth's ``imagenet_resnet_N`` is an alias.
+``-wW`` sets the first stage's width (stages of W, 2W, 4W, 8W; 64 is torchvision's), as open_lth's
+``imagenet_resnet_N_W``.
 """
 
 from __future__ import annotations
@@ -31,19 +33,23 @@ PLANS: dict[int, tuple[str, tuple[int, ...]]] = {
 }
 
 
-def _spec(depth: int, width: str | None) -> ArchSpec:
+DEFAULT_WIDTH = 64
+
+
+def _spec(depth: int, width: int) -> ArchSpec:
     if depth not in PLANS:
         known = ", ".join(f"imagenet-resnet{d}" for d in PLANS)
         raise UsageError(f"imagenet-resnet{depth} is not a known ImageNet ResNet; known: {known}")
-    if width is not None and int(width) != 64:
-        raise UsageError("ImageNet ResNets come at torchvision's width only; drop the -wW suffix")
+    if width < 1:
+        raise UsageError("width must be a positive number of filters, e.g. imagenet-resnet18-w32")
     kind, depths = PLANS[depth]
-    return ArchSpec(name=f"imagenet-resnet{depth}", family=FAMILY_NAME, depths=depths, width=64, variant=kind)
+    name = f"imagenet-resnet{depth}" + ("" if width == DEFAULT_WIDTH else f"-w{width}")
+    return ArchSpec(name=name, family=FAMILY_NAME, depths=depths, width=width, variant=kind)
 
 
 def parse(name: str) -> ArchSpec | None:
     m = _NAME.match(name) or _ALIAS.match(name)
-    return _spec(int(m.group(1)), m.group(2)) if m else None
+    return _spec(int(m.group(1)), int(m.group(2)) if m.group(2) else DEFAULT_WIDTH) if m else None
 
 
 def resolve_target(source: ArchSpec, name: str) -> ArchSpec | None:
@@ -51,7 +57,8 @@ def resolve_target(source: ArchSpec, name: str) -> ArchSpec | None:
     m = _NAME.match(name) or _ALIAS.match(name) or re.match(r"^resnet(\d+)$", name)
     if not m:
         return None
-    target = _spec(int(m.group(1)), m.group(2) if m.lastindex and m.lastindex >= 2 else None)
+    width = m.group(2) if m.lastindex and m.lastindex >= 2 else None
+    target = _spec(int(m.group(1)), int(width) if width else source.width)
     if target.variant != source.variant:
         raise UsageError(
             f"{target.name} uses {target.variant} blocks and {source.name} {source.variant} blocks; "
@@ -60,29 +67,35 @@ def resolve_target(source: ArchSpec, name: str) -> ArchSpec | None:
     return target
 
 
-def build(spec: ArchSpec, in_channels: int, num_classes: int) -> nn.Module:
+def build(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    in_channels = input_shape[0]
     # Imported here: torch and torchvision.models take seconds to import, and most runs never need them.
     from torch import nn
     from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
     block = BasicBlock if spec.variant == "basic" else Bottleneck
-    model = ResNet(block, list(spec.depths), num_classes=num_classes)
+    if spec.width == DEFAULT_WIDTH:
+        model = ResNet(block, list(spec.depths), num_classes=num_classes)
+    else:
+        from elth_cli.archs.nets.imagenet_resnet import WidthResNet
+
+        model = WidthResNet(block, list(spec.depths), num_classes, spec.width)
     if in_channels != 3:
-        model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        model.conv1 = nn.Conv2d(in_channels, spec.width, kernel_size=7, stride=2, padding=3, bias=False)
     return model
 
 
 def count(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int) -> ParamCount:
     """The parameters and forward MACs of ``build(spec, ...)``, following torchvision's ResNet (groups=1,
     base width 64, v1.5: a bottleneck downsamples in its 3x3 conv)."""
-    expansion = 1 if spec.variant == "basic" else 4
+    expansion, w = (1 if spec.variant == "basic" else 4), spec.width
     tally = ParamTally()
-    size = tally.conv(input_shape[0], 64, 7, input_shape[1:], stride=2, padding=3)
-    tally.bn(64)
+    size = tally.conv(input_shape[0], w, 7, input_shape[1:], stride=2, padding=3)
+    tally.bn(w)
     size = pool_size(size, 3, stride=2, padding=1)
-    inplanes = 64
+    inplanes = w
     for stage, n in enumerate(spec.depths):
-        planes = 64 * 2**stage
+        planes = w * 2**stage
         for b in range(n):
             stride = 2 if stage > 0 and b == 0 else 1
             # (f_in, f_out, kernel, stride, padding), applied in sequence from the block's input.
@@ -100,7 +113,7 @@ def count(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int) -
                 tally.conv(inplanes, planes * expansion, 1, size, stride=stride)
                 tally.bn(planes * expansion)
             inplanes, size = planes * expansion, out
-    tally.linear(512 * expansion, num_classes)
+    tally.linear(8 * w * expansion, num_classes)
     return tally.total()
 
 

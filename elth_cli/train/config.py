@@ -163,6 +163,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     # ImageNet ResNet: batch 1024, lr 0.4, 90 epochs, x0.1 at 30/60/80, 5 warm-up epochs, wd 1e-4.
     "imagenet": dict(epochs=90, batch_size=1024, lr=0.4, momentum=0.9, weight_decay=1e-4, schedule="step",
                      milestones=("30ep", "60ep", "80ep"), gamma=0.1, warmup="5ep"),
+    # MNIST MLPs (open_lth's mnist_lenet): plain SGD 0.1, batch 128, 40 epochs, no decay, no schedule.
+    "mnist": dict(epochs=40, batch_size=128, lr=0.1, momentum=0.0, weight_decay=0.0, schedule="step",
+                  milestones=(), gamma=0.1, warmup="0it"),
     # digits (any family): seconds on a CPU; deep ResNets diverge on digits without the warm-up.
     "digits": dict(epochs=30, batch_size=64, lr=0.05, momentum=0.9, weight_decay=5e-4, schedule="cosine",
                    milestones=(), gamma=0.1, warmup="2ep"),

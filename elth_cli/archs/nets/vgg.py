@@ -43,3 +43,23 @@ class CifarVGG(nn.Module):
         x = self.layers(x)
         x = F.adaptive_avg_pool2d(x, 1).flatten(1)
         return self.fc(x)
+
+
+class CifarVGGFC(CifarVGG):
+    """A CIFAR VGG with ``hidden`` fully connected layers of the last stage's width before ``fc``
+    (ElasticLTH's cifar_vggnfc: ``classifier`` holds Linear, ReLU pairs, so its Linears sit at even places)."""
+
+    def __init__(self, depths: tuple[int, ...], width: int, in_channels: int, num_classes: int, hidden: int) -> None:
+        super().__init__(depths, width, in_channels, num_classes)
+        features = self.fc.in_features
+        del self.fc  # re-added after the hidden layers: parameters in the reference's order
+        layers: list[nn.Module] = []
+        for _ in range(hidden):
+            layers += [nn.Linear(features, features), nn.ReLU()]
+        self.classifier = nn.Sequential(*layers)
+        self.fc = nn.Linear(features, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.layers(x)
+        x = F.adaptive_avg_pool2d(x, 1).flatten(1)
+        return self.fc(self.classifier(x))

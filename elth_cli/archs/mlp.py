@@ -1,0 +1,96 @@
+"""Fully connected networks (the paper's MLP-n, open_lth's ``mnist_lenet_*``) with open_lth's keys.
+
+``mlp-300x2`` is ``mnist_lenet_300_300_100``: n hidden layers of width h (``fc_layers.0`` to
+``fc_layers.{n-1}``), a narrower layer of width m (``fc_layers.{n}``, 100 by default:
+``mlp-300x2-50`` for another) and the classifier ``fc``. The input is flattened, so any data set
+fits. The n hidden layers are the one stage that stretches and squeezes; its block 0 is the input
+layer (its input size differs), kept 1:1 like a ResNet's downsampling block. The narrower layer
+and the classifier are the head: copied unchanged, their keys shift with the depth.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import TYPE_CHECKING
+
+from elth_cli.archs.base import ArchSpec, BlockLayout, Family, ParamCount, ParamTally
+from elth_cli.errors import UsageError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+FAMILY_NAME = "mlp"
+DEFAULT_NARROW = 100
+_NAME = re.compile(r"^mlp-(\d+)x(\d+)(?:-(\d+))?$")
+_ALIAS = re.compile(r"^mnist_lenet((?:_\d+)+)$")
+
+
+def _spec(hidden: int, n: int, narrow: int) -> ArchSpec:
+    if hidden < 1 or narrow < 1:
+        raise UsageError("MLP widths must be positive numbers of units, e.g. mlp-300x2")
+    if not 1 <= n <= 64:
+        raise UsageError(f"an MLP has 1 to 64 hidden layers of equal width, got {n}")
+    name = f"mlp-{hidden}x{n}" + ("" if narrow == DEFAULT_NARROW else f"-{narrow}")
+    return ArchSpec(name=name, family=FAMILY_NAME, depths=(n,), width=hidden, variant=str(narrow))
+
+
+def _from_alias(plan_text: str) -> ArchSpec:
+    plan = [int(p) for p in plan_text.strip("_").split("_")]
+    if len(plan) < 2 or len(set(plan[:-1])) != 1:
+        raise UsageError(f"mnist_lenet{plan_text}: elth's MLPs are n hidden layers of one width and one narrower "
+                         "layer (mnist_lenet_300_300_100 = mlp-300x2); other plans are not a family that stretches")
+    return _spec(plan[0], len(plan) - 1, plan[-1])
+
+
+def parse(name: str) -> ArchSpec | None:
+    m = _NAME.match(name)
+    if m:
+        return _spec(int(m.group(1)), int(m.group(2)), int(m.group(3)) if m.group(3) else DEFAULT_NARROW)
+    m = _ALIAS.match(name)
+    return _from_alias(m.group(1)) if m else None
+
+
+def resolve_target(source: ArchSpec, name: str) -> ArchSpec | None:
+    """``mlp-300x4`` or ``mnist_lenet_300_300_300_300_100``; ``mlp-x4`` keeps the source's widths."""
+    m = re.match(r"^mlp-x(\d+)$", name)
+    if m:
+        return _spec(source.width, int(m.group(1)), int(source.variant))
+    return parse(name)
+
+
+def build(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    from elth_cli.archs.nets.mlp import MLP
+
+    return MLP(math.prod(input_shape), spec.width, spec.depths[0], int(spec.variant), num_classes)
+
+
+def count(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int) -> ParamCount:
+    tally = ParamTally()
+    current = math.prod(input_shape)
+    for size in [spec.width] * spec.depths[0] + [int(spec.variant)]:
+        tally.linear(current, size)
+        current = size
+    tally.linear(current, num_classes)
+    return tally.total()
+
+
+def layout(spec: ArchSpec) -> BlockLayout:
+    n = spec.depths[0]
+    return BlockLayout(stem=(), stages=(tuple(f"fc_layers.{i}." for i in range(n)),),
+                       head=(f"fc_layers.{n}.", "fc."))
+
+
+FAMILY = Family(
+    name=FAMILY_NAME,
+    parse=parse,
+    build=build,
+    layout=layout,
+    count=count,
+    resolve_target=resolve_target,
+    standard_names=("mlp-300x2", "mlp-300x3", "mlp-300x4"),
+    default_exclude=("fc.weight",),  # open_lth's mnist_lenet leaves the classifier dense
+    recipe="mnist",
+    native_input=((1, 28, 28), 10),
+    reference_mapping="fc_layers",
+)

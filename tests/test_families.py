@@ -1,0 +1,75 @@
+"""The families issue 12 added (MLPs, VGGs with an FC stack, ImageNet ResNets at other widths): each
+stretch and squeeze checked block by block against a layout written here, BN buffers included,
+and a round trip back to the source."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from elth_cli import archs, elastic
+from elth_cli.find import random_ticket
+
+
+def _ticket(arch: str, shape=(1, 8, 8)):
+    return random_ticket(arch, shape, 10, 0.6, seed=3, dataset="digits")
+
+
+def _check(source, target, expected: dict[str, str]):
+    """Every target tensor (mask, init: weights, biases, BN buffers) is the named source tensor."""
+    prefixes = sorted(expected, key=len, reverse=True)
+    for key in target.init:
+        prefix = next(p for p in prefixes if key.startswith(p))
+        src_key = expected[prefix] + key[len(prefix):]
+        assert torch.equal(target.init[key], source.init[src_key]), (key, src_key)
+        if key in target.masks:
+            assert torch.equal(target.masks[key], source.masks[src_key]), (key, src_key)
+
+
+def _round_trip(source, up):
+    back = elastic.squeeze(up, source.arch, strategy="keep-first")
+    assert all(torch.equal(back.init[k], source.init[k]) for k in source.init)
+    assert all(torch.equal(back.masks[k], source.masks[k]) for k in source.masks)
+
+
+def test_mlp_stretch_squeeze_and_round_trip():
+    src = _ticket("mlp-300x2")
+    up = elastic.stretch(src, "mlp-300x4")  # append: the hidden layers B0 B1 become B0 B1 B1 B1
+    _check(src, up, {"fc_layers.0.": "fc_layers.0.", "fc_layers.1.": "fc_layers.1.", "fc_layers.2.": "fc_layers.1.",
+                     "fc_layers.3.": "fc_layers.1.", "fc_layers.4.": "fc_layers.2.", "fc.": "fc."})
+    assert up.transform["reference_mapping"] == "0:0;1:1,2,3;2:4"  # open_lth's fc_layers indices, narrow layer too
+    down = elastic.squeeze(up, "mlp-300x3", strategy="spaced")  # 4 -> 3 spaced keeps B0 B2 B3
+    _check(up, down, {"fc_layers.0.": "fc_layers.0.", "fc_layers.1.": "fc_layers.2.", "fc_layers.2.": "fc_layers.3.",
+                      "fc_layers.3.": "fc_layers.4.", "fc.": "fc."})
+    assert down.transform["mapping"] == [[0, 2, 3]]
+    _round_trip(src, up)
+    with pytest.raises(Exception, match="only its block 0"):  # MLP-1: the input layer alone cannot grow
+        elastic.stretch(_ticket("mlp-300x1"), "mlp-300x2")
+
+
+def test_vgg_fc_stack_stretches_from_a_single_hidden_layer():
+    src = _ticket("vgg13-w4-fc2")  # one hidden FC layer: the paper's VGG-13-2
+    up = elastic.stretch(src, "vgg13-w4-fc5")
+    conv = {p: p for p in archs.block_layout(src.spec).stem}
+    _check(src, up, {**conv, "classifier.0.": "classifier.0.", "classifier.2.": "classifier.0.",
+                     "classifier.4.": "classifier.0.", "classifier.6.": "classifier.0.", "fc.": "fc."})
+    assert up.transform["reference_mapping"] == "0:0,2,4,6"  # the reference's classifier Sequential places
+    down = elastic.squeeze(up, "fc3", strategy="spaced")  # 4 -> 2 hidden: the first and the last
+    _check(up, down, {**conv, "classifier.0.": "classifier.0.", "classifier.2.": "classifier.6.", "fc.": "fc."})
+    _round_trip(src, up)
+    with pytest.raises(Exception, match="keep vgg13"):
+        elastic.stretch(src, "vgg16-fc5")
+
+
+def test_imagenet_resnet_at_another_width():
+    src = random_ticket("imagenet-resnet18-w16", (3, 64, 64), 10, 0.6, seed=3)
+    up = elastic.stretch(src, "resnet34")  # the width is kept: imagenet-resnet34-w16
+    assert up.arch == "imagenet-resnet34-w16"
+    layout = archs.block_layout(up.spec)
+    expected = {"conv1.": "conv1.", "bn1.": "bn1.", "fc.": "fc."}
+    for s, stage in enumerate(layout.stages):  # append from 2 blocks per stage: B0 B1 B1 B1 ...
+        for j, prefix in enumerate(stage):
+            expected[prefix] = f"layer{s + 1}.{min(j, 1)}."
+    _check(src, up, expected)
+    assert any(k.endswith("running_mean") for k in up.init)  # BN buffers went through the mapping too
+    _round_trip(src, up)
