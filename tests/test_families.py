@@ -73,3 +73,18 @@ def test_imagenet_resnet_at_another_width():
     _check(src, up, expected)
     assert any(k.endswith("running_mean") for k in up.init)  # BN buffers went through the mapping too
     _round_trip(src, up)
+
+
+def test_mobilenet_v1_stretches_its_512_channel_run():
+    src = _ticket("mobilenetv1")  # 5 blocks of 512 channels at stride 1, as cifar_mobilenetv1
+    up = elastic.stretch(src, "cifar_mobilenetv1_7")
+    fixed = {p: p for p in ("conv.", "bn.", "layers_part1.", "layers_part3.", "fc.")}
+    part2 = {f"layers_part2.{j}.": f"layers_part2.{s}." for j, s in enumerate((0, 1, 2, 3, 4, 1, 2))}
+    _check(src, up, {**fixed, **part2})
+    assert up.transform["reference_mapping"] == "0:0;1:1,5;2:2,6;3:3;4:4"
+    assert src.masks["layers_part2.0.conv1.weight"].shape == (512, 1, 3, 3)  # the depthwise conv is masked too
+    down = elastic.squeeze(src, "mobilenetv1-3", strategy="spaced")  # B0 B2 B4
+    _check(src, down, {**fixed, **{f"layers_part2.{j}.": f"layers_part2.{s}." for j, s in enumerate((0, 2, 4))}})
+    _round_trip(src, up)
+    grown = elastic.stretch(_ticket("mobilenetv1-1"), "mobilenetv1-3")  # one block: copied, its shape is the others'
+    assert grown.transform["mapping"] == [[0, 0, 0]]

@@ -12,7 +12,7 @@ import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from elth_cli.archs import cifar_resnet, imagenet_resnet, mlp, vgg, vgg_fc
+from elth_cli.archs import cifar_resnet, imagenet_resnet, mlp, mobilenet, vgg, vgg_fc
 from elth_cli.archs.base import ArchSpec, BlockLayout, Family, ParamCount
 from elth_cli.errors import UsageError
 
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from elth_cli.archs.nets.common import meta_state, open_lth_init, prunable_keys_of
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (cifar_resnet.FAMILY, imagenet_resnet.FAMILY, vgg.FAMILY,
-                                                    vgg_fc.FAMILY, mlp.FAMILY)}
+                                                    vgg_fc.FAMILY, mobilenet.FAMILY, mlp.FAMILY)}
 
 __all__ = [
     "ArchSpec",

@@ -109,9 +109,10 @@ class ParamTally:
         self.macs = 0
 
     def conv(self, f_in: int, f_out: int, kernel: int, size: Size, stride: int = 1, padding: int = 0,
-             bias: bool = False) -> Size:
-        """A square ``kernel`` x ``kernel`` Conv2d (groups=1) on a ``size`` input; returns the output size."""
-        weight = f_in * f_out * kernel * kernel
+             bias: bool = False, groups: int = 1) -> Size:
+        """A square ``kernel`` x ``kernel`` Conv2d on a ``size`` input (``groups``: f_in a depthwise conv's);
+        returns the output size."""
+        weight = f_in // groups * f_out * kernel * kernel
         self.parameters += weight + (f_out if bias else 0)
         self.prunable += weight
         out = conv_size(size, kernel, stride, padding)
