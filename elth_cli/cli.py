@@ -626,6 +626,10 @@ CompileOpt = _config_option("compile")
 DeterministicOpt = _config_option("deterministic")
 SyncBnOpt = _config_option("sync_bn")
 TrainScaleOpt = _config_option("train_scale")
+ResizeOpt = _config_option("resize")
+NewHeadOpt = Annotated[bool, typer.Option("--new-head", help="A ticket made for another class count: train a new "
+                       "classifier for this data set's (re-initialised, with a random mask at the old one's "
+                       "sparsity); every other tensor and mask is kept.")]
 AllowEmptyOpt = Annotated[bool, typer.Option("--allow-empty-layers", help="Go on with a mask that leaves a layer "
                           "without any weight (refused otherwise: nothing passes through it), with a warning that "
                           "names the layers.")]
@@ -651,6 +655,15 @@ def _prepare_train_files(ticket_path: str, output: str, force: bool, ckpt: Optio
         # A resumed run rewrites it from the checkpoint's history (its own earlier lines); a new run would lose it.
         raise UsageError(f"--log-jsonl {log_jsonl} already exists; pass --force to overwrite it or choose another file")
     return Ticket.load(ticket_path)
+
+
+def _with_new_head(ticket: Ticket, dataset: str, data_dir: Optional[Path], seed: int) -> Ticket:
+    """``--new-head``: the ticket with a classifier for ``dataset``'s classes (elth_cli.transfer)."""
+    from elth_cli import data as data_mod
+    from elth_cli.transfer import new_head
+
+    info = data_mod.get_dataset_info(dataset, str(data_dir) if data_dir else None)
+    return new_head(ticket, info.num_classes, seed)
 
 
 def _dataset_for(ticket: Ticket, dataset: Optional[str]) -> str:
@@ -704,6 +717,7 @@ def train(
     deterministic: DeterministicOpt = False,
     sync_bn: SyncBnOpt = False,
     train_scale: TrainScaleOpt = None,
+    resize: ResizeOpt = None,
     dist_timeout: DistTimeoutOpt = 300.0,
     checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="Checkpoint file (default: OUT.ckpt "
                           "beside the output; with '-o -' there is none unless given).")] = None,
@@ -713,6 +727,7 @@ def train(
     log_jsonl: Annotated[Optional[Path], typer.Option("--log-jsonl", help="Write one JSON line per epoch here.")] = None,
     checkpoint_every: CheckpointEveryOpt = None,
     allow_empty_layers: AllowEmptyOpt = False,
+    new_head: NewHeadOpt = False,
     data_dir: DataDirOpt = None,
     download: DownloadOpt = False,
     workers: WorkersOpt = None,
@@ -749,7 +764,7 @@ def train(
         from elth_cli.train.several import TrainRequest
 
         request = TrainRequest(dataset, overrides, precision, str(data_dir) if data_dir else None, download, workers,
-                               force, restart, checkpoint_every, allow_empty_layers)
+                               force, restart, checkpoint_every, allow_empty_layers, new_head)
         _train_several(ticket_paths, out_dir, jobs, device, compile, request, json_out, quiet)
         return
     if output is None:
@@ -772,6 +787,8 @@ def train(
         # Rank 0 checks the files and reads the ticket; every rank gets it, or the error.
         ticket = session.on_main(lambda: _prepare_train_files(ticket_path, output, force, ckpt, log_jsonl, resume,
                                                               restart))
+        if new_head:
+            ticket = _with_new_head(ticket, _dataset_for(ticket, dataset), data_dir, seed)
         cfg, bundle = session.prepare(ticket.spec, _dataset_for(ticket, dataset), data_dir=data_dir,
                                       download=download, workers=workers, ticket=ticket, **overrides)
         with _report_stop("train", session.runtime.is_main):
@@ -900,7 +917,7 @@ _TRAINING_METHODS = ("imp", "early-bird", "rigl", "set", "dpf")
 _BASELINES = ("random", "magnitude", "snip", "grasp", "synflow")
 _RECIPE_OPTIONS = ("epochs", "lr", "momentum", "weight_decay", "milestones", "gamma", "warmup", "schedule", "augment",
                    "eval_every", "precision", "compile", "deterministic", "sync_bn", "train_scale", "dist_timeout",
-                   "checkpoint_every")
+                   "checkpoint_every", "resize")
 FIND_OPTION_USERS: dict[str, tuple[str, ...]] = {
     **dict.fromkeys(_RECIPE_OPTIONS, _TRAINING_METHODS),
     "batch_size": (*_TRAINING_METHODS, "snip", "grasp"), "workers": (*_TRAINING_METHODS, "snip", "grasp"),
@@ -1002,6 +1019,7 @@ def find(
     deterministic: DeterministicOpt = False,
     sync_bn: SyncBnOpt = False,
     train_scale: TrainScaleOpt = None,
+    resize: ResizeOpt = None,
     dist_timeout: DistTimeoutOpt = 300.0,
     checkpoint_every: CheckpointEveryOpt = None,
     allow_empty_layers: AllowEmptyOpt = False,

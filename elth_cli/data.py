@@ -18,6 +18,7 @@ exactly the batches k, k+1, ... of the uninterrupted epoch and all DDP ranks agr
 from __future__ import annotations
 
 import abc
+import dataclasses
 import gzip
 import hashlib
 import importlib.resources
@@ -152,10 +153,25 @@ def check_compatible(info: DatasetInfo, input_shape: tuple[int, int, int], num_c
     shape = tuple(int(s) for s in input_shape)
     if shape == info.input_shape and int(num_classes) == info.num_classes:
         return
+    fixes = []
+    if shape[1:] != info.input_shape[1:] and shape[0] == info.input_shape[0] and shape[1] == shape[2]:
+        fixes.append(f"--resize {shape[1]} resizes {info.name}'s images to its input size")
+    if int(num_classes) != info.num_classes:
+        fixes.append(f"--new-head trains a new {info.num_classes}-way classifier (re-initialised, at the old "
+                     "one's sparsity)")
+    fix = "; " + ", and ".join(fixes) if fixes and shape[0] == info.input_shape[0] else \
+        f"; use a {what} made for this data set"
     raise ElthError(
         f"{what} expects {_shape_str(shape)} inputs and {num_classes} classes but {info.name} gives "
-        f"{_shape_str(info.input_shape)} and {info.num_classes} classes; use a {what} made for this data set"
+        f"{_shape_str(info.input_shape)} and {info.num_classes} classes{fix}"
     )
+
+
+def resized(info: DatasetInfo, size: int | None) -> DatasetInfo:
+    """``info`` as the network sees it when every image is resized to ``size`` x ``size`` (None: as it is)."""
+    if size is None:
+        return info
+    return dataclasses.replace(info, input_shape=(info.input_shape[0], size, size))
 
 
 def _shape_str(shape: tuple[int, ...]) -> str:
@@ -286,6 +302,7 @@ class DataBundle(abc.ABC):
         # default), pinned memory and non-blocking copies for the folder loader.
         self.setup = device if isinstance(device, DeviceSetup) else device_setup(device)
         self.info = info
+        self.resize: int | None = None  # set_resize: every batch resized to resize x resize
         self.device = device = self.setup.device
         self.channels_last = self.setup.channels_last
         c = info.input_shape[0]
@@ -295,6 +312,11 @@ class DataBundle(abc.ABC):
     @abc.abstractmethod
     def num_examples(self, split: str) -> int:
         """Number of examples in ``split`` ("train" or "test")."""
+
+    def set_resize(self, size: int | None) -> None:
+        """Resize every batch to ``size`` x ``size`` from now on; the info then reports that input size."""
+        self.resize = size
+        self.info = resized(self.info, size)
 
     def steps_per_epoch(self, batch_size: int, world_size: int = 1) -> int:
         """Steps each rank takes per epoch at global ``batch_size``; equals what train_batches yields."""
@@ -321,9 +343,13 @@ class DataBundle(abc.ABC):
         """Unaugmented batches of ``split`` in fixed order; the ranks' shards together cover it once."""
 
     def _finish(self, x: Tensor) -> Tensor:
+        x = _normalise(x, self._mean, self._std)
+        if self.resize is not None and tuple(x.shape[-2:]) != (self.resize, self.resize):
+            # Bilinear, on the device, after the augmentation: CIFAR-10 at 224 for ImageNet tickets (Table 7).
+            x = F.interpolate(x, size=(self.resize, self.resize), mode="bilinear", align_corners=False)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return _normalise(x, self._mean, self._std)
+        return x
 
 
 class TensorBundle(DataBundle):

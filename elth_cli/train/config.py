@@ -79,6 +79,9 @@ class TrainConfig:
     deterministic: bool = _flag("--deterministic", "Deterministic kernels only (slower).", bool, default=False)
     train_scale: int = _flag("--train-scale", "Train K times longer: the recipe's epochs, milestones and warm-up "
                              "(after the other options) times K, as RigL-5x (K=5).", Optional[int], default=1)
+    resize: int = _flag("--resize", "Resize every image to N x N (bilinear, after the augmentation) for a ticket "
+                        "made for that input size: CIFAR-10 for ImageNet tickets is --resize 224 (the paper's "
+                        "Table 7).", Optional[int], default=None)
     # SyncBatchNorm across ranks (CUDA, several processes); ignored with one.
     sync_bn: bool = _flag("--sync-bn", "Several processes on GPUs: BatchNorm statistics over the global batch "
                           "(SyncBatchNorm). Ignored with one process; refused on the CPU.", bool, default=False)
@@ -134,6 +137,7 @@ def validate_config(cfg: TrainConfig) -> None:
     checks = [
         (cfg.epochs >= 1, f"--epochs must be at least 1, got {cfg.epochs}"),
         (cfg.batch_size >= 1, f"--batch-size must be at least 1, got {cfg.batch_size}"),
+        (cfg.resize is None or 1 <= cfg.resize <= 4096, f"--resize must be a size from 1 to 4096, got {cfg.resize}"),
         (cfg.eval_batch_size >= 1, f"eval batch size must be at least 1, got {cfg.eval_batch_size}"),
         (math.isfinite(cfg.lr) and cfg.lr > 0, f"--lr must be a positive number, got {cfg.lr}"),
         (0 <= cfg.momentum < 1, f"--momentum must be in [0, 1), got {cfg.momentum}"),

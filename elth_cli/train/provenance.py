@@ -48,6 +48,9 @@ def trained_ticket(ticket: Ticket, state: dict[str, Any], masks: dict[str, Any],
     masks in force at the end, ``hparams``, ``metrics`` and ``config`` added."""
     if ticket.hparams:
         hparams = {**hparams, "ticket_hparams": ticket.hparams}  # how the mask and init were made, kept
+    if ticket.dataset and ticket.dataset != dataset:  # a ticket found on one data set, trained on another
+        hparams = {**hparams, "data_transfer": {"from": ticket.dataset, "to": dataset,
+                                                "new_head": "new_head" in (ticket.hparams or {})}}
     rewired = any(not torch.equal(masks[k], ticket.masks[k]) for k in ticket.masks)
     if not rewired:
         masks = ticket.masks
@@ -59,7 +62,7 @@ def trained_ticket(ticket: Ticket, state: dict[str, Any], masks: dict[str, Any],
         hparams=hparams,
         metrics=metrics,
         config=config,
-        dataset=ticket.dataset or dataset,
+        dataset=dataset,  # what it is trained for now (data_transfer records where it came from)
         created=now_utc(),
         elth_version=__version__,
         sha256=None,

@@ -81,16 +81,17 @@ class Session:
         fetch = self._fetch_once(data.canonical_name(dataset), data_dir, download)
         with distributed.agree_on_errors():  # local work on every rank; one failure stops them all
             info = data.get_dataset_info(dataset, data_dir)
-            if ticket is not None:
-                data.check_compatible(info, ticket.input_shape, ticket.num_classes)
             overrides.update(device=self._config_device(), precision=self.precision)
             cfg = config_from_options(spec, info, **overrides)
+            if ticket is not None:  # as the network sees the data: resized where --resize asks
+                data.check_compatible(data.resized(info, cfg.resize), ticket.input_shape, ticket.num_classes)
             if cfg.sync_bn and self.runtime.world_size > 1 and self.device.type != "cuda":
                 raise UsageError("--sync-bn needs CUDA GPUs: SyncBatchNorm does not run on the CPU (gloo); "
                                  "drop --sync-bn")
             # The data carries the device's choices; training reads them from it.
             setup = device_setup(self.device, cfg.precision, cfg.deterministic)
             bundle = data.load_dataset(info.name, data_dir, download=fetch, device=setup, num_workers=workers)
+            bundle.set_resize(cfg.resize)
             spe = bundle.steps_per_epoch(cfg.batch_size, self.runtime.world_size)  # the global batch fits the world size and data
             self._check_schedule(cfg, spe, overrides)
         return cfg, bundle

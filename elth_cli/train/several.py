@@ -66,6 +66,7 @@ class TrainRequest:
     restart: bool = False
     checkpoint_every_s: float = CHECKPOINT_EVERY_S
     allow_empty_layers: bool = False
+    new_head: bool = False  # a classifier for the data set's classes (elth_cli.transfer.new_head)
 
 
 def plan_items(sources: Sequence[str], out_dir: str | os.PathLike[str]) -> list[TrainItem]:
@@ -138,6 +139,12 @@ def train_item(worker: Worker, item: TrainItem, request: TrainRequest) -> dict[s
         dataset = request.dataset or ticket.dataset
         if not dataset:
             raise UsageError(f"{item.source} records no data set; pass --dataset")
+        if request.new_head:
+            from elth_cli import data
+            from elth_cli.transfer import new_head
+
+            info = data.get_dataset_info(dataset, request.data_dir)
+            ticket = new_head(ticket, info.num_classes, int(request.overrides.get("seed", 0)))
         cfg, bundle = session.prepare(ticket.spec, dataset, data_dir=request.data_dir, download=request.download,
                                       workers=request.loader_workers, ticket=ticket, **request.overrides)
         reused = _reusable(item, ticket, cfg.resolved(bundle.steps_per_epoch(cfg.batch_size), ticket.rewind_step),
