@@ -49,6 +49,8 @@ class DemoConfig:
 
     small: str = "resnet20-w4"
     large: str = "resnet32-w4"
+    # The paper's MLP-2 and MLP-4 (Table 5): a second pair, stretched and squeezed the same way. None: none.
+    mlp: tuple[str, str] | None = ("mlp-300x2", "mlp-300x4")
     rounds: int = 13
     levels: tuple[int, ...] = (10, 13)  # IMP rounds: 89.26 % and 94.50 % sparsity
     rewind: str = "1ep"
@@ -107,13 +109,30 @@ def trained_path(out: Path, target: str, level: int, kind: str) -> Path:
     return out / f"{target}-l{level:02d}-{slug}.safetensors"
 
 
+def pairs(config: DemoConfig) -> list[tuple[str, str]]:
+    """The (shallower, deeper) pairs of architectures the demo transforms between."""
+    return [(config.small, config.large)] + ([tuple(config.mlp)] if config.mlp else [])
+
+
+def targets(config: DemoConfig) -> list[str]:
+    return [arch for pair in pairs(config) for arch in pair]
+
+
 def _transforms(config: DemoConfig, target: str) -> list[tuple[str, str, str, str]]:
     """(row kind, source arch, stretch or squeeze, strategy) of a target's transformed tickets."""
-    if target == config.large:
-        return [("stretch append", config.small, "stretch", "append"),
-                ("stretch interpolate", config.small, "stretch", "interpolate")]
-    return [("squeeze keep-first", config.large, "squeeze", "keep-first"),
-            ("squeeze spaced", config.large, "squeeze", "spaced")]
+    small, large = next(p for p in pairs(config) if target in p)
+    if target == large:
+        return [("stretch append", small, "stretch", "append"),
+                ("stretch interpolate", small, "stretch", "interpolate")]
+    return [("squeeze keep-first", large, "squeeze", "keep-first"),
+            ("squeeze spaced", large, "squeeze", "spaced")]
+
+
+# The baselines at each target's IMP sparsity: uniform random (every layer at one rate, the paper's
+# baseline), random with the IMP ticket's own per-layer sparsities (the fairer control: is it the mask,
+# or only its layer-wise density?), one-shot magnitude.
+BASELINES = (("random", "random", "overall"), ("random layer-wise", "random", "layerwise"),
+             ("magnitude", "magnitude", "overall"))
 
 
 # ----- the jobs -----------------------------------------------------------------------------------
@@ -157,12 +176,14 @@ def transform_job(worker: Worker, out: Path, config: DemoConfig, target: str, le
     return _train_cached(worker, config, target, moved, trained_path(out, target, level, kind))
 
 
-def baseline_job(worker: Worker, out: Path, config: DemoConfig, target: str, level: int, method: str) -> str:
-    """A one-shot baseline at the target's dense rewind weights, at its IMP ticket's sparsity, trained."""
+def baseline_job(worker: Worker, out: Path, config: DemoConfig, target: str, level: int, kind: str) -> str:
+    """A one-shot baseline (:data:`BASELINES`) at the target's dense rewind weights, at its IMP ticket's
+    sparsity (overall, or layer by layer), trained."""
+    _, method, match = next(b for b in BASELINES if b[0] == kind)
     own = Ticket.load(round_path(imp_dir(out, target), level))
     dense = Ticket.load(round_path(imp_dir(out, target), 0))
-    ticket = prune_baseline(dense, BaselineOptions(method=method, like=own, seed=config.seed))
-    return _train_cached(worker, config, target, ticket, trained_path(out, target, level, method))
+    ticket = prune_baseline(dense, BaselineOptions(method=method, like=own, match=match, seed=config.seed))
+    return _train_cached(worker, config, target, ticket, trained_path(out, target, level, kind))
 
 
 def early_bird_job(worker: Worker, out: Path, config: DemoConfig, target: str, level: int) -> str:
@@ -202,18 +223,18 @@ def demo_jobs(out: Path, config: DemoConfig, steps_per_training: int, prefix: st
     def cost(arch: str, trainings: float = 1.0) -> float:
         return trainings * steps_per_training * sum(archs.resolve_arch(arch).depths)
 
-    chains = [(arch, early) for arch in (config.small, config.large) for early in ((False, True) if config.full
+    chains = [(arch, early) for arch in targets(config) for early in ((False, True) if config.full
                                                                                    else (False,))]
     jobs = [Job(prefix + _chain_name(arch, early), imp_job, {"out": out, "config": config, "arch": arch, "early_bird": early},
                 cost=cost(arch, (config.rounds + 1) * (0.25 if early else 1.0))) for arch, early in chains]
     for level in config.levels:
-        for target in (config.small, config.large):
+        for target in targets(config):
             common = {"out": out, "config": config, "target": target, "level": level}
             for kind, source, _, _ in _transforms(config, target):
                 jobs.append(Job(f"{prefix}{target} l{level} {kind}", transform_job, {**common, "kind": kind},
                                 (prefix + _chain_name(source),), cost(target)))
-            for method in ("random", "magnitude"):
-                jobs.append(Job(f"{prefix}{target} l{level} {method}", baseline_job, {**common, "method": method},
+            for kind, _, _ in BASELINES:
+                jobs.append(Job(f"{prefix}{target} l{level} {kind}", baseline_job, {**common, "kind": kind},
                                 (prefix + _chain_name(target),), cost(target)))
             if config.full:
                 jobs.append(Job(f"{prefix}{target} l{level} IMP early-bird", early_bird_job, common,
@@ -246,7 +267,7 @@ def run_demo(out_dir: str | Path, config: DemoConfig = DemoConfig(), log: Log | 
         info = data.get_dataset_info("digits")
         cfgs = {a: config_from_options(archs.resolve_arch(a), info, seed=config.seed, epochs=config.epochs,
                                        eval_every=config.eval_every, device=config.device)
-                for a in (config.small, config.large)}
+                for a in targets(config)}
         spe = data.load_dataset("digits").steps_per_epoch(cfgs[config.small].batch_size)
         _announce(log, config, cfgs[config.small], spe, slots)
         steps = cfgs[config.small].total_steps(spe)
@@ -256,7 +277,7 @@ def run_demo(out_dir: str | Path, config: DemoConfig = DemoConfig(), log: Log | 
         result = run_jobs(jobs, slots, JobProgress(log, lambda outcome: outcome.value))
         result.check("demo jobs")
         rows = [dataclasses.replace(row, seed=c.seed) for folder, c in per_seed for level in config.levels
-                for target in (config.small, config.large) for row in _level_rows(folder, c, target, level)]
+                for target in targets(config) for row in _level_rows(folder, c, target, level)]
     doc = {
         "config": asdict(config),
         "recipe": {a: c.as_dict() for a, c in cfgs.items()},
@@ -302,7 +323,7 @@ def summarize(rows: list[Row]) -> list[SeedSummary]:
 
 def _announce(log: Log, config: DemoConfig, cfg: TrainConfig, spe: int, slots: Sequence[Slot]) -> None:
     threads = f", {slots[0].threads} thread{'s' if slots[0].threads != 1 else ''} each" if slots[0].threads else ""
-    log.info(f"elth demo: digits, {config.small} and {config.large} (width 4), IMP {config.rounds} rounds at 20 %, "
+    log.info(f"elth demo: digits, {' and '.join('/'.join(p) for p in pairs(config))}, IMP {config.rounds} rounds at 20 %, "
              f"rewind {config.rewind}, {cfg.epochs} epochs per training (lr {cfg.lr}, warm-up {cfg.warmup}, "
              f"{cfg.schedule}), {spe} steps/epoch; {len(slots)} worker{'s' if len(slots) != 1 else ''}{threads}"
              + ("" if config.full else "; --full adds early-bird IMP and RigL"))
@@ -321,9 +342,9 @@ def _level_rows(out: Path, config: DemoConfig, target: str, level: int) -> list[
                          Ticket.load(trained_path(out, target, level, "IMP early-bird"))))
         rigl = Ticket.load(trained_path(out, target, level, "rigl"))
         rows.append(_row(target, level, "rigl", target, rigl, rigl))
-    for method in ("random", "magnitude"):
-        trained = Ticket.load(trained_path(out, target, level, method))
-        rows.append(_row(target, level, method, target, trained, trained))
+    for kind, _, _ in BASELINES:
+        trained = Ticket.load(trained_path(out, target, level, kind))
+        rows.append(_row(target, level, kind, target, trained, trained))
     return rows
 
 

@@ -10,16 +10,17 @@ from elth_cli.ticket import Ticket
 
 
 def test_tiny_demo(tmp_path):
-    config = DemoConfig(small="resnet14-w4", large="resnet20-w4", rounds=2, levels=(2,), epochs=2, full=True)
+    config = DemoConfig(small="resnet14-w4", large="resnet20-w4", mlp=("mlp-300x2", "mlp-300x3"), rounds=2,
+                        levels=(2,), epochs=2, full=True)
     rows = run_demo(tmp_path, config, Log(quiet=True), jobs=2)  # the chains and trainings on two workers
     kinds = {(r.target, r.kind) for r in rows}
+    common = {"IMP (own)", "IMP early-bird", "rigl", "random", "random layer-wise", "magnitude"}
     assert kinds == {
-        ("resnet14-w4", "IMP (own)"), ("resnet14-w4", "squeeze keep-first"), ("resnet14-w4", "squeeze spaced"),
-        ("resnet14-w4", "IMP early-bird"), ("resnet14-w4", "rigl"), ("resnet14-w4", "random"),
-        ("resnet14-w4", "magnitude"),
-        ("resnet20-w4", "IMP (own)"), ("resnet20-w4", "stretch append"), ("resnet20-w4", "stretch interpolate"),
-        ("resnet20-w4", "IMP early-bird"), ("resnet20-w4", "rigl"), ("resnet20-w4", "random"),
-        ("resnet20-w4", "magnitude"),
+        *{(t, k) for t in ("resnet14-w4", "resnet20-w4", "mlp-300x2", "mlp-300x3") for k in common},
+        ("resnet14-w4", "squeeze keep-first"), ("resnet14-w4", "squeeze spaced"),
+        ("resnet20-w4", "stretch append"), ("resnet20-w4", "stretch interpolate"),
+        ("mlp-300x2", "squeeze keep-first"), ("mlp-300x2", "squeeze spaced"),
+        ("mlp-300x3", "stretch append"), ("mlp-300x3", "stretch interpolate"),
     }
     by = {(r.target, r.kind): r for r in rows}
     # A stretched ticket costs its source's IMP (two trainings of resnet14), once; baselines only the rewind.
@@ -36,7 +37,11 @@ def test_tiny_demo(tmp_path):
     for r in rows:
         assert 0.0 <= r.test_acc <= 1.0
     doc = json.loads((tmp_path / "table.json").read_text())
-    assert len(doc["rows"]) == 14
+    assert len(doc["rows"]) == 4 * 8
+    # The layer-wise control keeps the IMP ticket's sparsity layer by layer; the uniform one only overall.
+    own, control = (Ticket.load(tmp_path / f) for f in ("imp-resnet20-w4/round-02.safetensors",
+                                                        "resnet20-w4-l02-random-layer-wise.safetensors"))
+    assert own.layer_sparsity() == control.layer_sparsity()
     # The early-bird row: the early-bird chain's round ticket, trained anew in full with the recipe.
     early = by[("resnet20-w4", "IMP early-bird")]
     assert early.sparsity == by[("resnet20-w4", "IMP (own)")].sparsity and early.extra["trainings"] == 2
