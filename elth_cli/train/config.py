@@ -178,7 +178,7 @@ RECIPES: dict[str, dict[str, Any]] = {
 
 def recipe_hint(name: str) -> str:
     """What a field defaults to in each recipe, for its option's help: ``default: 0.1 CIFAR, 0.4 ImageNet,
-    0.05 digits`` (empty for a field the recipes do not set)."""
+    0.1 MNIST, 0.05 digits`` (empty for a field the recipes do not set)."""
     if not all(name in r for r in RECIPES.values()):
         return ""
 
@@ -187,7 +187,7 @@ def recipe_hint(name: str) -> str:
             return ",".join(value) if value else "none"
         return f"{value:g}" if isinstance(value, float) else str(value)
 
-    labels = {"cifar": "CIFAR", "imagenet": "ImageNet", "digits": "digits"}
+    labels = {"cifar": "CIFAR", "imagenet": "ImageNet", "mnist": "MNIST", "digits": "digits"}
     return "default: " + ", ".join(f"{shown(r[name])} {labels.get(k, k)}" for k, r in RECIPES.items())
 
 
