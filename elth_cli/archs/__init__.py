@@ -40,6 +40,8 @@ __all__ = [
     "expected_state",
     "prunable_keys",
     "prunable_keys_of",
+    "open_lth_init",
+    "meta_state",
     "summarize",
     "standard_archs",
 ]
