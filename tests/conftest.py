@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
@@ -69,6 +72,26 @@ def run_in_process(capsys, *args: str) -> Result:
     out, err = capsys.readouterr()
     code = exit_info.value.code
     return Result(code if isinstance(code, int) else 0, out, err)
+
+
+def signal_once(cmd: list[str], ready: Callable[[], bool], sig: int = signal.SIGTERM,
+                what: str = "the run never got ready", wait_s: float = 240) -> tuple[int, bytes, bytes]:
+    """Start ``cmd`` (with this checkout on PYTHONPATH), send ``sig`` once ``ready()`` holds, and return
+    its exit status, stdout and stderr. Fails if it exits first or ``ready`` takes over ``wait_s``."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        deadline = time.monotonic() + wait_s
+        while not ready():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, what
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        stdout, stderr = proc.communicate(timeout=wait_s)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, stdout, stderr
 
 
 def run_elth_bytes(*args: str, stdin: bytes | None = None) -> tuple[int, bytes, str]:

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, Result, assert_clean_error, make_ticket, run_in_process
+from conftest import ROOT, Result, assert_clean_error, make_ticket, run_in_process, signal_once
 from elth_cli import cli, data, train
 from elth_cli.find import random_ticket
 from elth_cli.ticket import Ticket
@@ -92,20 +90,11 @@ def test_sigterm_stops_resumably_and_rerun_finishes(tmp_path, r8_file) -> None:
     cmd = [sys.executable, "-m", "elth_cli", "train", str(r8_file), "-o", str(out), "--epochs", "12",
            "--log-jsonl", str(log)]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    try:
-        deadline = time.monotonic() + 240
-        while not (log.exists() and log.read_text().strip()):  # the first epoch is done: the next has started
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "training never finished an epoch"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
-        stdout, stderr = proc.communicate(timeout=240)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    # Once the first epoch is done, the next has started.
+    code, stdout, stderr = signal_once(cmd, lambda: log.exists() and bool(log.read_text().strip()),
+                                       what="training never finished an epoch")
     err = stderr.decode()
-    assert proc.returncode == 75, err
+    assert code == 75, err
     assert "Traceback" not in err
     stop_line = err.strip().splitlines()[-1]
     assert stop_line.startswith("elth train: stopped by SIGTERM at step ") and "re-run the same command" in stop_line

@@ -13,11 +13,10 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
-from conftest import ROOT, Result, assert_clean_error, make_ticket
+from conftest import ROOT, Result, assert_clean_error, make_ticket, signal_once
 from elth_cli import data, fileio, train
 from elth_cli.errors import ElthError
 from elth_cli.find import ImpOptions, find_imp
@@ -127,13 +126,9 @@ def test_a_failed_checkpoint_write_keeps_the_last_checkpoint(tmp_path) -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     cmd = [sys.executable, "-m", "elth_cli", "train", str(path), "-o", str(out), "--epochs", "6", "--log-jsonl", str(log),
            "--checkpoint-every", "0"]  # every epoch: the resumed run's next one does not fit
-    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 240
-    while not (log.exists() and log.read_text().strip()):  # the first epoch's checkpoint is written
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=120) == 75
+    # Once the first epoch's record is out, its checkpoint is written.
+    code, _, _ = signal_once(cmd, lambda: log.exists() and bool(log.read_text().strip()))
+    assert code == 75
     good = train.read_checkpoint(ckpt).step
     limited = subprocess.run([*cmd, "--quiet"], env=env, capture_output=True, timeout=300,
                              preexec_fn=_limit_file_size(ckpt.stat().st_size // 2))

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import ROOT, assert_clean_error, make_ticket, run_in_process
+from conftest import ROOT, assert_clean_error, make_ticket, run_in_process, signal_once
 from elth_cli import data, train
 from elth_cli.ticket import Ticket
 
@@ -117,21 +115,11 @@ def test_sigterm_stops_every_worker_with_its_checkpoint_and_a_rerun_finishes(tmp
     cmd = [sys.executable, "-m", "elth_cli", "train", *map(str, tickets), str(third), "--out-dir", str(out),
            "--jobs", "2", "--epochs", "40"]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    try:
-        deadline = time.monotonic() + 240
-        records = [out / f"{p.name}.jsonl" for p in tickets]  # the two costliest-first jobs: a and b
-        while not all(r.exists() and r.read_text().strip() for r in records):
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "the trainings never finished an epoch"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=240)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    records = [out / f"{p.name}.jsonl" for p in tickets]  # the two costliest-first jobs: a and b
+    code, _, stderr = signal_once(cmd, lambda: all(r.exists() and r.read_text().strip() for r in records),
+                                  what="the trainings never finished an epoch")
     err = stderr.decode()
-    assert proc.returncode == 75, err
+    assert code == 75, err
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith("elth train: stopped by SIGTERM: 2 of 3 trainings stopped")
     assert all(train.checkpoint_path_for(out / p.name).exists() for p in tickets)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from elth_cli.archs.base import ArchSpec, BlockLayout, Family, ParamCount, ParamTally, pool_size
-from elth_cli.archs.vgg_plan import CONVS_PER_STAGE, STAGE_SCALE
+from elth_cli.archs.base import ArchSpec, BlockLayout, Family, ParamCount, ParamTally
+from elth_cli.archs.vgg_plan import CONVS_PER_STAGE, tally_convs
 from elth_cli.errors import UsageError
 
 if TYPE_CHECKING:
@@ -59,14 +59,7 @@ def count(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int) -
     """The parameters and forward MACs of ``build(spec, ...)``: 3x3 convs (pad 1, with bias) + BN, a
     2x2 ceil-mode max-pool before every stage but the first, global average pooling, one fc."""
     tally = ParamTally()
-    filters, size = input_shape[0], input_shape[1:]
-    for stage, n in enumerate(spec.depths):
-        if stage > 0:
-            size = pool_size(size, 2, stride=2, ceil_mode=True)
-        for _ in range(n):
-            size = tally.conv(filters, spec.width * STAGE_SCALE[stage], 3, size, padding=1, bias=True)
-            tally.bn(spec.width * STAGE_SCALE[stage])
-            filters = spec.width * STAGE_SCALE[stage]
+    filters = tally_convs(tally, spec.depths, spec.width, input_shape)
     tally.linear(filters, num_classes)
     return tally.total()
 

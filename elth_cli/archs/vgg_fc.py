@@ -15,8 +15,8 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from elth_cli.archs.base import ArchSpec, BlockLayout, Family, ParamCount, ParamTally, pool_size
-from elth_cli.archs.vgg_plan import CONVS_PER_STAGE, STAGE_SCALE
+from elth_cli.archs.base import ArchSpec, BlockLayout, Family, ParamCount, ParamTally
+from elth_cli.archs.vgg_plan import CONVS_PER_STAGE, tally_convs
 from elth_cli.errors import UsageError
 
 if TYPE_CHECKING:
@@ -81,14 +81,7 @@ def build(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int) -
 def count(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int) -> ParamCount:
     """VGG's convolutions (as ``vgg.count``), the hidden 8W x 8W linear layers, the classifier."""
     tally = ParamTally()
-    filters, size = input_shape[0], input_shape[1:]
-    for stage, n in enumerate(CONVS_PER_STAGE[int(spec.variant)]):
-        if stage > 0:
-            size = pool_size(size, 2, stride=2, ceil_mode=True)
-        for _ in range(n):
-            size = tally.conv(filters, spec.width * STAGE_SCALE[stage], 3, size, padding=1, bias=True)
-            tally.bn(spec.width * STAGE_SCALE[stage])
-            filters = spec.width * STAGE_SCALE[stage]
+    filters = tally_convs(tally, CONVS_PER_STAGE[int(spec.variant)], spec.width, input_shape)
     for _ in range(spec.depths[0]):
         tally.linear(filters, filters)
     tally.linear(filters, num_classes)

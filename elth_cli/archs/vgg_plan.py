@@ -6,6 +6,8 @@ plan without importing each other.
 
 from __future__ import annotations
 
+from elth_cli.archs.base import ParamTally, pool_size
+
 CONVS_PER_STAGE: dict[int, tuple[int, ...]] = {
     11: (1, 1, 2, 2, 2),
     13: (2, 2, 2, 2, 2),
@@ -14,3 +16,18 @@ CONVS_PER_STAGE: dict[int, tuple[int, ...]] = {
 }
 # Stage widths as multiples of W: W, 2W, 4W, 8W, 8W.
 STAGE_SCALE: tuple[int, ...] = (1, 2, 4, 8, 8)
+
+
+def tally_convs(tally: ParamTally, convs_per_stage: tuple[int, ...], width: int,
+                input_shape: tuple[int, int, int]) -> int:
+    """Count VGG's convolutions into ``tally``: 3x3 convs (pad 1, with bias) + BN, a 2x2 ceil-mode
+    max-pool before every stage but the first. Returns the channels of the last stage."""
+    filters, size = input_shape[0], input_shape[1:]
+    for stage, n in enumerate(convs_per_stage):
+        if stage > 0:
+            size = pool_size(size, 2, stride=2, ceil_mode=True)
+        for _ in range(n):
+            size = tally.conv(filters, width * STAGE_SCALE[stage], 3, size, padding=1, bias=True)
+            tally.bn(width * STAGE_SCALE[stage])
+            filters = width * STAGE_SCALE[stage]
+    return filters
