@@ -657,15 +657,6 @@ def _prepare_train_files(ticket_path: str, output: str, force: bool, ckpt: Optio
     return Ticket.load(ticket_path)
 
 
-def _with_new_head(ticket: Ticket, dataset: str, data_dir: Optional[Path], seed: int) -> Ticket:
-    """``--new-head``: the ticket with a classifier for ``dataset``'s classes (elth_cli.transfer)."""
-    from elth_cli import data as data_mod
-    from elth_cli.transfer import new_head
-
-    info = data_mod.get_dataset_info(dataset, str(data_dir) if data_dir else None)
-    return new_head(ticket, info.num_classes, seed)
-
-
 def _dataset_for(ticket: Ticket, dataset: Optional[str]) -> str:
     name = dataset or ticket.dataset
     if not name:
@@ -788,7 +779,9 @@ def train(
         ticket = session.on_main(lambda: _prepare_train_files(ticket_path, output, force, ckpt, log_jsonl, resume,
                                                               restart))
         if new_head:
-            ticket = _with_new_head(ticket, _dataset_for(ticket, dataset), data_dir, seed)
+            from elth_cli.transfer import new_head_for
+
+            ticket = new_head_for(ticket, _dataset_for(ticket, dataset), str(data_dir) if data_dir else None, seed)
         cfg, bundle = session.prepare(ticket.spec, _dataset_for(ticket, dataset), data_dir=data_dir,
                                       download=download, workers=workers, ticket=ticket, **overrides)
         with _report_stop("train", session.runtime.is_main):

@@ -41,3 +41,10 @@ def new_head(ticket: Ticket, num_classes: int, seed: int = 0) -> Ticket:
         ticket, num_classes=num_classes, masks=masks, init=apply_masks(init, masks), trained=None, metrics=None,
         config=None, parents=[ticket.parent_record()] if ticket.sha256 else list(ticket.parents),
         hparams={**(ticket.hparams or {}), "new_head": record}, sha256=None)
+
+
+def new_head_for(ticket: Ticket, dataset: str, data_dir: str | None = None, seed: int = 0) -> Ticket:
+    """``--new-head``: :func:`new_head` with ``dataset``'s class count (read from its registry record)."""
+    from elth_cli import data
+
+    return new_head(ticket, data.get_dataset_info(dataset, data_dir).num_classes, seed)

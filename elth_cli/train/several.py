@@ -140,11 +140,9 @@ def train_item(worker: Worker, item: TrainItem, request: TrainRequest) -> dict[s
         if not dataset:
             raise UsageError(f"{item.source} records no data set; pass --dataset")
         if request.new_head:
-            from elth_cli import data
-            from elth_cli.transfer import new_head
+            from elth_cli.transfer import new_head_for
 
-            info = data.get_dataset_info(dataset, request.data_dir)
-            ticket = new_head(ticket, info.num_classes, int(request.overrides.get("seed", 0)))
+            ticket = new_head_for(ticket, dataset, request.data_dir, int(request.overrides.get("seed", 0)))
         cfg, bundle = session.prepare(ticket.spec, dataset, data_dir=request.data_dir, download=request.download,
                                       workers=request.loader_workers, ticket=ticket, **request.overrides)
         reused = _reusable(item, ticket, cfg.resolved(bundle.steps_per_epoch(cfg.batch_size), ticket.rewind_step),
