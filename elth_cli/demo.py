@@ -1,10 +1,11 @@
 """The E-LTH experiment in miniature on the embedded digits set (the README's demo).
 
 IMP on resnet20 and resnet32 at width 4 (at the default width every method saturates on digits:
-see docs/demo.md), then, at the levels where the methods separate, the elastic transformations
-(resnet20 -> resnet32 by append and interpolate; resnet32 -> resnet20 by keep-first and spaced)
-and the random and magnitude baselines from each target's rewind weights, each trained with the
-same recipe. With ``full``, also the target's ticket from early-bird IMP (each round stopped once
+see docs/demo.md) and on the paper's MLP-2 and MLP-4, then, at the levels where the methods
+separate, the elastic transformations within each pair (shallow -> deep by append and interpolate;
+deep -> shallow by keep-first and spaced) and the baselines from each target's rewind weights
+(uniform random, random with the IMP ticket's per-layer sparsities, one-shot magnitude), each
+trained with the same recipe. With ``full``, also the target's ticket from early-bird IMP (each round stopped once
 its next mask settled) trained in full, and RigL from scratch at the same sparsity (dynamic sparse
 training). The table compares them per target and level with the compute spent to obtain each
 ticket, and the FLOPs to obtain and train it.
@@ -357,22 +358,48 @@ def _row(target: str, level: int, kind: str, source: str, ticket: Ticket, traine
                {"trainings": cost.get("trainings", 0)}, flops["total"], flops["relative"])
 
 
+# The two tables, each one list of columns shown two ways: plain text (table.txt) and rich (stdout).
+ROW_COLUMNS = ("target", "level", "ticket", "from", "sparsity", "test acc", "trainings to obtain", "steps",
+               "seconds", "FLOPs", "x dense")
+SUMMARY_COLUMNS = ("target", "level", "ticket", "from", "n", "sparsity", "test acc (mean +- std)", "FLOPs",
+                   "x dense")
+
+
+_NAME_COLUMNS = ("target", "ticket", "from")
+
+
+def _row_cells(r: Row) -> tuple[Any, ...]:
+    return (r.target, r.level, r.kind, r.source, fmt_pct(r.sparsity), fmt_pct(r.test_acc),
+            r.extra.get("trainings", 0), r.cost_steps, f"{r.cost_seconds:.1f}", fmt_flops(r.flops),
+            _times(r.flops_vs_dense))
+
+
+def _summary_cells(r: SeedSummary) -> tuple[Any, ...]:
+    return (r.target, r.level, r.kind, r.source, r.n, fmt_pct(r.sparsity), _acc_spread(r), fmt_flops(r.flops),
+            _times(r.flops_vs_dense))
+
+
+def _plain_table(columns: Sequence[str], cells: Sequence[tuple[Any, ...]]) -> str:
+    """Fixed-width text, the names left-aligned and the figures right-aligned, a blank line between
+    targets and levels (the first two columns)."""
+    widths = [max([len(c)] + [len(str(row[i])) for row in cells]) for i, c in enumerate(columns)]
+
+    def line(values: Sequence[Any]) -> str:
+        return " ".join(str(v).ljust(w) if c in _NAME_COLUMNS else str(v).rjust(w)
+                        for v, w, c in zip(values, widths, columns)).rstrip()
+
+    header = line(columns)
+    lines = [header, "-" * len(header)]
+    for i, row in enumerate(cells):
+        if i and row[:2] != cells[i - 1][:2]:
+            lines.append("")
+        lines.append(line(row))
+    return "\n".join(lines) + "\n"
+
+
 def render_table(rows: list[Row]) -> str:
     """The comparison as text: per target and level, each ticket's sparsity, accuracy and cost."""
-    lines = []
-    header = f"{'target':<14} {'level':>5} {'ticket':<22} {'from':<14} {'sparsity':>9} {'test acc':>9} " \
-             f"{'cost: trainings':>15} {'steps':>7} {'seconds':>8} {'FLOPs':>7} {'x dense':>7}"
-    lines.append(header)
-    lines.append("-" * len(header))
-    last = None
-    for r in rows:
-        if last is not None and (r.target, r.level) != last:
-            lines.append("")
-        last = (r.target, r.level)
-        lines.append(f"{r.target:<14} {r.level:>5} {r.kind:<22} {r.source:<14} {fmt_pct(r.sparsity):>9} "
-                     f"{fmt_pct(r.test_acc):>9} {r.extra.get('trainings', 0):>15} {r.cost_steps:>7} {r.cost_seconds:>8.1f} "
-                     f"{fmt_flops(r.flops):>7} {_times(r.flops_vs_dense):>7}")
-    return "\n".join(lines) + "\n"
+    return _plain_table(ROW_COLUMNS, [_row_cells(r) for r in rows])
 
 
 def _acc_spread(r: SeedSummary) -> str:
@@ -381,24 +408,13 @@ def _acc_spread(r: SeedSummary) -> str:
 
 def render_summary(summary: list[SeedSummary]) -> str:
     """The table over seeds as text: per target, level and kind, mean +- standard deviation over n."""
-    header = f"{'target':<14} {'level':>5} {'ticket':<22} {'from':<14} {'n':>3} {'sparsity':>9} " \
-             f"{'test acc (mean +- std)':>24} {'FLOPs':>7} {'x dense':>7}"
-    lines, last = [header, "-" * len(header)], None
-    for r in summary:
-        if last is not None and (r.target, r.level) != last:
-            lines.append("")
-        last = (r.target, r.level)
-        lines.append(f"{r.target:<14} {r.level:>5} {r.kind:<22} {r.source:<14} {r.n:>3} {fmt_pct(r.sparsity):>9} "
-                     f"{_acc_spread(r):>24} {fmt_flops(r.flops):>7} {_times(r.flops_vs_dense):>7}")
-    return "\n".join(lines) + "\n"
+    return _plain_table(SUMMARY_COLUMNS, [_summary_cells(r) for r in summary])
 
 
 def print_summary(summary: list[SeedSummary]) -> None:
     """The table over seeds on stdout."""
-    columns = ["target", "level", "ticket", "from", "n", "sparsity", "test acc (mean +- std)", "FLOPs", "x dense"]
-    rows = [(r.target, r.level, r.kind, r.source, r.n, fmt_pct(r.sparsity), _acc_spread(r), fmt_flops(r.flops),
-             _times(r.flops_vs_dense)) for r in summary]
-    stdout_console().print(make_table(columns, rows, right=columns[4:], title=(
+    stdout_console().print(make_table(SUMMARY_COLUMNS, [_summary_cells(r) for r in summary],
+                                      right=list(SUMMARY_COLUMNS[4:]), title=(
         f"E-LTH on digits over {summary[0].n if summary else 0} seeds: mean +- standard deviation (n - 1 in the "
         "denominator) of each ticket's test accuracy; FLOPs: to obtain and train, the seeds' mean")))
 
@@ -408,13 +424,11 @@ def _times(x: float | None) -> str:
 
 
 def print_table(rows: list[Row]) -> None:
+    """The comparison on stdout."""
     table = make_table(
-        ["target", "level", "ticket", "from", "sparsity", "test acc", "trainings to obtain", "steps", "seconds",
-         "FLOPs", "x dense"],
-        [(r.target, r.level, r.kind, r.source, fmt_pct(r.sparsity), fmt_pct(r.test_acc), r.extra.get("trainings", 0),
-          r.cost_steps, f"{r.cost_seconds:.1f}", fmt_flops(r.flops), _times(r.flops_vs_dense)) for r in rows],
+        ROW_COLUMNS, [_row_cells(r) for r in rows],
         title="E-LTH on digits: each target's own IMP ticket vs transformed tickets vs baselines (FLOPs: to "
               "obtain and train; x dense: over one dense training of the target)",
-        right=["level", "sparsity", "test acc", "trainings to obtain", "steps", "seconds", "FLOPs", "x dense"],
+        right=["level", *ROW_COLUMNS[4:]],
     )
     stdout_console().print(table)
