@@ -19,7 +19,7 @@ from elth_cli.distributed import held_on_main, run_on_main
 from elth_cli.errors import UsageError
 from elth_cli.fileio import write_bytes_atomic
 from elth_cli.masks import kept_and_total, refuse_empty_layers, same_layout
-from elth_cli.runfolder import RoundRecord, RunFolder, read_log, read_run_file, record_from_ticket
+from elth_cli.runfolder import RoundRecord, RunFolder, read_log, read_run_file, record_from_ticket, rounds_for_sparsity
 from elth_cli.prune import (
     RANDOM_DISTRIBUTIONS, allocate_counts, check_sparsity, erk_layer_counts, grasp_scores, magnitude_scores, prune_lowest,
     prune_lowest_per_layer, prune_to_sparsity, snip_scores, synflow_masks,
@@ -251,13 +251,6 @@ class ImpOptions:
 def imp_sparsities(rounds: int, prune_rate: float) -> list[float]:
     """Nominal sparsity after each round r = 0..rounds: 1 - (1 - p)^r."""
     return [1 - (1 - prune_rate) ** r for r in range(rounds + 1)]
-
-
-def rounds_for_sparsity(sparsity: float, prune_rate: float) -> int:
-    """Fewest rounds at ``prune_rate`` whose nominal sparsity reaches ``sparsity`` (the last round prunes to it exactly)."""
-    if sparsity <= 0:
-        return 0
-    return max(1, math.ceil(math.log(1 - sparsity) / math.log(1 - prune_rate) - 1e-9))
 
 
 def check_imp_options(opts: ImpOptions) -> int:

@@ -136,12 +136,18 @@ def _nan_if_none(value: Any) -> float:
     return float("nan") if value is None else float(value)
 
 
+def rounds_for_sparsity(sparsity: float, prune_rate: float) -> int:
+    """Fewest rounds at ``prune_rate`` whose nominal sparsity reaches ``sparsity`` (the last round prunes to it exactly)."""
+    if sparsity <= 0:
+        return 0
+    return max(1, math.ceil(math.log(1 - sparsity) / math.log(1 - prune_rate) - 1e-9))
+
+
 def planned_rounds(imp: dict[str, Any]) -> int:
     """The last round an IMP run's options ask for (``--rounds``, or the rounds ``--sparsity`` needs)."""
     if imp.get("rounds") is not None:
         return int(imp["rounds"])
-    sparsity, rate = float(imp["sparsity"]), float(imp.get("prune_rate", 0.2))
-    return 0 if sparsity <= 0 else max(1, math.ceil(math.log(1 - sparsity) / math.log(1 - rate) - 1e-9))
+    return rounds_for_sparsity(float(imp["sparsity"]), float(imp.get("prune_rate", 0.2)))
 
 
 def run_summary(path: str | Path) -> dict[str, Any]:
