@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from elth_cli import archs, data, elastic
-from elth_cli.compare import flops_summary
+from elth_cli.compare import flops_summary, spread
 from elth_cli.dst import DstOptions, find_dst
 from elth_cli.errors import UsageError
 from elth_cli.fileio import WriterLock
@@ -307,18 +306,18 @@ def seed_dir(out: Path, config: DemoConfig, seed: int) -> Path:
 
 
 def summarize(rows: list[Row]) -> list[SeedSummary]:
-    """The rows over seeds: per target, level and kind, the mean and standard deviation of the seeds'."""
+    """The rows over seeds: per target, level and kind, the mean and standard deviation of the seeds'
+    (:func:`elth_cli.compare.spread`, as ``compare`` reports replicates)."""
     groups: dict[tuple[str, int, str, str], list[Row]] = {}
     for r in rows:
         groups.setdefault((r.target, r.level, r.kind, r.source), []).append(r)
     out = []
     for (target, level, kind, source), rs in groups.items():
-        accs = [r.test_acc for r in rs]
-        flops = [r.flops for r in rs if r.flops is not None]
-        rel = [r.flops_vs_dense for r in rs if r.flops_vs_dense is not None]
-        out.append(SeedSummary(target, level, kind, source, len(rs), statistics.fmean(r.sparsity for r in rs),
-                               statistics.fmean(accs), statistics.stdev(accs) if len(accs) > 1 else None,
-                               statistics.fmean(flops) if flops else None, statistics.fmean(rel) if rel else None))
+        acc = spread([r.test_acc for r in rs])
+        flops = spread([r.flops for r in rs if r.flops is not None])
+        rel = spread([r.flops_vs_dense for r in rs if r.flops_vs_dense is not None])
+        out.append(SeedSummary(target, level, kind, source, len(rs), spread([r.sparsity for r in rs])["mean"],
+                               acc["mean"], acc["std"], flops["mean"], rel["mean"]))
     return out
 
 
