@@ -35,8 +35,15 @@ def die(worker):
     os._exit(3)
 
 
-def wait_for_stop(worker, ask_parent=False, seconds=60.0):
-    """Spin until the worker's stop flag is set, as a training checks it between steps."""
+def wait_for_stop(worker, ask_parent=False, seconds=60.0, mark=None, after_mark=None):
+    """Spin until the worker's stop flag is set, as a training checks it between steps. ``mark``: a file
+    it writes once running; ``after_mark``: a file it waits for before asking the main process to stop."""
+    if mark is not None:
+        open(mark, "w").close()
+    if after_mark is not None:
+        deadline = time.monotonic() + seconds
+        while not os.path.exists(after_mark) and time.monotonic() < deadline:
+            time.sleep(0.01)
     if ask_parent:
         os.kill(os.getppid(), signal.SIGTERM)
     deadline = time.monotonic() + seconds
@@ -103,11 +110,13 @@ def test_workers_run_side_by_side_with_their_threads_and_survive_a_dead_worker()
     assert result.stopped_by is None
 
 
-def test_a_stop_signal_reaches_every_running_job_and_starts_no_other():
+def test_a_stop_signal_reaches_every_running_job_and_starts_no_other(tmp_path):
     # The first job asks the main process to stop (SIGTERM), as a scheduler would: it forwards the
-    # signal to both workers, both running jobs stop, the third never starts.
-    # "other" goes first (the costlier), so it is running when "trigger" starts on the second worker.
-    result = run_jobs([Job("trigger", wait_for_stop, {"ask_parent": True}), Job("other", wait_for_stop, cost=10),
+    # signal to both workers, both running jobs stop, the third never starts. "trigger" waits until
+    # "other" is running (a busy machine may start the second worker's job first).
+    running = str(tmp_path / "other-is-running")
+    result = run_jobs([Job("trigger", wait_for_stop, {"ask_parent": True, "after_mark": running}),
+                       Job("other", wait_for_stop, {"mark": running}, cost=10),
                        Job("later", square, {"x": 1}, after=("other",))], plan_slots(2, "cpu", cores=2))
     out = result.outcomes
     assert out["trigger"].status == "stopped" and out["other"].status == "stopped"
