@@ -356,8 +356,9 @@ class JobsResult:
                 "same command to finish them", code, 0, None)
         failed = [o.name for o in self.outcomes.values() if o.status in (FAILED, SKIPPED)]
         if failed:
-            raise ElthError(f"{len(failed)} of {n} {what} failed: {', '.join(failed)} (each one's error is above); "
-                            f"the other {n - len(failed)} are done")
+            rest = n - len(failed)
+            done = "none is done" if rest == 0 else "the other one is done" if rest == 1 else f"the other {rest} are done"
+            raise ElthError(f"{len(failed)} of {n} {what} failed: {', '.join(failed)} (each one's error is above); {done}")
 
 
 def run_jobs(jobs: Sequence[Job], slots: Sequence[Slot], on_event: Callable[[Event], None] | None = None

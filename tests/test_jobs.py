@@ -93,8 +93,12 @@ def test_in_this_process_a_failure_stays_with_its_job():
     assert out["e"].status == "failed" and out["e"].message == "ZeroDivisionError: division by zero"
     assert "Traceback" in out["e"].detail
     assert [(e.kind, e.job) for e in events if e.kind == "note"] == [("note", "a"), ("note", "b")]
-    with pytest.raises(ElthError, match=r"3 of 5 jobs failed: c, d, e"):
+    with pytest.raises(ElthError, match=r"3 of 5 jobs failed: c, d, e \(each one's error is above\); the other 2 are done"):
         result.check("jobs")
+    with pytest.raises(ElthError, match=r"1 of 2 jobs failed: c \(each one's error is above\); the other one is done$"):
+        run_jobs([Job("a", square, {"x": 1}), Job("c", fail)], plan_slots(1, "cpu")).check("jobs")
+    with pytest.raises(ElthError, match=r"1 of 1 jobs failed: c \(each one's error is above\); none is done$"):
+        run_jobs([Job("c", fail)], plan_slots(1, "cpu")).check("jobs")
 
 
 def test_workers_run_side_by_side_with_their_threads_and_survive_a_dead_worker():
