@@ -816,11 +816,12 @@ def _train_several(paths: list[str], out_dir: Path, jobs: int, device: str, comp
     if detect_launch().distributed:
         raise UsageError("several tickets are trained by one process with --jobs; start it without torchrun or srun")
     items = several.plan_items(paths, out_dir)
-    several.make_out_dir(out_dir)
+    several.check_request(request)
     slots = jobs_mod.plan_slots(min(jobs, len(items)), device)
     if compile and slots[0].device == "cpu" and slots[0].threads == 1:
         raise UsageError("--compile with one CPU thread per worker crashed torch on small inputs (docs/performance.md); "
                          "use fewer --jobs or drop --compile")
+    several.make_out_dir(out_dir)  # only once the command line is known to be good
     log = Log(quiet)
     log.info(f"training {_plural(len(items), 'ticket')} into {out_dir} with {_plural(len(slots), 'worker')}")
 

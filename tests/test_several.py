@@ -85,13 +85,17 @@ def test_rerun_reuses_its_outputs_and_refuses_another_training(capsys, tmp_path,
     (("--out-dir", "OUT", "--log-jsonl", "x.jsonl"), "--log-jsonl is for one ticket"),
     (("--out-dir", "OUT", "--resume"), "--resume is for one ticket"),
     (("--out-dir", "AFILE"), "is a file, not a folder"),
-    (("--out-dir", "OUT", "--jobs", "0"), "--jobs must be at least 1"),
+    (("--out-dir", "NEW", "--jobs", "0"), "--jobs must be at least 1"),
+    (("--out-dir", "NEW", "--resume"), "--resume is for one ticket"),
+    (("--out-dir", "NEW", "--epochs", "0"), "--epochs must be at least 1"),  # checked once, not per ticket
+    (("--out-dir", "NEW", "--dataset", "nope"), "unknown data set 'nope'"),
 ])
 def test_bad_combinations_are_one_line(capsys, tmp_path, tickets, extra, message):
     (tmp_path / "OUT").mkdir()
     (tmp_path / "AFILE").write_text("")
-    args = [str(tmp_path / a) if a in ("OUT", "AFILE") else a for a in extra]
+    args = [str(tmp_path / a) if a in ("OUT", "AFILE", "NEW") else a for a in extra]
     assert_clean_error(run_in_process(capsys, "train", *tickets, *args), codes=(2,), contains=message)
+    assert not (tmp_path / "NEW").exists()  # a refused command creates no folder
 
 
 def test_names_that_collide_and_stdin_are_refused(capsys, tmp_path, tickets):

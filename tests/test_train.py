@@ -18,6 +18,7 @@ from elth_cli.device import device_setup
 from elth_cli.errors import ElthError, UsageError
 from elth_cli.find import random_ticket
 from elth_cli.ticket import Ticket
+from elth_cli.train.config import check_given_options
 
 DIGITS_SPE = 23  # ceil(1437 train images / batch 64)
 
@@ -138,6 +139,10 @@ def test_config_options_and_validation(info) -> None:
                 {"schedule": "linear"}, {"gamma": 0.0}, {"eval_every": -1}):
         with pytest.raises(UsageError):
             train.config_from_options(spec, info, **bad)
+        with pytest.raises(UsageError):  # no recipe makes these right: refused before any ticket is read
+            check_given_options(**bad)
+    # What only some recipes refuse (milestones: digits is cosine, CIFAR is step) passes the shared check.
+    check_given_options(milestones="10ep", epochs=3)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -244,11 +244,29 @@ def config_from_options(spec: ArchSpec, dataset_info: DatasetInfo, **options: An
     ``--milestones`` only mean something to the step schedule; asking for ``--schedule cosine``
     drops the recipe's milestones.
     """
+    return apply_options(default_recipe(spec, dataset_info), **options)
+
+
+def check_given_options(**options: Any) -> None:
+    """Refuse a given option value that no recipe makes right (``--epochs 0``, an unknown schedule, a
+    bad step value) before any ticket or data set is read: what several trainings share is checked
+    once, not once per ticket. A value that only some recipes refuse is left to each training."""
+    errors = []
+    for name, values in RECIPES.items():
+        try:
+            apply_options(TrainConfig(dataset="", recipe=name, **values), **options)
+            return
+        except UsageError as e:
+            errors.append(e)
+    raise errors[0]
+
+
+def apply_options(base: TrainConfig, **options: Any) -> TrainConfig:
+    """``base`` with every option that is not None applied by field name, validated and scaled."""
     unknown = set(options) - set(TrainConfig.flags()) - {"eval_batch_size"}
     if unknown:
         raise TypeError(f"not a training option: {', '.join(sorted(unknown))}")
     changes = {k: v for k, v in options.items() if v is not None}
-    base = default_recipe(spec, dataset_info)
     if "schedule" in changes:
         changes["schedule"] = str(changes["schedule"]).strip().lower()
         if changes["schedule"] not in SCHEDULES:

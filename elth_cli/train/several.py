@@ -92,6 +92,18 @@ def plan_items(sources: Sequence[str], out_dir: str | os.PathLike[str]) -> list[
     return items
 
 
+def check_request(request: TrainRequest) -> None:
+    """Refuse, before any job starts, what would fail every ticket the same way: an unknown data set,
+    or an option value no recipe makes right (``--epochs 0``)."""
+    from elth_cli.data import canonical_name
+    from elth_cli.train.config import check_given_options
+
+    if request.dataset is not None:
+        canonical_name(request.dataset)
+    # The device and precision are resolved by each worker's session (``auto``), not checked here.
+    check_given_options(**{k: v for k, v in request.overrides.items() if k not in ("device", "precision")})
+
+
 def make_out_dir(out_dir: str | os.PathLike[str]) -> None:
     """Create ``--out-dir`` (and its parents) before the first job writes into it, as find does."""
     Path(out_dir).mkdir(parents=True, exist_ok=True)
