@@ -284,12 +284,26 @@ def _check_run_dir(folder: RunFolder, identity: dict[str, Any]) -> None:
         if diffs:
             raise UsageError(
                 f"{folder.path} holds an IMP run made with other arguments ({'; '.join(diffs)}); "
-                "re-run with the original arguments to resume, or choose another --out-dir"
+                f"{_fewer_rounds_hint(saved, identity, folder) or 're-run with the original arguments to resume'}, "
+                "or choose another --out-dir"
             )
         return
     if folder.has_rounds():
         raise UsageError(f"{folder.path} holds round files but no {folder.RUN_FILE}; choose an empty --out-dir")
     write_bytes_atomic(folder.run_file, (json.dumps(identity, indent=2, sort_keys=True) + "\n").encode())
+
+
+def _fewer_rounds_hint(saved: dict[str, Any], wanted: dict[str, Any], folder: RunFolder) -> str | None:
+    """Where ``wanted`` is the saved run with a smaller ``--rounds`` and that round is finished: its file."""
+    old, new = saved.get("imp") or {}, wanted.get("imp") or {}
+    if old.get("rounds") is None or new.get("rounds") is None or new["rounds"] >= old["rounds"]:
+        return None
+    if run_differences({**saved, "imp": {**old, "rounds": new["rounds"]}}, wanted, config_key="train"):
+        return None
+    last = folder.round_ticket(new["rounds"])
+    if not last.exists():
+        return None
+    return f"its round {new['rounds']} is already {last} (elth info {folder.path} lists every round)"
 
 
 def _extends(saved: dict[str, Any], wanted: dict[str, Any], folder: RunFolder) -> bool:

@@ -71,6 +71,9 @@ def test_a_larger_rounds_continues_the_run_and_nothing_else_may_change(capsys, t
     assert third.sparsity == pytest.approx(1 - 0.8 ** 2, abs=1e-3)
     assert third.parents[0]["sha256"] == before[1]
     assert run_summary(run)["planned_rounds"] == 2 and json.loads((run / "find.json").read_text())["imp"]["rounds"] == 2
+    # Fewer rounds than the run holds: refused, pointing to the round that is already there.
+    r = run_in_process(capsys, *IMP, "--rounds", "1", "--out-dir", run)
+    assert_clean_error(r, codes=(2,), contains=f"its round 1 is already {RunFolder(run).round_ticket(1)}")
 
 
 def test_an_early_bird_run_cannot_be_extended(capsys, tmp_path):
