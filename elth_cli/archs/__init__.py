@@ -87,11 +87,12 @@ def resolve_target(source: ArchSpec, name: str) -> ArchSpec:
             other = resolve_arch(name)
         except UsageError:
             raise UsageError(
-                f"unknown target {name!r} for a {family.name} ticket; try e.g. {', '.join(family.standard_names[:4])}"
+                f"unknown target {name!r} for a ticket of the {family.name} family; try e.g. "
+                f"{', '.join(family.standard_names[:4])}"
             ) from None
         raise UsageError(
-            f"target {other.name} is a {other.family} network but the ticket is a {family.name} "
-            f"({source.name}); tickets only stretch or squeeze within their family"
+            f"target {other.name} is of the {other.family} family but the ticket ({source.name}) is of the "
+            f"{family.name} family; tickets only stretch or squeeze within their family"
         )
     if target.width != source.width:
         raise UsageError(
