@@ -293,17 +293,22 @@ def _check_run_dir(folder: RunFolder, identity: dict[str, Any]) -> None:
     write_bytes_atomic(folder.run_file, (json.dumps(identity, indent=2, sort_keys=True) + "\n").encode())
 
 
-def _fewer_rounds_hint(saved: dict[str, Any], wanted: dict[str, Any], folder: RunFolder) -> str | None:
-    """Where ``wanted`` is the saved run with a smaller ``--rounds`` and that round is finished: its file."""
+def _rounds_change(saved: dict[str, Any], wanted: dict[str, Any]) -> tuple[int, int] | None:
+    """(saved, wanted) ``--rounds`` when the two runs differ in that alone (both asked by rounds)."""
     old, new = saved.get("imp") or {}, wanted.get("imp") or {}
-    if old.get("rounds") is None or new.get("rounds") is None or new["rounds"] >= old["rounds"]:
+    if old.get("rounds") is None or new.get("rounds") is None or old["rounds"] == new["rounds"]:
         return None
     if run_differences({**saved, "imp": {**old, "rounds": new["rounds"]}}, wanted, config_key="train"):
         return None
-    last = folder.round_ticket(new["rounds"])
-    if not last.exists():
+    return int(old["rounds"]), int(new["rounds"])
+
+
+def _fewer_rounds_hint(saved: dict[str, Any], wanted: dict[str, Any], folder: RunFolder) -> str | None:
+    """Where ``wanted`` is the saved run with a smaller ``--rounds`` and that round is finished: its file."""
+    change = _rounds_change(saved, wanted)
+    if change is None or change[1] > change[0] or not folder.round_ticket(change[1]).exists():
         return None
-    return f"its round {new['rounds']} is already {last} (elth info {folder.path} lists every round)"
+    return f"its round {change[1]} is already {folder.round_ticket(change[1])} (elth info {folder.path} lists every round)"
 
 
 def _extends(saved: dict[str, Any], wanted: dict[str, Any], folder: RunFolder) -> bool:
@@ -311,14 +316,12 @@ def _extends(saved: dict[str, Any], wanted: dict[str, Any], folder: RunFolder) -
     finished rounds are the first rounds of the longer run (each prunes the same fraction of what is
     left), so it continues from the last of them. An early-bird run cannot be extended: its last
     round trained in full, where the longer run stops that round early."""
-    old, new = saved.get("imp") or {}, wanted.get("imp") or {}
-    if old.get("rounds") is None or new.get("rounds") is None or new["rounds"] <= old["rounds"]:
+    change = _rounds_change(saved, wanted)
+    if change is None or change[1] < change[0]:
         return False
-    if run_differences({**saved, "imp": {**old, "rounds": new["rounds"]}}, wanted, config_key="train"):
-        return False
-    if old.get("early_bird"):
-        raise UsageError(f"{folder.path} holds an early-bird IMP run of {old['rounds']} rounds: its last round "
-                         f"trained in full, where a {new['rounds']}-round run stops it early, so it cannot be "
+    if (saved.get("imp") or {}).get("early_bird"):
+        raise UsageError(f"{folder.path} holds an early-bird IMP run of {change[0]} rounds: its last round "
+                         f"trained in full, where a {change[1]}-round run stops it early, so it cannot be "
                          "extended; choose another --out-dir")
     return True
 
