@@ -491,12 +491,18 @@ def test_config_metadata_round_trips_and_info_shows_it(capsys, runs) -> None:
 
 _STUBS = {
     # srun: drop its options, run the command, pass SIGUSR1 on (as srun forwards signals to its tasks).
+    # The trap is set before the command starts (a signal that comes before its pid is known is passed
+    # on once it is), and the first wait is unconditional: on a busy machine the command may end
+    # before the loop's first check, and its status would go unread.
     "srun": """#!/bin/bash
 while [[ "$1" == --* ]]; do shift; done
+c=; pending=0
+trap 'if [ -n "$c" ]; then kill -USR1 $c; else pending=1; fi' USR1
 "$@" & c=$!
-trap 'kill -USR1 $c' USR1
+if [ $pending = 1 ]; then kill -USR1 $c; fi
+wait $c; s=$?
 while kill -0 $c 2>/dev/null; do wait $c; s=$?; done
-exit ${s:-0}
+exit $s
 """,
     "scontrol": """#!/bin/bash
 echo "scontrol $*" >> "$STUB_LOG"
@@ -507,12 +513,13 @@ echo "elth $1" >> "$STUB_LOG"
 if [ "$1" = stretch ]; then touch "${@: -1}"; exit 0; fi
 exit "${ELTH_STATUS:-0}"
 """,
-    # torchrun: its workers leave a round checkpoint; on SIGUSR1 it exits 1, as torchrun does.
+    # torchrun: its workers leave a round checkpoint; on SIGUSR1 it exits 1, as torchrun does. The trap
+    # comes first: the test signals once the checkpoint is there.
     "torchrun": """#!/bin/bash
+trap 'echo "torchrun SIGUSR1" >> "$STUB_LOG"; exit 1' USR1
 out=$(echo "$@" | sed 's/.*--out-dir \\([^ ]*\\).*/\\1/')
 mkdir -p "$out"; touch "$out/round-03.ckpt"
-trap 'echo "torchrun SIGUSR1" >> "$STUB_LOG"; exit 1' USR1
-for i in $(seq 20); do sleep 0.1; done
+for i in $(seq 50); do sleep 0.1; done
 rm -f "$out/round-03.ckpt"
 """,
 }
