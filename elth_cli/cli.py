@@ -149,6 +149,8 @@ def ticket_summary(ticket: Ticket) -> dict:
         "config": ticket.config,
         "created": ticket.created,
         "elth_version": ticket.elth_version,
+        "format_version": ticket.format_version,
+        "integrity": ticket.integrity,
         "layers": layers,
     }
 
@@ -222,6 +224,9 @@ def _info_ticket(ticket_path: str, json_out: bool) -> None:
     for line in _config_lines(ticket.config):
         con.print(line, markup=False)
     con.print(f"created     {ticket.created} by elth {ticket.elth_version}", markup=False)
+    from elth_cli.container import INTEGRITY_NOTES
+
+    con.print(f"file        format {ticket.format_version}: {INTEGRITY_NOTES[ticket.integrity]}", markup=False)
     rows = [(v["key"], fmt_int(v["total"]), fmt_int(v["total"] - v["pruned"]), fmt_pct(v["sparsity"]))
             for v in doc["layers"]]
     con.print(make_table(["layer", "weights", "kept", "sparsity"], rows, right=["weights", "kept", "sparsity"]))

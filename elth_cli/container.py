@@ -1,27 +1,48 @@
 """The safetensors container every elth file is written in (tickets, checkpoints): framing checks,
-and a digest of the tensor payload so that silent corruption is noticed.
+and a digest of the whole file so that damage anywhere in it is noticed.
 
 A safetensors file is 8 bytes of little-endian header length, a JSON header (tensor entries and a
 ``__metadata__`` map of strings), then the tensors' bytes. Safetensors has no checksum of its
-own: elth records the sha256 of those bytes in the metadata as ``payload_sha256`` and checks it
-on every load. Files written before the digest existed have none and load as before.
+own. elth records in the metadata, as ``file_sha256``, the sha256 of the whole file as written
+with that value's 64 hex digits replaced by 64 zeros: header length, tensor names, dtypes,
+shapes, offsets, every metadata value and every tensor byte are covered, the digest's own digits
+excepted. A file of a format version that carries this digest is refused without it.
+
+Files of the first format versions carried ``payload_sha256`` instead (the tensor bytes only):
+they still load, with that weaker check (or none, when they predate it too), and say so.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import struct
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from elth_cli.errors import TicketError
 
 if TYPE_CHECKING:
     from torch import Tensor
 
-DIGEST_KEY = "payload_sha256"
+FILE_DIGEST_KEY = "file_sha256"
+# The digest of format version 1 (tickets and checkpoints): the tensor bytes only.
+PAYLOAD_DIGEST_KEY = "payload_sha256"
+DIGEST_KEYS = (FILE_DIGEST_KEY, PAYLOAD_DIGEST_KEY)
+_ZEROS = "0" * 64
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 # A header larger than this is not an elth header (safetensors itself caps it at 100 MB).
 MAX_HEADER = 100_000_000
+
+# How well a file read back was checked (Ticket.integrity, `elth info`).
+WHOLE_FILE = "file"  # the file digest covers every byte
+PAYLOAD_ONLY = "payload"  # format 1: the tensor bytes only; the header is unchecked
+UNCHECKED = "none"  # format 1, written before any digest
+INTEGRITY_NOTES = {
+    WHOLE_FILE: "the whole file matches its digest (file_sha256)",
+    PAYLOAD_ONLY: "an older format: its tensor bytes match their digest (payload_sha256), its header is not covered",
+    UNCHECKED: "an older format without a digest: damage cannot be detected",
+}
 
 
 # What torch.save writes: a zip archive (torch >= 1.6) or a bare pickle (older, or _use_new_zipfile_serialization=False).
@@ -44,14 +65,26 @@ def header_length(data: bytes, source: str) -> int:
     return n
 
 
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are unique: with a repeated key, readers disagree on which value counts."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"the key {key!r} appears twice")
+        out[key] = value
+    return out
+
+
 def read_header(data: bytes, source: str = "<bytes>") -> dict[str, str]:
     """Check the safetensors framing (8-byte length + JSON header, tensors within the file) and return
     ``__metadata__``."""
     n = header_length(data, source)
     try:
-        header = json.loads(data[8 : 8 + n].decode("utf-8"))
+        header = json.loads(data[8 : 8 + n].decode("utf-8"), object_pairs_hook=_no_duplicates)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise TicketError(f"{source} is not a safetensors file (its header is not JSON)") from None
+    except ValueError as e:
+        raise TicketError(f"{source} is damaged: {e} in its header") from None
     if not isinstance(header, dict):
         raise TicketError(f"{source} is not a safetensors file (its header is not a JSON object)")
     end = 0
@@ -73,26 +106,65 @@ def read_header(data: bytes, source: str = "<bytes>") -> dict[str, str]:
 
 
 def payload_digest(data: bytes) -> str:
-    """sha256 of a safetensors file's tensor bytes (everything after the header)."""
+    """sha256 of a safetensors file's tensor bytes (everything after the header): format 1's digest."""
     return hashlib.sha256(memoryview(data)[8 + header_length(data, "data"):]).hexdigest()
 
 
+def _digest_field(digest: str) -> bytes:
+    # How safetensors writes the pair in its compact JSON header; the key is unique in the header, and
+    # inside a metadata value its quotes would be escaped, so these bytes occur once.
+    return f'"{FILE_DIGEST_KEY}":"{digest}"'.encode()
+
+
+def file_digest(data: bytes, recorded: str) -> str | None:
+    """sha256 of ``data`` with the recorded ``file_sha256`` digits zeroed (None when they are not in the
+    header exactly once, as written)."""
+    n = header_length(data, "data")
+    field = _digest_field(recorded)
+    at = data.find(field, 8, 8 + n)
+    if at < 0 or data.find(field, at + 1, 8 + n) >= 0:
+        return None
+    h = hashlib.sha256(memoryview(data)[:at])
+    h.update(_digest_field(_ZEROS))
+    h.update(memoryview(data)[at + len(field):])
+    return h.hexdigest()
+
+
 def save_with_digest(tensors: dict[str, Tensor], metadata: dict[str, str]) -> bytes:
-    """Safetensors bytes of ``tensors`` whose metadata records the payload's digest."""
+    """Safetensors bytes of ``tensors`` whose metadata records the digest of the whole file."""
     from safetensors.torch import save as st_save
 
-    meta = {k: v for k, v in metadata.items() if k != DIGEST_KEY}
-    first = st_save(tensors, metadata=meta)
-    # The payload does not depend on the header, so the second pass only grows the header.
-    meta[DIGEST_KEY] = payload_digest(first)
-    return st_save(tensors, metadata=meta)
+    meta = {k: v for k, v in metadata.items() if k not in DIGEST_KEYS}
+    meta[FILE_DIGEST_KEY] = _ZEROS
+    data = st_save(tensors, metadata=meta)
+    n = header_length(data, "data")
+    at = data.find(_digest_field(_ZEROS), 8, 8 + n)
+    assert at >= 0, "safetensors wrote the header in an unexpected form"
+    digest = hashlib.sha256(data).hexdigest()
+    # Same length, so no offset moves.
+    return data[:at] + _digest_field(digest) + data[at + len(_digest_field(digest)):]
 
 
-def check_digest(data: bytes, meta: dict[str, str], source: str) -> None:
-    """Refuse data whose tensor bytes do not match the digest its metadata records (none: nothing to check)."""
-    recorded = meta.get(DIGEST_KEY)
+def check_integrity(data: bytes, meta: dict[str, str], source: str, whole_file: bool) -> str:
+    """Refuse data that does not match its digest; return how it was checked (:data:`WHOLE_FILE`,
+    :data:`PAYLOAD_ONLY` or :data:`UNCHECKED`).
+
+    ``whole_file``: the file's format version carries the file digest, so it must have one. Older
+    versions are checked by their tensor digest where they have one.
+    """
+    if whole_file:
+        recorded = meta.get(FILE_DIGEST_KEY)
+        if recorded is None:
+            raise TicketError(f"{source} is damaged: it lacks its digest ({FILE_DIGEST_KEY}), which every file of "
+                              "its format version has; re-create it or copy it again")
+        if not _HEX64.fullmatch(recorded) or file_digest(data, recorded) != recorded:
+            raise TicketError(f"{source} is damaged: its bytes do not match its digest ({FILE_DIGEST_KEY}); "
+                              "re-create it or copy it again")
+        return WHOLE_FILE
+    recorded = meta.get(PAYLOAD_DIGEST_KEY)
     if recorded is None:
-        return
+        return UNCHECKED
     if recorded != payload_digest(data):
-        raise TicketError(f"{source} is damaged: its tensor data does not match its digest ({DIGEST_KEY}); "
+        raise TicketError(f"{source} is damaged: its tensor data does not match its digest ({PAYLOAD_DIGEST_KEY}); "
                           "re-create it or copy it again")
+    return PAYLOAD_ONLY

@@ -35,6 +35,13 @@ def _ascii_digits(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
+def _range(lo: float | None, hi: float | None, below_hi: bool = False) -> str:
+    """'in [0, 1)', 'of at least 1', 'of at most 5'."""
+    if lo is not None and hi is not None:
+        return f"in [{lo}, {hi}{')' if below_hi else ']'}"
+    return f"of at least {lo}" if lo is not None else f"{'below' if below_hi else 'of at most'} {hi}"
+
+
 def integer(lo: int | None = None, hi: int | None = None) -> Check:
     """A whole number (JSON number or decimal text) in [lo, hi]."""
     def check(value: Any) -> int:
@@ -43,7 +50,7 @@ def integer(lo: int | None = None, hi: int | None = None) -> Check:
         if isinstance(value, bool) or not isinstance(value, int):
             raise Invalid(f"a whole number, got {_show(value)}")
         if (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise Invalid(f"a whole number in [{lo}, {hi}], got {value}")
+            raise Invalid(f"a whole number {_range(lo, hi)}, got {value}")
         return value
     return check
 
@@ -65,7 +72,7 @@ def number(lo: float | None = None, hi: float | None = None, below_hi: bool = Fa
             raise Invalid(f"a finite number, got {value}")
         too_high = hi is not None and (value >= hi if below_hi else value > hi)
         if (lo is not None and value < lo) or too_high:
-            raise Invalid(f"a number in [{lo}, {hi}{')' if below_hi else ']'}, got {value}")
+            raise Invalid(f"a number {_range(lo, hi, below_hi)}, got {value}")
         return value
     return check
 

@@ -22,19 +22,21 @@ from torch import Tensor, nn
 
 from elth_cli import __version__, archs, schema
 from elth_cli.archs import ArchSpec
-from elth_cli.container import DIGEST_KEY, check_digest, read_header, save_with_digest
+from elth_cli.container import DIGEST_KEYS, UNCHECKED, WHOLE_FILE, check_integrity, read_header, save_with_digest
 from elth_cli.errors import TicketError, UsageError
 from elth_cli.fileio import STDIO, check_output_path, read_bytes, write_bytes_atomic
 from elth_cli.masks import kept_and_total, layer_counts
 
 FORMAT = "elth.ticket"
-FORMAT_VERSION = 1
+# 2: the digest covers the whole file (file_sha256); 1: the tensor bytes only (payload_sha256), or nothing.
+FORMAT_VERSION = 2
+WHOLE_FILE_DIGEST_SINCE = 2
 MASK, INIT, TRAINED = "mask/", "init/", "trained/"
 # Metadata keys that have a field of their own; anything else round-trips through Ticket.extra.
 _KNOWN_META = {
     "format", "format_version", "elth_version", "created", "arch", "family", "input_shape", "num_classes",
     "dataset", "sparsity", "method", "rewind_step", "parents", "transform", "hparams", "metrics", "cost", "config",
-    DIGEST_KEY,
+    *DIGEST_KEYS,
 }
 # Bounds that no real network reaches; past them a value is damage, not a design.
 MAX_DIMENSION = 65_536  # per input dimension (channels, height, width)
@@ -45,7 +47,7 @@ _COUNT = schema.integer(0, MAX_STEP)
 _SECONDS = schema.number(0)
 # The schema of the metadata (docs/ticket-format.md, "Metadata"): every known field's type and range.
 METADATA_RULES: dict[str, schema.Check] = {
-    "format_version": schema.integer(0),
+    "format_version": schema.integer(1),
     "elth_version": schema.text,
     "created": schema.text,
     "arch": schema.text,
@@ -71,7 +73,7 @@ METADATA_RULES: dict[str, schema.Check] = {
     "metrics": schema.json_text(schema.obj()),
     "config": schema.json_text(schema.obj({"command": schema.text, "hparams": schema.obj(),
                                            "environment": schema.obj()})),
-    DIGEST_KEY: schema.text,
+    **dict.fromkeys(DIGEST_KEYS, schema.text),
 }
 
 
@@ -114,6 +116,10 @@ class Ticket:
     extra: dict[str, str] = field(default_factory=dict)
     # sha256 of the file this ticket was loaded from or last saved to (not stored in the file).
     sha256: str | None = field(default=None, compare=False)
+    # The format version of the file it was loaded from, and how that file was checked
+    # (container.WHOLE_FILE, PAYLOAD_ONLY, UNCHECKED); a ticket made in memory is written at the current version.
+    format_version: int = field(default=FORMAT_VERSION, compare=False)
+    integrity: str = field(default=WHOLE_FILE, compare=False)
 
     # ----- derived properties -------------------------------------------------------------
     @property
@@ -229,7 +235,7 @@ class Ticket:
     def from_bytes(cls, data: bytes, source: str = "<bytes>") -> "Ticket":
         """Parse and validate ticket bytes; raise TicketError naming ``source`` when they are not a valid ticket."""
         meta = _typed_metadata(read_header(data, source), source)
-        check_digest(data, meta, source)
+        integrity = check_integrity(data, meta, source, meta["format_version"] >= WHOLE_FILE_DIGEST_SINCE)
         try:
             tensors = st_load(data)
         except Exception as e:  # safetensors raises its own error types for broken payloads
@@ -257,6 +263,7 @@ class Ticket:
             raise TicketError(f"{source}: metadata says sparsity {meta['sparsity']} but the masks have "
                               f"{ticket.sparsity:.6f}; the file is inconsistent")
         ticket.sha256 = sha256_hex(data)
+        ticket.format_version, ticket.integrity = meta["format_version"], integrity
         return ticket
 
     @classmethod
@@ -344,10 +351,12 @@ def validate(ticket: Ticket, source: str = "ticket") -> None:
                 raise TicketError(f"{where}: {label}/{key} has shape {list(t.shape)} but {spec.name} needs {list(want)}")
             if t.dtype.is_floating_point != dtype.is_floating_point:
                 raise TicketError(f"{where}: {label}/{key} has dtype {t.dtype} but {spec.name} needs {dtype}")
+        for key, t in state.items():
+            # Every float tensor, BatchNorm statistics included: a NaN running_var trains at chance.
+            if t.dtype.is_floating_point and not bool(torch.isfinite(t).all()):
+                raise TicketError(f"{where}: {label}/{key} holds NaN or infinite values; the file is damaged")
         for key, m in ticket.masks.items():
             w = state[key]
-            if not torch.isfinite(w).all():
-                raise TicketError(f"{where}: {label}/{key} holds NaN or infinite values")
             if bool((w[~m] != 0).any()):
                 raise TicketError(f"{where}: {label}/{key} is nonzero where its mask is 0; pruned weights must be zero")
 

@@ -5,10 +5,12 @@ import numpy as np
 import pytest
 import torch
 from safetensors.numpy import load_file as np_load_file
+from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from conftest import make_ticket
 from elth_cli.errors import TicketError, UsageError
+from elth_cli import container
 from elth_cli.ticket import FORMAT, Ticket, read_header
 
 
@@ -44,7 +46,7 @@ def test_metadata_fields(tmp_path, ticket):
     path = tmp_path / "t.safetensors"
     ticket.save(path)
     meta = read_header(path.read_bytes())
-    assert meta["format"] == FORMAT and meta["format_version"] == "1"
+    assert meta["format"] == FORMAT and meta["format_version"] == "2"
     assert meta["arch"] == "resnet20-w4" and meta["family"] == "cifar-resnet"
     assert float(meta["sparsity"]) == pytest.approx(0.5)
     assert json.loads(meta["input_shape"]) == [1, 8, 8]
@@ -112,11 +114,12 @@ def _rewrite(ticket: Ticket, tensors_edit=None, meta_edit=None) -> bytes:
         tensors_edit(tensors)
     if meta_edit:
         meta_edit(meta)
-    return st_save(tensors, metadata=meta)
+    # With a valid digest: what the loader's other checks see (a file that another writer got wrong).
+    return container.save_with_digest(tensors, meta)
 
 
 def test_newer_version(ticket):
-    data = _rewrite(ticket, meta_edit=lambda m: m.update(format_version="2"))
+    data = _rewrite(ticket, meta_edit=lambda m: m.update(format_version="3"))
     with pytest.raises(TicketError, match="newer"):
         Ticket.from_bytes(data)
 
@@ -142,13 +145,17 @@ def test_mask_not_bool_or_not_binary(ticket):
     data = _rewrite(ticket, tensors_edit=lambda t: t.update({"mask/conv.weight": t["mask/conv.weight"].float()}))
     with pytest.raises(TicketError, match="bool"):
         Ticket.from_bytes(data)
-    raw = bytearray(_rewrite(ticket))  # a file without a payload digest, as written before it existed
+    raw = bytearray(_rewrite(ticket))
     n = struct.unpack("<Q", raw[:8])[0]
     header = json.loads(raw[8 : 8 + n])
     start = 8 + n + header["mask/conv.weight"]["data_offsets"][0]
     raw[start] = 7
-    with pytest.raises(TicketError, match="other than 0 and 1"):
+    with pytest.raises(TicketError, match="do not match its digest"):
         Ticket.from_bytes(bytes(raw))
+    # Written so by another tool, with a valid digest: the mask check refuses it.
+    redigested = container.save_with_digest(st_load(bytes(raw)), header["__metadata__"])
+    with pytest.raises(TicketError, match="other than 0 and 1"):
+        Ticket.from_bytes(redigested)
 
 
 def test_missing_init_key(ticket):

@@ -22,18 +22,20 @@ from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
 from elth_cli import schema
-from elth_cli.container import DIGEST_KEY, check_digest, read_header, save_with_digest
+from elth_cli.container import DIGEST_KEYS, UNCHECKED, check_integrity, read_header, save_with_digest
 from elth_cli.errors import ElthError
 from elth_cli.fileio import write_bytes_atomic
 
 CHECKPOINT_FORMAT = "elth.checkpoint"
-CHECKPOINT_VERSION = 1
+# 2: the digest covers the whole file (file_sha256); 1: the tensor bytes only (payload_sha256), or nothing.
+CHECKPOINT_VERSION = 2
+WHOLE_FILE_DIGEST_SINCE = 2
 
 _COUNT = schema.integer(0, 2**53)
 _SECONDS = schema.number(0)
 # The schema of the metadata (docs/checkpoint-format.md): what a resumed run reads back, by type and range.
 METADATA_RULES: dict[str, schema.Check] = {
-    "format_version": schema.integer(0),
+    "format_version": schema.integer(1),
     "identity": schema.json_text(schema.obj({"config": schema.obj(), "start_step": _COUNT,
                                              "steps_per_epoch": _COUNT, "world_size": _COUNT,
                                              "source": schema.text})),
@@ -51,7 +53,7 @@ METADATA_RULES: dict[str, schema.Check] = {
     "flops": _SECONDS,
     "dense_flops": _SECONDS,
     "extra": schema.json_text(schema.obj()),
-    DIGEST_KEY: schema.text,
+    **dict.fromkeys(DIGEST_KEYS, schema.text),
 }
 
 
@@ -127,6 +129,13 @@ class Checkpoint:
         return masks or None
 
 
+def _check_finite(tensors: Mapping[str, Tensor]) -> None:
+    """Every float tensor is finite: a NaN weight, statistic or momentum would train on at chance."""
+    for name, t in tensors.items():
+        if t.dtype.is_floating_point and not bool(torch.isfinite(t).all()):
+            raise ElthError(f"its tensor {name} holds NaN or infinite values")
+
+
 def _optimizer_tensors(opt: dict[str, Any]) -> dict[str, Tensor]:
     return {f"optim/{idx}/{name}": _cpu(value) for idx, entry in opt["state"].items()
             for name, value in entry.items() if isinstance(value, Tensor)}
@@ -193,8 +202,11 @@ def read_checkpoint(path: Path) -> Checkpoint:
             f"its metadata {field!r} must be {expected}"))
         if typed["format_version"] > CHECKPOINT_VERSION:
             raise ElthError(f"{path} was written by a newer elth; upgrade elth or delete it")
-        check_digest(data, meta, str(path))
+        integrity = check_integrity(data, meta, str(path), typed["format_version"] >= WHOLE_FILE_DIGEST_SINCE)
+        if integrity == UNCHECKED:  # nothing would notice a dropped or renamed optimizer tensor
+            raise ElthError("it was written by an older elth without a digest, so its state cannot be checked")
         tensors = st_load(data)
+        _check_finite(tensors)
     except ElthError as e:
         raise ElthError(f"cannot resume from {path}: {e}; delete it (or pass --restart) to start over") from None
     except Exception as e:  # safetensors errors of a damaged file
