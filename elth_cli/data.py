@@ -21,6 +21,7 @@ import abc
 import dataclasses
 import gzip
 import hashlib
+import importlib
 import importlib.resources
 import importlib.util
 import io
@@ -605,11 +606,30 @@ DIGITS_RESOURCE = "data_files/uci-digits.csv.gz"
 DIGITS_TEST_SIZE = 360
 
 
+def _digits_file() -> Any:
+    """The embedded digits file, an ``importlib.resources`` Traversable (a function so that the tests
+    can point the reader at a damaged copy)."""
+    return importlib.resources.files("elth_cli").joinpath(DIGITS_RESOURCE)
+
+
 def _digits_table() -> np.ndarray:
-    raw = importlib.resources.files("elth_cli").joinpath(DIGITS_RESOURCE).read_bytes()
-    table = np.loadtxt(io.BytesIO(gzip.decompress(raw)), delimiter=",", dtype=np.int64)
+    """The embedded digits table, 1,797 rows of 64 pixels (0..16) and a label (0..9).
+
+    The file comes with the package, so --download cannot mend it: a damaged one is named with the
+    advice to reinstall elth.
+    """
+    source = _digits_file()
+    fix = "reinstall elth: pip install --force-reinstall elth, or pip install -e . in a checkout"
+    try:
+        table = np.loadtxt(io.BytesIO(gzip.decompress(source.read_bytes())), delimiter=",", dtype=np.int64)
+    except Exception as exc:  # a missing file, a gzip or zlib error, a line that does not parse: all damage
+        raise ElthError(f"elth's embedded digits file {source} is damaged ({_one_line(exc)}); {fix}") from exc
     if table.shape != (1797, 65):
-        raise ElthError(f"the embedded digits file has shape {table.shape}, expected (1797, 65); reinstall elth")
+        raise ElthError(f"elth's embedded digits file {source} is damaged (shape {table.shape}, expected "
+                        f"(1797, 65)); {fix}")
+    if table.min() < 0 or table[:, :64].max() > 16 or table[:, 64].max() > 9:
+        raise ElthError(f"elth's embedded digits file {source} is damaged (pixels outside 0..16 or labels "
+                        f"outside 0..9); {fix}")
     return table
 
 
@@ -656,38 +676,6 @@ def _digits_stats() -> tuple[float, float]:
     return float(x.mean()), float(x.std(unbiased=False))
 
 
-def _cifar_classes() -> tuple[type, type]:
-    from torchvision.datasets import CIFAR10, CIFAR100
-
-    class _PresentFiles:
-        """CIFAR that trusts files found in the official layout; md5 is checked only on download.
-
-        torchvision refuses any file whose md5 differs from the official release, which rules out
-        subsets and re-packed copies; a damaged file still fails loudly when it is unpickled.
-        """
-
-        def _check_integrity(self) -> bool:
-            folder = Path(self.root) / self.base_folder
-            return all((folder / f).is_file() for f, _ in self.train_list + self.test_list)
-
-        def _load_meta(self) -> None:
-            path = Path(self.root) / self.base_folder / self.meta["filename"]
-            if path.is_file():
-                with open(path, "rb") as f:
-                    self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
-            else:
-                self.classes = []  # class names are cosmetic; the labels are in the data files
-            self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
-
-    class LenientCIFAR10(_PresentFiles, CIFAR10):
-        pass
-
-    class LenientCIFAR100(_PresentFiles, CIFAR100):
-        pass
-
-    return LenientCIFAR10, LenientCIFAR100
-
-
 def _svhn_class() -> type:
     from torchvision.datasets import SVHN
 
@@ -705,15 +693,185 @@ def _svhn_class() -> type:
     return LenientSVHN
 
 
+# ---------------------------------------------------------------------------------------------
+# CIFAR: elth's own reader of the official python-pickle layout
+# ---------------------------------------------------------------------------------------------
+# torchvision's CIFAR classes unpickle the batch files with plain pickle.load, so a data file with
+# a __reduce__ runs any code it names, and elth reads files whose md5 it cannot check (subsets,
+# re-packs). elth therefore reads them itself, through an unpickler that resolves only the few
+# globals the format needs; torchvision is used for --download alone.
+
+
+@dataclass(frozen=True)
+class _CifarLayout:
+    """Where one CIFAR set's files are and which key holds its labels."""
+
+    folder: str
+    train: tuple[str, ...]
+    test: tuple[str, ...]
+    labels_key: str
+    num_classes: int
+    downloader: str  # the torchvision.datasets class whose url and md5 --download uses
+
+    def required(self) -> tuple[str, ...]:
+        """The data files, relative to the data folder. The meta file is not among them: it holds
+        only class names, which elth never uses, so it is never read."""
+        return tuple(f"{self.folder}/{f}" for f in self.train + self.test)
+
+
+_CIFAR_LAYOUTS = {
+    "cifar10": _CifarLayout("cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",),
+                            "labels", 10, "CIFAR10"),
+    "cifar100": _CifarLayout("cifar-100-python", ("train",), ("test",), "fine_labels", 100, "CIFAR100"),
+}
+
+# Every global that the official files (Python 2 cPickle, protocol 2: numpy arrays and dtypes,
+# lists of ints, str) and Python-3 re-packs of them (bytes as _codecs.encode under protocols 0-2,
+# numpy integers as scalar, protocol-5 arrays as _frombuffer) load by name; numpy 2 writes
+# numpy._core where numpy 1 wrote numpy.core. Each only builds an array, a dtype, a numpy scalar
+# or bytes from values in the file; nothing here can import a module or call anything else.
+_CIFAR_GLOBALS = frozenset(
+    {(f"numpy.{core}.{module}", name) for core in ("core", "_core")
+     for module, name in (("multiarray", "_reconstruct"), ("multiarray", "scalar"), ("numeric", "_frombuffer"))}
+    | {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+)
+
+
+class _RefusedGlobal(Exception):
+    """A pickle asked for a global outside _CIFAR_GLOBALS; the message is its dotted name."""
+
+
+def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
+    """pickle's spelling of bytes under protocols 0-2. Another codec is no part of a CIFAR file, and
+    some (zlib, bz2) would turn a small file into a large array."""
+    if encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"bytes in encoding {encoding!r}, expected latin1")
+    return text.encode("latin1")
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles CIFAR files: only the globals in _CIFAR_GLOBALS resolve, so no file can run code."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        """The allowed global ``module.name``; _RefusedGlobal for any other."""
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise _RefusedGlobal(f"{module}.{name}")
+        if module == "_codecs":
+            return _latin1_encode
+        # numpy 2 warns on the old numpy.core spelling and numpy 1 lacks numpy._core: try both.
+        for spelling in (module.replace("numpy.core.", "numpy._core."), module.replace("numpy._core.", "numpy.core.")):
+            try:
+                return getattr(importlib.import_module(spelling), name)
+            except (ImportError, AttributeError):
+                continue
+        raise pickle.UnpicklingError(f"this numpy has no {module}.{name}")
+
+
+def _quoted(text: str, limit: int = 80) -> str:
+    """``text`` from a file, quoted on one line (repr escapes newlines) and cut to ``limit``."""
+    return repr(text if len(text) <= limit else text[: limit - 3] + "...")
+
+
+def _unpickle_cifar(path: Path, name: str, root: Path) -> Any:
+    """One CIFAR file through _CifarUnpickler; a refused global or a damaged pickle is an ElthError
+    that names the file. A missing or unreadable file is left to _read_in_memory to word."""
+    try:
+        with open(path, "rb") as f:
+            # latin1 turns Python 2 str (keys, names and the raw array bytes) into str, as numpy expects.
+            return _CifarUnpickler(f, encoding="latin1").load()
+    except _RefusedGlobal as exc:
+        raise ElthError(f"{path} is not a CIFAR batch file: it asks to load {_quoted(str(exc))}, which a data "
+                        f"file never needs; replace the file with the official one") from None
+    except OSError:
+        raise
+    except Exception as exc:  # truncated or garbled: an interrupted download, so a fresh one mends it
+        raise ElthError(f"cannot read {name} from {root} ({path} is damaged: {_one_line(exc)}); delete its "
+                        f"files and pass --download to fetch them again") from exc
+
+
+def _describe(value: Any) -> str:
+    """What an unpickled value is, for a message: its type, and dtype and shape for an array."""
+    if isinstance(value, np.ndarray):
+        return _quoted(f"an array of {value.dtype}, shape {value.shape}")[1:-1]
+    return f"a {type(value).__name__}"
+
+
+def _label_text(value: int) -> str:
+    # A label read from a file can be any Python int, and one past 4300 digits cannot even be printed.
+    return str(value) if abs(value) < 10**18 else ("a huge negative number" if value < 0 else "a huge number")
+
+
+def _cifar_labels(labels: Any, key: str, n: int, num_classes: int) -> np.ndarray | str:
+    """Labels as int64 [n] (a list of Python ints in the official files), or what is wrong with them."""
+    if isinstance(labels, np.ndarray):
+        if labels.ndim != 1 or labels.dtype.kind not in "iu":
+            return f"its {key} are {_describe(labels)}, expected a list of integers"
+    elif not isinstance(labels, (list, tuple)):
+        return f"its {key} are {_describe(labels)}, expected a list of integers"
+    else:
+        odd = [v for v in labels if not isinstance(v, (int, np.integer)) or isinstance(v, bool)][:1]
+        if odd:
+            return f"its {key} hold {_describe(odd[0])}, expected integers"
+    if len(labels) != n:
+        return f"it has {len(labels)} {key} for {n} images"
+    if n:
+        # Range first, on the values as they are: a huge Python int would overflow int64.
+        lo, hi = int(min(labels)), int(max(labels))
+        if lo < 0 or hi >= num_classes:
+            return f"it has {key} {_label_text(lo)}..{_label_text(hi)}, outside 0..{num_classes - 1}"
+    return np.asarray(labels, dtype=np.int64).reshape(n)
+
+
+def _cifar_arrays(path: Path, obj: Any, layout: _CifarLayout) -> tuple[np.ndarray, np.ndarray]:
+    """Images uint8 [N, 3, 32, 32] and labels int64 [N] of one unpickled CIFAR file, or an
+    ElthError naming the file when its content is not the official layout."""
+    def refuse(what: str) -> ElthError:
+        return ElthError(f"{path} is not a CIFAR batch file: {what}; replace the file with the official one")
+
+    if not isinstance(obj, dict):
+        raise refuse(f"it holds {_describe(obj)}, not a dict")
+    # Python 2 str keys load as str with encoding='latin1'; a re-pack may have kept them as bytes.
+    entry = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
+    missing = [k for k in ("data", layout.labels_key) if k not in entry]
+    if missing:
+        raise refuse(f"it has no {' and no '.join(repr(k) for k in missing)} entry")
+    data = entry["data"]
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        raise refuse(f"its data is {_describe(data)}, expected an N x 3072 uint8 array")
+    labels = _cifar_labels(entry[layout.labels_key], layout.labels_key, data.shape[0], layout.num_classes)
+    if isinstance(labels, str):
+        raise refuse(labels)
+    # Each row holds the R, G and B planes of one image in turn: a reshape gives NCHW directly.
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+def _download_cifar(layout: _CifarLayout, root: Path) -> None:
+    """Fetch and unpack the official archive with torchvision's downloader, which checks its md5."""
+    import torchvision.datasets
+    from torchvision.datasets.utils import download_and_extract_archive
+
+    source = getattr(torchvision.datasets, layout.downloader)
+    download_and_extract_archive(source.url, str(root), filename=source.filename, md5=source.tgz_md5)
+
+
 def _read_cifar(name: str) -> Callable[[Path, bool], Arrays]:
+    """The reader of ``name`` (cifar10 or cifar100): its data files in the official layout, any
+    number of images per file, with no md5 requirement (subsets and re-packs load)."""
+    layout = _CIFAR_LAYOUTS[name]
+
     def read(root: Path, download: bool) -> Arrays:
-        cls = _cifar_classes()[0 if name == "cifar10" else 1]
+        # As torchvision did: download only when a data file is missing, so a subset is never overwritten.
+        if download and not all((root / f).is_file() for f in layout.required()):
+            _download_cifar(layout, root)
         images, labels = {}, {}
-        for split in SPLITS:
-            ds = cls(str(root), train=split == "train", download=download and split == "train")
-            # torchvision keeps CIFAR as NHWC numpy; the bundle wants NCHW.
-            images[split] = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))
-            labels[split] = torch.as_tensor(ds.targets, dtype=torch.int64)
+        for split, files in (("train", layout.train), ("test", layout.test)):
+            parts = []
+            for f in files:
+                path = root / layout.folder / f
+                parts.append(_cifar_arrays(path, _unpickle_cifar(path, name, root), layout))
+            # concatenate copies, so the tensors own writable memory whatever the unpickler made.
+            images[split] = torch.from_numpy(np.concatenate([x for x, _ in parts]))
+            labels[split] = torch.from_numpy(np.concatenate([y for _, y in parts]))
         return images, labels
 
     return read
@@ -753,7 +911,6 @@ def _read_mnist(name: str) -> Callable[[Path, bool], Arrays]:
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 _IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-_CIFAR10_BATCHES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch")
 
 _DATASETS = (
     DatasetRecord(
@@ -764,12 +921,12 @@ _DATASETS = (
         DatasetInfo("cifar10", (3, 32, 32), 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), True,
                     "CIFAR-10, 32x32 colour, 10 classes, 50k train / 10k test"),
         Augment(pad=4, flip=True), "cifar-10-batches-py/", aliases=("cifar-10", "cifar_10"),
-        reader=_read_cifar("cifar10"), required_files=tuple(f"cifar-10-batches-py/{f}" for f in _CIFAR10_BATCHES)),
+        reader=_read_cifar("cifar10"), required_files=_CIFAR_LAYOUTS["cifar10"].required()),
     DatasetRecord(
         DatasetInfo("cifar100", (3, 32, 32), 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), True,
                     "CIFAR-100, 32x32 colour, 100 classes, 50k train / 10k test"),
         Augment(pad=4, flip=True), "cifar-100-python/", aliases=("cifar-100", "cifar_100"),
-        reader=_read_cifar("cifar100"), required_files=("cifar-100-python/train", "cifar-100-python/test")),
+        reader=_read_cifar("cifar100"), required_files=_CIFAR_LAYOUTS["cifar100"].required()),
     DatasetRecord(
         DatasetInfo("svhn", (3, 32, 32), 10, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), True,
                     "SVHN house numbers, 32x32 colour, 10 classes, 73k train / 26k test"),
@@ -873,8 +1030,8 @@ def load_dataset(name: str, data_dir: str | Path | None = None, download: bool =
     :class:`~elth_cli.device.DeviceSetup` whose memory format and copy choices the batches follow).
 
     ``data_dir`` defaults to :func:`default_data_dir`. In-memory sets are read through
-    torchvision's own data set classes (``download`` fetches them when missing) and copied once
-    to the device; folder sets are indexed and read lazily by ``num_workers`` DataLoader workers
+    torchvision's own data set classes, CIFAR through elth's restricted unpickler (``download``
+    fetches them when missing), and copied once to the device; folder sets are indexed and read lazily by ``num_workers`` DataLoader workers
     (default ``min(8, cpu_count)``). Digits is embedded and ignores ``data_dir``/``download``.
     """
     name = canonical_name(name)

@@ -3,18 +3,23 @@ each on-disk format (tiny sets written here in the real layouts), and the folder
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
+import os
 import pickle
 import struct
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import assert_clean_error, run_elth
 from elth_cli import data as D
 from elth_cli.errors import ElthError, UsageError
+from elth_cli.find import random_ticket
 
 DIGITS_TEST_SHA256 = "165a1899c71aaae340dba9760ddcae6e92cbc6020ab4782293d02e9b66ae3341"
 
@@ -174,6 +179,29 @@ def test_digits_mean_std_constants(digits: D.TensorBundle) -> None:
     assert abs(float(x.mean()) - D.DIGITS_MEAN[0]) < 1e-6
     assert abs(float(x.std(unbiased=False)) - D.DIGITS_STD[0]) < 1e-6
     assert digits.info.mean == D.DIGITS_MEAN and digits.info.std == D.DIGITS_STD
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "short", "values"])
+def test_damaged_embedded_digits_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str) -> None:
+    """The digits file comes with elth: a damaged one asks for a reinstall, never for --download."""
+    good = D._digits_file().read_bytes()
+    table = D._digits_table()
+    copy = tmp_path / "uci-digits.csv.gz"
+    if damage == "truncated":
+        copy.write_bytes(good[: len(good) // 2])
+    elif damage == "garbage":
+        copy.write_bytes(b"not a gzip file")
+    else:
+        rows = table[:100] if damage == "short" else np.where(table == 16, 17, table)
+        text = "\n".join(",".join(str(v) for v in row) for row in rows)
+        copy.write_bytes(gzip.compress(text.encode()))
+    monkeypatch.setattr(D, "_digits_file", lambda: copy)
+    with pytest.raises(ElthError) as e:
+        D.load_dataset("digits")
+    msg = str(e.value)
+    assert msg.startswith(f"elth's embedded digits file {copy} is damaged (") and "\n" not in msg
+    assert msg.endswith("; reinstall elth: pip install --force-reinstall elth, or pip install -e . in a checkout")
+    assert "--download" not in msg and e.value.exit_code == 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -412,14 +440,19 @@ def test_cifar10_bad_labels_and_incomplete(tmp_path: Path) -> None:
         D.load_dataset("cifar10", data_dir=tmp_path)
 
 
-def test_cifar100_tiny_real_format(tmp_path: Path) -> None:
-    folder = tmp_path / "cifar-100-python"
-    folder.mkdir()
+def _write_cifar100(root: Path) -> tuple[np.ndarray, list[int]]:
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
     x = _random_images(5, (3072,), 1)
     y = [0, 42, 99, 7, 42]
     _py2_pickle(folder / "train", {b"data": x, b"fine_labels": y, b"coarse_labels": [0] * 5})
     _py2_pickle(folder / "test", {b"data": x[:3], b"fine_labels": y[:3], b"coarse_labels": [0] * 3})
     _py2_pickle(folder / "meta", {b"fine_label_names": [b"f%d" % i for i in range(100)]})
+    return x, y
+
+
+def test_cifar100_tiny_real_format(tmp_path: Path) -> None:
+    x, y = _write_cifar100(tmp_path)
     b = D.load_dataset("cifar-100", data_dir=tmp_path)
     assert b.info.num_classes == 100 and b.num_examples("train") == 5 and b.num_examples("test") == 3
     assert b.labels["train"].tolist() == y
@@ -501,6 +534,219 @@ def test_corrupt_file_message(tmp_path: Path) -> None:
         D.load_dataset("cifar10", data_dir=tmp_path)
     assert str(e.value).startswith(f"cannot read cifar10 from {tmp_path}") and "--download" in str(e.value)
     assert "\n" not in str(e.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile and malformed CIFAR files: read by elth's restricted unpickler, never by pickle.load
+# ---------------------------------------------------------------------------------------------
+
+
+class _Hostile:
+    """Pickles as the call ``func(*args)``, which a plain unpickler makes: how a data file runs code."""
+
+    def __init__(self, func: object, *args: object) -> None:
+        self.func, self.args = func, args
+
+    def __reduce__(self) -> tuple:
+        return self.func, self.args
+
+
+def _hostile(kind: str, marker: Path) -> _Hostile:
+    """A value whose unpickling creates ``marker``; its dotted name in a protocol-2 pickle is ``kind``
+    (Python 3 writes them in Python 2's spelling there: builtins as __builtin__, subprocess as
+    commands, which a plain unpickler maps back)."""
+    return {"posix.system": _Hostile(os.system, f"touch '{marker}'"),
+            "__builtin__.eval": _Hostile(eval, f"open({str(marker)!r}, 'w').close()"),
+            "commands.run": _Hostile(subprocess.run, ["touch", str(marker)])}[kind]
+
+
+# The file of each set that gets the hostile value, and the key that holds its labels.
+_CIFAR_TARGETS = {"cifar10": ("cifar-10-batches-py/data_batch_1", b"labels"),
+                  "cifar100": ("cifar-100-python/train", b"fine_labels")}
+
+
+def _write_cifar(name: str, root: Path) -> None:
+    _write_cifar10(root) if name == "cifar10" else _write_cifar100(root)
+
+
+def _plant(root: Path, name: str, value: object) -> Path:
+    """Rewrite the target file of ``name`` as the official format with ``value`` as its batch label."""
+    target, key = _CIFAR_TARGETS[name]
+    _py2_pickle(root / target, {b"batch_label": value, b"data": _random_images(4, (3072,), 5), key: [1, 2, 3, 4]})
+    return root / target
+
+
+def _refusal(path: Path, kind: str) -> str:
+    return (f"{path} is not a CIFAR batch file: it asks to load '{kind}', which a data file never needs; "
+            f"replace the file with the official one")
+
+
+@pytest.mark.parametrize("kind", ["posix.system", "__builtin__.eval", "commands.run"])
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_hostile_cifar_file_is_refused_and_never_runs(tmp_path: Path, name: str, kind: str) -> None:
+    marker = tmp_path / "MARKER"
+    _write_cifar(name, tmp_path / "data")
+    path = _plant(tmp_path / "data", name, _hostile(kind, marker))
+    with pytest.raises(ElthError) as e:
+        D.load_dataset(name, data_dir=tmp_path / "data")
+    assert str(e.value) == _refusal(path, kind) and e.value.exit_code == 1
+    assert not marker.exists()
+
+
+def test_hostile_cifar_file_refused_under_every_protocol(tmp_path: Path) -> None:
+    # Python 3 spells the names its own way (builtins.eval); the allow-list does not care.
+    marker = tmp_path / "MARKER"
+    _write_cifar10(tmp_path)
+    path = tmp_path / "cifar-10-batches-py" / "test_batch"
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+        value = {"data": _random_images(2, (3072,), 0), "labels": [0, 1], "batch_label": _hostile("__builtin__.eval", marker)}
+        path.write_bytes(pickle.dumps(value, protocol=protocol))
+        with pytest.raises(ElthError, match=r"it asks to load '(__builtin__|builtins)\.eval'"):
+            D.load_dataset("cifar10", data_dir=tmp_path)
+        assert not marker.exists(), protocol
+
+
+def test_hostile_meta_file_is_never_read(tmp_path: Path) -> None:
+    # Class names are cosmetic: elth never opens batches.meta, so it cannot run code from there.
+    marker = tmp_path / "MARKER"
+    written = _write_cifar10(tmp_path / "data")
+    _py2_pickle(tmp_path / "data" / "cifar-10-batches-py" / "batches.meta",
+                {b"label_names": _hostile("posix.system", marker)})
+    b = D.load_dataset("cifar10", data_dir=tmp_path / "data")
+    assert b.labels["test"].tolist() == written["test"][1] and not marker.exists()
+
+
+@pytest.fixture(scope="module")
+def cifar_tickets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny untrained ticket for each CIFAR set (eval with --weights init), made in this process."""
+    folder = tmp_path_factory.mktemp("tickets")
+    paths = {}
+    for name, classes in (("cifar10", 10), ("cifar100", 100)):
+        paths[name] = folder / f"{name}.safetensors"
+        random_ticket("resnet8-w2", (3, 32, 32), classes, 0.5, seed=0, dataset=name).save(paths[name])
+    return paths
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_hostile_cifar_file_through_the_cli(tmp_path: Path, cifar_tickets: dict[str, Path], name: str) -> None:
+    data, marker = tmp_path / "data", tmp_path / "MARKER"
+    _write_cifar(name, data)
+    args = ("eval", str(cifar_tickets[name]), "--weights", "init", "--dataset", name, "--data-dir", str(data))
+    r = run_elth(*args)
+    assert r.code == 0, r.stderr  # the same command on the good folder works
+    path = _plant(data, name, _hostile("posix.system", marker))
+    r = run_elth(*args)
+    assert_clean_error(r, codes=(1,))
+    assert r.stderr.strip().splitlines()[-1] == f"error: {_refusal(path, 'posix.system')}"
+    assert not marker.exists()
+    if name == "cifar10":  # train reads the data the same way, before any work
+        out = tmp_path / "out.safetensors"
+        r = run_elth("train", str(cifar_tickets[name]), "--data-dir", str(data), "--epochs", "1", "-o", str(out))
+        assert_clean_error(r, codes=(1,), contains=_refusal(path, "posix.system"))
+        assert not marker.exists() and not out.exists()
+
+
+def _numpy1_spelling(path: Path) -> None:
+    # numpy 1 (and so every official file) names numpy.core.multiarray; numpy 2 writes numpy._core.
+    raw = path.read_bytes()
+    path.write_bytes(raw.replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n"))
+
+
+@pytest.mark.parametrize("form", ["python2", "numpy1", "protocol-0", "protocol-2", "protocol-4", "protocol-5",
+                                  "bytes-keys", "numpy-labels"])
+def test_cifar_files_are_read_by_elth_not_pickle_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       form: str) -> None:
+    """The official layout in every form it comes in loads with the right pixels (NCHW) and labels,
+    and neither pickle.load nor torchvision's CIFAR classes are involved."""
+    written = _write_cifar10(tmp_path)
+    folder = tmp_path / "cifar-10-batches-py"
+    for f in ("data_batch_2", "test_batch"):
+        path = folder / f
+        with open(path, "rb") as fh:
+            entry = pickle.load(fh, encoding="latin1")
+        if form == "numpy1":
+            _numpy1_spelling(path)
+        elif form.startswith("protocol-"):  # a Python 3 re-pack with str keys
+            path.write_bytes(pickle.dumps(entry, protocol=int(form.split("-")[1])))
+        elif form == "bytes-keys":
+            path.write_bytes(pickle.dumps({k.encode(): v for k, v in entry.items()}, protocol=4))
+        elif form == "numpy-labels":  # labels as numpy integers, one by one and as an array
+            entry["labels"] = [np.int64(v) for v in entry["labels"]] if f == "test_batch" else np.array(entry["labels"])
+            path.write_bytes(pickle.dumps(entry, protocol=2))
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a CIFAR file went through plain pickle or torchvision's CIFAR classes")
+
+    monkeypatch.setattr(pickle, "load", boom)
+    monkeypatch.setattr(pickle, "loads", boom)
+    import torchvision.datasets
+
+    monkeypatch.setattr(torchvision.datasets.CIFAR10, "__init__", boom)
+    b = D.load_dataset("cifar10", data_dir=tmp_path)
+    for split in D.SPLITS:
+        x, y = written[split]
+        assert torch.equal(b.images[split], torch.from_numpy(x.reshape(-1, 3, 32, 32)))
+        assert b.images[split].is_contiguous() and b.images[split].dtype == torch.uint8
+        assert b.labels[split].tolist() == y and b.labels[split].dtype == torch.int64
+
+
+def test_a_cifar_subset_loads(tmp_path: Path) -> None:
+    # No md5 requirement: files with fewer images than the official ones (even none) load.
+    _write_cifar10(tmp_path, per_batch=1, n_test=2)
+    _py2_pickle(tmp_path / "cifar-10-batches-py" / "data_batch_5",
+                {b"data": np.zeros((0, 3072), np.uint8), b"labels": []})
+    (tmp_path / "cifar-10-batches-py" / "batches.meta").unlink()  # class names are cosmetic
+    b = D.load_dataset("cifar10", data_dir=tmp_path)
+    assert b.num_examples("train") == 4 and b.num_examples("test") == 2
+
+
+_ENTRY = {b"data": np.zeros((3, 3072), np.uint8), b"labels": [0, 1, 2]}
+
+
+@pytest.mark.parametrize("content,what", [
+    ([1, 2, 3], "it holds a list, not a dict"),
+    ({b"labels": [0, 1, 2]}, "it has no 'data' entry"),
+    ({b"data": np.zeros((3, 3072), np.uint8)}, "it has no 'labels' entry"),
+    ({**_ENTRY, b"data": np.zeros((3, 3, 32, 32), np.uint8)},
+     "its data is an array of uint8, shape (3, 3, 32, 32), expected an N x 3072 uint8 array"),
+    ({**_ENTRY, b"data": np.zeros((3, 3072), np.float32)},
+     "its data is an array of float32, shape (3, 3072), expected an N x 3072 uint8 array"),
+    ({**_ENTRY, b"data": b"x" * 9216}, "its data is a str, expected an N x 3072 uint8 array"),
+    ({**_ENTRY, b"labels": [0, 1]}, "it has 2 labels for 3 images"),
+    ({**_ENTRY, b"labels": [0, 1, 12]}, "it has labels 0..12, outside 0..9"),
+    ({**_ENTRY, b"labels": [0, -1, 2]}, "it has labels -1..2, outside 0..9"),
+    ({**_ENTRY, b"labels": [0, 1, 2**80]}, "it has labels 0..a huge number, outside 0..9"),
+    ({**_ENTRY, b"labels": [0, 1.0, 2]}, "its labels hold a float, expected integers"),
+    ({**_ENTRY, b"labels": b"abc"}, "its labels are a str, expected a list of integers"),
+    ({**_ENTRY, b"labels": np.zeros((3, 1), np.int64)},
+     "its labels are an array of int64, shape (3, 1), expected a list of integers"),
+])
+def test_malformed_cifar_file_is_refused_with_its_name(tmp_path: Path, content: object, what: str) -> None:
+    _write_cifar10(tmp_path)
+    path = tmp_path / "cifar-10-batches-py" / "data_batch_4"
+    _py2_pickle(path, content)
+    with pytest.raises(ElthError) as e:
+        D.load_dataset("cifar10", data_dir=tmp_path)
+    assert str(e.value) == f"{path} is not a CIFAR batch file: {what}; replace the file with the official one"
+
+
+def test_cifar_download_is_torchvision_download_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torchvision.datasets
+    import torchvision.datasets.utils
+
+    calls = []
+
+    def fake_download(url: str, root: str, filename: str, md5: str) -> None:
+        calls.append((url, filename, md5))
+        _write_cifar10(Path(root))
+
+    monkeypatch.setattr(torchvision.datasets.utils, "download_and_extract_archive", fake_download)
+    b = D.load_dataset("cifar10", data_dir=tmp_path / "d", download=True)
+    source = torchvision.datasets.CIFAR10
+    assert calls == [(source.url, source.filename, source.tgz_md5)] and b.num_examples("train") == 20
+    # Files that are there are used as they are: a subset is never downloaded over.
+    D.load_dataset("cifar10", data_dir=tmp_path / "d", download=True)
+    assert len(calls) == 1
 
 
 # ---------------------------------------------------------------------------------------------
