@@ -23,12 +23,22 @@ def _exit_interrupted() -> None:
 
 
 def main() -> None:
+    from elth_cli import stops
+
+    # First of all (the module is a few lines, no torch): a SIGTERM while the CLI loads gets its one line and
+    # exit status 75 too, not a silent 143.
+    stops.install()
+    command = sys.argv[1] if len(sys.argv) > 1 and sys.argv[1].isalpha() else ""
     try:
         from elth_cli.cli import main as run
     except KeyboardInterrupt:  # the one stop line, as elth_cli.cli prints it once it is loaded
-        command = sys.argv[1] if len(sys.argv) > 1 and sys.argv[1].isalpha() else ""
         sys.stderr.write(f"elth{' ' + command if command else ''}: interrupted by Ctrl-C\n")
         _exit_interrupted()
+    except stops.StopRequested as e:
+        sys.stderr.write(f"elth{' ' + command if command else ''}: stopped by {e} before its result was written; "
+                         "re-run the same command\n")
+        sys.stderr.flush()
+        os._exit(stops.EXIT_STOPPED)
     try:
         run()
     except SystemExit as e:

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Annotated, Any, Callable, Iterator, Optional
 import typer
 
 # Only what --help and --version need is imported here: no torch. Commands import the core lazily.
-from elth_cli import __version__, archs
+from elth_cli import __version__, archs, stops
 from elth_cli.cli_examples import epilog
 from elth_cli.errors import ElthError, UsageError
-from elth_cli.fileio import STDIO, check_output_path, write_bytes_atomic
+from elth_cli.fileio import STDIO, check_distinct, check_output_path, check_side_file, is_epoch_log, write_bytes_atomic
 from elth_cli.launch import detect_launch
 from elth_cli.report import Log, fmt_flops, fmt_int, fmt_pct, make_table, print_json, stderr_console, stdout_console
 from elth_cli.train.config import CHECKPOINT_EVERY_S, TrainConfig, check_checkpoint_every, config_overrides, recipe_hint
@@ -646,20 +646,41 @@ CheckpointEveryOpt = Annotated[Optional[float], typer.Option(
 
 def _prepare_train_files(ticket_path: str, output: str, force: bool, ckpt: Optional[Path], log_jsonl: Optional[Path],
                          resume: bool, restart: bool) -> Ticket:
-    """What ``train`` checks before any work (rank 0 of several processes): the files it writes, the ticket."""
-    from elth_cli.ticket import Ticket
+    """What ``train`` checks before any work (rank 0 of several processes): the files it writes, the ticket.
 
-    check_output_path(output, force)
-    for what, path in (("checkpoint", ckpt), ("--log-jsonl", log_jsonl)):
-        if path is not None and not Path(path).parent.exists():
-            raise UsageError(f"folder {Path(path).parent} of the {what} file does not exist; create it first")
+    An existing output is not refused here: once the recipe is known, one that already is this training
+    is reused (a requeued job that finished), anything else is refused (:func:`_finished_output`)."""
+    from elth_cli.container import peek_format
+    from elth_cli.ticket import FORMAT as TICKET_FORMAT
+    from elth_cli.ticket import Ticket
+    from elth_cli.train.checkpoint import check_checkpoint_path
+
+    check_output_path(output, force=True)
+    if output != STDIO and Path(output).exists() and not force and peek_format(output) != TICKET_FORMAT:
+        raise UsageError(f"output {output} already exists and is not an elth ticket; pass --force to overwrite it "
+                         "or choose another path")
+    check_checkpoint_path(ckpt)
+    if log_jsonl is not None:
+        check_side_file(log_jsonl, "--log-jsonl")
     if resume and (ckpt is None or not Path(ckpt).exists()):
         raise UsageError(f"--resume given but there is no checkpoint {ckpt}; drop --resume to start a new run")
     resuming = ckpt is not None and Path(ckpt).exists() and not restart
-    if log_jsonl is not None and Path(log_jsonl).exists() and not (force or resuming):
-        # A resumed run rewrites it from the checkpoint's history (its own earlier lines); a new run would lose it.
-        raise UsageError(f"--log-jsonl {log_jsonl} already exists; pass --force to overwrite it or choose another file")
+    if log_jsonl is not None and Path(log_jsonl).exists() and not (force or resuming or is_epoch_log(log_jsonl)):
+        # A new run rewrites its own epoch log from the start (a requeue after a kill before the first
+        # checkpoint); anything else there would be lost.
+        raise UsageError(f"--log-jsonl {log_jsonl} already exists and is not an elth epoch log; pass --force to "
+                         "overwrite it or choose another file")
     return Ticket.load(ticket_path)
+
+
+def _finished_output(output: str, ticket: Ticket, hparams: dict[str, Any], force: bool) -> Optional[Ticket]:
+    """The existing ``output`` when it already is this training (a re-run of a finished command does no
+    work); an existing output that is something else is refused unless ``--force``."""
+    from elth_cli.train.several import reusable_output
+
+    if output == STDIO or force or not Path(output).exists():
+        return None
+    return reusable_output(output, ticket, hparams, "pass --force to overwrite it or choose another path")
 
 
 def _dataset_for(ticket: Ticket, dataset: Optional[str]) -> str:
@@ -777,9 +798,14 @@ def train(
     if resume and restart:
         raise UsageError("--resume and --restart contradict each other; pass one of them")
     ckpt = checkpoint if checkpoint is not None else (None if output == STDIO else checkpoint_path_for(output))
-    target = ckpt if output == STDIO else output
-    with training_session(device, precision, dist_timeout) as session, \
-            session.exclusive(target, f"the training of {output if output != STDIO else ckpt}"):
+    what = f"the training of {output if output != STDIO else ckpt}"
+    # Every file has one role (before the locks, which would take -o X --checkpoint X for a second writer):
+    # -o X --checkpoint X would delete the result with the checkpoint.
+    check_distinct({"-o": output, "--checkpoint": ckpt, "--log-jsonl": log_jsonl})
+    for role, path in (("--checkpoint", ckpt), ("--log-jsonl", log_jsonl)):
+        check_distinct({"the ticket": ticket_path, role: path})
+    with training_session(device, precision, dist_timeout) as session, session.exclusive(output, what), \
+            session.exclusive(ckpt, what):
         # Rank 0 checks the files and reads the ticket; every rank gets it, or the error.
         ticket = session.on_main(lambda: _prepare_train_files(ticket_path, output, force, ckpt, log_jsonl, resume,
                                                               restart))
@@ -789,21 +815,29 @@ def train(
             ticket = new_head_for(ticket, _dataset_for(ticket, dataset), str(data_dir) if data_dir else None, seed)
         cfg, bundle = session.prepare(ticket.spec, _dataset_for(ticket, dataset), data_dir=data_dir,
                                       download=download, workers=workers, ticket=ticket, **overrides)
-        with _report_stop("train", session.runtime.is_main):
-            trained = session.train_ticket(
-                ticket, bundle, cfg, checkpoint_path=ckpt, resume="require" if resume else "never" if restart else "auto",
-                log=TrainProgress(quiet or not session.runtime.is_main), jsonl_path=log_jsonl,
-                checkpoint_every_s=checkpoint_every, allow_empty_layers=allow_empty_layers)
-        sha = session.save(trained, output, ckpt, force)
+        ws = session.runtime.world_size
+        hparams = cfg.resolved(bundle.steps_per_epoch(cfg.batch_size, ws), ticket.rewind_step, ws)
+        finished = session.on_main(lambda: _finished_output(output, ticket, hparams, force))
+        if finished is not None:  # a re-run of a finished command (a requeued job): nothing to do
+            trained, sha = finished, finished.sha256
+        else:
+            with _report_stop("train", session.runtime.is_main):
+                trained = session.train_ticket(
+                    ticket, bundle, cfg, checkpoint_path=ckpt,
+                    resume="require" if resume else "never" if restart else "auto",
+                    log=TrainProgress(quiet or not session.runtime.is_main), jsonl_path=log_jsonl,
+                    checkpoint_every_s=checkpoint_every, allow_empty_layers=allow_empty_layers)
+            sha = session.save(trained, output, ckpt, force=True)
         _warn_empty_layers(trained, output)
         if not session.runtime.is_main:
             return
     if json_out:
-        print_json(train_summary(trained, output, sha))
+        print_json({**train_summary(trained, output, sha), "reused": finished is not None})
         return
     m = trained.metrics or {}
     ips = m.get("images_per_s")
     Log(quiet).info(
+        f"{'already ' if finished is not None else ''}"
         f"trained {trained.arch} on {bundle.info.name}: test accuracy {fmt_pct(m.get('test_acc'))} "
         f"(best {fmt_pct(m.get('best_test_acc'))}), {fmt_int(m.get('steps', 0))} steps in {m.get('wall_time_s', 0):.1f} s"
         f"{f', {ips:,.0f} img/s' if ips else ''} ({cfg.precision} on {m.get('device')}) "
@@ -1095,10 +1129,13 @@ def _find_imp(a: types.SimpleNamespace) -> None:
     opts = find_mod.ImpOptions(spec.name, info.name, rounds=a.rounds, sparsity=a.sparsity, prune_rate=a.prune_rate,
                                rewind=normalise_steps(a.rewind), exclude=tuple(a.exclude) if a.exclude else None,
                                early_bird=a.early_bird, **_detection(a))
-    find_mod.check_imp_options(opts)
+    last = find_mod.check_imp_options(opts)
+    from elth_cli.runfolder import round_path
+
+    final_round = round_path(a.out_dir, last)
     with training_session(a.device, a.precision, a.dist_timeout) as session:
         if a.output is not None:
-            session.on_main(lambda: check_output_path(a.output, a.force))
+            session.on_main(lambda: _check_copy_output(a.output, final_round, a.force))
         cfg, bundle = session.prepare(spec, info.name, data_dir=a.data_dir, download=a.download, workers=a.workers,
                                       **a.overrides)
         log = Log(a.quiet or not session.runtime.is_main)
@@ -1114,7 +1151,7 @@ def _find_imp(a: types.SimpleNamespace) -> None:
                                                checkpoint_every_s=_checkpoint_every(a),
                                                allow_empty_layers=a.allow_empty_layers)
         _warn_empty_layers(final, str(a.out_dir))
-        if a.output is not None:  # a byte-for-byte copy of the final round's file
+        if a.output is not None and not _same_bytes(a.output, records[-1].path):  # a copy of the final round's file
             session.on_main(lambda: write_bytes_atomic(a.output, Path(records[-1].path).read_bytes()))
         if not session.runtime.is_main:
             return
@@ -1130,6 +1167,20 @@ def _find_imp(a: types.SimpleNamespace) -> None:
         console = stderr_console() if a.output == STDIO else stdout_console()
         console.print(make_table(columns, rows, title=f"IMP {final.arch} on {bundle.info.name}"
                                  + (" (early-bird rounds)" if a.early_bird else ""), right=columns[:6]))
+
+
+def _same_bytes(a: str, b: str | Path) -> bool:
+    """Whether two files hold the same bytes (``-`` never does: stdout is always written)."""
+    if a == STDIO or not Path(a).is_file() or not Path(b).is_file():
+        return False
+    return Path(a).stat().st_size == Path(b).stat().st_size and Path(a).read_bytes() == Path(b).read_bytes()
+
+
+def _check_copy_output(output: str, final_round: Path, force: bool) -> None:
+    """``find --method imp -o X``: X may already be the finished run's final round (a re-run of the same
+    command, a requeued job: success without work); anything else there needs ``--force``."""
+    if not _same_bytes(output, final_round):
+        check_output_path(output, force)
 
 
 def _detection(a: types.SimpleNamespace) -> dict[str, Any]:
@@ -1331,7 +1382,7 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else [str(a) for a in argv]
     _command = f"elth {args[0]}" if args and args[0].isalpha() else "elth"
     code: Any = 0
-    previous = _watch_interrupts()
+    restore_handlers = stops.install()
     try:
         command = typer.main.get_command(app)
         if COMPLETE_VAR in os.environ:  # the shell asks for completions: click's own main answers and exits
@@ -1347,6 +1398,10 @@ def main(argv: list[str] | None = None) -> None:
             _import_torch()
         with command.make_context("elth", args) as ctx:
             command.invoke(ctx)
+        _report_late_stop()
+    except stops.StopRequested as e:
+        _fail(f"stopped by {e} before its result was written; re-run the same command", stops.EXIT_STOPPED,
+              prefix=f"{_command}:")
     except ElthError as e:
         _fail(str(e), e.exit_code, local=getattr(e, "local", False))
     except typer.Exit as e:
@@ -1374,19 +1429,29 @@ def main(argv: list[str] | None = None) -> None:
         _fail(f"{e.strerror or e}{where}; check the path and its permissions", 1)
     except Exception as e:  # (after typer's Exit and Abort, which are RuntimeErrors too)
         distributed = sys.modules.get("elth_cli.distributed")
-        if _interrupted:  # whatever a Ctrl-C broke on its way (a half-imported library, ...)
+        if stops.interrupted():  # whatever a Ctrl-C broke on its way (a half-imported library, ...)
             _fail(INTERRUPTED, 130)
         if distributed is None or not isinstance(e, RuntimeError) or not distributed.is_comm_failure(e):
             raise
         # A rank lost its peers (gloo, NCCL): one line, not a traceback.
         _fail(distributed.comm_failure_message(e), 1, local=True)
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        restore_handlers()
     _exit(code if isinstance(code, int) else 0)
 
 
-_interrupted = False
+def _report_late_stop() -> None:
+    """A stop that came after the training (while its result was saved): the outputs are complete, and the
+    exit status says the command was stopped, so a requeued job runs it again and finds them finished."""
+    signum = stops.pending()
+    if signum is None:
+        return
+    name = signal.Signals(signum).name
+    print(f"{_command}: stopped by {name} after its outputs were written; re-running the same command finds "
+          "them finished", file=sys.stderr)
+    _exit(stops.exit_status(signum))
+
+
 _command = "elth"  # "elth train" once the command is known: the prefix of every stop line
 INTERRUPTED = "interrupted by Ctrl-C"
 COMPLETE_VAR = "_ELTH_COMPLETE"  # what the script of `elth --show-completion` sets
@@ -1395,52 +1460,35 @@ _TORCH_FREE = ("archs",)  # commands that answer without torch (and every --help
 
 
 def _import_torch() -> None:
-    """Import torch with Ctrl-C held back until it is done, then honour it.
+    """Import torch with every stop held back until it is done, then honour it.
 
     An interrupt that lands inside torch's C++ initialisation can abort the process (SIGABRT, a
     stack dump) instead of raising KeyboardInterrupt; held, it costs at most the import's seconds.
     """
-    global _interrupted
     held: list[int] = []
     previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum)) \
         if threading.current_thread() is threading.main_thread() else None
     try:
-        import torch  # noqa: F401
+        with stops.held():  # SIGTERM and SIGUSR1: raised at the end of the block
+            import torch  # noqa: F401
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
     if held:
-        _interrupted = True
+        stops.note_interrupt()
         raise KeyboardInterrupt
 
 
-def _watch_interrupts() -> Any:
-    """Note every Ctrl-C (then interrupt as Python does) and return the handler it replaces.
-
-    A Ctrl-C can land inside a library's import or a reader, whose own error handling then turns it
-    into another error (a half-imported module, "cannot read ..."): :func:`_fail` reports any error
-    that follows a Ctrl-C as the interruption it is.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        return None
-
-    def on_interrupt(signum: int, frame: Any) -> None:
-        global _interrupted
-        _interrupted = True
-        raise KeyboardInterrupt
-
-    return signal.signal(signal.SIGINT, on_interrupt)
-
-
-def _fail(message: str, code: int, local: bool = False) -> None:
+def _fail(message: str, code: int, local: bool = False, prefix: str = "error:") -> None:
     """Print the error and exit. With several processes every rank fails alike and rank 0 alone reports it,
     except for a failure only this rank saw (``local``), which it reports under its rank."""
-    if _interrupted:
+    if stops.interrupted():
         message, code, local = INTERRUPTED, 130, False
     rank = _rank_for_errors()
     # A stop is not an error of the work: its one line starts as every stop line does ("elth train: stopped
     # by SIGINT at ...", printed by _report_stop), with the command.
-    prefix = f"{_command}:" if message == INTERRUPTED else "error:"
+    if message == INTERRUPTED:
+        prefix = f"{_command}:"
     if rank == 0:
         print(f"{prefix} {message}", file=sys.stderr)
     elif local:

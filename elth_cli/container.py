@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import struct
 from typing import TYPE_CHECKING, Any
@@ -103,6 +104,25 @@ def read_header(data: bytes, source: str = "<bytes>") -> dict[str, str]:
     if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
         raise TicketError(f"{source}: __metadata__ must be a map of strings")
     return meta
+
+
+def peek_format(path: str | os.PathLike[str]) -> str | None:
+    """The ``format`` an elth file declares, read from its header alone (``""``: a safetensors file of
+    someone else; None: not a safetensors file at all, or unreadable)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return None
+            (n,) = struct.unpack("<Q", head)
+            if n == 0 or n > MAX_HEADER:
+                return None
+            header = json.loads(f.read(n).decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    fmt = meta.get("format") if isinstance(meta, dict) else None
+    return fmt if isinstance(fmt, str) else ""
 
 
 def payload_digest(data: bytes) -> str:

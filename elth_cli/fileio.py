@@ -16,9 +16,11 @@ import os
 import socket
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator
 
+from elth_cli import stops
 from elth_cli.errors import ElthError, UsageError
 
 STDIO = "-"
@@ -43,22 +45,119 @@ def check_output_path(path: str | os.PathLike[str], force: bool = False) -> None
         raise UsageError(f"folder {p.parent} is not writable; choose another output path or fix its permissions")
 
 
+def check_side_file(path: str | os.PathLike[str], what: str) -> None:
+    """Before any work: a file the command writes besides its output (checkpoint, log, plot) can be
+    written: not a folder, in a folder that exists and is writable."""
+    p = Path(path)
+    if p.is_dir():
+        raise UsageError(f"{what} {p} is a folder; give a file name")
+    if not p.parent.is_dir():
+        raise UsageError(f"folder {p.parent} of {what} {p} does not exist; create it first")
+    if not os.access(p.parent, os.W_OK | os.X_OK):
+        raise UsageError(f"folder {p.parent} of {what} {p} is not writable; choose another path or fix its permissions")
+
+
+def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Whether two paths name one file (links and ``..`` resolved; the file need not exist)."""
+    if STDIO in (str(a), str(b)):
+        return False
+    pa, pb = Path(a), Path(b)
+    if pa.exists() and pb.exists():
+        return os.path.samefile(pa, pb)
+    return pa.resolve() == pb.resolve()
+
+
+def check_distinct(paths: dict[str, str | os.PathLike[str] | None]) -> None:
+    """Before any work: each file a command reads or writes in a role of its own is a different file
+    (``-o X --checkpoint X`` would delete the result with the checkpoint)."""
+    named = [(role, p) for role, p in paths.items() if p is not None and str(p) != STDIO]
+    for i, (role_a, a) in enumerate(named):
+        for role_b, b in named[i + 1:]:
+            if same_file(a, b):
+                raise UsageError(f"{role_a} and {role_b} are the same file ({a}); give each its own path")
+
+
+def is_epoch_log(path: str | os.PathLike[str], limit: int = 64 << 20) -> bool:
+    """Whether ``path`` holds an epoch log as ``--log-jsonl`` writes it (JSON objects with ``epoch`` and
+    ``step``, one per line; empty counts): what a new run of the same command may rewrite."""
+    import json
+
+    p = Path(path)
+    try:
+        if not p.is_file() or p.stat().st_size > limit:
+            return False
+        lines = p.read_text(encoding="utf-8").splitlines()
+        records = [json.loads(line) for line in lines if line.strip()]
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return all(isinstance(r, dict) and "epoch" in r and "step" in r for r in records)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only on success."""
     target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    # mkstemp makes the file private (0600); give it the permissions a plain open() would.
-    os.chmod(tmp_path, 0o666 & ~current_umask())
+    with stops.held():  # a stop waits for the rename (or the clean-up), never leaves a temporary file
+        remove_stale_temporaries(target)
+        fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(target), suffix=".tmp", dir=target.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
+        try:
+            # mkstemp makes the file private (0600); give it the permissions a plain open() would.
+            os.chmod(tmp_path, 0o666 & ~current_umask())
+            yield tmp_path
+            os.replace(tmp_path, target)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                tmp_path.unlink()
+            raise
+
+
+# A temporary file names its writer: ".r20.safetensors.<host>.<pid>.<random>.tmp".
+_STALE_AFTER_S = 3600.0  # a temporary of another host unchanged this long is no write in progress
+
+
+def _temporary_prefix(target: Path) -> str:
+    return f".{target.name}.{_host_tag()}.{os.getpid()}."
+
+
+def _host_tag() -> str:
+    return "".join(c if c.isalnum() or c == "-" else "_" for c in socket.gethostname())[:40] or "host"
+
+
+def _pid_alive(pid: int) -> bool:
     try:
-        yield tmp_path
-        os.replace(tmp_path, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp_path.unlink()
-        raise
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(target: Path) -> list[Path]:
+    """Delete the temporary files of ``target`` that a killed writer left (SIGKILL, a node failure): those of
+    this host whose process is gone, and those of other hosts untouched for an hour. Return them."""
+    removed = []
+    prefix = f".{target.name}."
+    with contextlib.suppress(OSError):
+        for p in target.parent.iterdir():
+            name = p.name
+            if not (name.startswith(prefix) and name.endswith(".tmp")):
+                continue
+            parts = name[len(prefix):-len(".tmp")].split(".")
+            if len(parts) < 3 or not parts[-2].isdigit():
+                continue  # not one of ours (another name that happens to start alike)
+            host, pid = ".".join(parts[:-2]), int(parts[-2])
+            try:
+                stale = (not _pid_alive(pid)) if host == _host_tag() else \
+                    time.time() - p.stat().st_mtime > _STALE_AFTER_S
+                if stale:
+                    p.unlink()
+                    removed.append(p)
+            except OSError:
+                continue
+    return removed
 
 
 def current_umask() -> int:

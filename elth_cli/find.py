@@ -16,7 +16,7 @@ from torch import Tensor
 from elth_cli import archs, data
 from elth_cli.data import check_compatible
 from elth_cli.distributed import held_on_main, run_on_main
-from elth_cli.errors import UsageError
+from elth_cli.errors import ElthError, UsageError
 from elth_cli.fileio import write_bytes_atomic
 from elth_cli.masks import kept_and_total, refuse_empty_layers, same_layout
 from elth_cli.runfolder import RoundRecord, RunFolder, read_log, read_run_file, record_from_ticket, rounds_for_sparsity
@@ -422,13 +422,28 @@ def find_imp(
     """
     plan = _plan_imp(opts, cfg, bundle, world_size)
     folder = RunFolder(Path(out_dir))
-    run_on_main(lambda: folder.path.mkdir(parents=True, exist_ok=True))
-    with held_on_main(folder.lock()):  # one writer per folder: a second job is refused, not interleaved
-        run_on_main(lambda: _check_run_dir(folder, _run_identity(opts, cfg, world_size)))
+    identity = _run_identity(opts, cfg, world_size)
+    # A finished run is only read: no lock, no write (a requeued job, a run folder on a read-only mount).
+    finished = run_on_main(lambda: _is_finished(folder, identity, plan.last))
+    if not finished:
+        run_on_main(lambda: folder.path.mkdir(parents=True, exist_ok=True))
+    with contextlib.nullcontext() if finished else held_on_main(folder.lock()):  # one writer per folder
+        if not finished:
+            run_on_main(lambda: _check_run_dir(folder, identity))
         done = run_on_main(lambda: read_log(folder.log_file))
         run = _ImpRun(opts, cfg, bundle, plan, folder, stop or StopFlag(), log, stop_at, rank, world_size,
                       checkpoint_every_s, allow_empty_layers)
         return _imp_rounds(run, done, on_round, handle_signals)
+
+
+def _is_finished(folder: RunFolder, identity: dict[str, Any], last: int) -> bool:
+    """Whether ``folder`` holds this very run with every round written (each round is checked as it is read)."""
+    if not (folder.run_file.is_file() and all(folder.round_ticket(r).is_file() for r in range(last + 1))):
+        return False
+    try:
+        return not run_differences(read_run_file(folder), identity, config_key="train")
+    except ElthError:
+        return False  # a damaged find.json: the writing path says what is wrong
 
 
 def _imp_rounds(run: _ImpRun, done: dict[int, RoundRecord], on_round: Callable[[RoundRecord], None] | None,
@@ -471,7 +486,7 @@ def _round(run: _ImpRun, r: int, done: dict[int, RoundRecord], prev: Ticket | No
     """Round ``r``: its ticket read back when it is finished, else pruned (rank 0), trained and saved."""
     path = run.folder.round_ticket(r)
     # A finished round (its file is the record) is read by rank 0 and handed to every rank.
-    finished = run_on_main(lambda: Ticket.load(path) if path.exists() else None)
+    finished = run_on_main(lambda: _read_round(run, r, path, prev))
     if finished is not None:
         return finished, done.get(r) or record_from_ticket(r, finished, path)
     masks = None
@@ -484,6 +499,33 @@ def _round(run: _ImpRun, r: int, done: dict[int, RoundRecord], prev: Ticket | No
     ticket = _train_round(run, r, masks, prev, rewind_state, cost)
     ticket.sha256 = run_on_main(lambda: _save_round(ticket, path, r, run.folder))
     return ticket, record_from_ticket(r, ticket, path)
+
+
+def _read_round(run: _ImpRun, r: int, path: Path, prev: Ticket | None) -> Ticket | None:
+    """Round ``r``'s ticket when it is finished (None when it is not), checked to be this run's: its round,
+    network, IMP options and recipe, and (after round 0) pruned from the previous round's file. A round
+    copied in from another run would otherwise continue this one."""
+    if not path.exists():
+        return None
+    ticket = Ticket.load(path)
+    hp = ticket.hparams or {}
+    imp = hp.get("imp") if isinstance(hp.get("imp"), dict) else {}
+    spe = run.bundle.steps_per_epoch(run.cfg.batch_size, run.world_size)
+    start = 0 if r == 0 else run.plan.rewind_step
+    options = {**run.opts.as_dict(), "exclude": list(run.plan.exclude)}
+    # As JSON (tuples as lists), as the file holds them; --rounds and --sparsity may grow (a run extended).
+    wanted = json.loads(json.dumps({"imp": {k: v for k, v in options.items() if k not in ("rounds", "sparsity")},
+                                    "config": run.cfg.resolved(spe, start, run.world_size)}))
+    saved = {"imp": {k: imp.get(k) for k in wanted["imp"]},
+             "config": {k: v for k, v in hp.items() if k != "imp"}}
+    diffs = [] if ticket.method == "imp" and imp.get("round") == r else [f"it is not round {r} of an IMP run"]
+    diffs += run_differences(saved, wanted)
+    if r > 0 and prev is not None and (not ticket.parents or ticket.parents[0].get("sha256") != prev.sha256):
+        diffs.append(f"its parent is not this run's round {r - 1} ({run.folder.round_ticket(r - 1).name})")
+    if diffs:
+        raise UsageError(f"{path} is not round {r} of this run (differs in: {'; '.join(diffs)}); it was made by "
+                         "another run: move it away to train this round again, or choose another --out-dir")
+    return ticket
 
 
 def _save_round(ticket: Ticket, path: Path, r: int, folder: RunFolder) -> str:

@@ -30,6 +30,12 @@ def text(value: Any) -> str:
     return value
 
 
+def boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise Invalid(f"true or false, got {_show(value)}")
+    return value
+
+
 def _ascii_digits(text: str) -> bool:
     """Only 0-9 ('¹' and other Unicode digits pass str.isdigit but not int())."""
     return text.isascii() and text.isdigit()

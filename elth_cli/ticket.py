@@ -45,6 +45,28 @@ MAX_STEP = 2**53  # steps are counted exactly in a float64 too
 
 _COUNT = schema.integer(0, MAX_STEP)
 _SECONDS = schema.number(0)
+_POSITIVE = schema.integer(1, MAX_STEP)
+_FRACTION = schema.optional(schema.number(0, 1, nan=True))  # an accuracy; NaN or null: never measured
+_LOSS = schema.optional(schema.number(nan=True))
+# The fields of a trained ticket's hparams and metrics that elth reads back (eval's batch size, the cost of
+# an IMP round, compare's FLOPs): typed, so a damaged value is refused on load rather than crashing a command.
+_HPARAMS = schema.obj({
+    "dataset": schema.text, "recipe": schema.text, "epochs": _POSITIVE, "batch_size": _POSITIVE,
+    "eval_batch_size": _POSITIVE, "lr": schema.number(0), "momentum": schema.number(0, 1), "weight_decay": schema.number(0),
+    "schedule": schema.text, "milestones": schema.list_of(schema.text), "gamma": schema.number(0), "warmup": schema.text,
+    "seed": schema.integer(), "augment": schema.boolean, "eval_every": _COUNT, "device": schema.text,
+    "precision": schema.text, "compile": schema.boolean, "deterministic": schema.boolean, "train_scale": _POSITIVE,
+    "resize": schema.optional(schema.integer(1, MAX_DIMENSION)), "sync_bn": schema.boolean,
+    "steps_per_epoch": _POSITIVE, "total_steps": _COUNT, "start_step": _COUNT, "warmup_steps": _COUNT,
+    "milestone_steps": schema.list_of(_COUNT), "world_size": _POSITIVE,
+})
+_METRICS = schema.obj({
+    "test_acc": _FRACTION, "best_test_acc": _FRACTION, "train_acc": _FRACTION, "test_top5": _FRACTION,
+    "test_loss": _LOSS, "train_loss": _LOSS, "epochs": _COUNT, "start_step": _COUNT, "steps": _COUNT,
+    "total_steps": _COUNT, "round": _COUNT, "world_size": _POSITIVE, "wall_time_s": _SECONDS,
+    "images_per_s": schema.optional(_SECONDS), "train_flops": _SECONDS, "dense_train_flops": _SECONDS,
+    "dense_run_flops": _SECONDS, "device": schema.text, "precision": schema.text,
+})
 # The schema of the metadata (docs/ticket-format.md, "Metadata"): every known field's type and range.
 METADATA_RULES: dict[str, schema.Check] = {
     "format_version": schema.integer(1),
@@ -69,8 +91,8 @@ METADATA_RULES: dict[str, schema.Check] = {
         "source_blocks_per_stage": schema.list_of(_COUNT), "target_blocks_per_stage": schema.list_of(_COUNT),
         "mapping": schema.list_of(schema.list_of(_COUNT))})),
     "cost": schema.json_text(schema.obj({"train_steps": _COUNT, "trainings": _COUNT}, values=_SECONDS)),
-    "hparams": schema.json_text(schema.obj()),
-    "metrics": schema.json_text(schema.obj()),
+    "hparams": schema.json_text(_HPARAMS),
+    "metrics": schema.json_text(_METRICS),
     "config": schema.json_text(schema.obj({"command": schema.text, "hparams": schema.obj(),
                                            "environment": schema.obj()})),
     **dict.fromkeys(DIGEST_KEYS, schema.text),

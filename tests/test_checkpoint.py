@@ -93,3 +93,26 @@ def test_a_header_that_renames_tensors_is_refused(stopped) -> None:
     with pytest.raises(ElthError, match="does not fit this run"):
         train.restore_checkpoint(train.read_checkpoint(path), parts.model, parts.optimizer, parts.scaler,
                                  parts.step.stats)
+
+
+def test_resuming_with_another_thread_count_warns(tmp_path, capsys) -> None:
+    """On the CPU the result depends on the thread count; a resume with another one says so (it did not)."""
+    import torch
+
+    bundle = data.load_dataset("digits")
+    ticket = make_ticket("resnet8-w4")
+    cfg = train.default_recipe(ticket.spec, bundle.info).replace(epochs=2)
+    ckpt = tmp_path / "run.ckpt"
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        with pytest.raises(train.TrainingStopped):
+            train.train_ticket(ticket, bundle, cfg, checkpoint_path=ckpt, stop_at_step=5, handle_signals=False)
+        assert train.read_checkpoint(ckpt).cpu_threads == 1
+        torch.set_num_threads(2)
+        capsys.readouterr()
+        train.train_ticket(ticket, bundle, cfg, checkpoint_path=ckpt, handle_signals=False)
+        err = capsys.readouterr().err
+        assert f"warning: {ckpt} was written by a run with 1 CPU thread; resuming with 2" in err
+    finally:
+        torch.set_num_threads(before)

@@ -182,7 +182,7 @@ def test_existing_output_is_refused_before_training(capsys, tmp_path, r8_file) -
     out.write_bytes(b"keep me")
     log = tmp_path / "log.jsonl"
     r = elth(capsys, "train", r8_file, "-o", out, "--log-jsonl", log)
-    assert_clean_error(r, codes=(2,), contains="already exists; pass --force")
+    assert_clean_error(r, codes=(2,), contains="already exists and is not an elth ticket; pass --force")
     assert out.read_bytes() == b"keep me"
     assert not log.exists() and not train.checkpoint_path_for(out).exists()  # refused before training
 
@@ -260,3 +260,95 @@ def test_a_ticket_with_an_empty_layer_is_refused_by_find_and_train(capsys, tmp_p
     assert_clean_error(r, codes=(2,), contains="the ticket leaves no weight in")
     r = elth(capsys, "train", sparse, "-o", tmp_path / "t.safetensors", "--epochs", "3", "--allow-empty-layers", "-q")
     assert r.code == 0 and "keep no weight" in r.stderr
+
+
+# ----- elth never deletes what it did not make (issue 27) ---------------------------------------------
+def test_an_output_that_is_its_own_checkpoint_is_refused_before_any_work(capsys, tmp_path, r8_file) -> None:
+    out = tmp_path / "out.safetensors"
+    r = elth(capsys, "train", r8_file, "--checkpoint", out, "-o", out, "--epochs", "1")
+    assert_clean_error(r, codes=(2,), contains="-o and --checkpoint are the same file")
+    assert not out.exists()  # (it used to train, save, then delete the result as its checkpoint: exit 0)
+    r = elth(capsys, "train", r8_file, "--checkpoint", r8_file, "-o", out, "--epochs", "1")
+    assert_clean_error(r, codes=(2,), contains="the ticket and --checkpoint are the same file")
+    log = tmp_path / "log.jsonl"
+    r = elth(capsys, "train", r8_file, "--checkpoint", log, "-o", out, "--log-jsonl", log)
+    assert_clean_error(r, codes=(2,), contains="--checkpoint and --log-jsonl are the same file")
+
+
+@pytest.mark.parametrize("restart", [False, True])
+def test_a_checkpoint_path_holding_another_file_is_never_overwritten(capsys, tmp_path, r8_file, restart) -> None:
+    keep = tmp_path / "precious.safetensors"
+    make_ticket("resnet8-w4", seed=3).save(keep)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes")
+    before = keep.read_bytes()
+    out = tmp_path / "out.safetensors"
+    for path, kind in ((keep, "an elth ticket file, not a checkpoint"), (notes, "not an elth checkpoint")):
+        r = elth(capsys, "train", r8_file, "--checkpoint", path, "-o", out, "--epochs", "1",
+                 *(["--restart"] if restart else []))
+        assert_clean_error(r, codes=(2,), contains=kind)
+        assert "choose another --checkpoint path" in r.stderr and not out.exists()
+    assert keep.read_bytes() == before and notes.read_text() == "my notes"
+
+
+def test_a_rerun_of_a_finished_training_succeeds_without_work(capsys, tmp_path, r8_file) -> None:
+    out = tmp_path / "out.safetensors"
+    args = ["train", r8_file, "-o", out, "--epochs", "1", "--json"]
+    assert elth(capsys, *args).code == 0
+    before, mtime = out.read_bytes(), out.stat().st_mtime_ns
+    r = elth(capsys, *args)  # a requeued job running its command again
+    assert r.code == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["reused"] is True and doc["sha256"] == Ticket.load(out).sha256
+    assert out.read_bytes() == before and out.stat().st_mtime_ns == mtime
+    assert "epoch 1/1" not in r.stderr  # nothing trained
+    # Another training at that path is not taken for this one.
+    r = elth(capsys, "train", r8_file, "-o", out, "--epochs", "1", "--lr", "0.01")
+    assert_clean_error(r, codes=(2,), contains="is not this training (differs in: lr 0.05 -> 0.01")
+    assert out.read_bytes() == before
+
+
+def test_a_stop_while_the_result_is_saved_keeps_it_and_exits_75(capsys, tmp_path, r8_file, monkeypatch) -> None:
+    """SIGTERM after the training, during the final save: the save finishes (no .tmp), the checkpoint goes
+    only after the output is in place, and the exit status says it was stopped."""
+    import signal
+
+    out = tmp_path / "out.safetensors"
+    real_save = Ticket.save
+
+    def save_with_a_stop(self, path, force=False):
+        os.kill(os.getpid(), signal.SIGTERM)  # lands in the middle of the save
+        return real_save(self, path, force)
+
+    monkeypatch.setattr(Ticket, "save", save_with_a_stop)
+    r = elth(capsys, "train", r8_file, "-o", out, "--epochs", "1", "--checkpoint-every", "0")
+    assert r.code == 75, r.stderr
+    assert "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == ("elth train: stopped by SIGTERM after its outputs were written; "
+                                                 "re-running the same command finds them finished")
+    assert Ticket.load(out).is_trained and not train.checkpoint_path_for(out).exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith((".tmp", ".lock"))] == []
+    monkeypatch.setattr(Ticket, "save", real_save)
+    r = elth(capsys, "train", r8_file, "-o", out, "--epochs", "1")
+    assert r.code == 0 and "already trained" in r.stderr
+
+
+@pytest.mark.parametrize("delay", [0.3, 1.0, 2.0, 3.5])
+def test_a_stop_during_start_up_exits_75_with_its_line(tmp_path, r8_file, delay) -> None:
+    """SIGTERM while Python, the CLI, torch or the data load (it used to exit 143 with no message)."""
+    import signal
+    import time
+
+    out = tmp_path / "out.safetensors"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "elth_cli", "train", str(r8_file), "-o", str(out), "--epochs", "3"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    err = stderr.decode()
+    assert proc.returncode == 75, (proc.returncode, err)
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("elth train: stopped by SIGTERM"), err
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith((".tmp", ".lock"))] == []

@@ -95,6 +95,25 @@ def test_a_second_train_of_the_same_output_is_one_line(tmp_path) -> None:
     assert not out.exists() and not train.checkpoint_path_for(out).exists()
 
 
+def test_a_train_of_another_output_with_the_same_checkpoint_is_refused(tmp_path) -> None:
+    """The lock covers --checkpoint too: two jobs with different outputs but one checkpoint file would
+    overwrite each other's state."""
+    ticket = tmp_path / "t.safetensors"
+    make_ticket("resnet8-w4").save(ticket)
+    shared = tmp_path / "shared.ckpt"
+    holder = _holder(tmp_path / "shared.ckpt.lock")
+    try:
+        proc = subprocess.run([sys.executable, "-m", "elth_cli", "train", str(ticket), "-o", str(tmp_path / "b.safetensors"),
+                               "--checkpoint", str(shared)],
+                              capture_output=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=120)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert_clean_error(Result(proc.returncode, proc.stdout.decode(), proc.stderr.decode()), (1,),
+                       f"is being written by pid {holder.pid}")
+    assert not (tmp_path / "b.safetensors").exists() and not shared.exists()
+
+
 def _limit_file_size(limit: int):
     def apply() -> None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead
@@ -138,3 +157,27 @@ def test_a_failed_checkpoint_write_keeps_the_last_checkpoint(tmp_path) -> None:
     again = subprocess.run(cmd, env=env, capture_output=True, timeout=300)
     assert again.returncode == 0, again.stderr.decode()
     assert f"from step {good} (resumed)" in again.stderr.decode() and out.exists() and not ckpt.exists()
+
+
+def test_temporary_files_of_dead_writers_are_removed_by_the_next_write(tmp_path) -> None:
+    """A writer killed with SIGKILL leaves its temporary file; the next write of that file removes it, and
+    never one of a writer that is alive or a file that is not elth's."""
+    import os
+    import subprocess
+    import sys
+
+    from elth_cli import fileio
+
+    target = tmp_path / "r20.safetensors"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = fileio._host_tag()
+    stale = tmp_path / f".r20.safetensors.{host}.{dead.pid}.abc123.tmp"
+    alive = tmp_path / f".r20.safetensors.{host}.{os.getpid()}.def456.tmp"
+    foreign = tmp_path / ".r20.safetensors.notes.tmp"
+    for p in (stale, alive, foreign):
+        p.write_bytes(b"partial")
+    fileio.write_bytes_atomic(target, b"whole")
+    assert target.read_bytes() == b"whole"
+    assert not stale.exists() and alive.exists() and foreign.exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")) == sorted([alive.name, foreign.name])

@@ -87,3 +87,77 @@ def test_an_early_bird_run_cannot_be_extended(capsys, tmp_path):
 def test_a_folder_that_is_not_a_run(capsys, tmp_path):
     r = run_in_process(capsys, "info", tmp_path)
     assert_clean_error(r, codes=(2,), contains="not an IMP run folder")
+
+
+# ----- re-runs, requeues and damaged rounds (issue 27) --------------------------------------------------
+def _copy_run(short_run: Path, to: Path) -> Path:
+    import shutil
+
+    shutil.copytree(short_run, to)
+    return to
+
+
+def test_a_rerun_of_a_finished_find_with_its_output_succeeds_without_work(capsys, tmp_path, short_run) -> None:
+    run = _copy_run(short_run, tmp_path / "run")
+    out = tmp_path / "final.safetensors"
+    args = [*IMP, "--rounds", "1", "--out-dir", run, "-o", out]
+    assert run_in_process(capsys, *args).code == 0
+    assert out.read_bytes() == RunFolder(run).round_ticket(1).read_bytes()
+    stamp = out.stat().st_mtime_ns
+    r = run_in_process(capsys, *args)  # a requeued job: used to exit 2, "already exists"
+    assert r.code == 0, r.stderr
+    assert out.stat().st_mtime_ns == stamp
+    out.write_bytes(b"something else")
+    r = run_in_process(capsys, *args)
+    assert_clean_error(r, codes=(2,), contains="already exists; pass --force")
+
+
+def test_a_finished_run_on_a_read_only_mount_is_read(capsys, tmp_path, short_run) -> None:
+    import subprocess
+
+    src = _copy_run(short_run, tmp_path / "src")
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    if subprocess.run(["mount", "--bind", str(src), str(mnt)], capture_output=True).returncode != 0:
+        pytest.skip("cannot bind-mount here (needs root)")
+    try:
+        if subprocess.run(["mount", "-o", "remount,ro,bind", str(mnt)], capture_output=True).returncode != 0:
+            pytest.skip("cannot remount read-only here")
+        before = sorted(p.name for p in mnt.iterdir())
+        r = run_in_process(capsys, *IMP, "--rounds", "1", "--out-dir", mnt, "-o", tmp_path / "final.safetensors")
+        assert r.code == 0, r.stderr  # used to fail taking the folder's lock
+        assert sorted(p.name for p in mnt.iterdir()) == before
+        assert (tmp_path / "final.safetensors").read_bytes() == (mnt / "round-01.safetensors").read_bytes()
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def test_a_round_copied_in_from_another_run_is_refused(capsys, tmp_path, short_run) -> None:
+    run = _copy_run(short_run, tmp_path / "run")
+    other = tmp_path / "other"
+    assert run_in_process(capsys, *IMP, "--rounds", "1", "--out-dir", other, "--seed", "1").code == 0
+    (run / "round-01.safetensors").write_bytes((other / "round-01.safetensors").read_bytes())
+    r = run_in_process(capsys, *IMP, "--rounds", "2", "--out-dir", run)
+    assert_clean_error(r, codes=(2,), contains=f"{run / 'round-01.safetensors'} is not round 1 of this run")
+    assert "seed 1 -> 0" in r.stderr and not (run / "round-02.safetensors").exists()
+    # Its own round 0 with another run's round 1 of the same options: the parent does not match.
+    (run / "round-00.safetensors").write_bytes((other / "round-00.safetensors").read_bytes())
+    (run / "round-01.safetensors").write_bytes((short_run / "round-01.safetensors").read_bytes())
+    r = run_in_process(capsys, *IMP, "--rounds", "2", "--out-dir", run)
+    assert_clean_error(r, codes=(2,), contains="is not round 0 of this run")
+
+
+def test_a_round_with_a_wrongly_typed_metric_is_one_line(capsys, tmp_path, short_run) -> None:
+    """find re-run on a round whose metrics.train_flops is a list: a traceback before the schema typed it."""
+    from safetensors.torch import load as st_load
+
+    from elth_cli.container import read_header, save_with_digest
+
+    run = _copy_run(short_run, tmp_path / "run")
+    path = run / "round-00.safetensors"
+    raw = path.read_bytes()
+    meta = read_header(raw)
+    meta["metrics"] = json.dumps({**json.loads(meta["metrics"]), "train_flops": [1]})
+    path.write_bytes(save_with_digest(st_load(raw), meta))
+    r = run_in_process(capsys, *IMP, "--rounds", "2", "--out-dir", run)
+    assert_clean_error(r, codes=(1,), contains="metadata 'metrics.train_flops' must be a number")

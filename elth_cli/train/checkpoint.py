@@ -22,9 +22,9 @@ from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
 from elth_cli import schema
-from elth_cli.container import DIGEST_KEYS, UNCHECKED, check_integrity, read_header, save_with_digest
-from elth_cli.errors import ElthError
-from elth_cli.fileio import write_bytes_atomic
+from elth_cli.container import DIGEST_KEYS, UNCHECKED, check_integrity, peek_format, read_header, save_with_digest
+from elth_cli.errors import ElthError, UsageError
+from elth_cli.fileio import check_side_file, write_bytes_atomic
 
 CHECKPOINT_FORMAT = "elth.checkpoint"
 # 2: the digest covers the whole file (file_sha256); 1: the tensor bytes only (payload_sha256), or nothing.
@@ -53,6 +53,8 @@ METADATA_RULES: dict[str, schema.Check] = {
     "flops": _SECONDS,
     "dense_flops": _SECONDS,
     "extra": schema.json_text(schema.obj()),
+    # Optional (older checkpoints lack it): the CPU threads of the run that wrote it (CPU results depend on it).
+    "cpu_threads": schema.integer(1, 1 << 20),
     **dict.fromkeys(DIGEST_KEYS, schema.text),
 }
 
@@ -61,6 +63,26 @@ def checkpoint_path_for(output: str | os.PathLike[str]) -> Path:
     """The default checkpoint of an output ticket: ``OUT.ckpt`` beside it."""
     p = Path(output)
     return p.with_name(p.name + ".ckpt")
+
+
+def check_checkpoint_path(path: str | os.PathLike[str] | None) -> None:
+    """Before any work: a checkpoint path is writable and holds nothing but an elth checkpoint, since the
+    run overwrites it and deletes it at the end (never a ticket or another file, even with --restart)."""
+    if path is None:
+        return
+    check_side_file(path, "checkpoint")
+    p = Path(path)
+    if p.exists():
+        fmt = peek_format(p)
+        if fmt != CHECKPOINT_FORMAT:
+            if fmt is None:
+                kind = "a file that is not an elth checkpoint"
+            elif not fmt.startswith("elth."):
+                kind = "a safetensors file that is not an elth checkpoint"
+            else:
+                kind = f"an {fmt.replace('elth.', 'elth ')} file, not a checkpoint"
+            raise UsageError(f"checkpoint {p} holds {kind}; elth overwrites and deletes only its own checkpoints: "
+                             "choose another --checkpoint path (or move that file)")
 
 
 def _cpu(t: Tensor) -> Tensor:
@@ -123,6 +145,11 @@ class Checkpoint:
     def step(self) -> int:
         return int(self.meta["step"])
 
+    @property
+    def cpu_threads(self) -> int | None:
+        """The CPU threads of the run that wrote it (None: an older checkpoint that did not record them)."""
+        return int(self.meta["cpu_threads"]) if "cpu_threads" in self.meta else None
+
     def masks(self) -> dict[str, Tensor] | None:
         """The masks the run had when it stopped (None in a checkpoint from before masks were recorded)."""
         masks = {k[len("mask/"):]: v for k, v in self.tensors.items() if k.startswith("mask/")}
@@ -182,6 +209,7 @@ def save_checkpoint(path: Path, identity: dict[str, Any], model: nn.Module, opti
         "flops": repr(float(run.flops)),
         "dense_flops": repr(float(run.dense_flops)),
         "extra": json.dumps(run.extra, sort_keys=True),
+        "cpu_threads": str(torch.get_num_threads()),
     }
     write_bytes_atomic(path, save_with_digest(tensors, meta))
 

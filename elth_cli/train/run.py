@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -112,6 +113,7 @@ def _resume(parts: TrainParts, path: Path | None, resume: str, identity: dict[st
     ckpt = distributed.run_on_main(lambda: _read_resume(path, resume, identity))
     if ckpt is None:
         return RunState(step=start_step), None
+    _warn_other_threads(ckpt, parts, rank)
     # Rank 0 carries the epoch's running statistics (their sums over the ranks); the others start at 0.
     state = restore_checkpoint(ckpt, parts.model, parts.optimizer, parts.scaler,
                                parts.step.stats if rank == 0 else None)
@@ -125,6 +127,18 @@ def _resume(parts: TrainParts, path: Path | None, resume: str, identity: dict[st
         parts.masks.load(masks)  # the masks in force when it stopped (hooks may have rewired them)
         parts.masks.load_extra(state.extra_tensors)  # DPF's dense weights (the model holds the masked ones)
     return state, state.step
+
+
+def _warn_other_threads(ckpt: Checkpoint, parts: TrainParts, rank: int) -> None:
+    """On the CPU a result depends on the thread count (kernels split their sums by it): say so when a run
+    resumes with another count than the one it stopped with, as the checkpoint records it."""
+    threads = torch.get_num_threads()
+    device = next(parts.model.parameters()).device
+    if rank == 0 and device.type == "cpu" and ckpt.cpu_threads is not None and ckpt.cpu_threads != threads:
+        print(f"warning: {ckpt.path} was written by a run with {ckpt.cpu_threads} CPU thread"
+              f"{'s' if ckpt.cpu_threads != 1 else ''}; resuming with {threads} gives a result that differs "
+              f"slightly from an uninterrupted run (set OMP_NUM_THREADS={ckpt.cpu_threads}, or torch's "
+              "set_num_threads, to match it)", file=sys.stderr)
 
 
 def _metrics(loop: TrainLoop, start_step: int, macs: dict[str, int]) -> dict[str, Any]:

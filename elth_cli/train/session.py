@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
 import torch
 
-from elth_cli import data, distributed
+from elth_cli import data, distributed, stops
 from elth_cli.device import device_setup, resolve_device, resolve_precision
 from elth_cli.errors import UsageError
 from elth_cli.fileio import STDIO, WriterLock
@@ -37,10 +37,11 @@ def save_result(ticket: Ticket, path: str | os.PathLike[str], checkpoint: str | 
     """Write a finished run's ticket (atomically), then delete its checkpoint; return the file's sha256.
 
     In this order a crash at any moment leaves either the checkpoint (re-running resumes) or the
-    finished ticket, never neither.
+    finished ticket, never neither; a stop signal waits for both (:func:`elth_cli.stops.held`).
     """
-    sha = ticket.save(path, force=force)
-    remove_checkpoint(checkpoint)
+    with stops.held():
+        sha = ticket.save(path, force=force)
+        remove_checkpoint(checkpoint)
     return sha
 
 

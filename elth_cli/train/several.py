@@ -181,16 +181,25 @@ def train_item(worker: Worker, item: TrainItem, request: TrainRequest) -> dict[s
 def _reusable(item: TrainItem, ticket: Any, hparams: dict[str, Any], force: bool) -> Any:
     """The output, when it already is this training (and --force is not given); an output that is
     something else is refused unless --force."""
-    from elth_cli.ticket import Ticket
-
     if force or not Path(item.output).exists():
         return None
-    existing = Ticket.load(item.output)
+    return reusable_output(item.output, ticket, hparams, "pass --force to train it again, or choose another --out-dir")
+
+
+def reusable_output(output: str, ticket: Any, hparams: dict[str, Any], advice: str) -> Any:
+    """The existing ``output``, read, when it is exactly the training of ``ticket`` with ``hparams``; anything
+    else there (another training, a file that is no ticket) is refused with ``advice``."""
+    from elth_cli.errors import ElthError
+    from elth_cli.ticket import Ticket
+
+    try:
+        existing = Ticket.load(output)
+    except ElthError as e:
+        raise UsageError(f"{output} exists and is not a readable ticket ({e}); {advice}") from None
     diff = training_differences(existing, ticket, hparams)
     if not diff:
         return existing
-    raise UsageError(f"{item.output} exists and is not this training (differs in: {'; '.join(diff)}); pass --force "
-                     "to train it again, or choose another --out-dir")
+    raise UsageError(f"{output} exists and is not this training (differs in: {'; '.join(diff)}); {advice}")
 
 
 def _summary(item: TrainItem, trained: Any, sha: str | None, worker: Worker, reused: bool) -> dict[str, Any]:

@@ -9,10 +9,12 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from elth_cli import stops
 from elth_cli.errors import ElthError
+from elth_cli.stops import EXIT_INTERRUPTED, EXIT_STOPPED, STOP_SIGNALS
 
-EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped by SIGTERM/SIGUSR1, checkpoint written, resumable
-EXIT_INTERRUPTED = 130  # 128 + SIGINT: stopped by Ctrl-C (checkpoint written when there is a path)
+__all__ = ["EXIT_INTERRUPTED", "EXIT_STOPPED", "STOP_SIGNALS", "StopFlag", "TrainingStopped", "stop_signals",
+           "stopped_error"]
 
 
 class StopFlag:
@@ -29,10 +31,6 @@ class StopFlag:
         self.signum = signum
 
 
-STOP_SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None), signal.SIGINT)
-                     if s is not None)
-
-
 @contextlib.contextmanager
 def stop_signals(flag: StopFlag, repeat_grace_s: float = 0.0) -> Iterator[StopFlag]:
     """Route SIGTERM, SIGUSR1 and SIGINT to ``flag`` while the block runs; restore the old handlers after.
@@ -45,6 +43,12 @@ def stop_signals(flag: StopFlag, repeat_grace_s: float = 0.0) -> Iterator[StopFl
     if threading.current_thread() is not threading.main_thread():
         yield flag
         return
+    # The command's own handlers (elth_cli.stops) give way to the loop's: from here on a stop is checked
+    # between steps and, after the loop, at the command's end, so a finished training is always saved.
+    stops.polled()
+    if stops.pending() is not None:  # one that came while this training was set up
+        flag.request(stops.pending())
+        stops.acted_on()
     first = [0.0]
 
     def handler(signum: int, frame: Any) -> None:
