@@ -183,3 +183,22 @@ def test_a_checkpoint_holding_nan_is_refused_with_the_tensor_name(tmp_path) -> N
     ckpt.write_bytes(container.save_with_digest(tensors, meta))  # a valid digest over bad values
     with pytest.raises(ElthError, match=r"model/bn.running_var holds NaN"):
         train.train_ticket(ticket, bundle, cfg, checkpoint_path=ckpt, handle_signals=False)
+
+
+def test_a_nan_statistic_or_a_wrongly_typed_hparam_is_one_line_through_the_cli(tmp_path) -> None:
+    """A NaN BatchNorm running_var used to train at chance and exit 0; a text eval_batch_size crashed eval."""
+    from conftest import assert_clean_error
+
+    raw = make_ticket("resnet8-w4").to_bytes()
+    tensors = st_load(raw)
+    tensors["init/bn.running_var"][0] = float("nan")
+    nan_file = tmp_path / "nan.safetensors"
+    nan_file.write_bytes(container.save_with_digest(tensors, _header(raw)["__metadata__"]))
+    r = run_elth("train", str(nan_file), "-o", str(tmp_path / "out.safetensors"), "--epochs", "1")
+    assert_clean_error(r, (1,), "init/bn.running_var holds NaN or infinite values")
+    assert not (tmp_path / "out.safetensors").exists()
+    meta = dict(_header(raw)["__metadata__"], hparams=json.dumps({"eval_batch_size": "x"}))
+    typed = tmp_path / "typed.safetensors"
+    typed.write_bytes(container.save_with_digest(st_load(raw), meta))
+    r = run_elth("eval", str(typed), "--weights", "init")
+    assert_clean_error(r, (1,), "metadata 'hparams.eval_batch_size' must be a whole number")

@@ -145,8 +145,11 @@ def train_item(worker: Worker, item: TrainItem, request: TrainRequest) -> dict[s
     from elth_cli.ticket import Ticket
     from elth_cli.train.session import training_session
 
+    from elth_cli.train.checkpoint import check_checkpoint_path
+
     with training_session(worker.device, request.precision) as session, \
             session.exclusive(item.output, f"the training of {item.output}"):
+        check_checkpoint_path(item.checkpoint)  # never overwrite or delete a file that is not its checkpoint
         ticket = Ticket.load(item.source)
         dataset = request.dataset or ticket.dataset
         if not dataset:
