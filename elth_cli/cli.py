@@ -21,7 +21,7 @@ from elth_cli.errors import ElthError, UsageError
 from elth_cli.fileio import STDIO, check_distinct, check_output_path, check_side_file, is_epoch_log, write_bytes_atomic
 from elth_cli.launch import detect_launch
 from elth_cli.report import Log, fmt_flops, fmt_int, fmt_pct, make_table, print_json, stderr_console, stdout_console
-from elth_cli.train.config import CHECKPOINT_EVERY_S, TrainConfig, check_checkpoint_every, config_overrides, recipe_hint
+from elth_cli.train.config import CHECKPOINT_EVERY_S, TrainConfig, check_checkpoint_every, check_seed, config_overrides, recipe_hint
 
 if TYPE_CHECKING:
     from elth_cli.ticket import Ticket
@@ -1098,6 +1098,7 @@ def find(
         check_sparsity(sparsity)
     if checkpoint_every is not None:
         check_checkpoint_every(checkpoint_every)
+    check_seed(seed)  # the one-shot methods take it without a training config
     if arch is not None:
         archs.resolve_arch(arch)  # an unknown name is the first thing to report
     if dataset is not None:

@@ -156,3 +156,15 @@ def test_an_option_the_method_ignores_is_refused(capsys, tmp_path, args, message
                        "-o", out, *args)
     assert_clean_error(r, codes=(2,), contains=message)
     assert not out.exists()
+
+
+def test_a_seed_out_of_range_is_refused_by_every_method(capsys, tmp_path):
+    from conftest import run_in_process
+
+    for method in ("random", "magnitude", "imp"):
+        out = tmp_path / f"{method}.safetensors"
+        r = run_in_process(capsys, "find", "--method", method, "--arch", "resnet8-w4", "--dataset", "digits",
+                           *(["--rounds", "1", "--out-dir", str(tmp_path / "run")] if method == "imp" else
+                             ["--sparsity", "0.5"]), "--seed", "-1", "-o", out)
+        assert_clean_error(r, (2,), "--seed must be a whole number from 0 to 2^63-1, got -1")
+        assert not out.exists()

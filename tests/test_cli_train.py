@@ -195,6 +195,13 @@ def test_existing_output_is_refused_before_training(capsys, tmp_path, r8_file) -
     (["--precision", "fp8", "--device", "cpu"], "unknown precision"),
     (["--device", "tpu"], "unknown device"),
     (["--schedule", "linear"], "unknown --schedule"),
+    # Bounds (issue 28): these trained until killed, or crashed torch.manual_seed.
+    (["--epochs", "99999999999999999999"], "--epochs must be at most 100,000"),
+    (["--epochs", "99999", "--batch-size", "1"], "steps, more than 100,000,000; lower --epochs"),
+    (["--seed", "-1"], "--seed must be a whole number from 0 to 2^63-1"),
+    (["--seed", str(2**63)], "--seed must be a whole number from 0 to 2^63-1"),
+    (["--schedule", "step", "--milestones", "120ep,80ep"], "--milestones must be in increasing order, got 120ep,80ep"),
+    (["--schedule", "step", "--epochs", "30", "--milestones", "2ep,20it"], "--milestones must be in increasing order"),
 ])
 def test_bad_training_options(capsys, tmp_path, r8_file, args, contains) -> None:
     out = tmp_path / "out.safetensors"

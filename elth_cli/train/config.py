@@ -26,6 +26,12 @@ SCHEDULES = ("step", "cosine")
 # One process writes a checkpoint at an epoch's end only when this long has passed since the last one
 # (``--checkpoint-every``); a stop always writes one. Not part of a run's identity: it changes no result.
 CHECKPOINT_EVERY_S = 30.0
+# Bounds no real run reaches (the paper's longest recipe is 160 epochs; ImageNet's 90 x 1,251 steps):
+# past them a value is a typo that would train until killed.
+MAX_EPOCHS = 100_000
+MAX_TOTAL_STEPS = 10**8
+MAX_BATCH = 1 << 24
+MAX_SEED = 2**63 - 1  # what torch.manual_seed takes
 
 
 @dataclass(frozen=True)
@@ -136,7 +142,8 @@ def validate_config(cfg: TrainConfig) -> None:
     """Raise UsageError naming the first value out of range."""
     checks = [
         (cfg.epochs >= 1, f"--epochs must be at least 1, got {cfg.epochs}"),
-        (cfg.batch_size >= 1, f"--batch-size must be at least 1, got {cfg.batch_size}"),
+        (cfg.epochs <= MAX_EPOCHS, f"--epochs must be at most {MAX_EPOCHS:,}, got {cfg.epochs}"),
+        (1 <= cfg.batch_size <= MAX_BATCH, f"--batch-size must be from 1 to {MAX_BATCH:,}, got {cfg.batch_size}"),
         (cfg.resize is None or 1 <= cfg.resize <= 4096, f"--resize must be a size from 1 to 4096, got {cfg.resize}"),
         (cfg.eval_batch_size >= 1, f"eval batch size must be at least 1, got {cfg.eval_batch_size}"),
         (math.isfinite(cfg.lr) and cfg.lr > 0, f"--lr must be a positive number, got {cfg.lr}"),
@@ -155,8 +162,35 @@ def validate_config(cfg: TrainConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise UsageError(message)
+    check_seed(cfg.seed)
     for s in (*cfg.milestones, cfg.warmup):
         parse_steps(s, 1)
+    # Milestones in one unit can be ordered without the epoch length; mixed ones are checked once it is known.
+    units = {m[-2:] if m[:-2].isdigit() else "mixed" for m in cfg.milestones}
+    if len(units) == 1 and "mixed" not in units:
+        check_milestone_order(cfg.milestones, 1)
+
+
+def check_seed(seed: int) -> None:
+    """A seed torch takes: a whole number from 0 to 2^63-1."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise UsageError(f"--seed must be a whole number from 0 to 2^63-1, got {seed}")
+
+
+def check_milestone_order(milestones: tuple[str, ...], steps_per_epoch: int) -> None:
+    """--milestones in increasing order: a step schedule multiplies the LR at each in turn."""
+    steps = [parse_steps(m, steps_per_epoch) for m in milestones]
+    if any(b <= a for a, b in zip(steps, steps[1:])):
+        raise UsageError(f"--milestones must be in increasing order, got {','.join(milestones)}")
+
+
+def check_run_length(cfg: TrainConfig, steps_per_epoch: int) -> None:
+    """The whole run, once the epoch length is known: at most MAX_TOTAL_STEPS steps, milestones in order."""
+    total = cfg.total_steps(steps_per_epoch)
+    if total > MAX_TOTAL_STEPS:
+        raise UsageError(f"{cfg.epochs:,} epochs of {steps_per_epoch:,} steps is {total:,} steps, more than "
+                         f"{MAX_TOTAL_STEPS:,}; lower --epochs (or --train-scale)")
+    check_milestone_order(cfg.milestones, steps_per_epoch)
 
 
 # The paper's recipes (Table 4, open_lth's defaults) and the short digits recipe, by recipe name.

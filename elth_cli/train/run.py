@@ -28,7 +28,7 @@ from elth_cli.masks import refuse_empty_layers, same_layout
 from elth_cli.ticket import Ticket
 from elth_cli.train.checkpoint import Checkpoint, RunState, cpu_state, read_checkpoint, restore_checkpoint, \
     state_fingerprint
-from elth_cli.train.config import CHECKPOINT_EVERY_S, TrainConfig, check_checkpoint_every, validate_config
+from elth_cli.train.config import CHECKPOINT_EVERY_S, TrainConfig, check_checkpoint_every, check_run_length, validate_config
 from elth_cli.train.hooks import Reporter, standard_hooks
 from elth_cli.train.identity import run_differences
 from elth_cli.train.loop import Hook, TrainLoop
@@ -76,6 +76,7 @@ def _check_run(bundle: DataBundle, cfg: TrainConfig, start_step: int, snapshot_s
     if resume not in RESUME_MODES:
         raise UsageError(f"resume must be auto, require or never, not {resume!r}")
     spe = bundle.steps_per_epoch(cfg.batch_size, world_size)
+    check_run_length(cfg, spe)
     total = cfg.total_steps(spe)
     if not 0 <= start_step < total:
         raise UsageError(f"start step {start_step} (the ticket's rewind step) is not before the recipe's last step "

@@ -24,7 +24,7 @@ from elth_cli.errors import UsageError
 from elth_cli.fileio import STDIO, WriterLock
 from elth_cli.ticket import Ticket
 from elth_cli.train.checkpoint import remove_checkpoint
-from elth_cli.train.config import TrainConfig, config_from_options, schedule_problems
+from elth_cli.train.config import TrainConfig, check_run_length, config_from_options, schedule_problems
 
 if TYPE_CHECKING:
     from elth_cli.archs import ArchSpec
@@ -98,8 +98,10 @@ class Session:
         return cfg, bundle
 
     def _check_schedule(self, cfg: TrainConfig, steps_per_epoch: int, overrides: dict[str, Any]) -> None:
-        """A warm-up or milestone that would never take effect: an error when the command line asked for
-        it, a warning when it is the recipe's (a short run of a long recipe)."""
+        """A run too long to be meant, milestones out of order, and a warm-up or milestone that would never
+        take effect: an error when the command line asked for it, a warning when it is the recipe's (a
+        short run of a long recipe)."""
+        check_run_length(cfg, steps_per_epoch)
         for name, problem in schedule_problems(cfg, steps_per_epoch, given=overrides).items():
             if name in overrides:
                 raise UsageError(problem)
