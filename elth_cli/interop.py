@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
+import io
 import json
 import os
 import re
@@ -519,7 +521,14 @@ def _check_out_dir(out: Path, force: bool) -> None:
 
 def _save(obj: dict[str, Tensor], path: Path) -> None:
     # Independent contiguous CPU tensors: torch.save writes whole storages, so never a view of a larger one.
-    torch.save({k: v.detach().to("cpu").contiguous().clone() for k, v in obj.items()}, path)
+    # Serialised in memory, then written as plain bytes: a full disk is then an OSError with its errno, where
+    # torch.save onto a file raises a RuntimeError ("file write failed") with none.
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().to("cpu").contiguous().clone() for k, v in obj.items()}, buffer)
+    with open(path, "wb") as f:
+        f.write(buffer.getbuffer())
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def export_ticket(ticket: Ticket, out_dir: str | os.PathLike[str], force: bool = False,
@@ -534,19 +543,31 @@ def export_ticket(ticket: Ticket, out_dir: str | os.PathLike[str], force: bool =
     # mkdtemp makes the folder private (0700): give it the permissions a plain mkdir would.
     os.chmod(tmp, 0o777 & ~current_umask())
     try:
-        # open_lth's Mask.save: every prunable key, int32 0/1 (v.cpu().int()).
-        spec = ticket.spec
-        _save(to_reference_keys({k: m.to(torch.int32) for k, m in ticket.masks.items()}, spec), tmp / MASK_FILE)
-        _save(to_reference_keys(ticket.init, spec), tmp / plan.init.filename)
-        if plan.trained is not None:
-            _save(to_reference_keys(ticket.trained, spec), tmp / plan.trained.filename)
-        unpruned, total = kept_and_total(ticket.masks)
-        (tmp / REPORT_FILE).write_text(json.dumps({"total": float(total), "unpruned": float(unpruned)}, indent=4))
+        _write_export(ticket, plan, tmp)
         _replace_dir(tmp, out)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        was = "left as it was" if out.exists() else "not created"
+        fix = "free some space (or raise the limit)" if e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) else \
+            f"check the folder {out.parent} and its permissions"
+        raise ElthError(f"cannot write {out}: {e.strerror or e}; the folder was {was}; {fix} and run the command "
+                        "again") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return plan
+
+
+def _write_export(ticket: Ticket, plan: ExportPlan, tmp: Path) -> None:
+    """The run folder's files, in ``tmp``."""
+    # open_lth's Mask.save: every prunable key, int32 0/1 (v.cpu().int()).
+    spec = ticket.spec
+    _save(to_reference_keys({k: m.to(torch.int32) for k, m in ticket.masks.items()}, spec), tmp / MASK_FILE)
+    _save(to_reference_keys(ticket.init, spec), tmp / plan.init.filename)
+    if plan.trained is not None:
+        _save(to_reference_keys(ticket.trained, spec), tmp / plan.trained.filename)
+    unpruned, total = kept_and_total(ticket.masks)
+    (tmp / REPORT_FILE).write_text(json.dumps({"total": float(total), "unpruned": float(unpruned)}, indent=4))
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:

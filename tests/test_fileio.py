@@ -181,3 +181,15 @@ def test_temporary_files_of_dead_writers_are_removed_by_the_next_write(tmp_path)
     assert target.read_bytes() == b"whole"
     assert not stale.exists() and alive.exists() and foreign.exists()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")) == sorted([alive.name, foreign.name])
+
+
+def test_export_onto_a_full_disk_is_one_line(tmp_path) -> None:
+    """torch.save onto a full disk printed a 30-line traceback (issue 28, item 1)."""
+    ticket = tmp_path / "t.safetensors"
+    make_ticket("resnet8-w4").save(ticket)
+    out = tmp_path / "exported"
+    proc = subprocess.run([sys.executable, "-m", "elth_cli", "export", str(ticket), str(out)], capture_output=True,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=120, preexec_fn=_limit_file_size(4096))
+    assert_clean_error(Result(proc.returncode, proc.stdout.decode(), proc.stderr.decode()), (1,),
+                       f"cannot write {out}: File too large; the folder was not created; free some space")
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["t.safetensors"]
