@@ -502,6 +502,9 @@ def compare(
     names = ["stdin" if p == STDIO else p for p in tickets]
     loaded = [Ticket.load(p) for p in tickets]
     doc = cmp.compare_tickets(loaded, names)
+    for first, later in doc["duplicates"]:  # the same run twice: not a seed replicate, not an interpolation
+        Log().warn(f"{names[later]} is the same run as {names[first]} (same ticket, options and seeds): a "
+                   "duplicate, counted once among replicates" + ("; the line between them is flat" if interpolate else ""))
     if interpolate:
         from elth_cli import data
         from elth_cli.device import resolve_device

@@ -51,8 +51,9 @@ EXAMPLES: dict[str, tuple[Example, ...]] = {
         Example("elth train r32.safetensors --dataset digits -o r32-trained.safetensors",
                 "train the stretched ticket from its rewind point (stopped by SIGTERM/SIGUSR1: exit 75; the same "
                 "command resumes)", short="--epochs 3"),
-        Example("elth train r32.safetensors r20-random.safetensors --out-dir trained --jobs 2",
-                "two trainings side by side, one per core, into trained/", short="--epochs 3"),
+        Example("elth train r32.safetensors r20-random.safetensors --out-dir trained --jobs 2 --seed 1",
+                "two trainings side by side, one per core, into trained/, with another data order (seed 1)",
+                short="--epochs 3"),
     ),
     "eval": (
         Example("elth eval r32-trained.safetensors --json", "the test accuracy that elth train recorded, measured again"),
@@ -61,7 +62,8 @@ EXAMPLES: dict[str, tuple[Example, ...]] = {
         Example("elth compare r20.safetensors r20-random.safetensors",
                 "two tickets: accuracy, cost, mask overlap against chance"),
         Example("elth compare r32-trained.safetensors trained/r32.safetensors --interpolate --dataset digits",
-                "two trainings of one ticket: the error along the straight line between them"),
+                "two trainings of one ticket with different data orders (seeds 0 and 1): the error along the "
+                "straight line between them (linear mode connectivity)"),
     ),
     "export": (
         Example("elth export r32-trained.safetensors exported/r32",

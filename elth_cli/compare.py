@@ -273,12 +273,28 @@ def spread(values: list[float]) -> dict[str, Any]:
     return {"mean": mean, "std": statistics.stdev(values) if n >= 2 else None, "n": n}
 
 
+def duplicate_pairs(tickets: list[Ticket]) -> list[list[int]]:
+    """``[first, other]`` for every ticket that is the same run as an earlier one: the same key and the same
+    seeds (or the same file). A duplicate is not a replicate: it would count one run twice (std 0)."""
+    seen: dict[str, int] = {}
+    pairs = []
+    for i, t in enumerate(tickets):
+        key = replicate_key(t) + json.dumps(_seeds(t.hparams or {}), default=str)
+        first = seen.setdefault(key, i)
+        if first != i:
+            pairs.append([first, i])
+    return pairs
+
+
 def replicate_groups(tickets: list[Ticket], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Groups of two or more tickets that differ only by seed: their members, seeds, and the mean and
-    standard deviation of their sparsity, test accuracy and FLOPs."""
+    standard deviation of their sparsity, test accuracy and FLOPs. A duplicate (:func:`duplicate_pairs`)
+    counts once."""
+    dropped = {later for _, later in duplicate_pairs(tickets)}
     groups: dict[str, list[int]] = {}
     for i, t in enumerate(tickets):
-        groups.setdefault(replicate_key(t), []).append(i)
+        if i not in dropped:
+            groups.setdefault(replicate_key(t), []).append(i)
     out = []
     for members in groups.values():
         if len(members) < 2:
@@ -329,6 +345,7 @@ def compare_tickets(tickets: list[Ticket], names: list[str]) -> dict[str, Any]:
         "same_arch": all(comparable_masks(tickets[0], t) for t in tickets[1:]),
         "tickets": rows,
         "replicates": replicate_groups(tickets, rows),
+        "duplicates": duplicate_pairs(tickets),
         "pairs": pairs,
         "profile": aligned_profile(tickets),
         "interpolation": None,

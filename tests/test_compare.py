@@ -20,7 +20,7 @@ from elth_cli.errors import UsageError
 from elth_cli.ticket import Ticket, apply_masks
 from elth_cli.train import evaluate
 
-TOP_KEYS = {"schema", "schema_version", "family", "same_arch", "tickets", "replicates", "pairs", "profile", "interpolation"}
+TOP_KEYS = {"schema", "schema_version", "family", "same_arch", "tickets", "replicates", "duplicates", "pairs", "profile", "interpolation"}
 TICKET_KEYS = {"name", "sha256", "arch", "family", "blocks_per_stage", "dataset", "input_shape", "num_classes",
                "sparsity", "prunable_weights", "kept_weights", "method", "rewind_step", "trained", "parents",
                "transform", "test_acc", "test_loss", "cost", "flops"}
@@ -396,3 +396,24 @@ def test_tickets_that_differ_only_by_seed_are_grouped_with_mean_and_std(capsys, 
     r = run_in_process(capsys, "compare", *[tmp_path / f"t{i}.safetensors" for i in range(4)])
     assert r.code == 0, r.stderr
     assert "replicates" in r.stdout and "93.00% +- 2.00" in r.stdout
+
+
+def test_the_same_run_twice_is_a_duplicate_not_a_replicate(capsys, tmp_path):
+    """Two trainings with the same seed were grouped as replicates (n = 2, std 0), and --help led there."""
+    import dataclasses
+
+    from elth_cli.compare import compare_tickets
+
+    same = [dataclasses.replace(make_ticket("resnet8-w4", 0.5, seed=0), metrics={"test_acc": a}) for a in (0.9, 0.9)]
+    other = dataclasses.replace(make_ticket("resnet8-w4", 0.5, seed=1), metrics={"test_acc": 0.8})
+    doc = compare_tickets([*same, other], ["a", "b", "c"])
+    assert doc["duplicates"] == [[0, 1]]
+    (group,) = doc["replicates"]
+    assert group["members"] == [0, 2] and group["test_acc"]["n"] == 2  # b counted once, through a
+    alone = compare_tickets(same, ["a", "b"])
+    assert alone["duplicates"] == [[0, 1]] and alone["replicates"] == []
+    for i, t in enumerate(same):
+        t.save(tmp_path / f"s{i}.safetensors")
+    r = run_in_process(capsys, "compare", tmp_path / "s0.safetensors", tmp_path / "s1.safetensors")
+    assert r.code == 0 and "replicates" not in r.stdout
+    assert f"warning: {tmp_path / 's1.safetensors'} is the same run as {tmp_path / 's0.safetensors'}" in r.stderr
