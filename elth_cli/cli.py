@@ -211,10 +211,11 @@ def _info_ticket(ticket_path: str, json_out: bool) -> None:
     if ticket.transform:
         t = ticket.transform
         con.print(f"transform   {t.get('kind')} {t.get('source_arch')} -> {t.get('target_arch')}, "
-                  f"strategy {t.get('strategy')}, mapping {t.get('mapping_string')}", markup=False)
+                  f"strategy {t.get('strategy')}, mapping {t.get('mapping_string')} (elth's numbering: --mapping)",
+                  markup=False)
         if "reference_mapping" in t:
             ref = t["reference_mapping"]
-            con.print(f"reference   --block_mapping '{ref}' (ElasticLTH's change_depth)" if ref else
+            con.print(f"reference   --block_mapping '{ref}' (ElasticLTH's change_depth; elth: --reference-mapping)" if ref else
                       f"reference   no --block_mapping: {t.get('reference_mapping_note')}", markup=False)
     if ticket.metrics:
         shown = {k: f"[{len(v)} entries]" if isinstance(v, list) else v for k, v in ticket.metrics.items()}
@@ -277,7 +278,8 @@ def _info_many(paths: list[str], json_out: bool) -> None:
 
 # ----- stretch / squeeze --------------------------------------------------------------------------
 def _transform_command(kind: str, source: str, target: str, output: str, strategy: Optional[str],
-                       mapping: Optional[str], force: bool, json_out: bool, quiet: bool) -> None:
+                       mapping: Optional[str], reference_mapping: Optional[str], force: bool, json_out: bool,
+                       quiet: bool) -> None:
     from elth_cli import elastic
     from elth_cli.ticket import Ticket
 
@@ -285,7 +287,11 @@ def _transform_command(kind: str, source: str, target: str, output: str, strateg
     check_output_path(output, force)
     log = Log(quiet)
     ticket = Ticket.load(source)
-    plan = elastic.plan_transform(ticket.spec, target, kind, strategy, mapping)
+    plan = elastic.plan_transform(ticket.spec, target, kind, strategy, mapping, reference_mapping)
+    other = elastic.as_reference_reading(mapping, plan.source, plan.target) if mapping is not None else None
+    if other is not None:  # valid in both numberings, with two meanings: say which one was taken
+        log.warn(f"--mapping {mapping} is read in elth's numbering ({elastic.format_mapping(plan.mapping)}); in the "
+                 f"reference's it would mean {other} in elth's: for that, pass it as --reference-mapping")
     result = elastic.apply_transform(ticket, plan)
     sha = result.save(output, force=force)
     summary = {
@@ -300,9 +306,10 @@ def _transform_command(kind: str, source: str, target: str, output: str, strateg
     for s, stage in enumerate(plan.mapping):
         blocks = " ".join(f"B{i}" for i in stage)
         log.info(f"  stage {s}: {plan.source.depths[s]} -> {len(stage)} blocks: {blocks}")
-    log.info(f"  mapping  {elastic.format_mapping(plan.mapping)}")
+    log.info(f"  mapping  {elastic.format_mapping(plan.mapping)} (elth's numbering: --mapping)")
     ref, why = elastic.reference_mapping(plan.source, plan.mapping)
-    log.info(f"  reference --block_mapping '{ref}'" if ref else f"  no reference --block_mapping: {why}")
+    log.info(f"  reference --block_mapping '{ref}' (the reference's numbering: --reference-mapping)" if ref else
+             f"  no reference --block_mapping: {why}")
     log.info(f"  sparsity {fmt_pct(ticket.sparsity)} -> {fmt_pct(result.sparsity)}")
     log.info(f"wrote {output if output != STDIO else 'stdout'}")
 
@@ -311,8 +318,16 @@ SrcArg = Annotated[str, typer.Argument(metavar="SRC", help="Source ticket file (
 TargetOpt = Annotated[str, typer.Option("--target", "-t", help="Target architecture, resolved within the source's family.")]
 MappingOpt = Annotated[
     Optional[str],
-    typer.Option("--mapping", help="Explicit block mapping in the reference syntax 'src:dst,dst;src:dst' "
-                 "(local block ids; one string for every stage, or one per stage joined by '|')."),
+    typer.Option("--mapping", help="Explicit block mapping 'src:dst,dst;src:dst' in elth's numbering: local block "
+                 "ids from 0 within a stage (an MLP's or FC stack's hidden layers 0..n-1); one string for every "
+                 "stage, or one per stage joined by '|'. What elth info shows as 'mapping'."),
+]
+ReferenceMappingOpt = Annotated[
+    Optional[str],
+    typer.Option("--reference-mapping", help="The mapping in the reference's own --block_mapping numbering "
+                 "(ElasticLTH; what elth info shows as 'reference'): the same as --mapping except for MLPs "
+                 "(fc_layers positions, the narrow layer named too) and VGGs with an FC stack (classifier places, "
+                 "2j for hidden layer j)."),
 ]
 
 
@@ -324,12 +339,13 @@ def stretch(
     strategy: Annotated[Optional[str], typer.Option("--strategy", "-s", help="append (default; extra blocks cycle "
                         "through the source's non-first blocks) or interpolate (each block repeated in place).")] = None,
     mapping: MappingOpt = None,
+    reference_mapping: ReferenceMappingOpt = None,
     force: ForceOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Stretch a ticket to a deeper network of its family by replicating blocks (mask and init weights)."""
-    _transform_command("stretch", source, target, output, strategy, mapping, force, json_out, quiet)
+    _transform_command("stretch", source, target, output, strategy, mapping, reference_mapping, force, json_out, quiet)
 
 
 @app.command(epilog=epilog("squeeze"))
@@ -340,12 +356,13 @@ def squeeze(
     strategy: Annotated[Optional[str], typer.Option("--strategy", "-s", help="keep-first (default; keeps blocks "
                         "0..m-1, the inverse of append) or spaced (evenly spaced blocks, always block 0).")] = None,
     mapping: MappingOpt = None,
+    reference_mapping: ReferenceMappingOpt = None,
     force: ForceOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Squeeze a ticket to a shallower network of its family by dropping blocks, keeping their order."""
-    _transform_command("squeeze", source, target, output, strategy, mapping, force, json_out, quiet)
+    _transform_command("squeeze", source, target, output, strategy, mapping, reference_mapping, force, json_out, quiet)
 
 
 # ----- compare ------------------------------------------------------------------------------------

@@ -172,6 +172,45 @@ def reference_mapping(spec: ArchSpec, mapping: Mapping) -> tuple[str | None, str
     return "|".join(per_stage), None
 
 
+def _reference_items(text: str) -> list[tuple[int, list[int]]]:
+    """``src:dst,dst;...`` as (src, [dst, ...]) pairs (one string: these families have one stage)."""
+    items = []
+    for item in filter(None, (i.strip() for i in text.strip().split(";"))):
+        src_text, sep, dst_text = item.partition(":")
+        try:
+            items.append((int(src_text), [int(d) for d in dst_text.split(",") if d.strip()] if sep else []))
+        except ValueError:
+            raise MappingError(f"reference mapping item {item!r} is not 'src:dst[,dst...]' with layer numbers") from None
+    return items
+
+
+def from_reference_mapping(text: str, source: ArchSpec, target: ArchSpec) -> str:
+    """A mapping in the reference's own ``--block_mapping`` numbering for the source's family, in elth's
+    (what ``--mapping`` takes): the two differ for MLPs (open_lth's ``fc_layers`` positions, the narrow
+    layer after the hidden ones named too) and VGGs with an FC stack (``classifier`` Sequential places,
+    2j for hidden layer j); for the other families they are the same string."""
+    form = archs.family_of(source).reference_mapping
+    if "|" in text and form in ("fc_layers", "classifier"):
+        raise MappingError(f"the reference takes one --block_mapping string for {source.name}, without '|'")
+    if form == "fc_layers":
+        narrow, narrow_to = source.depths[0], target.depths[0]
+        items = _reference_items(text)
+        if (narrow, [narrow_to]) not in items:
+            raise MappingError(f"the reference's mapping for {source.name} -> {target.name} names the narrow layer "
+                               f"after the hidden ones too ({narrow}:{narrow_to}); without it the reference leaves "
+                               "that layer untransferred")
+        rest = [(s, d) for s, d in items if s != narrow]
+        return ";".join(f"{s}:{','.join(map(str, d))}" for s, d in rest)
+    if form == "classifier":
+        items = _reference_items(text)
+        odd = [n for s, d in items for n in (s, *d) if n % 2]
+        if odd:
+            raise MappingError(f"the reference numbers {source.name}'s FC layers by their place in its classifier "
+                               f"(Linear, ReLU, ...): hidden layer j is {2}j, so {odd[0]} names no layer")
+        return ";".join(f"{s // 2}:{','.join(str(x // 2) for x in d)}" for s, d in items)
+    return text
+
+
 def check_mapping(mapping: Mapping, src_depths: tuple[int, ...], tgt_depths: tuple[int, ...],
                   free_first: tuple[bool, ...] = ()) -> None:
     """Refuse a mapping that moves block 0 (where it changes the shape), leaves a block empty or names
@@ -286,10 +325,16 @@ def _refuse_single_block_stretch(source: ArchSpec, target: ArchSpec, free_first:
 
 
 def plan_transform(
-    source: ArchSpec, target_name: str | ArchSpec, kind: str, strategy: str | None = None, mapping: str | None = None
+    source: ArchSpec, target_name: str | ArchSpec, kind: str, strategy: str | None = None, mapping: str | None = None,
+    reference_mapping: str | None = None,
 ) -> TransformPlan:
-    """Resolve the target within the source's family, check the direction, and fix the mapping."""
+    """Resolve the target within the source's family, check the direction, and fix the mapping: a strategy,
+    ``mapping`` in elth's numbering, or ``reference_mapping`` in the reference's (:func:`from_reference_mapping`)."""
     target = target_name if isinstance(target_name, ArchSpec) else archs.resolve_target(source, target_name)
+    if reference_mapping is not None:
+        if mapping is not None:
+            raise UsageError("give either --mapping (elth's numbering) or --reference-mapping (the reference's), not both")
+        mapping = from_reference_mapping(reference_mapping, source, target)
     src_d, tgt_d = source.depths, target.depths
     other = {"stretch": "squeeze", "squeeze": "stretch"}[kind]
     if tgt_d == src_d:
@@ -306,8 +351,11 @@ def plan_transform(
         raise UsageError(f"target {target.name} ({target.depth_label} blocks) is not {relation} than {source.name} ({source.depth_label}); {hint}")
     if mapping is not None:
         if strategy is not None:
-            raise UsageError("give either --strategy or --mapping, not both")
-        return TransformPlan(kind, "mapping", source, target, parse_mapping(mapping, src_d, tgt_d, free))
+            raise UsageError("give either --strategy or a mapping, not both")
+        try:
+            return TransformPlan(kind, "mapping", source, target, parse_mapping(mapping, src_d, tgt_d, free))
+        except MappingError as e:
+            raise MappingError(f"{e}{_reference_hint(mapping, source, target, reference_mapping)}") from None
     strategy = strategy or ("append" if kind == "stretch" else "keep-first")
     allowed = STRETCH_STRATEGIES if kind == "stretch" else SQUEEZE_STRATEGIES
     if strategy not in allowed:
@@ -315,6 +363,33 @@ def plan_transform(
     plan = plan_mapping(src_d, tgt_d, strategy, free)
     check_mapping(plan, src_d, tgt_d, free)
     return TransformPlan(kind, strategy, source, target, plan)
+
+
+def as_reference_reading(mapping: str, source: ArchSpec, target: ArchSpec) -> str | None:
+    """What ``mapping`` means read in the reference's numbering, in elth's, where that is a valid mapping
+    that differs from elth's own reading (None: the numberings agree, or it means nothing there)."""
+    if archs.family_of(source).reference_mapping not in ("fc_layers", "classifier"):
+        return None
+    try:
+        converted = from_reference_mapping(mapping, source, target)
+        parsed = parse_mapping(converted, source.depths, target.depths, archs.block_layout(source).free_first)
+    except UsageError:
+        return None
+    try:
+        if parse_mapping(mapping, source.depths, target.depths, archs.block_layout(source).free_first) == parsed:
+            return None
+    except UsageError:
+        pass
+    return converted
+
+
+def _reference_hint(mapping: str, source: ArchSpec, target: ArchSpec, given_as_reference: str | None) -> str:
+    """Where a refused ``--mapping`` reads as a valid mapping in the reference's numbering: say so."""
+    converted = None if given_as_reference is not None else as_reference_reading(mapping, source, target)
+    if converted is None:
+        return ""
+    return (f"; --mapping counts {source.name}'s hidden layers 0..{source.depths[0] - 1}, and this string reads as the "
+            f"reference's numbering ({converted} in elth's): pass it as --reference-mapping")
 
 
 def apply_transform(ticket: Ticket, plan: TransformPlan) -> Ticket:
@@ -351,11 +426,13 @@ def apply_transform(ticket: Ticket, plan: TransformPlan) -> Ticket:
     )
 
 
-def stretch(ticket: Ticket, target: str | ArchSpec, strategy: str | None = None, mapping: str | None = None) -> Ticket:
+def stretch(ticket: Ticket, target: str | ArchSpec, strategy: str | None = None, mapping: str | None = None,
+            reference_mapping: str | None = None) -> Ticket:
     """Stretch a ticket to a deeper network of its family (``append`` by default, or ``interpolate``)."""
-    return apply_transform(ticket, plan_transform(ticket.spec, target, "stretch", strategy, mapping))
+    return apply_transform(ticket, plan_transform(ticket.spec, target, "stretch", strategy, mapping, reference_mapping))
 
 
-def squeeze(ticket: Ticket, target: str | ArchSpec, strategy: str | None = None, mapping: str | None = None) -> Ticket:
+def squeeze(ticket: Ticket, target: str | ArchSpec, strategy: str | None = None, mapping: str | None = None,
+            reference_mapping: str | None = None) -> Ticket:
     """Squeeze a ticket to a shallower network of its family (``keep-first`` by default, or ``spaced``)."""
-    return apply_transform(ticket, plan_transform(ticket.spec, target, "squeeze", strategy, mapping))
+    return apply_transform(ticket, plan_transform(ticket.spec, target, "squeeze", strategy, mapping, reference_mapping))

@@ -261,3 +261,48 @@ def test_a_source_stage_of_one_block_cannot_be_stretched_and_no_mapping_is_sugge
                                              r"add blocks there; .* \(vgg13\)") as info:
             plan_transform(archs.resolve_arch("vgg11"), "vgg16", "stretch", mapping=mapping)
         assert "--mapping" not in str(info.value)
+
+
+@pytest.mark.parametrize("source, target, kind, strategy", [
+    ("mlp-300x2", "mlp-300x4", "stretch", "append"), ("mlp-300x2", "mlp-300x4", "stretch", "interpolate"),
+    ("mlp-300x4", "mlp-300x2", "squeeze", "spaced"), ("vgg13-fc3", "vgg13-fc5", "stretch", "append"),
+    ("vgg13-fc5", "vgg13-fc2", "squeeze", "keep-first"), ("vgg13-fc5", "vgg13-fc3", "squeeze", "spaced"),
+])
+def test_a_recorded_reference_mapping_reproduces_its_ticket(source, target, kind, strategy):
+    """The mapping a ticket records in the reference's numbering, given back as --reference-mapping, makes the
+    same ticket; given as --mapping (elth's numbering) it is refused with that hint or means elth's reading."""
+    from elth_cli.elastic import MappingError, as_reference_reading
+
+    ticket = make_ticket(source)
+    transform = getattr(elastic, kind)
+    first = transform(ticket, target, strategy=strategy)
+    ref = first.transform["reference_mapping"]
+    again = transform(ticket, target, reference_mapping=ref)
+    assert again.transform["mapping"] == first.transform["mapping"]
+    assert all(torch.equal(first.masks[k], again.masks[k]) and torch.equal(first.init[k], again.init[k])
+               for k in first.masks)
+    own = transform(ticket, target, mapping=first.transform["mapping_string"])
+    assert own.transform["mapping"] == first.transform["mapping"]
+    if ref != first.transform["mapping_string"]:
+        try:
+            pasted = transform(ticket, target, mapping=ref)
+        except MappingError as e:
+            assert "pass it as --reference-mapping" in str(e)
+        else:  # valid in both numberings: elth's reading is taken, and the CLI says so
+            assert as_reference_reading(ref, ticket.spec, pasted.spec) is not None
+
+
+def test_a_mapping_valid_in_both_numberings_is_read_as_elths_with_a_warning(tmp_path, capsys):
+    from conftest import run_in_process
+
+    src = tmp_path / "fc5.safetensors"
+    make_ticket("vgg13-fc5").save(src)
+    r = run_in_process(capsys, "squeeze", src, "--target", "vgg13-fc2", "--mapping", "2:0", "-o", tmp_path / "a.safetensors")
+    assert r.code == 0 and "warning: --mapping 2:0 is read in elth's numbering" in r.stderr
+    assert "pass it as --reference-mapping" in r.stderr
+    r = run_in_process(capsys, "squeeze", src, "--target", "vgg13-fc2", "--reference-mapping", "2:0", "--mapping", "1:0",
+                       "-o", tmp_path / "b.safetensors")
+    assert r.code == 2 and "not both" in r.stderr
+    r = run_in_process(capsys, "squeeze", src, "--target", "vgg13-fc2", "--reference-mapping", "3:0",
+                       "-o", tmp_path / "c.safetensors")
+    assert r.code == 2 and "hidden layer j is 2j, so 3 names no layer" in r.stderr

@@ -24,7 +24,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from conftest import ROOT, make_ticket, run_in_process
-from elth_cli import container, data, train
+from elth_cli import data, train
 from elth_cli.device import device_setup
 from elth_cli.errors import ElthError, TicketError
 from elth_cli.masks import same_layout
@@ -37,6 +37,10 @@ POOL = ["0", "1", "2", "-1", "3", "1e400", "-0.5", "0.5", "1.5", "nan", "inf", "
         "[1, 8, 8]", "[0, 8, 8]", '{"a": 1}', "resnet20-w4", "resnet8-w4", "digits", "elth.ticket", "0" * 64]
 LEAVES = st.sampled_from([0, 1, -1, 0.5, 1.5, 1e30, 10**20, True, False, None, "", "x", [], {}])
 PRINTABLE = b'0123456789abcdefxyzABC{}[]":,.- '
+
+
+class KnownBug(AssertionError):
+    """What an xfail test below expects to fail with (any other failure is a failure)."""
 
 
 # ----- the files ---------------------------------------------------------------------------------
@@ -233,9 +237,9 @@ def test_any_same_shape_name_swap_in_a_ticket_is_refused(ticket_raw, data) -> No
         Ticket.from_bytes(st_save(tensors, metadata=_header(ticket_raw)[1]["__metadata__"]), "t.safetensors")
 
 
-@pytest.mark.xfail(strict=True, reason="a version-2 ticket whose format_version is edited to 1 (one byte) is read as "
-                   "a version-1 file without a digest: its file_sha256 is ignored, and any damage to its tensors, "
-                   "names or metadata then loads")
+@pytest.mark.xfail(strict=True, raises=KnownBug, reason="a version-2 ticket whose format_version is edited to 1 "
+                   "(one byte) is read as a version-1 file without a digest: its file_sha256 is ignored, and any "
+                   "damage to its tensors, names or metadata then loads")
 def test_a_ticket_edited_to_claim_version_1_is_refused(ticket_raw) -> None:
     at = _version_digit(ticket_raw)
     assert ticket_raw[at:at + 1] == b"2"
@@ -252,10 +256,16 @@ def test_a_ticket_edited_to_claim_version_1_is_refused(ticket_raw) -> None:
     a, b = next((a, b) for a, b in _swappable(tensors) if a.startswith("mask/"))
     tensors[a], tensors[b] = tensors[b], tensors[a]
     swapped = st_save(tensors, metadata={**header["__metadata__"], "format_version": "1"})
+    loaded = []
     for what, raw in (("format_version 2 -> 1", bytes(downgraded)), ("and a weight byte", bytes(weight)),
                       (f"and {a} <-> {b}", swapped)):
-        with pytest.raises(TicketError):
+        try:
             Ticket.from_bytes(raw, what)
+            loaded.append(what)
+        except TicketError:
+            pass
+    if loaded:
+        raise KnownBug(f"loaded: {loaded}")
 
 
 # ----- checkpoints -------------------------------------------------------------------------------
@@ -370,8 +380,8 @@ def test_a_training_killed_at_any_moment_ends_as_an_uninterrupted_one(tmp_path, 
         if proc.poll() is None:
             proc.kill()
     when = f"killed {time.monotonic() - start:.2f} s after the start ({moment}), exit {proc.returncode}"
-    if watch is not None:
-        assert proc.returncode == -signal.SIGKILL, when
+    # Once its checkpoint is there it trains on; once its output is there it may end before the kill lands.
+    assert proc.returncode in ((-signal.SIGKILL,) if moment == "its checkpoint appears" else (-signal.SIGKILL, 0)), when
 
     again = subprocess.run(cmd, capture_output=True, env=_env(), timeout=300)
     assert again.returncode == 0, (when, again.stderr.decode())
@@ -383,8 +393,9 @@ def test_a_training_killed_at_any_moment_ends_as_an_uninterrupted_one(tmp_path, 
     assert _leftovers(tmp_path) == [], when
 
 
-@pytest.mark.xfail(strict=True, reason="a re-run of a finished `elth train` (output in place) reuses the output and "
-                   "leaves the checkpoint that a kill between the output's rename and the checkpoint's removal left")
+@pytest.mark.xfail(strict=True, raises=KnownBug, reason="a re-run of a finished `elth train` (output in place) "
+                   "reuses the output and leaves the checkpoint that a kill between the output's rename and the "
+                   "checkpoint's removal left")
 def test_a_rerun_of_a_finished_training_removes_the_checkpoint_a_kill_left(capsys, tmp_path) -> None:
     path, out = tmp_path / "r8.safetensors", tmp_path / "out.safetensors"
     ticket = make_ticket("resnet8-w4")
@@ -401,16 +412,18 @@ def test_a_rerun_of_a_finished_training_removes_the_checkpoint_a_kill_left(capsy
     ckpt.write_bytes(left)  # what SIGKILL between save_result's rename and its unlink leaves
     r = run_in_process(capsys, "train", path, "-o", out, "--epochs", "2", "--checkpoint-every", "0")
     assert r.code == 0 and "already trained" in r.stderr
-    assert not ckpt.exists()
+    if ckpt.exists():
+        raise KnownBug(f"{ckpt.name} is still there")
 
 
-@pytest.mark.xfail(strict=True, reason="a re-run of a finished `elth find --method imp` only reads the run folder, so "
-                   "the find.lock of a writer killed after its last round stays there")
+@pytest.mark.xfail(strict=True, raises=KnownBug, reason="a re-run of a finished `elth find --method imp` only "
+                   "reads the run folder, so the find.lock of a writer killed after its last round stays there")
 def test_a_rerun_of_a_finished_imp_run_removes_a_dead_writers_lock(capsys, tmp_path) -> None:
     run = tmp_path / "run"
-    args = ["find", "--method", "imp", "--arch", "resnet8-w4", "--dataset", "digits", "--rounds", "1", "--rewind", "5it",
-            "--epochs", "1", "--eval-every", "0", "--out-dir", run, "--quiet"]
-    assert run_in_process(capsys, *args).code == 0
+    args = ["find", "--method", "imp", "--arch", "resnet8-w4", "--dataset", "digits", "--rounds", "1", "--rewind",
+            "5it", "--epochs", "1", "--eval-every", "0", "--out-dir", run, "--quiet"]
+    first = run_in_process(capsys, *args)
+    assert first.code == 0, first.stderr
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     lock = run / "find.lock"
@@ -418,4 +431,5 @@ def test_a_rerun_of_a_finished_imp_run_removes_a_dead_writers_lock(capsys, tmp_p
     lock.write_text(f"pid {dead.pid} on {os.uname().nodename} since 2026-01-01T00:00:00\n")
     r = run_in_process(capsys, *args)
     assert r.code == 0, r.stderr
-    assert not lock.exists()
+    if lock.exists():
+        raise KnownBug(f"{lock.name} is still there")
