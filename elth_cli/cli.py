@@ -288,6 +288,8 @@ def _transform_command(kind: str, source: str, target: str, output: str, strateg
     log = Log(quiet)
     ticket = Ticket.load(source)
     plan = elastic.plan_transform(ticket.spec, target, kind, strategy, mapping, reference_mapping)
+    for note in plan.notes:
+        log.warn(note)
     other = elastic.as_reference_reading(mapping, plan.source, plan.target) if mapping is not None else None
     if other is not None:  # valid in both numberings, with two meanings: say which one was taken
         log.warn(f"--mapping {mapping} is read in elth's numbering ({elastic.format_mapping(plan.mapping)}); in the "

@@ -288,6 +288,8 @@ class TransformPlan:
     source: ArchSpec
     target: ArchSpec
     mapping: Mapping
+    # What the user should know about how the target was read (a reference name's width, ...).
+    notes: tuple[str, ...] = ()
 
     def describe(self) -> dict[str, Any]:
         ref, why = reference_mapping(self.source, self.mapping)
@@ -331,6 +333,7 @@ def plan_transform(
     """Resolve the target within the source's family, check the direction, and fix the mapping: a strategy,
     ``mapping`` in elth's numbering, or ``reference_mapping`` in the reference's (:func:`from_reference_mapping`)."""
     target = target_name if isinstance(target_name, ArchSpec) else archs.resolve_target(source, target_name)
+    notes = _width_note(source, target_name, target)
     if reference_mapping is not None:
         if mapping is not None:
             raise UsageError("give either --mapping (elth's numbering) or --reference-mapping (the reference's), not both")
@@ -353,7 +356,7 @@ def plan_transform(
         if strategy is not None:
             raise UsageError("give either --strategy or a mapping, not both")
         try:
-            return TransformPlan(kind, "mapping", source, target, parse_mapping(mapping, src_d, tgt_d, free))
+            return TransformPlan(kind, "mapping", source, target, parse_mapping(mapping, src_d, tgt_d, free), notes)
         except MappingError as e:
             raise MappingError(f"{e}{_reference_hint(mapping, source, target, reference_mapping)}") from None
     strategy = strategy or ("append" if kind == "stretch" else "keep-first")
@@ -362,7 +365,22 @@ def plan_transform(
         raise UsageError(f"{kind} strategies are {', '.join(allowed)}; got {strategy!r}")
     plan = plan_mapping(src_d, tgt_d, strategy, free)
     check_mapping(plan, src_d, tgt_d, free)
-    return TransformPlan(kind, strategy, source, target, plan)
+    return TransformPlan(kind, strategy, source, target, plan, notes)
+
+
+def _width_note(source: ArchSpec, name: str | ArchSpec, target: ArchSpec) -> tuple[str, ...]:
+    """A target given by a reference name (``imagenet_resnet_34``) keeps the source's width, where the
+    reference's name means its own default width: say so when the two differ."""
+    if isinstance(name, ArchSpec) or "_" not in name:
+        return ()
+    try:
+        meant = archs.resolve_arch(name)
+    except UsageError:
+        return ()
+    if meant.width == target.width:
+        return ()
+    return (f"--target {name} is width {meant.width} in the reference; the target keeps the source's width "
+            f"{source.width}: {target.name}",)
 
 
 def as_reference_reading(mapping: str, source: ArchSpec, target: ArchSpec) -> str | None:

@@ -405,7 +405,7 @@ def import_run(
     root = Path(run_dir)
     if not root.is_dir():
         raise UsageError(f"run folder {root} does not exist or is not a folder")
-    spec = archs.resolve_arch(arch)
+    spec, notes = _as_the_reference_means(arch, archs.resolve_arch(arch), root)
     info = data.get_dataset_info(dataset, data_dir)
     if steps_per_epoch is not None and steps_per_epoch < 1:
         raise UsageError(f"--steps-per-epoch must be at least 1, got {steps_per_epoch}")
@@ -429,10 +429,33 @@ def import_run(
         extra={IMPORT_KEY: json.dumps(record, sort_keys=True)},
     )
     validate(ticket, str(root))
-    warnings = [f"{n} pruned entries of the {label} weights were nonzero in the run folder; zeroed them"
-                for label, n in states.zeroed.items() if n]
+    warnings = notes + [f"{n} pruned entries of the {label} weights were nonzero in the run folder; zeroed them"
+                        for label, n in states.zeroed.items() if n]
     return ImportResult(ticket, init.filename, trained.filename if trained else None, states.dense,
                         dict(states.zeroed), states.report, warnings)
+
+
+# The reference reads a VGG-FC's width only from a four-part name (cifar_vggnfc_D_W): in a five-part one
+# (cifar_vggnfc_D_W_n) the W is ignored and the network is 64 wide.
+_VGGNFC_WIDTH_IGNORED = re.compile(r"^cifar_vggnfc_(\d+)_(\d+)_(\d+)$")
+
+
+def _as_the_reference_means(arch: str, spec: archs.ArchSpec, root: Path) -> tuple[archs.ArchSpec, list[str]]:
+    """The architecture a reference run folder holds when ``arch`` is a reference name that the reference
+    reads otherwise than its text says (``cifar_vggnfc_13_32_3`` is 64 wide), judged by the folder's
+    first convolution; with a note saying so."""
+    m = _VGGNFC_WIDTH_IGNORED.match(arch)
+    if not m or int(m.group(2)) == 64 or not (root / MASK_FILE).is_file():
+        return spec, []
+    meant = archs.resolve_arch(f"vgg{m.group(1)}-fc{m.group(3)}")
+    try:
+        first = from_reference_keys(load_tensor_dict(root / MASK_FILE, "mask"), meant).get("layers.0.conv.weight")
+    except ElthError:
+        return spec, []  # the usual checks say what is wrong with the file
+    if first is None or first.shape[0] != meant.width:
+        return spec, []
+    return meant, [f"{arch} is width {meant.width} in the reference (its name parser reads a width only from "
+                   f"cifar_vggnfc_D_W), and this run folder's layers are {meant.width} wide: imported as {meant.name}"]
 
 
 # ----- export -------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
         ("imagenet_resnet_18_32", "imagenet-resnet18-w32", (2, 2, 2, 2)),
         ("mnist_lenet_300_300_100", "mlp-300x2", (2,)),
         ("mnist_lenet_300_100", "mlp-300x1", (1,)),
+        ("mnist_lenet_500_300_100", "mlp-500-300-100", (2,)),  # unequal widths: imports, does not stretch
         ("cifar_vggnfc_13_64_3", "vgg13-fc3", (2,)),
         ("cifar_vggnfc_13_16_5", "vgg13-w16-fc5", (4,)),
     ],
@@ -43,7 +44,7 @@ def test_resolve(name, canonical, depths):
 
 
 @pytest.mark.parametrize("name", ["resnet21", "resnet2", "vgg12", "imagenet-resnet20", "alexnet", "mlp-300x0",
-                                  "mnist_lenet_500_300_100", "cifar_vggnfc_13_64_1", "vgg13-fc1"])
+                                  "mnist_lenet_500", "mlp-300-0-100", "cifar_vggnfc_13_64_1", "vgg13-fc1"])
 def test_unknown_names(name):
     with pytest.raises(UsageError):
         archs.resolve_arch(name)

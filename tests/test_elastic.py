@@ -306,3 +306,11 @@ def test_a_mapping_valid_in_both_numberings_is_read_as_elths_with_a_warning(tmp_
     r = run_in_process(capsys, "squeeze", src, "--target", "vgg13-fc2", "--reference-mapping", "3:0",
                        "-o", tmp_path / "c.safetensors")
     assert r.code == 2 and "hidden layer j is 2j, so 3 names no layer" in r.stderr
+
+
+def test_a_reference_target_name_keeps_the_source_width_and_says_so():
+    plan = elastic.plan_transform(archs.resolve_arch("imagenet-resnet18-w32"), "imagenet_resnet_34", "stretch")
+    assert plan.target.name == "imagenet-resnet34-w32"
+    assert plan.notes == ("--target imagenet_resnet_34 is width 64 in the reference; the target keeps the source's "
+                          "width 32: imagenet-resnet34-w32",)
+    assert elastic.plan_transform(archs.resolve_arch("imagenet-resnet18"), "imagenet_resnet_34", "stretch").notes == ()

@@ -333,3 +333,42 @@ def test_a_reference_imagenet_folder_imports(tmp_path):
     ticket = import_run(run, "imagenet_resnet_18", "imagenet").ticket
     assert ticket.arch == "imagenet-resnet18" and set(ticket.masks) == {k[len("model."):] for k in mask}
     assert torch.equal(ticket.masks["layer1.0.conv1.weight"], mask["model.layer1.0.conv1.weight"].bool())
+
+
+# ----- reference names that mean something else than they say (issue 28, item 10) -----------------------
+def test_a_five_part_vggnfc_name_is_read_as_the_reference_builds_it(tmp_path):
+    """cifar_vggnfc_13_32_3 is 64 wide in the reference: a folder it wrote imports, saying so (it was refused
+    with a shape error)."""
+    ticket = make_ticket("vgg13-fc3", 0.5, input_shape=CIFAR)
+    run = tmp_path / "main"
+    write_run(run, ticket, {"model_ep0_it0.pth": ticket.init})
+    result = import_run(run, "cifar_vggnfc_13_32_3")
+    assert result.ticket.arch == "vgg13-fc3"
+    assert any("cifar_vggnfc_13_32_3 is width 64 in the reference" in w for w in result.warnings)
+    # A folder that really is 32 wide (someone's fork) imports as the name says, without the note.
+    narrow = make_ticket("vgg13-w32-fc3", 0.5, input_shape=CIFAR)
+    write_run(tmp_path / "narrow", narrow, {"model_ep0_it0.pth": narrow.init})
+    result = import_run(tmp_path / "narrow", "cifar_vggnfc_13_32_3")
+    assert result.ticket.arch == "vgg13-w32-fc3" and result.warnings == []
+
+
+def test_a_vggnfc_with_one_fc_layer_names_the_plain_vgg_of_its_width():
+    from elth_cli import archs
+
+    with pytest.raises(UsageError, match=r"it is vgg13-w32 \(the cifar-vgg family\); give two or more, e.g. vgg13-w32-fc3"):
+        archs.resolve_arch("cifar_vggnfc_13_32")
+
+
+def test_an_mlp_of_unequal_widths_imports_trains_and_refuses_to_stretch(tmp_path):
+    from elth_cli import archs, elastic
+
+    spec = archs.resolve_arch("mnist_lenet_300_200_100")
+    assert spec.name == "mlp-300-200-100" and archs.resolve_arch("mlp-300-300-100").name == "mlp-300x2"
+    ticket = random_ticket("mlp-300-200-100", (1, 28, 28), 10, 0.5, seed=0, dataset="mnist")
+    assert [tuple(ticket.init[f"fc_layers.{i}.weight"].shape) for i in range(3)] == [(300, 784), (200, 300), (100, 200)]
+    run = tmp_path / "main"
+    write_run(run, ticket, {"model_ep0_it0.pth": ticket.init})
+    imported = import_run(run, "mnist_lenet_300_200_100", dataset="mnist").ticket
+    assert imported.arch == "mlp-300-200-100" and all(torch.equal(imported.masks[k], ticket.masks[k]) for k in ticket.masks)
+    with pytest.raises(UsageError, match=r"has hidden layers of different widths \(300, 200\).*cannot be stretched"):
+        elastic.stretch(imported, "mlp-300x3")

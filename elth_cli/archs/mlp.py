@@ -2,7 +2,8 @@
 
 ``mlp-300x2`` is ``mnist_lenet_300_300_100``: n hidden layers of width h (``fc_layers.0`` to
 ``fc_layers.{n-1}``), a narrower layer of width m (``fc_layers.{n}``, 100 by default:
-``mlp-300x2-50`` for another) and the classifier ``fc``. The input is flattened, so any data set
+``mlp-300x2-50`` for another) and the classifier ``fc``; ``mlp-300-200-100`` has hidden layers of
+different widths (it trains and prunes, but does not stretch). The input is flattened, so any data set
 fits. The n hidden layers are the one stage that stretches and squeezes; its block 0 is the input
 layer (its input size differs), kept 1:1 like a ResNet's downsampling block. The narrower layer
 and the classifier are the head: copied unchanged, their keys shift with the depth.
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 FAMILY_NAME = "mlp"
 DEFAULT_NARROW = 100
 _NAME = re.compile(r"^mlp-(\d+)x(\d+)(?:-(\d+))?$")
+_PLAN = re.compile(r"^mlp((?:-\d+){2,})$")  # mlp-300-200-100: hidden widths, then the narrow layer
 _ALIAS = re.compile(r"^mnist_lenet((?:_\d+)+)$")
 
 
@@ -30,29 +32,55 @@ def _spec(hidden: int, n: int, narrow: int) -> ArchSpec:
     if hidden < 1 or narrow < 1:
         raise UsageError("MLP widths must be positive numbers of units, e.g. mlp-300x2")
     if not 1 <= n <= 64:
-        raise UsageError(f"an MLP has 1 to 64 hidden layers of equal width, got {n}")
+        raise UsageError(f"an MLP has 1 to 64 hidden layers, got {n}")
     name = f"mlp-{hidden}x{n}" + ("" if narrow == DEFAULT_NARROW else f"-{narrow}")
     return ArchSpec(name=name, family=FAMILY_NAME, depths=(n,), width=hidden, variant=str(narrow))
 
 
-def _from_alias(plan_text: str) -> ArchSpec:
-    plan = [int(p) for p in plan_text.strip("_").split("_")]
-    if len(plan) < 2 or len(set(plan[:-1])) != 1:
-        raise UsageError(f"mnist_lenet{plan_text}: elth's MLPs are n hidden layers of one width and one narrower "
-                         "layer (mnist_lenet_300_300_100 = mlp-300x2); other plans are not a family that stretches")
-    return _spec(plan[0], len(plan) - 1, plan[-1])
+def _from_plan(plan: list[int]) -> ArchSpec:
+    """Hidden layers of any widths, then the narrow layer: ``mlp-300x2`` when the hidden widths are equal,
+    else ``mlp-300-200-100`` (open_lth's ``mnist_lenet_300_200_100``), which imports, trains and prunes but
+    cannot stretch: its blocks are not interchangeable."""
+    if len(plan) < 2 or min(plan) < 1:
+        raise UsageError("an MLP needs at least one hidden layer and the narrow layer, each of positive width, "
+                         "e.g. mnist_lenet_300_300_100 (= mlp-300x2)")
+    hidden = plan[:-1]
+    if len(set(hidden)) == 1:
+        return _spec(hidden[0], len(hidden), plan[-1])
+    if len(hidden) > 64:
+        raise UsageError(f"an MLP has 1 to 64 hidden layers, got {len(hidden)}")
+    name = "mlp-" + "-".join(map(str, plan))
+    return ArchSpec(name=name, family=FAMILY_NAME, depths=(len(hidden),), width=hidden[0],
+                    variant=",".join(map(str, plan)))
+
+
+def sizes(spec: ArchSpec) -> list[int]:
+    """The output widths of the ``fc_layers``: every hidden layer, then the narrow one."""
+    if "," in spec.variant:
+        return [int(v) for v in spec.variant.split(",")]
+    return [spec.width] * spec.depths[0] + [int(spec.variant)]
+
+
+def uniform(spec: ArchSpec) -> bool:
+    """Whether the hidden layers share one width (the MLPs that stretch and squeeze)."""
+    return "," not in spec.variant
 
 
 def parse(name: str) -> ArchSpec | None:
     m = _NAME.match(name)
     if m:
         return _spec(int(m.group(1)), int(m.group(2)), int(m.group(3)) if m.group(3) else DEFAULT_NARROW)
-    m = _ALIAS.match(name)
-    return _from_alias(m.group(1)) if m else None
+    m = _PLAN.match(name) or _ALIAS.match(name)
+    return _from_plan([int(p) for p in m.group(1).strip("-_").replace("_", "-").split("-")]) if m else None
 
 
 def resolve_target(source: ArchSpec, name: str) -> ArchSpec | None:
     """``mlp-300x4`` or ``mnist_lenet_300_300_300_300_100``; ``mlp-x4`` keeps the source's widths."""
+    if not uniform(source):
+        widths = ", ".join(map(str, sizes(source)[:-1]))
+        raise UsageError(f"{source.name} has hidden layers of different widths ({widths}): its layers are not "
+                         "interchangeable blocks, so it cannot be stretched or squeezed; elth transforms MLPs whose "
+                         "hidden layers share one width (mlp-300x2)")
     m = re.match(r"^mlp-x(\d+)$", name)
     if m:
         return _spec(source.width, int(m.group(1)), int(source.variant))
@@ -62,13 +90,13 @@ def resolve_target(source: ArchSpec, name: str) -> ArchSpec | None:
 def build(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     from elth_cli.archs.nets.mlp import MLP
 
-    return MLP(math.prod(input_shape), spec.width, spec.depths[0], int(spec.variant), num_classes)
+    return MLP(math.prod(input_shape), sizes(spec), num_classes)
 
 
 def count(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int) -> ParamCount:
     tally = ParamTally()
     current = math.prod(input_shape)
-    for size in [spec.width] * spec.depths[0] + [int(spec.variant)]:
+    for size in sizes(spec):
         tally.linear(current, size)
         current = size
     tally.linear(current, num_classes)

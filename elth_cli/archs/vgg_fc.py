@@ -34,8 +34,9 @@ def _spec(depth: int, width: int, num_fc: int) -> ArchSpec:
     if width < 1:
         raise UsageError("width must be a positive number of filters, e.g. vgg13-w16-fc3")
     if num_fc < 2:
+        plain = f"vgg{depth}" + ("" if width == DEFAULT_WIDTH else f"-w{width}")
         raise UsageError(f"a VGG with {num_fc} fully connected layer has no hidden one to stretch: it is "
-                         f"vgg{depth} (the cifar-vgg family); give two or more, e.g. vgg{depth}-fc3")
+                         f"{plain} (the cifar-vgg family); give two or more, e.g. {plain}-fc3")
     name = f"vgg{depth}" + ("" if width == DEFAULT_WIDTH else f"-w{width}") + f"-fc{num_fc}"
     return ArchSpec(name=name, family=FAMILY_NAME, depths=(num_fc - 1,), width=width, variant=str(depth))
 

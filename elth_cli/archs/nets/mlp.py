@@ -7,12 +7,13 @@ from torch import Tensor, nn
 
 
 class MLP(nn.Module):
-    """``in_features`` -> ``n`` x ``hidden`` -> ``narrow`` -> classes, ReLU between (open_lth's LeNet)."""
+    """``in_features`` -> each of ``sizes`` (the hidden layers, then the narrow one) -> classes, ReLU between
+    (open_lth's LeNet)."""
 
-    def __init__(self, in_features: int, hidden: int, n: int, narrow: int, num_classes: int) -> None:
+    def __init__(self, in_features: int, sizes: list[int], num_classes: int) -> None:
         super().__init__()
         layers, current = [], in_features
-        for size in [hidden] * n + [narrow]:
+        for size in sizes:
             layers.append(nn.Linear(current, size))
             current = size
         self.fc_layers = nn.ModuleList(layers)
