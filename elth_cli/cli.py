@@ -467,6 +467,10 @@ def _expand_runs(paths: list[str]) -> list[str]:
     return out
 
 
+EvalResizeOpt = Annotated[Optional[int], typer.Option("--resize", help="Resize every image to N x N (bilinear) for a "
+                          "ticket made for that input size (default: the --resize its training recorded).")]
+
+
 @app.command(epilog=epilog("compare"))
 def compare(
     tickets: Annotated[list[str], typer.Argument(metavar="TICKET_OR_RUN", help="Two or more ticket files of one "
@@ -487,6 +491,7 @@ def compare(
                           "recompute (default: one whole epoch).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Batch size of the BatchNorm recompute.")] = 128,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N (for --interpolate).")] = "auto",
+    resize: EvalResizeOpt = None,
     data_dir: DataDirOpt = None,
     download: Annotated[bool, typer.Option("--download", help="Download the data set if missing.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Overwrite the --plot file if it exists.")] = False,
@@ -515,6 +520,8 @@ def compare(
         raise UsageError("--interpolate needs --dataset (the data set to evaluate the interpolated weights on)")
     if dataset is not None and not interpolate:
         raise UsageError("--dataset is only used with --interpolate")
+    if resize is not None and not interpolate:
+        raise UsageError("--resize is only used with --interpolate")
     if interpolate and len(tickets) != 2:
         raise UsageError(f"--interpolate takes exactly two tickets, got {len(tickets)}")
     log = Log(quiet)
@@ -531,7 +538,11 @@ def compare(
         cmp.check_interpolable(loaded[0], loaded[1], (names[0], names[1]))
         if points < 2:
             raise UsageError(f"--points must be at least 2 (the two end points), got {points}")
+        info = data.get_dataset_info(dataset, str(data_dir) if data_dir else None)
+        size = data.resize_to_fit(info, loaded[0].input_shape, resize, (loaded[0].hparams or {}).get("resize"))
+        data.check_compatible(data.resized(info, size), loaded[0].input_shape, loaded[0].num_classes)
         bundle = data.load_dataset(dataset, str(data_dir) if data_dir else None, download, resolve_device(device))
+        bundle.set_resize(size)
         log.info(f"interpolating {names[0]} -> {names[1]} on {bundle.info.name}: {points} points"
                  + (", BatchNorm statistics recomputed at each" if recompute_bn else ""))
         doc["interpolation"] = cmp.interpolate(
@@ -919,6 +930,7 @@ def eval_cmd(
     device: DeviceOpt = "auto",
     precision: Annotated[str, typer.Option("--precision", help="auto (the training precision on the same kind of "
                          "device, else bf16 on CUDA / fp32 on CPU), bf16, fp16 or fp32.")] = "auto",
+    resize: EvalResizeOpt = None,
     data_dir: DataDirOpt = None,
     download: DownloadOpt = False,
     workers: WorkersOpt = None,
@@ -939,7 +951,8 @@ def eval_cmd(
     ticket = Ticket.load(ticket_path)
     ticket.state(weights)  # an untrained ticket with --weights trained fails here, before any data is read
     info = data_mod.get_dataset_info(_dataset_for(ticket, dataset), str(data_dir) if data_dir else None)
-    data_mod.check_compatible(info, ticket.input_shape, ticket.num_classes)
+    resize = data_mod.resize_to_fit(info, ticket.input_shape, resize, (ticket.hparams or {}).get("resize"))
+    data_mod.check_compatible(data_mod.resized(info, resize), ticket.input_shape, ticket.num_classes)
     dev = resolve_device(device)
     recorded = ticket.hparams or {}
     if precision == "auto" and weights == "trained" and str(recorded.get("device", "")).split(":")[0] == dev.type:
@@ -952,10 +965,11 @@ def eval_cmd(
     setup = device_setup(dev, prec)
     bundle = data_mod.load_dataset(info.name, str(data_dir) if data_dir else None, download=download, device=setup,
                                    num_workers=workers)
+    bundle.set_resize(resize)
     result = evaluate(setup.prepare_model(ticket.build_model(weights)), bundle, split, batch_size, prec)
     doc = {"ticket": ticket_path, "sha256": ticket.sha256, "arch": ticket.arch, "dataset": info.name,
            "weights": weights, "device": device_name(dev), "precision": prec, "batch_size": batch_size,
-           **result}
+           "resize": resize, **result}
     if json_out:
         print_json(doc)
         return

@@ -175,6 +175,19 @@ def resized(info: DatasetInfo, size: int | None) -> DatasetInfo:
     return dataclasses.replace(info, input_shape=(info.input_shape[0], size, size))
 
 
+def resize_to_fit(info: DatasetInfo, input_shape: tuple[int, int, int], given: int | None = None,
+                  recorded: int | None = None) -> int | None:
+    """The resize a network made for ``input_shape`` sees ``info`` at: ``given`` (an explicit --resize), else
+    the one its training recorded (``hparams.resize``) where that makes the data fit, else none."""
+    if given is not None:
+        if not 1 <= given <= 4096:
+            raise UsageError(f"--resize must be a size from 1 to 4096, got {given}")
+        return given
+    if recorded is not None and resized(info, recorded).input_shape == tuple(input_shape):
+        return recorded
+    return None
+
+
 def _shape_str(shape: tuple[int, ...]) -> str:
     return "x".join(str(s) for s in shape)
 

@@ -76,6 +76,22 @@ def test_another_input_size_needs_a_resize(capsys, tmp_path, data_dir):
     assert r.code == 0, r.stderr
     trained = Ticket.load(out)
     assert trained.hparams["resize"] == 16 and tuple(trained.input_shape) == (3, 16, 16)
+    # eval and compare --interpolate read the recorded resize (they refused and suggested an option they lacked).
+    data = ("--dataset", "cifar10", "--data-dir", data_dir)
+    r = run_in_process(capsys, "eval", out, *data, "--json")
+    assert r.code == 0, r.stderr
+    import json
+
+    assert json.loads(r.stdout)["resize"] == 16
+    assert run_in_process(capsys, "eval", out, *data, "--resize", "16", "-q").code == 0
+    assert_clean_error(run_in_process(capsys, "eval", out, *data, "--resize", "8"), codes=(1,), contains="--resize 16")
+    again = tmp_path / "again.safetensors"
+    assert run_in_process(capsys, *args[:6], "-o", again, "--epochs", "1", "--batch-size", "4", "-q", "--resize", "16",
+                          "--seed", "1").code == 0
+    r = run_in_process(capsys, "compare", out, again, "--interpolate", "--points", "2", "--bn-batches", "1", *data,
+                       "--json")
+    assert r.code == 0, r.stderr
+    assert len(json.loads(r.stdout)["interpolation"]["points"]) == 2
 
 
 def test_new_head_keeps_everything_but_the_classifier():
