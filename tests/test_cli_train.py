@@ -359,3 +359,27 @@ def test_a_stop_during_start_up_exits_75_with_its_line(tmp_path, r8_file, delay)
     last = err.strip().splitlines()[-1]
     assert last.startswith("elth train: stopped by SIGTERM"), err
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith((".tmp", ".lock"))] == []
+
+
+def test_a_requeue_after_a_kill_before_the_first_checkpoint_runs_again(tmp_path, r8_file) -> None:
+    """The SLURM array script passes --log-jsonl and re-runs the same command: a node failure before the first
+    checkpoint left the log and stopped every requeue with "--log-jsonl already exists" (issue 28, item 4)."""
+    import signal
+    import time
+
+    out, log = tmp_path / "out.safetensors", tmp_path / "log.jsonl"
+    cmd = [sys.executable, "-m", "elth_cli", "train", str(r8_file), "-o", str(out), "--epochs", "4",
+           "--log-jsonl", str(log), "--checkpoint-every", "3600"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    deadline = time.monotonic() + 240
+    while not (log.exists() and log.read_text().strip()):  # an epoch logged, no checkpoint yet
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not train.checkpoint_path_for(out).exists() and not out.exists()
+    again = subprocess.run(cmd, capture_output=True, env=env, timeout=300)
+    assert again.returncode == 0, again.stderr.decode()
+    assert [json.loads(line)["epoch"] for line in log.read_text().splitlines()] == [1, 2, 3, 4]
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith((".tmp", ".lock"))] == []
