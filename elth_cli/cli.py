@@ -18,7 +18,8 @@ import typer
 from elth_cli import __version__, archs, stops
 from elth_cli.cli_examples import epilog
 from elth_cli.errors import ElthError, UsageError
-from elth_cli.fileio import STDIO, check_distinct, check_output_path, check_side_file, is_epoch_log, write_bytes_atomic
+from elth_cli.fileio import (STDIO, check_distinct, check_output_path, check_side_file, is_epoch_log, stdout_left_unread,
+                             write_bytes_atomic)
 from elth_cli.launch import detect_launch
 from elth_cli.report import Log, fmt_flops, fmt_int, fmt_pct, make_table, print_json, stderr_console, stdout_console
 from elth_cli.train.config import CHECKPOINT_EVERY_S, TrainConfig, check_checkpoint_every, check_seed, config_overrides, recipe_hint
@@ -1436,6 +1437,8 @@ def main(argv: list[str] | None = None) -> None:
         with command.make_context("elth", args) as ctx:
             command.invoke(ctx)
         _report_late_stop()
+        if stdout_left_unread():
+            raise BrokenPipeError
     except stops.StopRequested as e:
         _fail(f"stopped by {e} before its result was written; re-run the same command", stops.EXIT_STOPPED,
               prefix=f"{_command}:")

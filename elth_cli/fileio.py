@@ -176,6 +176,8 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
     if str(path) == STDIO:
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
+        if stdout_left_unread():  # before anyone says "wrote stdout"
+            raise BrokenPipeError
         return
     try:
         with atomic_path(path) as tmp:
@@ -191,6 +193,40 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
                             "some space (or raise the limit) and run the command again") from None
         raise ElthError(f"cannot write {path}: {e.strerror or e}; the file was {was}; check the folder "
                         f"{Path(path).parent} and its permissions") from None
+
+
+def stdout_left_unread(wait_s: float = 1.0) -> bool:
+    """Whether the reader of a stdout pipe went away before reading all that was written (``| head``).
+
+    A ticket or document that fits in the pipe's buffer is written without error even when the reader
+    closes early, so a closed pipe would go unnoticed; this waits (up to ``wait_s``, for a reader
+    that is still reading) until the pipe is drained or its reader is gone with bytes unread.
+    """
+    import fcntl
+    import select
+    import stat
+    import struct
+    import termios
+    import time
+
+    try:
+        sys.stdout.flush()
+        fd = sys.stdout.fileno()
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            return False
+        poller = select.poll()
+        poller.register(fd, 0)  # POLLERR (the read end closed) is always reported
+        deadline = time.monotonic() + wait_s
+        while True:
+            unread = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+            if unread == 0:
+                return False
+            if poller.poll(5):
+                return True
+            if time.monotonic() > deadline:
+                return False  # a reader that reads later (after we exit) gets the rest
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def read_bytes(path: str | os.PathLike[str]) -> bytes:

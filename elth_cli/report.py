@@ -22,7 +22,13 @@ def _console(stream) -> Console:
     # Not a terminal (pipe, file, SLURM log): plain text, and so wide that a table's lines are never
     # wrapped (a table is only as wide as its cells).
     tty = stream.isatty()
-    return Console(file=stream, highlight=False, soft_wrap=True, width=None if tty else NO_WRAP_WIDTH)
+
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            # rich exits 1 here; the entry point gives a closed pipe the status a shell gives it (141).
+            raise BrokenPipeError
+
+    return _Console(file=stream, highlight=False, soft_wrap=True, width=None if tty else NO_WRAP_WIDTH)
 
 
 def stdout_console() -> Console:

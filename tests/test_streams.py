@@ -205,3 +205,29 @@ def test_help_names_the_recipe_defaults_the_cache_folder_and_requires_an_import_
     assert "~/.cache/elth/data" in text
     r = run_in_process(capsys, "import", tmp_path, "--arch", "resnet20", "-o", tmp_path / "x.safetensors")
     assert_clean_error(r, codes=(2,), contains="Missing option '--dataset'")
+
+
+def test_a_reader_that_stops_early_gives_141_even_when_all_fit_in_the_pipe(tmp_path, r8):
+    """`info T | head -1` exited 1 (rich's own broken-pipe exit), `find -o - | head -c 100` and `stretch -o - |
+    head -c 100` exited 0 saying "wrote stdout": the ticket fits in the pipe's buffer, so no write failed."""
+    elth = f"{sys.executable} -m elth_cli"
+    r14 = tmp_path / "r14.safetensors"
+    make_ticket("resnet14-w4").save(r14)
+    cases = {
+        f"{elth} info {r8} | head -1": 141,
+        # Larger than what head reads at once (a short document may be read whole, and that is no early close).
+        f"{elth} find --method random --arch resnet110-w4 --dataset digits --sparsity 0.5 -o - | {elth} info - --json "
+        "| head -1": 141,
+        f"{elth} find --method random --arch resnet8-w4 --dataset digits --sparsity 0.5 -o - | head -c 100": 141,
+        f"{elth} stretch {r14} --target resnet20 -o - | head -c 100": 141,
+        f"{elth} info {r8} | cat": 0,
+        f"{elth} stretch {r14} --target resnet20 -o - | {elth} info - | tail -1": 0,
+    }
+    for line, code in cases.items():
+        proc = subprocess.run(["bash", "-o", "pipefail", "-c", f"{line} > /dev/null"], capture_output=True,
+                              env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=120)
+        err = proc.stderr.decode()
+        assert proc.returncode == code, (line, proc.returncode, err)
+        assert "Traceback" not in err and "Exception ignored" not in err, line
+        if code == 141 and line.count("|") == 1:  # the ticket's writer itself read by head: it never says it wrote
+            assert "wrote stdout" not in err and "-> stdout" not in err, (line, err)
