@@ -832,14 +832,18 @@ def train(
     if resume and restart:
         raise UsageError("--resume and --restart contradict each other; pass one of them")
     ckpt = checkpoint if checkpoint is not None else (None if output == STDIO else checkpoint_path_for(output))
-    what = f"the training of {output if output != STDIO else ckpt}"
-    # Every file has one role (before the locks, which would take -o X --checkpoint X for a second writer):
-    # -o X --checkpoint X would delete the result with the checkpoint.
+    # Before the locks (which would take -o X --checkpoint X for a second writer, and name a lock file): every
+    # file has one role (-o X --checkpoint X would delete the result with the checkpoint), every folder is
+    # writable.
     check_distinct({"-o": output, "--checkpoint": ckpt, "--log-jsonl": log_jsonl})
     for role, path in (("--checkpoint", ckpt), ("--log-jsonl", log_jsonl)):
         check_distinct({"the ticket": ticket_path, role: path})
-    with training_session(device, precision, dist_timeout) as session, session.exclusive(output, what), \
-            session.exclusive(ckpt, what):
+    check_output_path(output, force=True)
+    for role, path in (("checkpoint", ckpt), ("--log-jsonl", log_jsonl)):
+        if path is not None:
+            check_side_file(path, role)
+    with training_session(device, precision, dist_timeout) as session, \
+            session.exclusive(output, f"the training of {output}"), session.exclusive(ckpt, f"the checkpoint {ckpt}"):
         # Rank 0 checks the files and reads the ticket; every rank gets it, or the error.
         ticket = session.on_main(lambda: _prepare_train_files(ticket_path, output, force, ckpt, log_jsonl, resume,
                                                               restart))

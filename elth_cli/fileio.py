@@ -39,10 +39,7 @@ def check_output_path(path: str | os.PathLike[str], force: bool = False) -> None
         raise UsageError(f"output {p} is a folder; give a file name")
     if p.exists() and not force:
         raise UsageError(f"output {p} already exists; pass --force to overwrite it or choose another path")
-    if not p.parent.exists():
-        raise UsageError(f"folder {p.parent} does not exist; create it first")
-    if not os.access(p.parent, os.W_OK | os.X_OK):
-        raise UsageError(f"folder {p.parent} is not writable; choose another output path or fix its permissions")
+    check_writable_folder(p.parent, p)
 
 
 def check_side_file(path: str | os.PathLike[str], what: str) -> None:
@@ -51,10 +48,25 @@ def check_side_file(path: str | os.PathLike[str], what: str) -> None:
     p = Path(path)
     if p.is_dir():
         raise UsageError(f"{what} {p} is a folder; give a file name")
-    if not p.parent.is_dir():
-        raise UsageError(f"folder {p.parent} of {what} {p} does not exist; create it first")
-    if not os.access(p.parent, os.W_OK | os.X_OK):
-        raise UsageError(f"folder {p.parent} of {what} {p} is not writable; choose another path or fix its permissions")
+    check_writable_folder(p.parent, p)
+
+
+def check_writable_folder(folder: str | os.PathLike[str], target: str | os.PathLike[str],
+                          create: bool = False) -> None:
+    """Before any work, the one check (and wording) of every place a command writes: ``folder`` exists (or,
+    with ``create``, its nearest existing parent) and is a writable folder. The message names the user's
+    ``target`` (an output, a checkpoint, a run folder), never a temporary or lock file."""
+    folder = Path(folder)
+    existing = folder
+    while create and not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.exists():
+        raise UsageError(f"cannot write {target}: folder {folder} does not exist; create it first")
+    if not existing.is_dir():
+        raise UsageError(f"cannot write {target}: {existing} is a file, not a folder; choose another path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write {target}: folder {existing} is not writable; choose another path or fix its "
+                         "permissions")
 
 
 def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
@@ -264,8 +276,7 @@ class WriterLock:
         """Take the lock, or raise ElthError naming the process that holds it."""
         import fcntl
 
-        if not self.path.parent.is_dir():
-            raise UsageError(f"folder {self.path.parent} does not exist; create it first")
+        check_writable_folder(self.path.parent, self.what)
         while self._fd is None:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
             try:

@@ -17,7 +17,7 @@ from elth_cli import archs, data
 from elth_cli.data import check_compatible
 from elth_cli.distributed import held_on_main, run_on_main
 from elth_cli.errors import ElthError, UsageError
-from elth_cli.fileio import write_bytes_atomic
+from elth_cli.fileio import check_writable_folder, write_bytes_atomic
 from elth_cli.masks import kept_and_total, refuse_empty_layers, same_layout
 from elth_cli.runfolder import RoundRecord, RunFolder, read_log, read_run_file, record_from_ticket, rounds_for_sparsity
 from elth_cli.prune import (
@@ -426,6 +426,7 @@ def find_imp(
     # A finished run is only read: no lock, no write (a requeued job, a run folder on a read-only mount).
     finished = run_on_main(lambda: _is_finished(folder, identity, plan.last))
     if not finished:
+        run_on_main(lambda: check_writable_folder(folder.path, f"the IMP run in {folder.path}", create=True))
         run_on_main(lambda: folder.path.mkdir(parents=True, exist_ok=True))
     with contextlib.nullcontext() if finished else held_on_main(folder.lock()):  # one writer per folder
         if not finished:

@@ -34,7 +34,7 @@ from torch import Tensor
 
 from elth_cli import archs, data
 from elth_cli.errors import ElthError, UsageError
-from elth_cli.fileio import current_umask
+from elth_cli.fileio import check_writable_folder, current_umask
 from elth_cli.masks import kept_and_total
 from elth_cli.steps import split_steps
 from elth_cli.ticket import Ticket, apply_masks, validate
@@ -538,8 +538,7 @@ def _check_out_dir(out: Path, force: bool) -> None:
         raise UsageError(f"output {out} exists and is not a folder; choose another path")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise UsageError(f"output folder {out} is not empty; pass --force to replace it or choose another path")
-    if out.parent.exists() and not out.parent.is_dir():
-        raise UsageError(f"{out.parent} is a file, not a folder; choose another path")
+    check_writable_folder(out.parent, out, create=True)  # the finished folder is renamed into its parent
 
 
 def _save(obj: dict[str, Tensor], path: Path) -> None:

@@ -231,3 +231,50 @@ def test_a_reader_that_stops_early_gives_141_even_when_all_fit_in_the_pipe(tmp_p
         assert "Traceback" not in err and "Exception ignored" not in err, line
         if code == 141 and line.count("|") == 1:  # the ticket's writer itself read by head: it never says it wrote
             assert "wrote stdout" not in err and "-> stdout" not in err, (line, err)
+
+
+@pytest.fixture
+def read_only(tmp_path):
+    """A folder on a read-only mount (a real EROFS even for root), or skip where mounts are not allowed."""
+    src, mnt = tmp_path / "ro-src", tmp_path / "ro"
+    src.mkdir()
+    mnt.mkdir()
+    if subprocess.run(["mount", "--bind", str(src), str(mnt)], capture_output=True).returncode != 0:
+        pytest.skip("cannot bind-mount here (needs root)")
+    try:
+        if subprocess.run(["mount", "-o", "remount,ro,bind", str(mnt)], capture_output=True).returncode != 0:
+            pytest.skip("cannot remount read-only here")
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def test_every_output_path_is_checked_before_any_work_with_one_wording(capsys, tmp_path, r8, read_only):
+    """An unwritable --checkpoint folder was found after the whole training (issue 28, item 6): every place a
+    command writes is checked first, exit 2, one wording naming the user's path, never a lock or .tmp file."""
+    ok = tmp_path / "ok"
+    ok.mkdir()
+    r14 = tmp_path / "r14.safetensors"
+    make_ticket("resnet14-w4").save(r14)
+    trained = tmp_path / "trained.safetensors"
+    assert run_in_process(capsys, "train", r8, "-o", trained, "--epochs", "1", "-q").code == 0
+    cases = [
+        (["train", r8, "-o", read_only / "x.safetensors"], read_only / "x.safetensors"),
+        (["train", r8, "-o", ok / "x.safetensors", "--checkpoint", read_only / "x.ckpt"], read_only / "x.ckpt"),
+        (["train", r8, "-o", ok / "y.safetensors", "--log-jsonl", read_only / "x.jsonl"], read_only / "x.jsonl"),
+        (["train", r8, "--out-dir", read_only / "several"], read_only / "several"),
+        (["stretch", r14, "--target", "resnet20", "-o", read_only / "s.safetensors"], read_only / "s.safetensors"),
+        (["find", "--method", "random", "--arch", "resnet8-w4", "--dataset", "digits", "--sparsity", "0.5",
+          "-o", read_only / "f.safetensors"], read_only / "f.safetensors"),
+        (["find", "--method", "imp", "--arch", "resnet8-w4", "--dataset", "digits", "--rounds", "1",
+          "--out-dir", read_only / "run"], read_only / "run"),
+        (["compare", r8, trained, "--plot", read_only / "p.png"], read_only / "p.png"),
+        (["export", trained, read_only / "exported"], read_only / "exported"),
+    ]
+    for args, named in cases:
+        r = run_in_process(capsys, *args)
+        assert_clean_error(r, codes=(2,), contains=f"folder {read_only}")
+        assert str(named) in r.stderr and ".lock" not in r.stderr and ".tmp" not in r.stderr, r.stderr
+        assert "is not writable; choose another path or fix its permissions" in r.stderr, r.stderr
+        assert "epoch" not in r.stderr, args  # refused before any training
+    assert list(read_only.iterdir()) == [] and not list(ok.iterdir())

@@ -106,6 +106,9 @@ def check_request(request: TrainRequest) -> None:
 
 def make_out_dir(out_dir: str | os.PathLike[str]) -> None:
     """Create ``--out-dir`` (and its parents) before the first job writes into it, as find does."""
+    from elth_cli.fileio import check_writable_folder
+
+    check_writable_folder(out_dir, f"--out-dir {out_dir}", create=True)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
 
 
