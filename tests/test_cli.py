@@ -191,12 +191,12 @@ def test_json_and_stdout_ticket_conflict(ticket_file):
 
 
 def test_output_folder_that_is_a_file(tmp_path):
-    """An OS error (here: a folder path that is a file) is one line and status 1, not a traceback."""
+    """A folder path that is a file is found before any work: one line, status 2, not a traceback."""
     blocker = tmp_path / "taken"
     blocker.write_text("a file")
     r = run_elth("find", "--method", "imp", "--arch", "resnet14-w4", "--dataset", "digits", "--rounds", "1",
                  "--epochs", "1", "--out-dir", str(blocker))
-    assert_clean_error(r, (1,), "taken")
+    assert_clean_error(r, (2,), f"{blocker} is a file, not a folder")
     assert blocker.read_text() == "a file"
 
 
