@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from elth_cli import archs, elastic
-from elth_cli.runfolder import round_path
+from elth_cli.find.runfolder import round_path
 from elth_cli.report import fmt_flops, fmt_pct
 from elth_cli.ticket import Ticket
 from elth_cli.train.session import save_result, training_session

@@ -1,7 +1,7 @@
 """Data-parallel scaling: training images/s with 1 process and with N, and the efficiency.
 
 Each configuration runs in fresh processes started here (torch.multiprocessing spawn), joined in
-a process group exactly as ``torchrun`` / ``srun`` runs of elth are (elth_cli.distributed: gloo
+a process group exactly as ``torchrun`` / ``srun`` runs of elth are (elth_cli.runtime.distributed: gloo
 on the CPU, NCCL on GPUs, one GPU per process), and times elth's own training step
 (``train.TrainStep`` under DistributedDataParallel, device-resident data, masks re-applied after
 every step) on a random 50%-sparse ticket and synthetic CIFAR-sized images.
@@ -34,8 +34,9 @@ from pathlib import Path
 import torch
 import torch.multiprocessing as mp
 
-from elth_cli import __version__, data, distributed, train
-from elth_cli.device import device_name, device_setup, resolve_device, resolve_precision, synchronize
+from elth_cli import __version__, data, train
+from elth_cli.runtime import distributed
+from elth_cli.runtime.device import device_name, device_setup, resolve_device, resolve_precision, synchronize
 from elth_cli.errors import ElthError
 from elth_cli.find import random_ticket
 

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from elth_cli import __version__, data, train
-from elth_cli.device import autocast, device_name, device_setup, resolve_device, resolve_precision, synchronize
+from elth_cli.runtime.device import autocast, device_name, device_setup, resolve_device, resolve_precision, synchronize
 from elth_cli.errors import ElthError
 from elth_cli.find import random_ticket
 
@@ -212,7 +212,7 @@ def run_baseline(args, ticket, images, labels, device: torch.device) -> dict:
 
 
 def jobs_worker(worker, args: dict, start_at: float) -> dict:
-    """One of ``--jobs`` workers (elth_cli.jobs): elth's timed steps on the worker's device, timed from
+    """One of ``--jobs`` workers (elth_cli.runtime.pool): elth's timed steps on the worker's device, timed from
     ``start_at`` together with the others."""
     opts = argparse.Namespace(**args)
     device = resolve_device(worker.device)
@@ -228,7 +228,7 @@ def jobs_worker(worker, args: dict, start_at: float) -> dict:
 def run_jobs_side_by_side(args, jobs: int) -> dict:
     """``jobs`` independent trainings at once (``elth train ... --jobs N``'s workers: cores / N threads
     each, or a GPU each, several per GPU past the GPU count): each one's images/s and their sum."""
-    from elth_cli.jobs import Job, plan_slots, run_jobs
+    from elth_cli.runtime.pool import Job, plan_slots, run_jobs
 
     slots = plan_slots(jobs, args.device)
     start_at = time.time() + args.jobs_start_s  # time for every worker to start and warm up

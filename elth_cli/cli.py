@@ -20,7 +20,7 @@ from elth_cli.cli_examples import epilog
 from elth_cli.errors import ElthError, UsageError
 from elth_cli.fileio import (STDIO, check_distinct, check_output_path, check_side_file, is_epoch_log, stdout_left_unread,
                              write_bytes_atomic)
-from elth_cli.launch import detect_launch
+from elth_cli.runtime.launch import detect_launch
 from elth_cli.report import Log, fmt_flops, fmt_int, fmt_pct, make_table, print_json, stderr_console, stdout_console
 from elth_cli.train.config import CHECKPOINT_EVERY_S, TrainConfig, check_checkpoint_every, check_seed, config_overrides, recipe_hint
 
@@ -236,7 +236,7 @@ def _info_ticket(ticket_path: str, json_out: bool) -> None:
 
 def _info_run(path: str, json_out: bool) -> None:
     """``elth info RUN_DIR``: an IMP run's rounds."""
-    from elth_cli.runfolder import run_summary
+    from elth_cli.find.runfolder import run_summary
 
     doc = run_summary(path)
     if json_out:
@@ -460,7 +460,7 @@ def _print_compare(doc: dict) -> None:
 
 def _expand_runs(paths: list[str]) -> list[str]:
     """Ticket paths, with each IMP run folder replaced by its finished rounds' tickets."""
-    from elth_cli.runfolder import run_summary
+    from elth_cli.find.runfolder import run_summary
 
     out: list[str] = []
     for p in paths:
@@ -534,7 +534,7 @@ def compare(
                    "duplicate, counted once among replicates" + ("; the line between them is flat" if interpolate else ""))
     if interpolate:
         from elth_cli import data
-        from elth_cli.device import resolve_device
+        from elth_cli.runtime.device import resolve_device
 
         cmp.check_interpolable(loaded[0], loaded[1], (names[0], names[1]))
         if points < 2:
@@ -727,7 +727,7 @@ def _dataset_for(ticket: Ticket, dataset: Optional[str]) -> str:
 @contextlib.contextmanager
 def _report_stop(command: str, is_main: bool = True) -> Iterator[None]:
     """A training stopped by a signal: its one line (rank 0) and its exit status (75 resumable, 130 Ctrl-C)."""
-    from elth_cli.train.signals import TrainingStopped
+    from elth_cli.runtime.signals import TrainingStopped
 
     try:
         yield
@@ -886,7 +886,7 @@ def train(
 def _train_several(paths: list[str], out_dir: Path, jobs: int, device: str, compile: bool, request: Any,
                    json_out: bool, quiet: bool) -> None:
     """``train T1 T2 ... --out-dir DIR --jobs N``: one job per ticket on the worker pool."""
-    from elth_cli import jobs as jobs_mod
+    from elth_cli.runtime import pool as jobs_mod
     from elth_cli.report import JobProgress
     from elth_cli.train import several
 
@@ -944,9 +944,9 @@ def eval_cmd(
 ) -> None:
     """Evaluate a ticket: top-1 accuracy (top-5 with more than 10 classes) and mean loss, BN in eval mode."""
     from elth_cli import data as data_mod
-    from elth_cli.device import device_name, device_setup, resolve_device, resolve_precision
+    from elth_cli.runtime.device import device_name, device_setup, resolve_device, resolve_precision
     from elth_cli.ticket import Ticket
-    from elth_cli.train.step import evaluate
+    from elth_cli.train.parts import evaluate
 
     if detect_launch().distributed:  # every rank would evaluate the whole set and print it
         raise UsageError("elth eval runs in one process; start it without torchrun or srun")
@@ -1121,7 +1121,7 @@ def find(
     args = types.SimpleNamespace(**{k: v for k, v in locals().items() if k != "ctx"},
                                  overrides=config_overrides(locals()))
     from elth_cli import data as data_mod
-    from elth_cli.dst import DST_METHODS
+    from elth_cli.find.dst import DST_METHODS
     from elth_cli.find import FIND_METHODS
     from elth_cli.prune import check_sparsity
 
@@ -1172,7 +1172,7 @@ def _find_imp(a: types.SimpleNamespace) -> None:
                                rewind=normalise_steps(a.rewind), exclude=tuple(a.exclude) if a.exclude else None,
                                early_bird=a.early_bird, **_detection(a))
     last = find_mod.check_imp_options(opts)
-    from elth_cli.runfolder import round_path
+    from elth_cli.find.runfolder import round_path
 
     final_round = round_path(a.out_dir, last)
     with training_session(a.device, a.precision, a.dist_timeout) as session:
@@ -1233,9 +1233,9 @@ def _detection(a: types.SimpleNamespace) -> dict[str, Any]:
 def _find_early_bird(a: types.SimpleNamespace) -> None:
     """``find --method early-bird``: train until the mask settles, prune once; ``a`` holds the parameters."""
     from elth_cli import data as data_mod
-    from elth_cli import earlybird
+    from elth_cli.find import earlybird
     from elth_cli.steps import normalise_steps
-    from elth_cli.train.earlybird import check_detection
+    from elth_cli.train.convergence import check_detection
 
     if a.output is None or a.arch is None or a.dataset is None or a.sparsity is None:
         raise UsageError("early-bird needs --arch, --dataset, --sparsity and -o FILE")
@@ -1304,7 +1304,7 @@ def _reject_flags(method: str, flags: tuple[tuple[str, Any], ...], purpose: str)
 def _find_dst(a: types.SimpleNamespace) -> None:
     """``find --method rigl|set|dpf``: one training with a dynamic mask; ``a`` holds the command's parameters."""
     from elth_cli import data as data_mod
-    from elth_cli import dst
+    from elth_cli.find import dst
 
     if a.output is None or a.arch is None or a.dataset is None or a.sparsity is None:
         raise UsageError(f"{a.method} needs --arch, --dataset, --sparsity and -o FILE")
@@ -1332,7 +1332,7 @@ def _find_baseline(a: types.SimpleNamespace) -> None:
     """``find --method random|magnitude|snip|grasp|synflow``: ``a`` holds the command's parameters."""
     from elth_cli import data as data_mod
     from elth_cli import find as find_mod
-    from elth_cli.device import resolve_device
+    from elth_cli.runtime.device import resolve_device
     from elth_cli.ticket import Ticket
 
     method, data_dir = a.method, str(a.data_dir) if a.data_dir else None
@@ -1472,7 +1472,7 @@ def main(argv: list[str] | None = None) -> None:
         where = f": {e.filename}" if getattr(e, "filename", None) else ""
         _fail(f"{e.strerror or e}{where}; check the path and its permissions", 1)
     except Exception as e:  # (after typer's Exit and Abort, which are RuntimeErrors too)
-        distributed = sys.modules.get("elth_cli.distributed")
+        distributed = sys.modules.get("elth_cli.runtime.distributed")
         if stops.interrupted():  # whatever a Ctrl-C broke on its way (a half-imported library, ...)
             _fail(INTERRUPTED, 130)
         if distributed is None or not isinstance(e, RuntimeError) or not distributed.is_comm_failure(e):
@@ -1542,17 +1542,17 @@ def _fail(message: str, code: int, local: bool = False, prefix: str = "error:") 
 
 def _exit(code: int) -> None:
     # Only a command that trained imported the process-group code (and torch); the rest exits plainly.
-    distributed = sys.modules.get("elth_cli.distributed")
+    distributed = sys.modules.get("elth_cli.runtime.distributed")
     if distributed is None:
         sys.exit(code)
     distributed.exit_process(code)
 
 
 def _rank_for_errors() -> int:
-    distributed = sys.modules.get("elth_cli.distributed")
+    distributed = sys.modules.get("elth_cli.runtime.distributed")
     if distributed is not None:
         return distributed.reporting_rank()
-    from elth_cli.launch import detect_launch
+    from elth_cli.runtime.launch import detect_launch
 
     try:
         return detect_launch().rank

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from elth_cli.device import DeviceSetup, device_setup
+from elth_cli.runtime.device import DeviceSetup, device_setup
 from elth_cli.errors import ElthError, UsageError
 
 SPLITS = ("train", "test")
@@ -1040,7 +1040,7 @@ def _validate(info: DatasetInfo, root: Path, images: dict[str, Tensor], labels: 
 def load_dataset(name: str, data_dir: str | Path | None = None, download: bool = False,
                  device: str | torch.device | DeviceSetup = "cpu", num_workers: int | None = None) -> DataBundle:
     """Load a data set for training and evaluation on ``device`` (a device, or a
-    :class:`~elth_cli.device.DeviceSetup` whose memory format and copy choices the batches follow).
+    :class:`~elth_cli.runtime.device.DeviceSetup` whose memory format and copy choices the batches follow).
 
     ``data_dir`` defaults to :func:`default_data_dir`. In-memory sets are read through
     torchvision's own data set classes, CIFAR through elth's restricted unpickler (``download``

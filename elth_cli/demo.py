@@ -10,7 +10,7 @@ its next mask settled) trained in full, and RigL from scratch at the same sparsi
 training). The table compares them per target and level with the compute spent to obtain each
 ticket, and the FLOPs to obtain and train it.
 
-Every IMP chain and every training is a job on the worker pool (:mod:`elth_cli.jobs`): the chains
+Every IMP chain and every training is a job on the worker pool (:mod:`elth_cli.runtime.pool`): the chains
 run side by side, and each training starts as soon as the chain it reads is done. Re-running
 resumes: finished IMP rounds and trained tickets are reused, an interrupted training continues
 from its checkpoint.
@@ -27,12 +27,12 @@ from typing import Any, Sequence
 
 from elth_cli import archs, data, elastic
 from elth_cli.compare import flops_summary, spread
-from elth_cli.dst import DstOptions, find_dst
+from elth_cli.find.dst import DstOptions, find_dst
 from elth_cli.errors import UsageError
 from elth_cli.fileio import WriterLock
 from elth_cli.find import BaselineOptions, ImpOptions, find_imp, imp_sparsities, prune_baseline
-from elth_cli.runfolder import RoundRecord, round_path
-from elth_cli.jobs import Job, Slot, Worker, available_cores, plan_slots, run_jobs
+from elth_cli.find.runfolder import RoundRecord, round_path
+from elth_cli.runtime.pool import Job, Slot, Worker, available_cores, plan_slots, run_jobs
 from elth_cli.report import JobProgress, Log, fmt_flops, fmt_pct, make_table, stdout_console
 from elth_cli.ticket import Ticket
 from elth_cli.train.checkpoint import checkpoint_path_for

@@ -191,7 +191,7 @@ def fmt_duration(seconds: float) -> str:
 
 
 class JobProgress:
-    """The lines a pool of jobs prints on stderr (``elth_cli.jobs.Event``s): each job's start, notes and
+    """The lines a pool of jobs prints on stderr (``elth_cli.runtime.pool.Event``s): each job's start, notes and
     end under its name, with the count finished and the time left. Failures print even when quiet."""
 
     def __init__(self, log: Log, describe: Any = None) -> None:

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from elth_cli import __version__, archs, schema
 from elth_cli.archs import ArchSpec
-from elth_cli.container import DIGEST_KEYS, UNCHECKED, WHOLE_FILE, check_integrity, read_header, save_with_digest
+from elth_cli.container import DIGEST_KEYS, WHOLE_FILE, check_integrity, read_header, save_with_digest
 from elth_cli.errors import TicketError, UsageError
 from elth_cli.fileio import STDIO, check_output_path, read_bytes, write_bytes_atomic
 from elth_cli.masks import kept_and_total, layer_counts

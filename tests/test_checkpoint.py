@@ -9,11 +9,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 
 from conftest import make_ticket
 from elth_cli import container, data, train
-from elth_cli.device import device_setup
+from elth_cli.runtime.device import device_setup
 from elth_cli.errors import ElthError
 
 

@@ -13,8 +13,9 @@ import dataclasses
 import pytest
 import torch
 
-from elth_cli import data, device, train
-from elth_cli.device import device_setup, resolve_device, resolve_precision
+from elth_cli import data, train
+from elth_cli.runtime import device
+from elth_cli.runtime.device import device_setup, resolve_device, resolve_precision
 from elth_cli.errors import UsageError
 from elth_cli.find import random_ticket
 

@@ -24,8 +24,9 @@ import pytest
 import torch
 
 from conftest import ROOT, Result, assert_clean_error, make_ticket
-from elth_cli import cli, distributed, train
-from elth_cli.device import resolve_device
+from elth_cli import cli, train
+from elth_cli.runtime import distributed
+from elth_cli.runtime.device import resolve_device
 from elth_cli.errors import UsageError
 from elth_cli.ticket import Ticket
 
@@ -347,7 +348,8 @@ def test_a_rank_that_cannot_reach_the_others(tmp_path) -> None:
 _HELPERS_SCRIPT = """
 import json, sys
 import torch
-from elth_cli import data, distributed, train
+from elth_cli import data, train
+from elth_cli.runtime import distributed
 from elth_cli.errors import ElthError
 from elth_cli.find import random_ticket
 

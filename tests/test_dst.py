@@ -12,13 +12,13 @@ import pytest
 import torch
 
 from elth_cli import archs, data, flops
-from elth_cli.dst import DstOptions, find_dst
+from elth_cli.find.dst import DstOptions, find_dst
 from elth_cli.elastic import stretch
 from elth_cli.errors import UsageError
 from elth_cli.prune import erk_densities, erk_layer_counts
 from elth_cli.train import TrainingStopped
 from elth_cli.train.config import config_from_options
-from elth_cli.train.dst import UpdateSchedule, cubic_sparsity
+from elth_cli.train.rewiring import UpdateSchedule, cubic_sparsity
 from elth_cli.train.loop import Hook
 
 from conftest import assert_clean_error, run_in_process
@@ -228,7 +228,7 @@ def test_find_dst_refuses_bad_options(tmp_path, monkeypatch, capsys, args, messa
 def test_dst_options_are_checked(change, flag) -> None:
     from dataclasses import replace
 
-    from elth_cli.dst import check_dst_options
+    from elth_cli.find.dst import check_dst_options
 
     with pytest.raises(UsageError, match=flag):
         check_dst_options(replace(DstOptions("rigl", ARCH, "digits", 0.9), **change))

@@ -10,11 +10,11 @@ import torch
 
 from conftest import assert_clean_error, run_in_process
 from elth_cli import archs, data
-from elth_cli.earlybird import EarlyBirdOptions, find_early_bird
+from elth_cli.find.earlybird import EarlyBirdOptions, find_early_bird
 from elth_cli.find import ImpOptions, find_imp, fresh_ticket
 from elth_cli.train import TrainingStopped, train_state
 from elth_cli.train.config import config_from_options
-from elth_cli.train.earlybird import MaskConvergence, converged, mask_distance
+from elth_cli.train.convergence import MaskConvergence, converged, mask_distance
 from elth_cli.train.loop import Hook
 
 ARCH = "resnet8-w4"

@@ -25,7 +25,7 @@ from safetensors.torch import save as st_save
 
 from conftest import ROOT, make_ticket, run_in_process
 from elth_cli import data, train
-from elth_cli.device import device_setup
+from elth_cli.runtime.device import device_setup
 from elth_cli.errors import ElthError, TicketError
 from elth_cli.masks import same_layout
 from elth_cli.ticket import Ticket

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from elth_cli import archs, data, train
 from elth_cli.errors import ElthError, UsageError
 from elth_cli.find import ImpOptions, find_imp, imp_sparsities, rounds_for_sparsity
-from elth_cli.runfolder import round_path
+from elth_cli.find.runfolder import round_path
 from elth_cli.ticket import Ticket
 from elth_cli.train import TrainingStopped
 

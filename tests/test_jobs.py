@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from elth_cli import jobs
+from elth_cli.runtime import pool as jobs
 from elth_cli.errors import ElthError, UsageError
-from elth_cli.jobs import Job, plan_slots, run_jobs
-from elth_cli.train.signals import TrainingStopped, stopped_error
+from elth_cli.runtime.pool import Job, plan_slots, run_jobs
+from elth_cli.runtime.signals import TrainingStopped, stopped_error
 
 # ----- job functions (module level: workers import them by name) ------------------------------------
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import assert_clean_error, run_in_process
-from elth_cli.runfolder import RunFolder, run_summary
+from elth_cli.find.runfolder import RunFolder, run_summary
 from elth_cli.ticket import Ticket
 
 IMP = ["find", "--method", "imp", "--arch", "resnet8-w4", "--dataset", "digits", "--epochs", "3", "--rewind", "1ep",

@@ -10,7 +10,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 
 from conftest import assert_clean_error, make_ticket, run_elth
 from elth_cli import cli, container, elastic, schema

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from elth_cli import archs, data, train
-from elth_cli.device import device_setup
+from elth_cli.runtime.device import device_setup
 from elth_cli.errors import ElthError, UsageError
 from elth_cli.find import random_ticket
 from elth_cli.ticket import Ticket

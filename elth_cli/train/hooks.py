@@ -10,13 +10,13 @@ from typing import Any, Callable, Iterable, Protocol
 
 import torch
 
-from elth_cli import distributed
+from elth_cli.runtime import distributed
 from elth_cli.errors import ElthError
 from elth_cli.flops import FLOPS_PER_MAC, forward_macs
 from elth_cli.train.checkpoint import cpu_state, save_checkpoint
 from elth_cli.train.config import CHECKPOINT_EVERY_S
 from elth_cli.train.loop import Hook, TrainLoop
-from elth_cli.train.step import evaluate
+from elth_cli.train.parts import evaluate
 
 
 class Reporter(Protocol):

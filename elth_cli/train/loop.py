@@ -10,12 +10,12 @@ Events, in order (each hook's method is a no-op unless it overrides it):
 * ``on_epoch_recorded(loop, record)``: the record is final and in the history; hooks that persist
   or report act (checkpoint, JSON lines, progress line);
 * ``on_stop(loop)``: a stop was requested (signal, or ``stop_at_step``); the loop then raises
-  :class:`~elth_cli.train.signals.TrainingStopped`;
+  :class:`~elth_cli.runtime.signals.TrainingStopped`;
 * ``on_run_end(loop)``: always, also after a failure (``loop.finished`` tells which).
 
 A hook may change the masks during training through :meth:`TrainLoop.set_masks` (dynamic sparse
 training rewires them every few hundred steps); the rewired weights start from zero with no
-optimizer state (:meth:`~elth_cli.train.step.MaskSet.update`), and checkpoints record the masks
+optimizer state (:meth:`~elth_cli.train.parts.MaskSet.update`), and checkpoints record the masks
 in force, so a stopped run resumes with them. Hooks draw any randomness from the step number or
 torch's generator, which checkpoints restore.
 """
@@ -29,14 +29,14 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import Tensor, nn
 
-from elth_cli import distributed
+from elth_cli.runtime import distributed
 from elth_cli.data import DataBundle
-from elth_cli.device import synchronize
+from elth_cli.runtime.device import synchronize
 from elth_cli.train.checkpoint import EpochStats, RunState
 from elth_cli.train.config import TrainConfig
 from elth_cli.train.schedule import Schedule
-from elth_cli.train.signals import StopFlag, stopped_error
-from elth_cli.train.step import TrainParts
+from elth_cli.runtime.signals import StopFlag, stopped_error
+from elth_cli.train.parts import TrainParts
 
 
 class Hook:

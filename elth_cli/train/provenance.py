@@ -9,8 +9,9 @@ from typing import Any, Mapping
 
 import torch
 
-from elth_cli import __version__, distributed
-from elth_cli.device import DeviceSetup, device_name
+from elth_cli import __version__
+from elth_cli.runtime import distributed
+from elth_cli.runtime.device import DeviceSetup, device_name
 from elth_cli.ticket import Ticket, apply_masks, now_utc
 
 

@@ -1,6 +1,6 @@
 """Training a masked network or a ticket: set up the parts, resume, run the loop with its hooks, report.
 
-With several processes (``torchrun``, ``srun``; see :mod:`elth_cli.distributed`) the same code
+With several processes (``torchrun``, ``srun``; see :mod:`elth_cli.runtime.distributed`) the same code
 runs data-parallel: DistributedDataParallel around the (compiled) model, each rank on its shard of
 every global batch, metrics summed over ranks, stop signals agreed on, and rank 0 alone writing
 checkpoints and logs. With one process none of that machinery is touched.
@@ -18,10 +18,11 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import Tensor, nn
 
-from elth_cli import archs, distributed
+from elth_cli import archs
+from elth_cli.runtime import distributed
 from elth_cli.archs import ArchSpec
 from elth_cli.data import DataBundle, check_compatible
-from elth_cli.device import DeviceSetup, device_name, same_device
+from elth_cli.runtime.device import DeviceSetup, device_name, same_device
 from elth_cli.errors import ElthError, UsageError
 from elth_cli.flops import FLOPS_PER_MAC, TRAINING_PASSES, forward_macs, module_macs
 from elth_cli.masks import refuse_empty_layers, same_layout
@@ -33,8 +34,8 @@ from elth_cli.train.hooks import Reporter, standard_hooks
 from elth_cli.train.identity import run_differences
 from elth_cli.train.loop import Hook, TrainLoop
 from elth_cli.train.provenance import run_config, trained_ticket
-from elth_cli.train.signals import StopFlag, stop_signals
-from elth_cli.train.step import TrainParts, build_parts
+from elth_cli.runtime.signals import StopFlag, stop_signals
+from elth_cli.train.parts import TrainParts, build_parts
 
 RESUME_MODES = ("auto", "require", "never")
 
@@ -204,7 +205,7 @@ def train_state(
     from an existing checkpoint, ``require`` insists on one, ``never`` starts over. The state after
     ``s`` steps is kept for every ``s`` in ``snapshot_steps`` (IMP's rewind point). ``hooks`` join
     the standard ones (see :mod:`.loop` for the events); ``feedback`` keeps dense weights beside the
-    masked ones (DPF, :class:`~elth_cli.train.step.FeedbackMaskSet`); ``search`` (the options of a
+    masked ones (DPF, :class:`~elth_cli.train.parts.FeedbackMaskSet`); ``search`` (the options of a
     search the hooks carry out: DST, early-bird) joins the run's identity, so a checkpoint of another
     search is refused. The device's choices are the data's
     (``bundle.setup``) at the config's precision; ``setup`` overrides them. Masks that leave a
@@ -212,7 +213,7 @@ def train_state(
     (:func:`remove_checkpoint`) once the result is saved.
 
     With ``world_size`` > 1 (a process group of that size must be running, see
-    :mod:`elth_cli.distributed`) every rank calls this with the same arguments: the model trains
+    :mod:`elth_cli.runtime.distributed`) every rank calls this with the same arguments: the model trains
     under DistributedDataParallel on the rank's shard of each global batch, rank 0 alone reads and
     writes the checkpoint and the JSON lines and reports progress, a stop requested on any rank
     stops every rank at the same step, and every rank returns the same state and metrics (timings aside).

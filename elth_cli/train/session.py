@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
 import torch
 
-from elth_cli import data, distributed, stops
-from elth_cli.device import device_setup, resolve_device, resolve_precision
+from elth_cli import data, stops
+from elth_cli.runtime import distributed
+from elth_cli.runtime.device import device_setup, resolve_device, resolve_precision
 from elth_cli.errors import UsageError
 from elth_cli.fileio import STDIO, WriterLock
 from elth_cli.ticket import Ticket

@@ -1,6 +1,6 @@
 """Several tickets trained side by side: ``elth train T1 T2 ... --out-dir DIR --jobs N``.
 
-Each ticket is one job on the worker pool (:mod:`elth_cli.jobs`). It trains into
+Each ticket is one job on the worker pool (:mod:`elth_cli.runtime.pool`). It trains into
 ``DIR/<its file name>`` with its own checkpoint (``.ckpt``), progress log (``.log``) and epoch
 records (``.jsonl``) beside the output, so outputs, logs and failures stay per ticket. Running the
 same command again reuses every output that already is its ticket's finished training with these
@@ -20,7 +20,7 @@ from typing import Any, Mapping, Sequence
 
 from elth_cli.errors import UsageError
 from elth_cli.fileio import STDIO
-from elth_cli.jobs import Job, Worker
+from elth_cli.runtime.pool import Job, Worker
 from elth_cli.train.checkpoint import checkpoint_path_for
 from elth_cli.train.config import CHECKPOINT_EVERY_S
 

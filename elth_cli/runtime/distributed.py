@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from elth_cli.errors import ElthError, UsageError
 from elth_cli.fileio import WriterLock
-from elth_cli.launch import Launch, detect_launch, launcher_name  # re-exported: the launch is part of this API
+from elth_cli.runtime.launch import Launch, detect_launch, launcher_name  # re-exported: the launch is part of this API
 
 T = TypeVar("T")
 

@@ -1,7 +1,7 @@
 """Finding a ticket by dynamic sparse training: ``elth find --method rigl|set|dpf``.
 
 The run trains a fresh network once, from step 0, while a hook of the training loop
-(:mod:`elth_cli.train.dst`) moves its mask; the result is a trained ticket whose mask is the final
+(:mod:`elth_cli.train.rewiring`) moves its mask; the result is a trained ticket whose mask is the final
 one, whose ``init`` is the run's initial weights under that mask and whose ``trained`` weights are
 the final ones. Its ``cost`` is that one training (steps, seconds, FLOPs): the mask cost what the
 run cost, and its ``trained`` weights came with it.
@@ -25,7 +25,7 @@ from elth_cli.flops import module_macs
 from elth_cli.prune import check_sparsity
 from elth_cli.ticket import Ticket, apply_masks
 from elth_cli.train.config import TrainConfig
-from elth_cli.train.dst import UPDATES_KEY, GradualMagnitude, Rewiring, UpdateSchedule
+from elth_cli.train.rewiring import UPDATES_KEY, GradualMagnitude, Rewiring, UpdateSchedule
 from elth_cli.train.loop import Hook
 from elth_cli.train.provenance import run_config
 from elth_cli.train.run import train_state

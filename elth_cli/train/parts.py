@@ -2,7 +2,7 @@
 
 :class:`TrainStep` is one optimizer step with no host-device synchronisation, exactly what
 ``benchmarks/train_throughput.py`` times. :func:`build_parts` assembles a run's model, masks,
-optimizer, scaler and step for a :class:`~elth_cli.device.DeviceSetup`; the loop and the
+optimizer, scaler and step for a :class:`~elth_cli.runtime.device.DeviceSetup`; the loop and the
 benchmarks both use it.
 """
 
@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from elth_cli import distributed
+from elth_cli.runtime import distributed
 from elth_cli.data import DataBundle
-from elth_cli.device import DeviceSetup, autocast
+from elth_cli.runtime.device import DeviceSetup, autocast
 from elth_cli.errors import UsageError
 from elth_cli.train.checkpoint import EpochStats
 from elth_cli.train.config import TrainConfig

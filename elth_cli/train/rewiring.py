@@ -4,9 +4,9 @@
   ``until``, each layer drops the ``f * kept`` active weights of smallest magnitude and grows as
   many inactive ones: those with the largest dense gradient (RigL) or at random (SET). ``f``
   decays from the drop fraction to zero by cosine (RigL's schedule). Grown weights start at zero
-  with no momentum (:meth:`~elth_cli.train.step.MaskSet.update`); per-layer counts never change.
+  with no momentum (:meth:`~elth_cli.train.parts.MaskSet.update`); per-layer counts never change.
 * :class:`GradualMagnitude` (DPF, Lin et al. 2020): the model trains with feedback
-  (:class:`~elth_cli.train.step.FeedbackMaskSet`: dense weights updated with the gradient of the
+  (:class:`~elth_cli.train.parts.FeedbackMaskSet`: dense weights updated with the gradient of the
   masked network) and every ``every`` steps the mask is recomputed by global magnitude of the dense
   weights, at the sparsity of Zhu and Gupta's (2017) cubic schedule, which reaches the target at
   ``until``.

@@ -13,7 +13,7 @@ The rules (docs/training.md, "Several trainings side by side"):
   count, which every trained ticket records;
 * a job that fails fails alone: the jobs that need it are skipped, every other one runs;
 * a stop signal (SIGTERM, SIGUSR1, Ctrl-C) reaches every running job through its worker's
-  :class:`~elth_cli.train.signals.StopFlag` (trainings write their checkpoint and stop) and no new
+  :class:`~elth_cli.runtime.signals.StopFlag` (trainings write their checkpoint and stop) and no new
   job starts; re-running the command finishes what is left. Workers sit in their own process
   group, so a Ctrl-C at the terminal reaches this process only, which forwards it once; a worker
   whose parent dies gets SIGTERM (Linux) and stops the same way;
@@ -37,7 +37,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Mapping, Sequence
 
 from elth_cli.errors import ElthError, UsageError
-from elth_cli.train.signals import EXIT_INTERRUPTED, EXIT_STOPPED, STOP_SIGNALS, StopFlag, TrainingStopped, stop_signals
+from elth_cli.runtime.signals import EXIT_INTERRUPTED, EXIT_STOPPED, STOP_SIGNALS, StopFlag, TrainingStopped, stop_signals
 
 DONE, FAILED, STOPPED, SKIPPED, NOT_STARTED = "done", "failed", "stopped", "skipped", "not started"
 

@@ -2,7 +2,7 @@
 
 Train a fresh network with the recipe until the global magnitude mask at the target sparsity stops
 moving (the largest of the last ``window`` epoch-to-epoch normalised Hamming distances below
-``epsilon``; :class:`~elth_cli.train.earlybird.MaskConvergence`), then stop and prune once: the
+``epsilon``; :class:`~elth_cli.train.convergence.MaskConvergence`), then stop and prune once: the
 ticket is that mask, exact, with ``init`` = the weights at the rewind step under it. It is not
 trained (train it with ``elth train``); it records the epoch of detection, the distance history
 and what the search cost (steps, seconds, FLOPs). A run that never converges trains the whole
@@ -22,7 +22,7 @@ from elth_cli.prune import check_sparsity, magnitude_scores, prune_to_sparsity
 from elth_cli.steps import parse_steps
 from elth_cli.ticket import Ticket, apply_masks
 from elth_cli.train.config import TrainConfig
-from elth_cli.train.earlybird import DEFAULT_EPSILON, DEFAULT_WINDOW, STATE_KEY, MaskConvergence, check_detection
+from elth_cli.train.convergence import DEFAULT_EPSILON, DEFAULT_WINDOW, STATE_KEY, MaskConvergence, check_detection
 from elth_cli.train.loop import Hook
 from elth_cli.train.provenance import run_config
 from elth_cli.train.run import train_state

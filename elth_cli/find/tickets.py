@@ -1,0 +1,54 @@
+"""Fresh and random tickets: a seeded network of an architecture, dense or with a random mask; where every
+search starts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from elth_cli import archs, data
+from elth_cli.prune import check_sparsity
+from elth_cli.ticket import Ticket
+
+# What a fresh network cost: nothing (a ticket's ``cost`` is what obtaining its mask and init took).
+NO_COST: dict[str, Any] = {"train_steps": 0, "train_seconds": 0.0, "trainings": 0, "train_flops": 0.0,
+                           "dense_train_flops": 0.0}
+
+
+def fresh_ticket(arch: str, input_shape: tuple[int, int, int], num_classes: int, seed: int = 0,
+                 dataset: str | None = None) -> Ticket:
+    """A freshly initialised network (open_lth init, seeded) with nothing pruned: where every search starts."""
+    spec = archs.resolve_arch(arch)
+    model = archs.build_model(spec, input_shape, num_classes, seed=seed)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    masks = {k: torch.ones(state[k].shape, dtype=torch.bool)
+             for k in archs.prunable_keys(spec, input_shape, num_classes)}
+    return Ticket(
+        arch=spec.name, input_shape=tuple(input_shape), num_classes=num_classes, masks=masks, init=state,
+        method="random", rewind_step=0, dataset=dataset,
+        hparams={"seed": seed, "init": "kaiming_normal, bn uniform (open_lth)"},
+        cost=dict(NO_COST),
+    )
+
+
+def random_ticket(
+    arch: str, input_shape: tuple[int, int, int], num_classes: int, sparsity: float, seed: int = 0,
+    distribution: str = "layerwise", dataset: str | None = None,
+) -> Ticket:
+    """A randomly initialised network (open_lth init, seeded) with a random mask at exactly ``sparsity``."""
+    check_sparsity(sparsity)
+    dense = fresh_ticket(arch, input_shape, num_classes, seed, dataset)
+    if sparsity == 0:
+        return dense
+    from elth_cli.find.baselines import BaselineOptions, prune_baseline
+
+    return prune_baseline(dense, BaselineOptions("random", sparsity=sparsity, distribution=distribution, seed=seed))
+
+
+def dense_ticket(arch: str, dataset: str, seed: int = 0, data_dir: str | None = None) -> Ticket:
+    """A freshly initialised dense network for ``dataset``'s input shape and classes, as a ticket."""
+    info = data.get_dataset_info(dataset, data_dir)
+    return fresh_ticket(arch, info.input_shape, info.num_classes, seed, dataset=info.name)
+
+
