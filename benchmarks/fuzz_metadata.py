@@ -22,7 +22,8 @@ import time
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from elth_cli import cli, data, elastic, train
+from elth_cli import data, elastic, train
+from elth_cli.cli import render
 from elth_cli.errors import ElthError
 from elth_cli.find import random_ticket
 from elth_cli.ticket import Ticket
@@ -59,9 +60,9 @@ def mutant(valid: bytes, rng: random.Random) -> tuple[bytes, dict[str, str]]:
 def exercise(raw: bytes) -> None:
     """What `elth info`, `elth stretch` and a re-save do with a ticket."""
     ticket = Ticket.from_bytes(raw, "mutant")
-    cli.ticket_summary(ticket)
-    cli._config_lines(ticket.config)
-    json.dumps(cli.ticket_summary(ticket))
+    render.ticket_summary(ticket)
+    render.config_lines(ticket.config)
+    json.dumps(render.ticket_summary(ticket))
     elastic.stretch(ticket, "resnet26-w4").to_bytes()
     ticket.to_bytes()
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from elth_cli.train.options import RunOptions
 from elth_cli import archs, data, train
 from elth_cli.find import random_ticket
 from elth_cli.masks import kept_and_total
@@ -49,7 +50,7 @@ def time_imp_overhead(arch: str, epochs: int) -> dict:
     spec = archs.resolve_arch(arch)
     cfg = train.default_recipe(spec, bundle.info).replace(epochs=epochs)
     ticket = random_ticket(arch, bundle.info.input_shape, bundle.info.num_classes, 0.0, seed=0, dataset="digits")
-    result = train.train_state(ticket.build_model(), ticket.masks, bundle, cfg, 0, handle_signals=False)
+    result = train.train_state(ticket.build_model(), ticket.masks, bundle, cfg, 0, run=RunOptions(handle_signals=False))
     trained = ticket.__class__(**{**ticket.__dict__, "trained": result.state})
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()

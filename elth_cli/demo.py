@@ -27,17 +27,21 @@ from typing import Any, Sequence
 
 from elth_cli import archs, data, elastic
 from elth_cli.compare import flops_summary, spread
-from elth_cli.find.dst import DstOptions, find_dst
 from elth_cli.errors import UsageError
 from elth_cli.fileio import WriterLock
-from elth_cli.find import BaselineOptions, ImpOptions, find_imp, imp_sparsities, prune_baseline
+from elth_cli.find.baselines import BaselineOptions, prune_baseline
+from elth_cli.find.imp import ImpOptions, imp_sparsities
+from elth_cli.find.imp import imp_job as imp_job_run
+from elth_cli.find.methods import FindRequest
 from elth_cli.find.runfolder import RoundRecord, round_path
+from elth_cli.find.search import SearchJob, search_job
 from elth_cli.runtime.pool import Job, Slot, Worker, available_cores, plan_slots, run_jobs
 from elth_cli.report import JobProgress, Log, fmt_flops, fmt_pct, make_table, stdout_console
 from elth_cli.ticket import Ticket
 from elth_cli.train.checkpoint import checkpoint_path_for
 from elth_cli.train.config import TrainConfig, config_from_options
-from elth_cli.train.session import Session, save_result, training_session
+from elth_cli.train.job import DataOptions, Setup, TrainJob, train_file
+from elth_cli.train.options import RunOptions
 
 # More workers than this gain nothing: the demo has at most 4 chains, then 8-24 trainings, at once.
 MAX_JOBS = 8
@@ -136,34 +140,31 @@ BASELINES = (("random", "random", "overall"), ("random layer-wise", "random", "l
 
 
 # ----- the jobs -----------------------------------------------------------------------------------
-def _recipe(session: Session, config: DemoConfig, arch: str) -> tuple[TrainConfig, data.DataBundle]:
-    return session.prepare(archs.resolve_arch(arch), "digits", seed=config.seed, epochs=config.epochs,
-                           eval_every=config.eval_every)
+def _setup(worker: Worker, config: DemoConfig) -> Setup:
+    """Every demo training's set-up: digits, the demo's seed, epochs and evaluation, the worker's device."""
+    overrides = {k: v for k, v in (("seed", config.seed), ("epochs", config.epochs),
+                                   ("eval_every", config.eval_every)) if v is not None}
+    return Setup(DataOptions("digits"), overrides, device=worker.device)
 
 
-def _train_cached(worker: Worker, config: DemoConfig, target: str, ticket: Ticket, path: Path) -> str:
-    """Train ``ticket`` into ``path`` unless a trained ticket is already there (resume); its accuracy."""
-    if not path.exists():
-        with training_session(worker.device) as session:
-            cfg, bundle = _recipe(session, config, target)
-            ckpt = checkpoint_path_for(path)
-            trained = session.train_ticket(ticket, bundle, cfg, checkpoint_path=ckpt, **worker.train_options())
-            save_result(trained, path, ckpt, force=True)
-    return f"test acc {fmt_pct(Ticket.load(path).metrics['test_acc'])}"
+def _train_cached(worker: Worker, config: DemoConfig, ticket: Ticket, path: Path, title: str | None = None) -> str:
+    """Train ``ticket`` into ``path`` (the one path of ``elth train``: a finished one is kept, a stopped one
+    resumes); its accuracy."""
+    run = RunOptions(stop=worker.stop, handle_signals=False, **({"title": title} if title else {}))
+    result = train_file(TrainJob(ticket, str(path), checkpoint_path_for(path), setup=_setup(worker, config), run=run))
+    return f"test acc {fmt_pct(result.ticket.metrics['test_acc'])}"
 
 
 def imp_job(worker: Worker, out: Path, config: DemoConfig, arch: str, early_bird: bool) -> str:
     """One IMP chain (``early_bird``: rounds stopped once their next mask settled) into its run folder."""
-    with training_session(worker.device) as session:
-        cfg, bundle = _recipe(session, config, arch)
+    def show(rec: RoundRecord) -> None:
+        worker.note(f"round {rec.round:2d}: sparsity {fmt_pct(rec.sparsity)}, test acc {fmt_pct(rec.test_acc)}, "
+                    f"{rec.seconds:.1f} s", (rec.round + 1) / (config.rounds + 1))
 
-        def show(rec: RoundRecord) -> None:
-            worker.note(f"round {rec.round:2d}: sparsity {fmt_pct(rec.sparsity)}, test acc {fmt_pct(rec.test_acc)}, "
-                        f"{rec.seconds:.1f} s", (rec.round + 1) / (config.rounds + 1))
-
-        records, _ = find_imp(ImpOptions(arch, "digits", rounds=config.rounds, rewind=config.rewind,
-                                         early_bird=early_bird), cfg, bundle, imp_dir(out, arch, early_bird),
-                              on_round=show, **worker.train_options())
+    opts = ImpOptions(arch, "digits", rounds=config.rounds, rewind=config.rewind, early_bird=early_bird)
+    result = imp_job_run(opts, imp_dir(out, arch, early_bird), _setup(worker, config),
+                         RunOptions(stop=worker.stop, handle_signals=False), on_round=show)
+    records = result.records
     return f"{len(records) - 1} rounds, round {records[-1].round} at test acc {fmt_pct(records[-1].test_acc)}"
 
 
@@ -173,7 +174,7 @@ def transform_job(worker: Worker, out: Path, config: DemoConfig, target: str, le
     src = Ticket.load(round_path(imp_dir(out, source_arch), level))
     fn = elastic.stretch if op == "stretch" else elastic.squeeze
     moved = fn(src, archs.resolve_target(src.spec, target), strategy=strategy)
-    return _train_cached(worker, config, target, moved, trained_path(out, target, level, kind))
+    return _train_cached(worker, config, moved, trained_path(out, target, level, kind))
 
 
 def baseline_job(worker: Worker, out: Path, config: DemoConfig, target: str, level: int, kind: str) -> str:
@@ -183,7 +184,7 @@ def baseline_job(worker: Worker, out: Path, config: DemoConfig, target: str, lev
     own = Ticket.load(round_path(imp_dir(out, target), level))
     dense = Ticket.load(round_path(imp_dir(out, target), 0))
     ticket = prune_baseline(dense, BaselineOptions(method=method, like=own, match=match, seed=config.seed))
-    return _train_cached(worker, config, target, ticket, trained_path(out, target, level, kind))
+    return _train_cached(worker, config, ticket, trained_path(out, target, level, kind))
 
 
 def early_bird_job(worker: Worker, out: Path, config: DemoConfig, target: str, level: int) -> str:
@@ -192,26 +193,23 @@ def early_bird_job(worker: Worker, out: Path, config: DemoConfig, target: str, l
     found = Ticket.load(round_path(imp_dir(out, target, early_bird=True), level))
     ticket = dataclasses.replace(found, trained=None, metrics=None, config=None,
                                  parents=[found.parent_record()])  # its partial training dropped: trained anew
-    return _train_cached(worker, config, target, ticket, trained_path(out, target, level, "IMP early-bird"))
+    return _train_cached(worker, config, ticket, trained_path(out, target, level, "IMP early-bird"))
 
 
 def rigl_job(worker: Worker, out: Path, config: DemoConfig, target: str, level: int) -> str:
     """RigL (ERK, its defaults) from scratch at the level's exact sparsity: dynamic sparse training's row."""
     path = trained_path(out, target, level, "rigl")
-    if not path.exists():
-        own = Ticket.load(round_path(imp_dir(out, target), level))
-        with training_session(worker.device) as session:
-            cfg, bundle = _recipe(session, config, target)
-            ckpt = checkpoint_path_for(path)
-            # RigL's default (every 100 steps) on the full recipe (690 steps: 5 updates); shorter runs
-            # (--quick, tests) update more often so they still make 5.
-            until = round(0.75 * cfg.total_steps(bundle.steps_per_epoch(cfg.batch_size)))
-            every = min(100, max(1, until // 5))
-            ticket = find_dst(DstOptions("rigl", target, "digits", own.sparsity, update_every=every), cfg, bundle,
-                              checkpoint_path=ckpt, title=f"rigl {target} at round {level}'s sparsity",
-                              **worker.train_options())
-            save_result(ticket, path, ckpt, force=True)
-    return f"test acc {fmt_pct(Ticket.load(path).metrics['test_acc'])}"
+    own = Ticket.load(round_path(imp_dir(out, target), level))
+    setup = _setup(worker, config)
+    # RigL's default (every 100 steps) on the full recipe (690 steps: 5 updates); shorter runs (--quick,
+    # tests) update more often so they still make 5.
+    cfg = config_from_options(archs.resolve_arch(target), data.get_dataset_info("digits"), **setup.overrides)
+    until = round(0.75 * cfg.total_steps(data.load_dataset("digits").steps_per_epoch(cfg.batch_size)))
+    request = FindRequest("rigl", arch=target, sparsity=own.sparsity, update_every=min(100, max(1, until // 5)))
+    result = search_job(SearchJob(request, str(path), setup,
+                                  RunOptions(stop=worker.stop, handle_signals=False,
+                                             title=f"rigl {target} at round {level}'s sparsity")))
+    return f"test acc {fmt_pct(result.ticket.metrics['test_acc'])}"
 
 
 def demo_jobs(out: Path, config: DemoConfig, steps_per_training: int, prefix: str = "") -> list[Job]:

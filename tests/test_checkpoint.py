@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from safetensors.torch import load as st_load
 
 from conftest import make_ticket
+from elth_cli.train.options import RunOptions
 from elth_cli import container, data, train
 from elth_cli.runtime.device import device_setup
 from elth_cli.errors import ElthError
@@ -24,8 +25,7 @@ def stopped(tmp_path_factory):
     cfg = train.default_recipe(ticket.spec, bundle.info).replace(epochs=2)
     ckpt = tmp_path_factory.mktemp("ckpt") / "run.ckpt"
     with pytest.raises(train.TrainingStopped):
-        train.train_state(ticket.build_model("init"), ticket.masks, bundle, cfg, checkpoint_path=ckpt,
-                          stop_at_step=30, handle_signals=False)
+        train.train_state(ticket.build_model("init"), ticket.masks, bundle, cfg, run=RunOptions(checkpoint_path=ckpt, stop_at_step=30, handle_signals=False))
     return ticket, cfg, ckpt.read_bytes(), ckpt.parent
 
 

@@ -42,7 +42,7 @@ def test_archs_json():
 
 def test_find_stretch_info_pipeline(tmp_path):
     """`elth --help`'s example, `elth find ... -o - | elth stretch - ...`, through a real shell pipe."""
-    from elth_cli.cli_examples import PIPELINE
+    from elth_cli.cli.examples import PIPELINE
 
     cmd = PIPELINE.command.replace("elth ", f"{sys.executable} -m elth_cli ")
     proc = subprocess.run(cmd, shell=True, capture_output=True, cwd=tmp_path, timeout=300,
@@ -54,7 +54,7 @@ def test_find_stretch_info_pipeline(tmp_path):
     assert ticket.arch == "resnet56" and ticket.method == "stretch"
     assert ticket.sparsity == pytest.approx(0.8, abs=0.01)
     r = run_elth("info", str(out), "--json")
-    doc = json.loads(r.stdout)
+    (doc,) = json.loads(r.stdout)  # one document per argument, always a list
     assert doc["transform"]["mapping_string"] == "0:0;1:1,3,5,7;2:2,4,6,8"
     assert doc["parents"][0]["arch"] == "resnet20"
     assert len(doc["parents"][0]["sha256"]) == 64

@@ -116,7 +116,7 @@ def test_version_1_tickets_still_load_and_say_how_they_were_checked(tmp_path) ->
     old = run_elth("info", str(tmp_path / "old.safetensors"))
     assert old.code == 0 and "format 1" in old.stdout and "without a digest" in old.stdout
     new = run_elth("info", str(tmp_path / "new.safetensors"), "--json")
-    doc = json.loads(new.stdout)
+    (doc,) = json.loads(new.stdout)
     assert doc["format_version"] == 2 and doc["integrity"] == "file"
 
 

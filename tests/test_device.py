@@ -13,6 +13,7 @@ import dataclasses
 import pytest
 import torch
 
+from elth_cli.train.options import RunOptions
 from elth_cli import data, train
 from elth_cli.runtime import device
 from elth_cli.runtime.device import device_setup, resolve_device, resolve_precision
@@ -150,8 +151,8 @@ def test_fp16_resume_is_bit_identical(ticket, tmp_path) -> None:
     setup = device_setup("cpu", "fp16")
     bundle = data.load_dataset("digits", device=setup)
     cfg = train.default_recipe(ticket.spec, bundle.info).replace(epochs=2, precision="fp16")
-    run = lambda **kw: train.train_state(ticket.build_model("init"), ticket.masks, bundle, cfg, setup=setup,  # noqa: E731
-                                         handle_signals=False, **kw)
+    run = lambda **kw: train.train_state(ticket.build_model("init"), ticket.masks, bundle, cfg,  # noqa: E731
+                                         run=RunOptions(setup=setup, handle_signals=False, **kw))
     whole = run()
     ckpt = tmp_path / "fp16.ckpt"
     with pytest.raises(train.TrainingStopped):

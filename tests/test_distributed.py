@@ -480,10 +480,10 @@ def test_config_metadata_round_trips_and_info_shows_it(capsys, runs) -> None:
         cli.main(["info", str(path)])
     text = capsys.readouterr().out
     assert "config      elth train on cpu" in text and "2 processes (torchrun, gloo)" in text
-    assert f"torch {torch.__version__}" in text and "hparams     " in text and "world_size=2" in text
+    assert f"torch {torch.__version__}" in text and "hparams     " in text and "world_size 2" in text
     with pytest.raises(SystemExit):
         cli.main(["info", str(path), "--json"])
-    doc = json.loads(capsys.readouterr().out)
+    (doc,) = json.loads(capsys.readouterr().out)
     assert doc["config"] == ticket.config
 
 

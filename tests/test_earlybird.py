@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from conftest import assert_clean_error, run_in_process
+from elth_cli.train.options import RunOptions
 from elth_cli import archs, data
 from elth_cli.find.earlybird import EarlyBirdOptions, find_early_bird
 from elth_cli.find import ImpOptions, find_imp, fresh_ticket
@@ -66,8 +67,7 @@ def detect(bundle, extra_hooks, lr: float, epochs: int = 4):
     keys = list(dense.masks)
     total = sum(m.numel() for m in dense.masks.values())
     detector = MaskConvergence(keys, round(0.8 * total), window=2, epsilon=0.1)
-    result = train_state(dense.build_model("init"), dense.masks, bundle, recipe(bundle, epochs=epochs, lr=lr), 0,
-                         hooks=[*extra_hooks, detector])
+    result = train_state(dense.build_model("init"), dense.masks, bundle, recipe(bundle, epochs=epochs, lr=lr), 0, run=RunOptions(hooks=[*extra_hooks, detector]))
     return result
 
 

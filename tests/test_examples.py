@@ -8,7 +8,7 @@ import re
 import shlex
 
 from conftest import ROOT, run_in_process
-from elth_cli.cli_examples import EXAMPLES, PIPELINE
+from elth_cli.cli.examples import EXAMPLES, PIPELINE
 from elth_cli.ticket import Ticket
 
 

@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from elth_cli.train.options import RunOptions
 from elth_cli import data, train
 from elth_cli.errors import UsageError
 from elth_cli.find import random_ticket
@@ -59,8 +60,7 @@ class Recorder(Hook):
 def test_events_arrive_in_order_and_hooks_extend_records(digits, ticket, tmp_path) -> None:
     rec = Recorder()
     log = tmp_path / "log.jsonl"
-    result = train.train_state(ticket.build_model("init"), ticket.masks, digits, config(ticket, digits), hooks=[rec],
-                               jsonl_path=log)
+    result = train.train_state(ticket.build_model("init"), ticket.masks, digits, config(ticket, digits), run=RunOptions(hooks=[rec], jsonl_path=log))
     steps = lambda lo, hi: [("step", s) for s in range(lo, hi + 1)]  # noqa: E731
     # Evaluation runs before the caller's hooks in on_epoch_end, so a hook sees the test accuracy.
     assert rec.events == [("run_start", 0), *steps(1, SPE), ("epoch_end", 1, True), ("recorded", 1, True),
@@ -70,8 +70,7 @@ def test_events_arrive_in_order_and_hooks_extend_records(digits, ticket, tmp_pat
 
     stopped = Recorder()
     with pytest.raises(train.TrainingStopped):
-        train.train_state(ticket.build_model("init"), ticket.masks, digits, config(ticket, digits), hooks=[stopped],
-                          checkpoint_path=tmp_path / "run.ckpt", stop_at_step=5)
+        train.train_state(ticket.build_model("init"), ticket.masks, digits, config(ticket, digits), run=RunOptions(hooks=[stopped], checkpoint_path=tmp_path / "run.ckpt", stop_at_step=5))
     assert stopped.events[-3:] == [("step", 5), ("stop", 5), ("run_end", False)]
 
 
@@ -136,8 +135,7 @@ def test_a_rewired_run_stopped_and_resumed_is_bit_identical(digits, ticket, tmp_
     cfg = config(ticket, digits)
 
     def run(**kw):
-        return train.train_state(ticket.build_model("init"), ticket.masks, digits, cfg, hooks=[Rewire()],
-                                 handle_signals=False, **kw)
+        return train.train_state(ticket.build_model("init"), ticket.masks, digits, cfg, **kw, run=RunOptions(hooks=[Rewire()], handle_signals=False))
 
     whole = run()
     ckpt = tmp_path / "rewired.ckpt"

@@ -31,13 +31,14 @@ def short_run(tmp_path_factory) -> Path:
 def test_info_of_a_run_folder_lists_its_rounds(capsys, short_run):
     r = run_in_process(capsys, "info", short_run, "--json")
     assert r.code == 0, r.stderr
-    doc = json.loads(r.stdout)
+    (doc,) = json.loads(r.stdout)
+    assert doc["kind"] == "run" and doc["total_rounds"] == 2
     assert (doc["arch"], doc["planned_rounds"], doc["finished_rounds"], doc["in_progress"]) == ("resnet8-w4", 1, 2, None)
     assert [x["round"] for x in doc["rounds"]] == [0, 1]
     assert doc["rounds"][1]["path"] == str(RunFolder(short_run).round_ticket(1))
     assert doc["rounds"][1]["sparsity"] == pytest.approx(0.2, abs=1e-3) and doc["rounds"][1]["steps"] == 3 * 23 - 23
     text = run_in_process(capsys, "info", short_run)
-    assert text.code == 0 and "2 of 2 rounds finished" in text.stdout and "round-01.safetensors" in text.stdout
+    assert text.code == 0 and "2 of its 2 rounds 0..1 finished" in text.stdout and "round-01.safetensors" in text.stdout
 
 
 def test_each_round_keeps_its_epoch_records(short_run):
@@ -47,11 +48,15 @@ def test_each_round_keeps_its_epoch_records(short_run):
 
 
 def test_info_of_several_tickets_is_one_table(capsys, short_run, tmp_path):
+    """--json is a list with one document per argument whatever their number (it was an object for one ticket
+    and a list of short rows for two)."""
     r = run_in_process(capsys, "info", short_run, RunFolder(short_run).round_ticket(1), "--json")
     assert r.code == 0, r.stderr
-    rows = json.loads(r.stdout)
-    assert [row["path"] for row in rows] == [str(RunFolder(short_run).round_ticket(i)) for i in (0, 1, 1)]
-    assert all(row["trained"] and row["method"] == "imp" for row in rows)
+    run, ticket = json.loads(r.stdout)
+    assert (run["kind"], run["path"], len(run["rounds"])) == ("run", str(short_run), 2)
+    one = json.loads(run_in_process(capsys, "info", RunFolder(short_run).round_ticket(1), "--json").stdout)
+    assert one == [ticket] and ticket["kind"] == "ticket" and ticket["trained"] and ticket["method"] == "imp"
+    assert ticket["path"] == str(RunFolder(short_run).round_ticket(1)) and "layers" in ticket
     text = run_in_process(capsys, "info", RunFolder(short_run).round_ticket(0), RunFolder(short_run).round_ticket(1))
     assert text.code == 0 and text.stdout.count("resnet8-w4") == 2
 

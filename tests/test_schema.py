@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from safetensors.torch import load as st_load
 
 from conftest import assert_clean_error, make_ticket, run_elth
-from elth_cli import cli, container, elastic, schema
+from elth_cli import container, elastic, schema
+from elth_cli.cli import render
 from elth_cli.errors import ElthError, TicketError
 from elth_cli.ticket import Ticket
 
@@ -114,8 +115,8 @@ def _exercise(raw: bytes) -> None:
     """What `elth info`, `elth stretch` and a re-save do with a ticket: elth's error, or success."""
     try:
         ticket = Ticket.from_bytes(raw, "mutant")
-        json.dumps(cli.ticket_summary(ticket))
-        cli._config_lines(ticket.config)
+        json.dumps(render.ticket_summary(ticket))
+        render.config_lines(ticket.config)
         elastic.stretch(ticket, "resnet26-w4").to_bytes()
         ticket.to_bytes()
     except ElthError:

@@ -13,6 +13,7 @@ import signal
 import pytest
 import torch
 
+from elth_cli.train.options import RunOptions
 from elth_cli import archs, data, train
 from elth_cli.runtime.device import device_setup
 from elth_cli.errors import ElthError, UsageError
@@ -300,7 +301,8 @@ def test_stop_and_resume_is_bit_identical(digits, tmp_path) -> None:
     snaps = {10, 46}
 
     def run(**kw) -> train.TrainResult:
-        return train.train_state(ticket.build_model("init"), ticket.masks, digits, cfg, snapshot_steps=snaps, **kw)
+        return train.train_state(ticket.build_model("init"), ticket.masks, digits, cfg, snapshot_steps=snaps,
+                                 run=RunOptions(**kw))
 
     whole = run(checkpoint_path=tmp_path / "whole.ckpt")
     ckpt = tmp_path / "split.ckpt"
@@ -312,10 +314,10 @@ def test_stop_and_resume_is_bit_identical(digits, tmp_path) -> None:
     assert len(jsonl.read_text().splitlines()) == 1
     # A changed configuration is refused, naming what changed.
     with pytest.raises(UsageError, match=r"differs in: lr 0\.05 -> 0\.04"):
-        train.train_state(ticket.build_model("init"), ticket.masks, digits, cfg.replace(lr=0.04), checkpoint_path=ckpt)
+        train.train_state(ticket.build_model("init"), ticket.masks, digits, cfg.replace(lr=0.04), run=RunOptions(checkpoint_path=ckpt))
     other = digits_ticket(seed=1)
     with pytest.raises(UsageError, match="the ticket"):
-        train.train_state(other.build_model("init"), other.masks, digits, cfg, checkpoint_path=ckpt)
+        train.train_state(other.build_model("init"), other.masks, digits, cfg, run=RunOptions(checkpoint_path=ckpt))
     resumed = run(checkpoint_path=ckpt, jsonl_path=jsonl)
     assert resumed.resumed_from == 30
     _assert_same_run(whole, resumed)

@@ -16,9 +16,9 @@ import importlib
 from typing import Any
 
 _EXPORTS: dict[str, str] = {
-    **dict.fromkeys(("NO_COST", "fresh_ticket", "random_ticket", "dense_ticket"), "tickets"),
+    **dict.fromkeys(("NO_COST", "fresh_ticket", "dense_ticket"), "tickets"),
     **dict.fromkeys(("BASELINE_METHODS", "MATCH_MODES", "BaselineOptions", "default_exclude", "prune_baseline",
-                     "layer_distribution"), "baselines"),
+                     "layer_distribution", "random_ticket"), "baselines"),
     **dict.fromkeys(("ImpOptions", "imp_sparsities", "check_imp_options", "find_imp"), "imp"),
     **dict.fromkeys(("RoundRecord", "RunFolder", "round_path", "rounds_for_sparsity", "run_summary"), "runfolder"),
     **dict.fromkeys(("DstOptions", "DST_METHODS", "find_dst", "check_dst_options"), "dst"),

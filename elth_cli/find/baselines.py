@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Mapping
+from pathlib import Path
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor
@@ -12,12 +13,16 @@ from torch import Tensor
 from elth_cli import archs
 from elth_cli.data import check_compatible
 from elth_cli.errors import UsageError
+from elth_cli.fileio import STDIO, check_output_path
+from elth_cli.find.methods import FindRequest
+from elth_cli.find.tickets import dense_ticket, fresh_ticket
 from elth_cli.masks import kept_and_total, refuse_empty_layers, same_layout
 from elth_cli.prune import (
     RANDOM_DISTRIBUTIONS, allocate_counts, check_sparsity, erk_layer_counts, grasp_scores, magnitude_scores,
     prune_lowest_per_layer, prune_to_sparsity, snip_scores, synflow_masks,
 )
-from elth_cli.ticket import Ticket, apply_masks
+from elth_cli.ticket import Ticket, apply_masks, sha256_hex
+from elth_cli.train.job import Setup
 
 
 # ----- one-shot baselines at a ticket's init/rewind weights ------------------------------------------
@@ -42,6 +47,18 @@ class BaselineOptions:
     allow_empty_layers: bool = False  # write a mask that leaves a layer without any weight
 
 
+def random_ticket(
+    arch: str, input_shape: tuple[int, int, int], num_classes: int, sparsity: float, seed: int = 0,
+    distribution: str = "layerwise", dataset: str | None = None,
+) -> Ticket:
+    """A randomly initialised network (open_lth init, seeded) with a random mask at exactly ``sparsity``."""
+    check_sparsity(sparsity)
+    dense = fresh_ticket(arch, input_shape, num_classes, seed, dataset)
+    if sparsity == 0:
+        return dense
+    return prune_baseline(dense, BaselineOptions("random", sparsity=sparsity, distribution=distribution, seed=seed))
+
+
 def default_exclude(spec: archs.ArchSpec) -> tuple[str, ...]:
     """Prunable keys kept dense by default: the paper's setting (fc for VGG, nothing for ResNets)."""
     return archs.family_of(spec).default_exclude
@@ -63,13 +80,7 @@ def prune_baseline(source: Ticket, options: BaselineOptions, bundle=None) -> Tic
     pruned weights of ``source`` stay pruned; give a dense ticket (e.g. IMP's round 0, which
     holds the dense rewind weights) to prune from scratch.
     """
-    method = options.method
-    if method not in BASELINE_METHODS:
-        raise UsageError(f"unknown baseline {method!r}; choose one of {', '.join(BASELINE_METHODS)}")
-    if options.match not in MATCH_MODES:
-        raise UsageError(f"--match must be {' or '.join(MATCH_MODES)}, not {options.match!r}")
-    if (options.sparsity is None) == (options.like is None):
-        raise UsageError("give exactly one of --sparsity and --like")
+    _check_options(options)
     spec = source.spec
     exclude = default_exclude(spec) if options.exclude is None else tuple(options.exclude)
     unknown = [k for k in exclude if k not in source.masks]
@@ -84,53 +95,68 @@ def prune_baseline(source: Ticket, options: BaselineOptions, bundle=None) -> Tic
     else:
         sparsity = check_sparsity(options.sparsity)
     t0 = time.perf_counter()
-    keys = list(masks)
-    if method == "random":
-        gen = torch.Generator().manual_seed(options.seed + 7_000_003)
-        scores = {k: torch.rand(masks[k].shape, generator=gen) for k in keys}
-        if options.distribution not in RANDOM_DISTRIBUTIONS:
-            raise UsageError(f"unknown random distribution {options.distribution!r}; choose one of "
-                             f"{', '.join(RANDOM_DISTRIBUTIONS)}")
-        if layer_targets is None and options.distribution != "global":
-            layer_targets = layer_distribution(masks, sparsity, exclude, options.distribution)
-    elif method == "magnitude":
-        scores = magnitude_scores(source.init, keys)
-    elif method in ("snip", "grasp"):
-        if bundle is None:
-            raise UsageError(f"{method} needs a data set (--dataset)")
-        check_compatible(bundle.info, source.input_shape, source.num_classes)
-        model = source.build_model("init", bundle.device)
-        fn = snip_scores if method == "snip" else grasp_scores
-        scores = fn(model, keys, bundle, n_batches=options.batches, batch_size=options.batch_size, seed=options.seed)
-    else:  # synflow: data-free by design
+    if options.method == "synflow":  # data-free and iterative: it prunes by itself
         if layer_targets is not None:
             raise UsageError("synflow prunes globally and iteratively; --match layerwise is not available for it")
-        model = source.build_model("init")
-        new_masks = synflow_masks(model, masks, sparsity, source.input_shape, options.synflow_iterations, exclude)
-        scores = None
-    if scores is not None:
-        if layer_targets is not None:
-            current = {k: int((~masks[k]).sum()) for k in keys}
-            counts = {k: layer_targets[k] - current[k] for k in keys}
-            if any(c < 0 for c in counts.values()):
-                raise UsageError("the source ticket is already sparser than the target in some layer; start from a denser ticket")
-            new_masks = prune_lowest_per_layer(scores, masks, counts)
-        else:
-            new_masks = prune_to_sparsity(scores, masks, sparsity, exclude)
+        new_masks = synflow_masks(source.build_model("init"), masks, sparsity, source.input_shape,
+                                  options.synflow_iterations, exclude)
+    else:
+        if options.method == "random" and layer_targets is None and options.distribution != "global":
+            layer_targets = layer_distribution(masks, sparsity, exclude, options.distribution)
+        new_masks = _prune_by_scores(_scores(source, options, bundle), masks, sparsity, exclude, layer_targets)
     new_masks = {k: m.to("cpu") for k, m in new_masks.items()}
     refuse_empty_layers(new_masks, f"sparsity {sparsity:g}", "lower --sparsity", allow=options.allow_empty_layers)
-    seconds = time.perf_counter() - t0
+    return _baseline_ticket(source, options, new_masks, sparsity, exclude, time.perf_counter() - t0)
+
+
+def _check_options(options: BaselineOptions) -> None:
+    if options.method not in BASELINE_METHODS:
+        raise UsageError(f"unknown baseline {options.method!r}; choose one of {', '.join(BASELINE_METHODS)}")
+    if options.match not in MATCH_MODES:
+        raise UsageError(f"--match must be {' or '.join(MATCH_MODES)}, not {options.match!r}")
+    if (options.sparsity is None) == (options.like is None):
+        raise UsageError("give exactly one of --sparsity and --like")
+    if options.method == "random" and options.distribution not in RANDOM_DISTRIBUTIONS:
+        raise UsageError(f"unknown random distribution {options.distribution!r}; choose one of "
+                         f"{', '.join(RANDOM_DISTRIBUTIONS)}")
+
+
+def _scores(source: Ticket, options: BaselineOptions, bundle: Any) -> dict[str, Tensor]:
+    """Every prunable weight's score (random, magnitude, snip, grasp): the lowest are pruned."""
+    keys = list(source.masks)
+    if options.method == "random":
+        gen = torch.Generator().manual_seed(options.seed + 7_000_003)
+        return {k: torch.rand(source.masks[k].shape, generator=gen) for k in keys}
+    if options.method == "magnitude":
+        return magnitude_scores(source.init, keys)
+    if bundle is None:
+        raise UsageError(f"{options.method} needs a data set (--dataset)")
+    check_compatible(bundle.info, source.input_shape, source.num_classes)
+    model = source.build_model("init", bundle.device)
+    fn = snip_scores if options.method == "snip" else grasp_scores
+    return fn(model, keys, bundle, n_batches=options.batches, batch_size=options.batch_size, seed=options.seed)
+
+
+def _prune_by_scores(scores: dict[str, Tensor], masks: dict[str, Tensor], sparsity: float, exclude: tuple[str, ...],
+                     layer_targets: dict[str, int] | None) -> dict[str, Tensor]:
+    """The lowest scores pruned: to ``sparsity`` overall, or to each layer's target count."""
+    if layer_targets is None:
+        return prune_to_sparsity(scores, masks, sparsity, exclude)
+    counts = {k: layer_targets[k] - int((~masks[k]).sum()) for k in masks}
+    if any(c < 0 for c in counts.values()):
+        raise UsageError("the source ticket is already sparser than the target in some layer; start from a denser ticket")
+    return prune_lowest_per_layer(scores, masks, counts)
+
+
+def _baseline_ticket(source: Ticket, options: BaselineOptions, masks: dict[str, Tensor], sparsity: float,
+                     exclude: tuple[str, ...], seconds: float) -> Ticket:
+    """The pruned ticket, with what made it: the baseline's options, its source and like, and its cost."""
+    method = options.method
     cost = dict(source.cost)
     cost["prune_seconds"] = round(cost.get("prune_seconds", 0.0) + seconds, 6)
     return Ticket(
-        arch=source.arch,
-        input_shape=source.input_shape,
-        num_classes=source.num_classes,
-        masks=new_masks,
-        init=apply_masks(source.init, new_masks),
-        method=method,
-        rewind_step=source.rewind_step,
-        dataset=source.dataset,
+        arch=source.arch, input_shape=source.input_shape, num_classes=source.num_classes, masks=masks,
+        init=apply_masks(source.init, masks), method=method, rewind_step=source.rewind_step, dataset=source.dataset,
         # A source that was never a file (a fresh network) is not a parent.
         parents=[t.parent_record() for t in (source, options.like) if t is not None and t.sha256 is not None],
         hparams={
@@ -167,3 +193,74 @@ def _uniform_layer_targets(masks: Mapping[str, Tensor], sparsity: float, exclude
     return out
 
 
+
+
+# ----- the baseline job of ``find`` ---------------------------------------------------------------------
+@dataclass
+class BaselineResult:
+    ticket: Ticket
+    sha256: str | None
+    reused: bool
+
+
+def baseline_job(request: FindRequest, output: str, setup: Setup, allow_empty_layers: bool = False,
+                 force: bool = False) -> BaselineResult:
+    """Prune once (``request.method``) at ``--from``'s init weights, or a fresh seeded network of ``--arch``, to
+    ``--sparsity`` or ``--like``'s, and save it to ``output``. An output that already is exactly this ticket
+    is kept (a re-run of a finished command); anything else there needs ``force``."""
+    if (request.sparsity is None) == (request.like is None):
+        raise UsageError(f"{request.method} needs exactly one of --sparsity and --like")
+    _refuse_other(output, force)
+    like = Ticket.load(request.like) if request.like is not None else None
+    if request.from_ticket is not None:
+        source = Ticket.load(request.from_ticket)
+        if request.arch is not None and archs.resolve_arch(request.arch).name != source.arch:
+            raise UsageError("--arch disagrees with the --from ticket's architecture; drop --arch")
+    elif request.arch is None or setup.data.dataset is None:
+        raise UsageError(f"{request.method} needs --from TICKET, or --arch and --dataset for a fresh seeded network")
+    else:
+        source = dense_ticket(request.arch, setup.data.dataset, seed=request.seed, data_dir=setup.data.data_dir)
+    options = BaselineOptions(
+        method=request.method, sparsity=request.sparsity, like=like, match=request.match,
+        distribution=request.distribution or "layerwise", exclude=request.exclude, seed=request.seed,
+        batches=request.batches, batch_size=request.batch_size or 128, synflow_iterations=request.iterations,
+        allow_empty_layers=allow_empty_layers)
+    ticket = prune_baseline(source, options, _batches_for(request, setup, source))
+    if output != STDIO and Path(output).exists() and not force and _same_ticket(Ticket.load(output), ticket, output):
+        return BaselineResult(ticket, sha256_hex(Path(output).read_bytes()), True)
+    return BaselineResult(ticket, ticket.save(output, force=True), False)
+
+
+def _batches_for(request: FindRequest, setup: Setup, source: Ticket) -> Any:
+    """The data snip and grasp score with (None for the others, which read none)."""
+    if request.method not in ("snip", "grasp"):
+        return None
+    from elth_cli import data
+    from elth_cli.runtime.device import resolve_device
+
+    name = setup.data.dataset or source.dataset
+    if not name:
+        raise UsageError(f"{request.method} reads training batches: pass --dataset")
+    return data.load_dataset(name, setup.data.data_dir, download=setup.data.download, device=resolve_device(setup.device),
+                             num_workers=setup.data.workers)
+
+
+def _refuse_other(output: str, force: bool) -> None:
+    """Before any work: an existing output that is not an elth ticket is refused unless ``force``."""
+    from elth_cli.container import peek_format
+    from elth_cli.ticket import FORMAT
+
+    check_output_path(output, force=True)
+    if output != STDIO and Path(output).exists() and not force and peek_format(output) != FORMAT:
+        raise UsageError(f"output {output} already exists; pass --force to overwrite it or choose another path")
+
+
+def _same_ticket(existing: Ticket, made: Ticket, output: str) -> bool:
+    """Whether ``existing`` is ``made`` (masks, weights, provenance); another ticket is refused."""
+    same = (existing.arch == made.arch and existing.method == made.method and existing.hparams == made.hparams
+            and existing.parents == made.parents and set(existing.masks) == set(made.masks)
+            and all(torch.equal(existing.masks[k], made.masks[k]) for k in made.masks)
+            and all(torch.equal(existing.init[k], made.init[k]) for k in made.init))
+    if not same:
+        raise UsageError(f"output {output} already exists; pass --force to overwrite it or choose another path")
+    return True

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from elth_cli import archs, data
 from elth_cli.errors import UsageError
-from elth_cli.find import BaselineOptions, default_exclude, fresh_ticket, prune_baseline
+from elth_cli.find.methods import FindRequest
+from elth_cli.find.baselines import BaselineOptions, default_exclude, prune_baseline
+from elth_cli.find.tickets import fresh_ticket
 from elth_cli.flops import module_macs
 from elth_cli.prune import check_sparsity
 from elth_cli.ticket import Ticket, apply_masks
@@ -28,6 +30,8 @@ from elth_cli.train.config import TrainConfig
 from elth_cli.train.rewiring import UPDATES_KEY, GradualMagnitude, Rewiring, UpdateSchedule
 from elth_cli.train.loop import Hook
 from elth_cli.train.provenance import run_config
+from elth_cli.runtime import distributed
+from elth_cli.train.options import RunOptions, run_options
 from elth_cli.train.run import train_state
 
 DST_METHODS = ("rigl", "set", "dpf")
@@ -58,6 +62,17 @@ class DstOptions:
         if self.method == "dpf":
             d.update(distribution="global", drop_fraction=None)
         return d
+
+
+def options_from(request: FindRequest, arch: str, dataset: str) -> DstOptions:
+    """The method's options from what ``find`` was asked (``request``), its defaults where none was given."""
+    if request.sparsity is None:
+        raise UsageError(f"{request.method} needs --sparsity")
+    return DstOptions(request.method, arch, dataset, request.sparsity, distribution=request.distribution or "erk",
+                      update_every=request.update_every,
+                      update_until=0.75 if request.update_until is None else request.update_until,
+                      drop_fraction=0.3 if request.drop_fraction is None else request.drop_fraction,
+                      exclude=request.exclude)
 
 
 def check_dst_options(opts: DstOptions) -> None:
@@ -98,19 +113,20 @@ def _hook(opts: DstOptions, schedule: UpdateSchedule, start: Ticket, exclude: tu
     return Rewiring("gradient" if opts.method == "rigl" else "random", schedule, keys, macs, seed)
 
 
-def find_dst(opts: DstOptions, cfg: TrainConfig, bundle: data.DataBundle, hooks: Iterable[Hook] = (),
-             **train_options: Any) -> Ticket:
+def find_dst(opts: DstOptions, cfg: TrainConfig, bundle: data.DataBundle, run: RunOptions | None = None,
+             **options: Any) -> Ticket:
     """Train a fresh ``opts.arch`` on ``bundle`` with a dynamic mask; return the trained ticket (unsaved).
 
-    ``hooks`` run after the method's own (they see the masks each update leaves); ``train_options``
-    are :func:`~elth_cli.train.run.train_state`'s (checkpoint, resume, log, stop, ranks, ...): a
-    stopped run resumes bit-identically, mask updates and all.
+    ``run`` (or ``options``, its fields by name) says how the training runs (checkpoint, resume, log,
+    stop, ...): a stopped run resumes bit-identically, mask updates and all. Its ``hooks`` run after
+    the method's own (they see the masks each update leaves).
     """
     check_dst_options(opts)
+    run = run_options(run, **options)
     spec = archs.resolve_arch(opts.arch)
     info = bundle.info
     exclude = default_exclude(spec) if opts.exclude is None else tuple(opts.exclude)
-    world_size = train_options.get("world_size", 1)
+    world_size = distributed.ranks()[1]
     spe = bundle.steps_per_epoch(cfg.batch_size, world_size)
     total = cfg.total_steps(spe)
     schedule = UpdateSchedule(opts.every(), max(1, round(opts.update_until * total)), opts.drop_fraction)
@@ -121,9 +137,10 @@ def find_dst(opts: DstOptions, cfg: TrainConfig, bundle: data.DataBundle, hooks:
     dense, start = _start_ticket(opts, spec, cfg, info, exclude)
     model = start.build_model("init")
     hook = _hook(opts, schedule, start, exclude, module_macs(model, info.input_shape), cfg.seed)
-    train_options.setdefault("title", f"{opts.method} {spec.name} on {info.name}")
-    result = train_state(model, start.masks, bundle, cfg, 0, hooks=[hook, *hooks], feedback=opts.method == "dpf",
-                         search=opts.as_dict(), **train_options)
+    title = f"{opts.method} {spec.name} on {info.name}" if run.title == RunOptions.title else run.title
+    run = run.replace(hooks=(hook, *run.hooks), title=title)
+    result = train_state(model, start.masks, bundle, cfg, 0, run=run, feedback=opts.method == "dpf",
+                         search=opts.as_dict())
     masks = result.masks
     assert masks is not None
     hparams = {"dst": opts.as_dict() | {"update_until_step": schedule.until, "exclude": list(exclude)},
@@ -137,3 +154,7 @@ def find_dst(opts: DstOptions, cfg: TrainConfig, bundle: data.DataBundle, hooks:
         rewind_step=0, dataset=info.name, hparams=hparams, metrics=metrics, cost=cost,
         config=run_config("find", hparams, bundle.device, result.setup),
     )
+
+
+# The registry's interface (elth_cli.find.methods): a search method's ``search``.
+search = find_dst

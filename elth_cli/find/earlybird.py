@@ -12,19 +12,22 @@ recipe and prunes at its end, and says so.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from elth_cli import archs, data
 from elth_cli.errors import UsageError
-from elth_cli.find import default_exclude, fresh_ticket
+from elth_cli.find.baselines import default_exclude
+from elth_cli.find.methods import FindRequest
+from elth_cli.find.tickets import fresh_ticket
 from elth_cli.masks import refuse_empty_layers
 from elth_cli.prune import check_sparsity, magnitude_scores, prune_to_sparsity
 from elth_cli.steps import parse_steps
 from elth_cli.ticket import Ticket, apply_masks
 from elth_cli.train.config import TrainConfig
 from elth_cli.train.convergence import DEFAULT_EPSILON, DEFAULT_WINDOW, STATE_KEY, MaskConvergence, check_detection
-from elth_cli.train.loop import Hook
 from elth_cli.train.provenance import run_config
+from elth_cli.runtime import distributed
+from elth_cli.train.options import RunOptions, run_options
 from elth_cli.train.run import train_state
 
 
@@ -46,6 +49,18 @@ class EarlyBirdOptions:
         return d
 
 
+def options_from(request: FindRequest, arch: str, dataset: str) -> EarlyBirdOptions:
+    """The search's options from what ``find`` was asked (``request``), its defaults where none was given."""
+    from elth_cli.steps import normalise_steps
+
+    if request.sparsity is None:
+        raise UsageError("early-bird needs --sparsity")
+    opts = EarlyBirdOptions(arch, dataset, request.sparsity, rewind=normalise_steps(request.rewind),
+                            exclude=request.exclude, **request.detection())
+    check_detection(opts.window, opts.epsilon)
+    return opts
+
+
 def pruned_count(masks: dict[str, Any], sparsity: float, exclude: tuple[str, ...]) -> int:
     """Weights pruned at ``sparsity`` of every prunable weight, checked to be reachable with ``exclude`` dense."""
     total = sum(m.numel() for m in masks.values())
@@ -57,18 +72,19 @@ def pruned_count(masks: dict[str, Any], sparsity: float, exclude: tuple[str, ...
     return target
 
 
-def find_early_bird(opts: EarlyBirdOptions, cfg: TrainConfig, bundle: data.DataBundle, hooks: Iterable[Hook] = (),
-                    **train_options: Any) -> Ticket:
+def find_early_bird(opts: EarlyBirdOptions, cfg: TrainConfig, bundle: data.DataBundle, run: RunOptions | None = None,
+                    **options: Any) -> Ticket:
     """Train until the mask converges, then prune once; return the (untrained) ticket, unsaved.
 
-    ``train_options`` are :func:`~elth_cli.train.run.train_state`'s (checkpoint, resume, log, ...):
-    a stopped search resumes and detects at the same epoch as an uninterrupted one.
+    ``run`` (or ``options``, its fields by name) says how the training runs (checkpoint, resume, log,
+    ...): a stopped search resumes and detects at the same epoch as an uninterrupted one.
     """
     check_sparsity(opts.sparsity)
     check_detection(opts.window, opts.epsilon)
+    run = run_options(run, **options)
     spec, info = archs.resolve_arch(opts.arch), bundle.info
     exclude = default_exclude(spec) if opts.exclude is None else tuple(opts.exclude)
-    spe = bundle.steps_per_epoch(cfg.batch_size, train_options.get("world_size", 1))
+    spe = bundle.steps_per_epoch(cfg.batch_size, distributed.ranks()[1])
     rewind_step = parse_steps(opts.rewind, spe)
     if rewind_step >= cfg.total_steps(spe):
         raise UsageError(f"--rewind {opts.rewind} ({rewind_step} steps) is not before the end of training")
@@ -76,13 +92,13 @@ def find_early_bird(opts: EarlyBirdOptions, cfg: TrainConfig, bundle: data.DataB
     keys = [k for k in dense.masks if k not in exclude]
     detector = MaskConvergence(keys, pruned_count(dense.masks, opts.sparsity, exclude), opts.window, opts.epsilon,
                                stop=True, not_before=rewind_step)
-    train_options.setdefault("title", f"early-bird {spec.name} on {info.name}")
-    result = train_state(dense.build_model("init"), dense.masks, bundle, cfg, 0, hooks=[detector, *hooks],
+    title = f"early-bird {spec.name} on {info.name}" if run.title == RunOptions.title else run.title
+    result = train_state(dense.build_model("init"), dense.masks, bundle, cfg, 0,
+                         run=run.replace(hooks=(detector, *run.hooks), title=title),
                          snapshot_steps={rewind_step} if rewind_step else (),
-                         search={"method": "early-bird", **opts.as_dict()}, **train_options)
+                         search={"method": "early-bird", **opts.as_dict()})
     masks = prune_to_sparsity(magnitude_scores(result.state, keys), dense.masks, opts.sparsity, exclude)
-    refuse_empty_layers(masks, f"sparsity {opts.sparsity:g}", "lower --sparsity",
-                        allow=train_options.get("allow_empty_layers", False))
+    refuse_empty_layers(masks, f"sparsity {opts.sparsity:g}", "lower --sparsity", allow=run.allow_empty_layers)
     rewind = result.snapshots[rewind_step] if rewind_step else dense.init
     search = _search_record(result.extra.get(STATE_KEY, {}), result.metrics)
     hparams = {"early_bird": opts.as_dict() | {"exclude": list(exclude)}, **cfg.resolved(spe, 0)}
@@ -108,3 +124,7 @@ def _search_record(state: dict[str, Any], metrics: dict[str, Any]) -> dict[str, 
         "dense_test_acc": metrics.get("test_acc"),  # of the network it was drawn from, when it stopped
         "train_flops": metrics["train_flops"], "dense_run_flops": metrics["dense_run_flops"],
     }
+
+
+# The registry's interface (elth_cli.find.methods): a search method's ``search``.
+search = find_early_bird

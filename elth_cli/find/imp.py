@@ -12,24 +12,29 @@ from typing import Any, Callable
 from torch import Tensor
 
 from elth_cli import archs, data
+from elth_cli.runtime import distributed
 from elth_cli.runtime.distributed import held_on_main, run_on_main
-from elth_cli.errors import ElthError, UsageError
-from elth_cli.fileio import check_writable_folder, write_bytes_atomic
+from elth_cli.errors import UsageError
+from elth_cli.fileio import STDIO, check_output_path, check_writable_folder, write_bytes_atomic
 from elth_cli.masks import kept_and_total, refuse_empty_layers
-from elth_cli.find.runfolder import RoundRecord, RunFolder, read_log, read_run_file, record_from_ticket, rounds_for_sparsity
+from elth_cli.find.methods import FindRequest
+from elth_cli.find.runfolder import (RoundRecord, RunFolder, check_run_dir, is_finished, read_log, record_from_ticket,
+                                     round_path, rounds_for_sparsity)
 from elth_cli.prune import (
     check_sparsity, magnitude_scores, prune_lowest,
     prune_to_sparsity,
 )
 from elth_cli.steps import parse_steps
 from elth_cli.ticket import Ticket, apply_masks
-from elth_cli.train.config import CHECKPOINT_EVERY_S, TrainConfig
+from elth_cli.train.config import TrainConfig
 from elth_cli.find.baselines import default_exclude
 from elth_cli.find.tickets import NO_COST, fresh_ticket
 from elth_cli.train.convergence import DEFAULT_EPSILON, DEFAULT_WINDOW, MaskConvergence, check_detection
 from elth_cli.train.convergence import STATE_KEY as EARLY_BIRD_KEY
 from elth_cli.train.identity import run_differences
 from elth_cli.train.provenance import run_config
+from elth_cli.train.job import Setup
+from elth_cli.train.options import RunOptions, run_options
 from elth_cli.train.run import train_state
 from elth_cli.train.session import save_result
 from elth_cli.runtime.signals import StopFlag, stop_signals
@@ -83,59 +88,6 @@ def check_imp_options(opts: ImpOptions) -> int:
 
 def _run_identity(opts: ImpOptions, cfg: TrainConfig, world_size: int = 1) -> dict[str, Any]:
     return {"method": "imp", "imp": opts.as_dict(), "train": cfg.as_dict(), "world_size": world_size}
-
-
-def _check_run_dir(folder: RunFolder, identity: dict[str, Any]) -> None:
-    """Refuse an existing run folder made with other arguments; record the identity of a new one."""
-    if folder.run_file.exists():
-        saved = read_run_file(folder)
-        if _extends(saved, identity, folder):  # the same run with more rounds: it continues
-            write_bytes_atomic(folder.run_file, (json.dumps(identity, indent=2, sort_keys=True) + "\n").encode())
-            return
-        diffs = run_differences(saved, identity, config_key="train")
-        if diffs:
-            raise UsageError(
-                f"{folder.path} holds an IMP run made with other arguments ({'; '.join(diffs)}); "
-                f"{_fewer_rounds_hint(saved, identity, folder) or 're-run with the original arguments to resume'}, "
-                "or choose another --out-dir"
-            )
-        return
-    if folder.has_rounds():
-        raise UsageError(f"{folder.path} holds round files but no {folder.RUN_FILE}; choose an empty --out-dir")
-    write_bytes_atomic(folder.run_file, (json.dumps(identity, indent=2, sort_keys=True) + "\n").encode())
-
-
-def _rounds_change(saved: dict[str, Any], wanted: dict[str, Any]) -> tuple[int, int] | None:
-    """(saved, wanted) ``--rounds`` when the two runs differ in that alone (both asked by rounds)."""
-    old, new = saved.get("imp") or {}, wanted.get("imp") or {}
-    if old.get("rounds") is None or new.get("rounds") is None or old["rounds"] == new["rounds"]:
-        return None
-    if run_differences({**saved, "imp": {**old, "rounds": new["rounds"]}}, wanted, config_key="train"):
-        return None
-    return int(old["rounds"]), int(new["rounds"])
-
-
-def _fewer_rounds_hint(saved: dict[str, Any], wanted: dict[str, Any], folder: RunFolder) -> str | None:
-    """Where ``wanted`` is the saved run with a smaller ``--rounds`` and that round is finished: its file."""
-    change = _rounds_change(saved, wanted)
-    if change is None or change[1] > change[0] or not folder.round_ticket(change[1]).exists():
-        return None
-    return f"its round {change[1]} is already {folder.round_ticket(change[1])} (elth info {folder.path} lists every round)"
-
-
-def _extends(saved: dict[str, Any], wanted: dict[str, Any], folder: RunFolder) -> bool:
-    """Whether ``wanted`` is the saved run with a larger ``--rounds`` and nothing else changed: its
-    finished rounds are the first rounds of the longer run (each prunes the same fraction of what is
-    left), so it continues from the last of them. An early-bird run cannot be extended: its last
-    round trained in full, where the longer run stops that round early."""
-    change = _rounds_change(saved, wanted)
-    if change is None or change[1] < change[0]:
-        return False
-    if (saved.get("imp") or {}).get("early_bird"):
-        raise UsageError(f"{folder.path} holds an early-bird IMP run of {change[0]} rounds: its last round "
-                         f"trained in full, where a {change[1]}-round run stops it early, so it cannot be "
-                         "extended; choose another --out-dir")
-    return True
 
 
 def _next_pruned(masks: dict[str, Tensor], n_round: int, last: int, opts: ImpOptions, exclude: tuple[str, ...]) -> int:
@@ -200,20 +152,17 @@ class _ImpRun:
     bundle: data.DataBundle
     plan: _ImpPlan
     folder: RunFolder
-    flag: StopFlag
-    log: Any = None
+    run: RunOptions  # every round's: its log, the run's stop flag, checkpoint interval, empty layers
     stop_at: tuple[int, int] | None = None
-    rank: int = 0
-    world_size: int = 1
-    checkpoint_every_s: float = CHECKPOINT_EVERY_S
-    allow_empty_layers: bool = False
+
+    @property
+    def world_size(self) -> int:
+        return distributed.ranks()[1]
 
 
 def find_imp(
-    opts: ImpOptions, cfg: TrainConfig, bundle: data.DataBundle, out_dir: str | Path, log: Any = None,
-    on_round: Callable[[RoundRecord], None] | None = None, handle_signals: bool = True,
-    stop_at: tuple[int, int] | None = None, rank: int = 0, world_size: int = 1, stop: StopFlag | None = None,
-    checkpoint_every_s: float = CHECKPOINT_EVERY_S, allow_empty_layers: bool = False,
+    opts: ImpOptions, cfg: TrainConfig, bundle: data.DataBundle, out_dir: str | Path, run: RunOptions | None = None, *,
+    on_round: Callable[[RoundRecord], None] | None = None, stop_at: tuple[int, int] | None = None, **options: Any,
 ) -> tuple[list[RoundRecord], Ticket]:
     """Iterative magnitude pruning with rewinding; one ticket per round in ``out_dir``.
 
@@ -222,41 +171,35 @@ def find_imp(
     previous round's trained weights (``exclude`` kept dense), rewinds the survivors to the
     rewind-step weights and trains again from the rewind step. Re-running with the same
     arguments skips finished rounds and resumes the current one from its checkpoint.
-    ``stop_at=(round, step)`` stops that round at that step as a signal would (for tests); ``stop``
-    is a flag that someone else's signal handlers set (a worker of :mod:`elth_cli.runtime.pool`: pass
-    ``handle_signals=False``). Each round checkpoints as :func:`~elth_cli.train.run.train_state` does
-    (``checkpoint_every_s``).
 
-    With ``world_size`` > 1 every rank calls this with the same arguments and trains every round
+    ``run`` (or ``options``, :class:`~elth_cli.train.options.RunOptions` fields by name) is every
+    round's: its ``log``, ``checkpoint_every_s``, ``allow_empty_layers``; ``stop`` is a flag that
+    someone else's signal handlers set (a worker of :mod:`elth_cli.runtime.pool`: then
+    ``handle_signals=False``), else the run installs its own for all its rounds.
+    ``stop_at=(round, step)`` stops that round at that step as a signal would (for tests).
+
+    Inside a process group every rank calls this with the same arguments and trains every round
     data-parallel (see :func:`elth_cli.train.train_state`). Rank 0 alone reads and writes the
     folder: it decides which rounds are done, computes each round's mask and hands the mask and
     the rewind weights to every rank, so all ranks train with identical tensors.
     """
+    run = run_options(run, **options)
+    world_size = distributed.ranks()[1]
     plan = _plan_imp(opts, cfg, bundle, world_size)
     folder = RunFolder(Path(out_dir))
     identity = _run_identity(opts, cfg, world_size)
     # A finished run is only read: no lock, no write (a requeued job, a run folder on a read-only mount).
-    finished = run_on_main(lambda: _is_finished(folder, identity, plan.last))
+    finished = run_on_main(lambda: is_finished(folder, identity, plan.last))
     if not finished:
         run_on_main(lambda: check_writable_folder(folder.path, f"the IMP run in {folder.path}", create=True))
         run_on_main(lambda: folder.path.mkdir(parents=True, exist_ok=True))
     with contextlib.nullcontext() if finished else held_on_main(folder.lock()):  # one writer per folder
         if not finished:
-            run_on_main(lambda: _check_run_dir(folder, identity))
+            run_on_main(lambda: check_run_dir(folder, identity))
         done = run_on_main(lambda: read_log(folder.log_file))
-        run = _ImpRun(opts, cfg, bundle, plan, folder, stop or StopFlag(), log, stop_at, rank, world_size,
-                      checkpoint_every_s, allow_empty_layers)
-        return _imp_rounds(run, done, on_round, handle_signals)
-
-
-def _is_finished(folder: RunFolder, identity: dict[str, Any], last: int) -> bool:
-    """Whether ``folder`` holds this very run with every round written (each round is checked as it is read)."""
-    if not (folder.run_file.is_file() and all(folder.round_ticket(r).is_file() for r in range(last + 1))):
-        return False
-    try:
-        return not run_differences(read_run_file(folder), identity, config_key="train")
-    except ElthError:
-        return False  # a damaged find.json: the writing path says what is wrong
+        rounds_run = run.replace(stop=run.stop or StopFlag(), handle_signals=False)
+        return _imp_rounds(_ImpRun(opts, cfg, bundle, plan, folder, rounds_run, stop_at), done, on_round,
+                           run.handle_signals)
 
 
 def _imp_rounds(run: _ImpRun, done: dict[int, RoundRecord], on_round: Callable[[RoundRecord], None] | None,
@@ -268,7 +211,7 @@ def _imp_rounds(run: _ImpRun, done: dict[int, RoundRecord], on_round: Callable[[
     cost = dict(NO_COST)
     # One handler for the whole run: a signal between rounds stops the next round at its first step.
     grace = 2.0 if run.world_size > 1 else 0.0
-    signals = stop_signals(run.flag, grace) if handle_signals else contextlib.nullcontext()
+    signals = stop_signals(run.run.stop, grace) if handle_signals else contextlib.nullcontext()
     with signals:
         for r in range(run.plan.last + 1):
             ticket, record = _round(run, r, done, prev, rewind_state, cost)
@@ -308,7 +251,7 @@ def _round(run: _ImpRun, r: int, done: dict[int, RoundRecord], prev: Ticket | No
         # Pruned once, on rank 0; every rank trains with exactly these masks.
         masks = run_on_main(lambda: _imp_masks(prev, r, run.plan.last, run.opts, run.plan.exclude))
         refuse_empty_layers(masks, f"round {r}'s mask", "lower --sparsity or run fewer --rounds",
-                            allow=run.allow_empty_layers)
+                            allow=run.run.allow_empty_layers)
     ticket = _train_round(run, r, masks, prev, rewind_state, cost)
     ticket.sha256 = run_on_main(lambda: _save_round(ticket, path, r, run.folder))
     return ticket, record_from_ticket(r, ticket, path)
@@ -361,14 +304,12 @@ def _train_round(run: _ImpRun, r: int, masks: dict[str, Tensor] | None, prev: Ti
         masks = dense.masks
     assert masks is not None
     detector = _round_detector(run, r, masks)
-    common = dict(checkpoint_path=run.folder.round_checkpoint(r), jsonl_path=run.folder.round_log(r), log=run.log,
-                  stop=run.flag, handle_signals=False,
-                  stop_at_step=stop_step, rank=run.rank, world_size=run.world_size,
-                  checkpoint_every_s=run.checkpoint_every_s, allow_empty_layers=run.allow_empty_layers,
-                  title=f"IMP round {r}/{plan.last} {plan.spec.name}", hooks=[detector] if detector else [])
+    round_run = run.run.replace(checkpoint_path=run.folder.round_checkpoint(r), jsonl_path=run.folder.round_log(r),
+                                stop_at_step=stop_step, title=f"IMP round {r}/{plan.last} {plan.spec.name}",
+                                hooks=(*run.run.hooks, *([detector] if detector else [])))
     if r == 0:
-        result = train_state(dense.build_model("init"), masks, bundle, cfg, 0,
-                             snapshot_steps={rewind_step} if rewind_step > 0 else (), **common)
+        result = train_state(dense.build_model("init"), masks, bundle, cfg, 0, run=round_run,
+                             snapshot_steps={rewind_step} if rewind_step > 0 else ())
         rewind = result.snapshots[rewind_step] if rewind_step > 0 else dense.init
         # The dense ticket costs the training up to the rewind point (the weights it starts from).
         fraction = rewind_step / result.metrics["steps"]  # the steps it trained (fewer for an early-bird round)
@@ -381,7 +322,7 @@ def _train_round(run: _ImpRun, r: int, masks: dict[str, Tensor] | None, prev: Ti
     else:
         assert prev is not None and rewind_state is not None and masks is not None
         rewind = apply_masks(rewind_state, masks)
-        result = train_state(rewind, masks, bundle, cfg, rewind_step, arch=plan.spec, **common)
+        result = train_state(rewind, masks, bundle, cfg, rewind_step, run=round_run, arch=plan.spec)
         ticket_cost, parents, start = dict(cost), [prev.parent_record()], rewind_step
     spe = bundle.steps_per_epoch(cfg.batch_size, run.world_size)
     hparams = {"imp": run.opts.as_dict() | {"round": r, "rounds": plan.last, "exclude": list(plan.exclude)},
@@ -413,3 +354,53 @@ def _round_search(state: dict[str, Any], metrics: dict[str, Any]) -> dict[str, A
     return {"detected_epoch": state.get("detected_epoch"), "distances": state.get("distances", []),
             "stopped_early": metrics["steps"] + metrics["start_step"] < metrics["total_steps"],
             "steps_saved": metrics["total_steps"] - metrics["start_step"] - metrics["steps"]}
+
+
+# ----- the IMP job of ``find`` and the demo -----------------------------------------------------------
+def options_from(request: FindRequest, arch: str, dataset: str) -> ImpOptions:
+    """IMP's options from what ``find`` was asked (``request``), checked."""
+    from elth_cli.steps import normalise_steps
+
+    if not request.early_bird and request.detection():
+        raise UsageError("--window and --epsilon are for early-bird rounds (--early-bird); imp does not use them")
+    opts = ImpOptions(arch, dataset, rounds=request.rounds, sparsity=request.sparsity, prune_rate=request.prune_rate,
+                      rewind=normalise_steps(request.rewind), exclude=request.exclude,
+                      early_bird=request.early_bird, **request.detection())
+    check_imp_options(opts)
+    return opts
+
+
+@dataclass
+class ImpResult:
+    """An IMP run's rounds, its final ticket, and whether ``-o`` was already that ticket (nothing written)."""
+
+    records: list[RoundRecord]
+    final: Ticket
+    dataset: str
+    kept_output: bool = False
+
+
+def imp_job(opts: ImpOptions, out_dir: str | Path, setup: Setup, run: RunOptions | None = None, *,
+            output: str | None = None, force: bool = False,
+            on_round: Callable[[RoundRecord], None] | None = None) -> ImpResult:
+    """Run IMP (:func:`find_imp`) in a training session of ``setup``, and copy the final round to ``output``
+    (``-``: stdout). An output that already holds the final round's bytes is kept (a re-run of a finished
+    command); anything else there needs ``force``, and is refused before any training."""
+    last = check_imp_options(opts)
+    final_round = round_path(out_dir, last)
+    with setup.session() as session:
+        if output is not None:
+            session.on_main(lambda: None if same_bytes(output, final_round) else check_output_path(output, force))
+        cfg, bundle = setup.prepare(session, archs.resolve_arch(opts.arch), opts.dataset)
+        records, final = find_imp(opts, cfg, bundle, out_dir, run, on_round=on_round)
+        kept = output is not None and same_bytes(output, records[-1].path)
+        if output is not None and not kept:  # a byte-for-byte copy of the final round's file
+            session.on_main(lambda: write_bytes_atomic(output, Path(records[-1].path).read_bytes()))
+    return ImpResult(records, final, bundle.info.name, kept)
+
+
+def same_bytes(a: str | Path, b: str | Path) -> bool:
+    """Whether two files hold the same bytes (``-`` never does: stdout is always written)."""
+    if str(a) == STDIO or not Path(a).is_file() or not Path(b).is_file():
+        return False
+    return Path(a).stat().st_size == Path(b).stat().st_size and Path(a).read_bytes() == Path(b).read_bytes()

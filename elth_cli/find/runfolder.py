@@ -21,7 +21,8 @@ from typing import Any
 
 from elth_cli import schema
 from elth_cli.errors import ElthError, UsageError
-from elth_cli.fileio import WriterLock
+from elth_cli.fileio import WriterLock, write_bytes_atomic
+from elth_cli.train.identity import run_differences
 
 _METRIC = schema.number(nan=True)
 # find.json and find.jsonl, by type: what a re-run reads back from the folder.
@@ -173,5 +174,70 @@ def run_summary(path: str | Path) -> dict[str, Any]:
             ckpt = read_checkpoint(folder.round_checkpoint(r))
             in_progress = {"round": r, "step": ckpt.step, "checkpoint": str(folder.round_checkpoint(r))}
     return {"run": str(path), "method": identity.get("method", "imp"), "arch": imp.get("arch"),
-            "dataset": imp.get("dataset"), "planned_rounds": last, "finished_rounds": len(rounds),
+            "dataset": imp.get("dataset"), "planned_rounds": last, "total_rounds": last + 1,
+            "finished_rounds": len(rounds),
             "rounds": rounds, "in_progress": in_progress, "arguments": identity}
+
+
+# ----- is this folder this run? ------------------------------------------------------------------------
+def check_run_dir(folder: RunFolder, identity: dict[str, Any]) -> None:
+    """Refuse an existing run folder made with other arguments; record the identity of a new one."""
+    if folder.run_file.exists():
+        saved = read_run_file(folder)
+        if extends(saved, identity, folder):  # the same run with more rounds: it continues
+            write_bytes_atomic(folder.run_file, (json.dumps(identity, indent=2, sort_keys=True) + "\n").encode())
+            return
+        diffs = run_differences(saved, identity, config_key="train")
+        if diffs:
+            raise UsageError(
+                f"{folder.path} holds an IMP run made with other arguments ({'; '.join(diffs)}); "
+                f"{fewer_rounds_hint(saved, identity, folder) or 're-run with the original arguments to resume'}, "
+                "or choose another --out-dir"
+            )
+        return
+    if folder.has_rounds():
+        raise UsageError(f"{folder.path} holds round files but no {folder.RUN_FILE}; choose an empty --out-dir")
+    write_bytes_atomic(folder.run_file, (json.dumps(identity, indent=2, sort_keys=True) + "\n").encode())
+
+
+def rounds_change(saved: dict[str, Any], wanted: dict[str, Any]) -> tuple[int, int] | None:
+    """(saved, wanted) ``--rounds`` when the two runs differ in that alone (both asked by rounds)."""
+    old, new = saved.get("imp") or {}, wanted.get("imp") or {}
+    if old.get("rounds") is None or new.get("rounds") is None or old["rounds"] == new["rounds"]:
+        return None
+    if run_differences({**saved, "imp": {**old, "rounds": new["rounds"]}}, wanted, config_key="train"):
+        return None
+    return int(old["rounds"]), int(new["rounds"])
+
+
+def fewer_rounds_hint(saved: dict[str, Any], wanted: dict[str, Any], folder: RunFolder) -> str | None:
+    """Where ``wanted`` is the saved run with a smaller ``--rounds`` and that round is finished: its file."""
+    change = rounds_change(saved, wanted)
+    if change is None or change[1] > change[0] or not folder.round_ticket(change[1]).exists():
+        return None
+    return f"its round {change[1]} is already {folder.round_ticket(change[1])} (elth info {folder.path} lists every round)"
+
+
+def extends(saved: dict[str, Any], wanted: dict[str, Any], folder: RunFolder) -> bool:
+    """Whether ``wanted`` is the saved run with a larger ``--rounds`` and nothing else changed: its
+    finished rounds are the first rounds of the longer run (each prunes the same fraction of what is
+    left), so it continues from the last of them. An early-bird run cannot be extended: its last
+    round trained in full, where the longer run stops that round early."""
+    change = rounds_change(saved, wanted)
+    if change is None or change[1] < change[0]:
+        return False
+    if (saved.get("imp") or {}).get("early_bird"):
+        raise UsageError(f"{folder.path} holds an early-bird IMP run of {change[0]} rounds: its last round "
+                         f"trained in full, where a {change[1]}-round run stops it early, so it cannot be "
+                         "extended; choose another --out-dir")
+    return True
+
+
+def is_finished(folder: RunFolder, identity: dict[str, Any], last: int) -> bool:
+    """Whether ``folder`` holds this very run with every round written (each round is checked as it is read)."""
+    if not (folder.run_file.is_file() and all(folder.round_ticket(r).is_file() for r in range(last + 1))):
+        return False
+    try:
+        return not run_differences(read_run_file(folder), identity, config_key="train")
+    except ElthError:
+        return False  # a damaged find.json: the writing path says what is wrong

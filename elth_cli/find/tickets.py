@@ -1,5 +1,5 @@
-"""Fresh and random tickets: a seeded network of an architecture, dense or with a random mask; where every
-search starts."""
+"""Fresh tickets: a seeded network of an architecture, dense, where every search starts (a random one is
+:func:`elth_cli.find.baselines.random_ticket`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from typing import Any
 import torch
 
 from elth_cli import archs, data
-from elth_cli.prune import check_sparsity
 from elth_cli.ticket import Ticket
 
 # What a fresh network cost: nothing (a ticket's ``cost`` is what obtaining its mask and init took).
@@ -30,20 +29,6 @@ def fresh_ticket(arch: str, input_shape: tuple[int, int, int], num_classes: int,
         hparams={"seed": seed, "init": "kaiming_normal, bn uniform (open_lth)"},
         cost=dict(NO_COST),
     )
-
-
-def random_ticket(
-    arch: str, input_shape: tuple[int, int, int], num_classes: int, sparsity: float, seed: int = 0,
-    distribution: str = "layerwise", dataset: str | None = None,
-) -> Ticket:
-    """A randomly initialised network (open_lth init, seeded) with a random mask at exactly ``sparsity``."""
-    check_sparsity(sparsity)
-    dense = fresh_ticket(arch, input_shape, num_classes, seed, dataset)
-    if sparsity == 0:
-        return dense
-    from elth_cli.find.baselines import BaselineOptions, prune_baseline
-
-    return prune_baseline(dense, BaselineOptions("random", sparsity=sparsity, distribution=distribution, seed=seed))
 
 
 def dense_ticket(arch: str, dataset: str, seed: int = 0, data_dir: str | None = None) -> Ticket:

@@ -207,6 +207,13 @@ def reporting_rank() -> int:
         return 0
 
 
+def ranks() -> tuple[int, int]:
+    """This process's (rank, world size): the running process group's, or (0, 1) without one."""
+    if not active():
+        return 0, 1
+    return dist.get_rank(), dist.get_world_size()
+
+
 def require(rank_: int, world_size: int) -> None:
     """Check that a caller's rank and world size are those of the running process group."""
     if world_size == 1 and rank_ == 0:

@@ -41,11 +41,12 @@ class Flag:
     decls: tuple[str, ...]
     help: str
     type: Any
+    panel: str = "Training"  # the --help panel it is listed in
 
 
-def _flag(decls: str | tuple[str, ...], help: str, type_: Any, **default: Any) -> Any:
+def _flag(decls: str | tuple[str, ...], help: str, type_: Any, panel: str = "Training", **default: Any) -> Any:
     decls = (decls,) if isinstance(decls, str) else decls
-    return field(metadata={"flag": Flag(decls, help, type_)}, **default)
+    return field(metadata={"flag": Flag(decls, help, type_, panel)}, **default)
 
 
 @dataclass(frozen=True)
@@ -77,20 +78,22 @@ class TrainConfig:
     eval_every: int = _flag("--eval-every", "Test every N epochs (0: only after the last; the last epoch is "
                             "always tested).", int, default=1)
     eval_batch_size: int = 1000
-    device: str = _flag("--device", "auto (CUDA when available), cpu, cuda or cuda:N.", str, default="cpu")
+    device: str = _flag("--device", "auto (CUDA when available), cpu, cuda or cuda:N.", str, "Devices", default="cpu")
     precision: str = _flag("--precision", "auto (bf16 on CUDA that supports it, else fp32), bf16, fp16 (with a "
-                           "grad scaler; on the CPU where torch supports it) or fp32.", str, default="fp32")
+                           "grad scaler; on the CPU where torch supports it) or fp32.", str, "Devices", default="fp32")
     compile: bool = _flag("--compile", "torch.compile the model (faster on GPUs after a slow first step).", bool,
-                          default=False)
-    deterministic: bool = _flag("--deterministic", "Deterministic kernels only (slower).", bool, default=False)
+                          "Devices", default=False)
+    deterministic: bool = _flag("--deterministic", "Deterministic kernels only (slower).", bool, "Devices",
+                                default=False)
     train_scale: int = _flag("--train-scale", "Train K times longer: the recipe's epochs, milestones and warm-up "
                              "(after the other options) times K, as RigL-5x (K=5).", Optional[int], default=1)
     resize: int = _flag("--resize", "Resize every image to N x N (bilinear, after the augmentation) for a ticket "
                         "made for that input size: CIFAR-10 for ImageNet tickets is --resize 224 (the paper's "
-                        "Table 7).", Optional[int], default=None)
+                        "Table 7).", Optional[int], "Data", default=None)
     # SyncBatchNorm across ranks (CUDA, several processes); ignored with one.
     sync_bn: bool = _flag("--sync-bn", "Several processes on GPUs: BatchNorm statistics over the global batch "
-                          "(SyncBatchNorm). Ignored with one process; refused on the CPU.", bool, default=False)
+                          "(SyncBatchNorm). Ignored with one process; refused on the CPU.", bool, "Devices",
+                          default=False)
 
     @classmethod
     def field_defaults(cls) -> dict[str, Any]:

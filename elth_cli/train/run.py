@@ -9,7 +9,6 @@ checkpoints and logs. With one process none of that machinery is touched.
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,15 +28,15 @@ from elth_cli.masks import refuse_empty_layers, same_layout
 from elth_cli.ticket import Ticket
 from elth_cli.train.checkpoint import Checkpoint, RunState, cpu_state, read_checkpoint, restore_checkpoint, \
     state_fingerprint
-from elth_cli.train.config import CHECKPOINT_EVERY_S, TrainConfig, check_checkpoint_every, check_run_length, validate_config
-from elth_cli.train.hooks import Reporter, standard_hooks
+from elth_cli.train.config import TrainConfig, check_run_length, validate_config
+from elth_cli.train.hooks import standard_hooks
 from elth_cli.train.identity import run_differences
-from elth_cli.train.loop import Hook, TrainLoop
+from elth_cli.train.loop import TrainLoop
+from elth_cli.train.options import RunOptions, run_options
 from elth_cli.train.provenance import run_config, trained_ticket
 from elth_cli.runtime.signals import StopFlag, stop_signals
 from elth_cli.train.parts import TrainParts, build_parts
 
-RESUME_MODES = ("auto", "require", "never")
 
 
 @dataclass
@@ -67,15 +66,13 @@ def _as_model(model_or_state: nn.Module | Mapping[str, Tensor], arch: str | Arch
     return model
 
 
-def _check_run(bundle: DataBundle, cfg: TrainConfig, start_step: int, snapshot_steps: set[int], resume: str,
+def _check_run(bundle: DataBundle, cfg: TrainConfig, start_step: int, snapshot_steps: set[int],
                world_size: int) -> None:
     """Refuse a run that cannot be: data on another device, a start past the end, stray snapshots."""
     validate_config(cfg)
     if not same_device(bundle.device, torch.device(cfg.device)):
         raise UsageError(f"the data is on {bundle.device} but the config trains on {cfg.device}; "
                          f"load it with device={cfg.device}")
-    if resume not in RESUME_MODES:
-        raise UsageError(f"resume must be auto, require or never, not {resume!r}")
     spe = bundle.steps_per_epoch(cfg.batch_size, world_size)
     check_run_length(cfg, spe)
     total = cfg.total_steps(spe)
@@ -175,103 +172,97 @@ def train_state(
     cfg: TrainConfig,
     start_step: int = 0,
     *,
+    run: RunOptions | None = None,
     arch: str | ArchSpec | None = None,
-    checkpoint_path: str | os.PathLike[str] | None = None,
-    resume: str = "auto",
     snapshot_steps: Iterable[int] = (),
-    log: Reporter | None = None,
-    jsonl_path: str | os.PathLike[str] | None = None,
-    stop: StopFlag | None = None,
-    handle_signals: bool = True,
-    stop_at_step: int | None = None,
-    rank: int = 0,
-    world_size: int = 1,
-    title: str = "training",
-    hooks: Iterable[Hook] = (),
-    setup: DeviceSetup | None = None,
     feedback: bool = False,
     search: Mapping[str, Any] | None = None,
-    checkpoint_every_s: float = CHECKPOINT_EVERY_S,
-    allow_empty_layers: bool = False,
 ) -> TrainResult:
     """Train a masked network from ``start_step`` to the recipe's last step; return its final state.
 
     ``model_or_state`` is a model (moved to ``cfg.device`` in place) or a state dict (then ``arch``
-    names the architecture). Pruned weights are zeroed after every optimizer step. With a
-    ``checkpoint_path``, a checkpoint is written at an epoch's end (with one process, at most every
-    ``checkpoint_every_s`` seconds; 0: every epoch; never after the last) and when a stop is requested
-    (SIGTERM/SIGUSR1/SIGINT while ``handle_signals``, ``stop.request()``, or reaching
-    ``stop_at_step``); the run then raises :class:`TrainingStopped`. ``resume``: ``auto`` continues
-    from an existing checkpoint, ``require`` insists on one, ``never`` starts over. The state after
-    ``s`` steps is kept for every ``s`` in ``snapshot_steps`` (IMP's rewind point). ``hooks`` join
-    the standard ones (see :mod:`.loop` for the events); ``feedback`` keeps dense weights beside the
-    masked ones (DPF, :class:`~elth_cli.train.parts.FeedbackMaskSet`); ``search`` (the options of a
-    search the hooks carry out: DST, early-bird) joins the run's identity, so a checkpoint of another
-    search is refused. The device's choices are the data's
-    (``bundle.setup``) at the config's precision; ``setup`` overrides them. Masks that leave a
-    layer without any weight are refused unless ``allow_empty_layers``. The checkpoint is left in place: remove it
-    (:func:`remove_checkpoint`) once the result is saved.
+    names the architecture). Pruned weights are zeroed after every optimizer step. ``run``
+    (:class:`~elth_cli.train.options.RunOptions`) says how the run goes: its checkpoint (written at
+    an epoch's end every ``checkpoint_every_s`` seconds and when a stop is requested: a signal while
+    ``handle_signals``, ``stop.request()``, or ``stop_at_step``; the run then raises
+    :class:`TrainingStopped`), whether it resumes, its logs and extra hooks. The state after ``s``
+    steps is kept for every ``s`` in ``snapshot_steps`` (IMP's rewind point). ``feedback`` keeps
+    dense weights beside the masked ones (DPF, :class:`~elth_cli.train.parts.FeedbackMaskSet`);
+    ``search`` (the options of a search the hooks carry out: DST, early-bird) joins the run's
+    identity, so a checkpoint of another search is refused. The checkpoint is left in place: remove
+    it (:func:`remove_checkpoint`) once the result is saved.
 
-    With ``world_size`` > 1 (a process group of that size must be running, see
-    :mod:`elth_cli.runtime.distributed`) every rank calls this with the same arguments: the model trains
-    under DistributedDataParallel on the rank's shard of each global batch, rank 0 alone reads and
-    writes the checkpoint and the JSON lines and reports progress, a stop requested on any rank
-    stops every rank at the same step, and every rank returns the same state and metrics (timings aside).
+    Inside a process group (:mod:`elth_cli.runtime.distributed`) every rank calls this with the same
+    arguments: the model trains under DistributedDataParallel on the rank's shard of each global
+    batch, rank 0 alone reads and writes the checkpoint and the JSON lines and reports progress, a
+    stop requested on any rank stops every rank at the same step, and every rank returns the same
+    state and metrics (timings aside).
     """
+    run = run or RunOptions()
+    rank, world_size = distributed.ranks()
     snapshot_steps = {int(s) for s in snapshot_steps}
-    check_checkpoint_every(checkpoint_every_s)
-    distributed.require(rank, world_size)
-    _check_run(bundle, cfg, start_step, snapshot_steps, resume, world_size)
+    _check_run(bundle, cfg, start_step, snapshot_steps, world_size)
     # A layer with no weight passes nothing: the run would train to chance.
-    refuse_empty_layers(masks, "the ticket", "use a less sparse one", allow=allow_empty_layers)
+    refuse_empty_layers(masks, "the ticket", "use a less sparse one", allow=run.allow_empty_layers)
     model = _as_model(model_or_state, arch, bundle)
     spe = bundle.steps_per_epoch(cfg.batch_size, world_size)
     identity = run_identity(cfg, start_step, spe, world_size, model.state_dict(), masks)
     if search is not None:
         identity["search"] = dict(search)
-    distributed.record_digests(f"{title} start", rank, masks=masks, state=model.state_dict())
-    setup = setup or bundle.setup.for_run(cfg.precision, cfg.deterministic)
+    distributed.record_digests(f"{run.title} start", rank, masks=masks, state=model.state_dict())
+    setup = run.setup or bundle.setup.for_run(cfg.precision, cfg.deterministic)
     macs = module_macs(model, bundle.info.input_shape)  # before build_parts: the model is still the plain module
     parts = build_parts(model, masks, cfg, setup, world_size, feedback=feedback)
-    ckpt_path = Path(checkpoint_path) if checkpoint_path is not None else None
-    state, resumed_from = _resume(parts, ckpt_path, resume, identity, start_step, rank)
-    main = rank == 0
-    all_hooks = standard_hooks(
-        snapshot_steps=snapshot_steps, checkpoint=(ckpt_path, identity) if ckpt_path is not None else None,
-        jsonl=Path(jsonl_path) if jsonl_path is not None and main else None, reporter=log if main else None,
-        extra=hooks, macs=macs, checkpoint_every_s=checkpoint_every_s)
-    flag = stop or StopFlag()
-    loop = TrainLoop(parts, bundle, cfg, state, all_hooks, flag, stop_at_step=stop_at_step, rank=rank,
-                     world_size=world_size, title=title, resumed_from=resumed_from)
+    state, resumed_from = _resume(parts, run.checkpoint_path, run.resume, identity, start_step, rank)
+    loop = _loop(parts, bundle, cfg, state, run, identity, snapshot_steps, macs, resumed_from)
     # One Ctrl-C reaches a torchrun worker twice (terminal and torchrun): only a later one aborts.
-    signals = stop_signals(flag, 2.0 if world_size > 1 else 0.0) if handle_signals else contextlib.nullcontext()
+    signals = stop_signals(loop.flag, 2.0 if world_size > 1 else 0.0) if run.handle_signals else contextlib.nullcontext()
     with signals:
         loop.run()
     final = cpu_state(parts.model)
-    distributed.record_digests(f"{title} end", rank, masks=parts.masks.masks, state=final)
+    distributed.record_digests(f"{run.title} end", rank, masks=parts.masks.masks, state=final)
     return TrainResult(final, _metrics(loop, start_step, macs), state.snapshots, state.history, resumed_from,
                        dict(parts.masks.masks), setup, state.extra)
+
+
+def _loop(parts: TrainParts, bundle: DataBundle, cfg: TrainConfig, state: RunState, run: RunOptions,
+          identity: dict[str, Any], snapshot_steps: set[int], macs: dict[str, int],
+          resumed_from: int | None) -> TrainLoop:
+    """The loop with its hooks: the standard ones (rank 0 alone writes and reports) and the run's own."""
+    rank, world_size = distributed.ranks()
+    main = rank == 0
+    ckpt = run.checkpoint_path
+    hooks = standard_hooks(
+        snapshot_steps=snapshot_steps, checkpoint=(ckpt, identity) if ckpt is not None else None,
+        jsonl=run.jsonl_path if main else None, reporter=run.log if main else None,
+        extra=run.hooks, macs=macs, checkpoint_every_s=run.checkpoint_every_s)
+    return TrainLoop(parts, bundle, cfg, state, hooks, run.stop or StopFlag(), stop_at_step=run.stop_at_step,
+                     rank=rank, world_size=world_size, title=run.title, resumed_from=resumed_from)
 
 
 def train_ticket(
     ticket: Ticket,
     bundle: DataBundle,
     cfg: TrainConfig,
+    run: RunOptions | None = None,
     **options: Any,
 ) -> Ticket:
     """Train a ticket's subnetwork from its ``init`` weights at its ``rewind_step``; return the trained ticket.
 
-    ``options`` are :func:`train_state`'s keyword arguments (checkpoint, resume, log, hooks, ranks,
-    ...). The result keeps every field of ``ticket`` (masks, init, method, parents, transform, cost,
-    ...) and adds ``trained``, ``hparams`` (the resolved config), ``metrics`` and ``config`` (the
-    hyperparameters with the versions, device, processes and host of the run). It is not saved:
-    save it, then :func:`remove_checkpoint` (:func:`~elth_cli.train.session.save_result` does both).
-    With ``world_size`` > 1 every rank calls this and gets the same trained weights; rank 0 saves it.
+    ``run`` (or ``options``, :class:`~elth_cli.train.options.RunOptions` fields by name) says how the
+    run goes (checkpoint, resume, logs, hooks, stops). The result keeps every field of ``ticket``
+    (masks, init, method, parents, transform, cost, ...) and adds ``trained``, ``hparams`` (the
+    resolved config), ``metrics`` and ``config`` (the hyperparameters with the versions, device,
+    processes and host of the run). It is not saved: save it, then :func:`remove_checkpoint`
+    (:func:`~elth_cli.train.session.save_result` does both). Inside a process group every rank calls
+    this and gets the same trained weights; rank 0 saves it.
     """
     check_compatible(bundle.info, ticket.input_shape, ticket.num_classes)
-    options.setdefault("title", f"{ticket.arch} on {bundle.info.name}")
-    world_size = options.get("world_size", 1)
-    result = train_state(ticket.build_model("init"), ticket.masks, bundle, cfg, ticket.rewind_step, **options)
+    run = run_options(run, **options)
+    if run.title == RunOptions.title:
+        run = run.replace(title=f"{ticket.arch} on {bundle.info.name}")
+    world_size = distributed.ranks()[1]
+    result = train_state(ticket.build_model("init"), ticket.masks, bundle, cfg, ticket.rewind_step, run=run)
     spe = bundle.steps_per_epoch(cfg.batch_size, world_size)
     hparams = cfg.resolved(spe, ticket.rewind_step, world_size)
     config = run_config("train", hparams, bundle.device, result.setup)

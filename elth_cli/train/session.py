@@ -109,13 +109,6 @@ class Session:
             if self.runtime.is_main:
                 print(f"warning: {problem}", file=sys.stderr)
 
-    def train_ticket(self, ticket: Ticket, bundle: data.DataBundle, cfg: TrainConfig, **options: Any) -> Ticket:
-        """:func:`~elth_cli.train.run.train_ticket` on every rank, with this session's ranks."""
-        from elth_cli.train.run import train_ticket
-
-        return train_ticket(ticket, bundle, cfg, rank=self.runtime.rank, world_size=self.runtime.world_size,
-                            **options)
-
     def exclusive(self, target: str | os.PathLike[str] | None, what: str) -> contextlib.AbstractContextManager:
         """Hold the one-writer lock of ``target`` (the file a run writes; ``TARGET.lock`` beside it) on rank 0
         for the block: a second job writing the same target is refused. ``None``: nothing to lock."""

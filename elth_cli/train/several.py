@@ -6,23 +6,24 @@ records (``.jsonl``) beside the output, so outputs, logs and failures stay per t
 same command again reuses every output that already is its ticket's finished training with these
 options, resumes the checkpointed trainings and starts the rest.
 
-A ticket trained here gets exactly the tensors ``elth train TICKET`` gives in one process with the
-worker's thread count (on the CPU the result depends on it: the ticket records it).
+Every ticket goes through :func:`elth_cli.train.job.train_file`, the path of ``elth train TICKET``, so
+it gets exactly the tensors that command gives in one process with the worker's thread count (on
+the CPU the result depends on it: the ticket records it).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 from elth_cli.errors import UsageError
 from elth_cli.fileio import STDIO
 from elth_cli.runtime.pool import Job, Worker
 from elth_cli.train.checkpoint import checkpoint_path_for
-from elth_cli.train.config import CHECKPOINT_EVERY_S
+from elth_cli.train.job import TrainJob, train_file
 
 
 @dataclass(frozen=True)
@@ -50,25 +51,6 @@ class TrainItem:
         return Path(self.output).with_name(self.name + ".jsonl")
 
 
-@dataclass(frozen=True)
-class TrainRequest:
-    """What every ticket of one command is trained with: the data set (None: the one each ticket
-    records), the config overrides by field name, precision, data options, --force, --restart and
-    --checkpoint-every."""
-
-    dataset: str | None = None
-    overrides: Mapping[str, Any] = field(default_factory=dict)
-    precision: str = "auto"
-    data_dir: str | None = None
-    download: bool = False
-    loader_workers: int | None = None
-    force: bool = False
-    restart: bool = False
-    checkpoint_every_s: float = CHECKPOINT_EVERY_S
-    allow_empty_layers: bool = False
-    new_head: bool = False  # a classifier for the data set's classes (elth_cli.transfer.new_head)
-
-
 def plan_items(sources: Sequence[str], out_dir: str | os.PathLike[str]) -> list[TrainItem]:
     """One item per ticket file, its output ``out_dir/<file name>``; refuse stdin, a missing folder,
     two tickets of one file name, and an output that is its own source."""
@@ -92,16 +74,26 @@ def plan_items(sources: Sequence[str], out_dir: str | os.PathLike[str]) -> list[
     return items
 
 
-def check_request(request: TrainRequest) -> None:
+def check_request(job: TrainJob) -> None:
     """Refuse, before any job starts, what would fail every ticket the same way: an unknown data set,
     or an option value no recipe makes right (``--epochs 0``)."""
     from elth_cli.data import canonical_name
     from elth_cli.train.config import check_given_options
 
-    if request.dataset is not None:
-        canonical_name(request.dataset)
+    if job.setup.data.dataset is not None:
+        canonical_name(job.setup.data.dataset)
     # The device and precision are resolved by each worker's session (``auto``), not checked here.
-    check_given_options(**{k: v for k, v in request.overrides.items() if k not in ("device", "precision")})
+    check_given_options(**{k: v for k, v in job.setup.overrides.items() if k not in ("device", "precision")})
+
+
+def check_sources(items: Sequence[TrainItem]) -> None:
+    """Before any worker starts: every ticket file is there (a missing one would fail only in its worker)."""
+    for item in items:
+        p = Path(item.source)
+        if not p.exists():
+            raise UsageError(f"input {p} does not exist")
+        if p.is_dir():
+            raise UsageError(f"input {p} is a folder, not a ticket file")
 
 
 def make_out_dir(out_dir: str | os.PathLike[str]) -> None:
@@ -112,100 +104,33 @@ def make_out_dir(out_dir: str | os.PathLike[str]) -> None:
     Path(out_dir).mkdir(parents=True, exist_ok=True)
 
 
-def train_jobs(items: Sequence[TrainItem], request: TrainRequest) -> list[Job]:
-    """The pool's jobs: one :func:`train_item` per ticket, named by its file name."""
-    return [Job(item.name, train_item, {"item": item, "request": request}) for item in items]
+def train_jobs(items: Sequence[TrainItem], job: TrainJob) -> list[Job]:
+    """The pool's jobs: one :func:`train_item` per ticket, named by its file name; ``job`` holds what every
+    ticket is trained with (its source, output and files are each item's)."""
+    return [Job(item.name, train_item, {"item": item, "job": job}) for item in items]
 
 
-def _normalised(hparams: Mapping[str, Any]) -> dict[str, Any]:
-    # The same training on another GPU of the node is the same run: compare the device's kind.
-    d = {k: v for k, v in hparams.items() if k != "ticket_hparams"}
-    if isinstance(d.get("device"), str):
-        d["device"] = d["device"].split(":")[0]
-    return d
-
-
-def training_differences(existing: Any, source: Any, hparams: Mapping[str, Any]) -> list[str]:
-    """How ``existing`` (a ticket file's content) differs from training ``source`` with ``hparams``;
-    empty when it is exactly that training, finished."""
-    import torch
-
-    from elth_cli.train.identity import run_differences
-
-    if not existing.is_trained:
-        return ["it is not a trained ticket"]
-    same_start = (existing.arch == source.arch and set(existing.masks) == set(source.masks)
-                  and all(torch.equal(existing.masks[k], source.masks[k]) for k in source.masks)
-                  and all(torch.equal(existing.init[k], source.init[k]) for k in source.init))
-    diff = [] if same_start else ["the ticket (its masks or init weights)"]
-    return diff + run_differences({"config": _normalised(existing.hparams or {})}, {"config": _normalised(hparams)})
-
-
-def train_item(worker: Worker, item: TrainItem, request: TrainRequest) -> dict[str, Any]:
-    """A job: train ``item.source`` into ``item.output`` on the worker's device (its checkpoint,
-    log and JSON lines beside the output); reuse an output that already is this training."""
+def train_item(worker: Worker, item: TrainItem, job: TrainJob) -> dict[str, Any]:
+    """A job: train ``item.source`` into ``item.output`` on the worker's device (its checkpoint, log and JSON
+    lines beside the output), through :func:`~elth_cli.train.job.train_file`; an output that already is this
+    training is reused."""
     from elth_cli.report import TrainProgress
-    from elth_cli.ticket import Ticket
-    from elth_cli.train.session import training_session
 
-    from elth_cli.train.checkpoint import check_checkpoint_path
-
-    with training_session(worker.device, request.precision) as session, \
-            session.exclusive(item.output, f"the training of {item.output}"):
-        check_checkpoint_path(item.checkpoint)  # never overwrite or delete a file that is not its checkpoint
-        ticket = Ticket.load(item.source)
-        dataset = request.dataset or ticket.dataset
-        if not dataset:
-            raise UsageError(f"{item.source} records no data set; pass --dataset")
-        if request.new_head:
-            from elth_cli.transfer import new_head_for
-
-            ticket = new_head_for(ticket, dataset, request.data_dir, int(request.overrides.get("seed", 0)))
-        cfg, bundle = session.prepare(ticket.spec, dataset, data_dir=request.data_dir, download=request.download,
-                                      workers=request.loader_workers, ticket=ticket, **request.overrides)
-        reused = _reusable(item, ticket, cfg.resolved(bundle.steps_per_epoch(cfg.batch_size), ticket.rewind_step),
-                           request.force)
-        if reused is not None:
-            return _summary(item, reused, reused.sha256, worker, reused=True)
-        with open(item.log, "a") as log:
-            log.write(f"elth train {item.source} -> {item.output} on {worker.device}"
-                      f"{f', {worker.slot.threads} threads' if worker.slot.threads else ''}, "
-                      f"{_dt.datetime.now().isoformat(timespec='seconds')}\n")
-            log.flush()
-            try:
-                trained = session.train_ticket(
-                    ticket, bundle, cfg, checkpoint_path=item.checkpoint, resume="never" if request.restart else "auto",
-                    log=TrainProgress(stream=log), jsonl_path=item.jsonl, checkpoint_every_s=request.checkpoint_every_s,
-                    allow_empty_layers=request.allow_empty_layers, **worker.train_options())
-            except Exception as e:  # the log says how its training ended, too
-                log.write(f"error: {e}\n")
-                raise
-        sha = session.save(trained, item.output, item.checkpoint, force=True)
-    return _summary(item, trained, sha, worker, reused=False)
-
-
-def _reusable(item: TrainItem, ticket: Any, hparams: dict[str, Any], force: bool) -> Any:
-    """The output, when it already is this training (and --force is not given); an output that is
-    something else is refused unless --force."""
-    if force or not Path(item.output).exists():
-        return None
-    return reusable_output(item.output, ticket, hparams, "pass --force to train it again, or choose another --out-dir")
-
-
-def reusable_output(output: str, ticket: Any, hparams: dict[str, Any], advice: str) -> Any:
-    """The existing ``output``, read, when it is exactly the training of ``ticket`` with ``hparams``; anything
-    else there (another training, a file that is no ticket) is refused with ``advice``."""
-    from elth_cli.errors import ElthError
-    from elth_cli.ticket import Ticket
-
-    try:
-        existing = Ticket.load(output)
-    except ElthError as e:
-        raise UsageError(f"{output} exists and is not a readable ticket ({e}); {advice}") from None
-    diff = training_differences(existing, ticket, hparams)
-    if not diff:
-        return existing
-    raise UsageError(f"{output} exists and is not this training (differs in: {'; '.join(diff)}); {advice}")
+    with open(item.log, "a") as log:
+        log.write(f"elth train {item.source} -> {item.output} on {worker.device}"
+                  f"{f', {worker.slot.threads} threads' if worker.slot.threads else ''}, "
+                  f"{_dt.datetime.now().isoformat(timespec='seconds')}\n")
+        log.flush()
+        # The worker's own signal handlers set its stop flag: the training must not install others.
+        run = job.run.replace(log=TrainProgress(stream=log), stop=worker.stop, handle_signals=False)
+        mine = job.replace(source=item.source, output=item.output, checkpoint=item.checkpoint, jsonl=item.jsonl,
+                           setup=job.setup.replace(device=worker.device), run=run)
+        try:
+            result = train_file(mine)
+        except Exception as e:  # the log says how its training ended, too
+            log.write(f"error: {e}\n")
+            raise
+    return _summary(item, result.ticket, result.sha256, worker, reused=result.reused)
 
 
 def _summary(item: TrainItem, trained: Any, sha: str | None, worker: Worker, reused: bool) -> dict[str, Any]:

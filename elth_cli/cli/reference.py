@@ -1,6 +1,6 @@
 """The CLI reference (docs/cli.md), generated from the typer app so it cannot drift.
 
-    python -m elth_cli.clidoc > docs/cli.md
+    python -m elth_cli.cli.reference > docs/cli.md
 
 A test regenerates it and compares with the committed file.
 """
@@ -17,7 +17,7 @@ from typing import Any
 from typer.models import ArgumentInfo, OptionInfo
 
 from elth_cli import cli
-from elth_cli.cli_examples import EXAMPLES
+from elth_cli.cli.examples import EXAMPLES
 
 
 def _type_name(annotation: Any) -> str:
@@ -61,7 +61,7 @@ def render_cli_reference() -> str:
     lines = [
         "# CLI reference",
         "",
-        "Generated from the typer app by `python -m elth_cli.clidoc > docs/cli.md`; a test keeps it in sync.",
+        "Generated from the typer app by `python -m elth_cli.cli.reference > docs/cli.md`; a test keeps it in sync.",
         "Every command also prints this with `--help`. Exit status: 0 success, 1 the work failed,",
         "2 the command line was wrong, 75 a training stopped by SIGTERM/SIGUSR1 after writing its",
         "checkpoint (run the same command again to resume), 130 interrupted by Ctrl-C, 141 the reader of",
@@ -80,7 +80,7 @@ def render_cli_reference() -> str:
         sig = inspect.signature(info.callback)
         arguments, options = [], []
         for pname, param in sig.parameters.items():
-            annotation = hints.get(pname)
+            annotation = hints.get(pname, param.annotation)  # generated options are not in the hints
             base, meta = annotation, None
             if typing.get_origin(annotation) is typing.Annotated:
                 base, *extras = typing.get_args(annotation)

@@ -1,0 +1,58 @@
+"""``elth demo``: the digits experiment of ``make demo`` (:mod:`elth_cli.demo`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from elth_cli.cli.app import command, report_stop
+from elth_cli.cli.params import JsonOpt, QuietOpt
+from elth_cli.errors import UsageError
+from elth_cli.report import Log, print_json
+from elth_cli.runtime.launch import detect_launch
+from elth_cli.train.config import check_seed
+
+
+@command("demo")
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out-dir", help="Folder for the tickets and the table (re-running "
+                       "resumes).")] = Path("demo-out"),
+    quick: Annotated[bool, typer.Option("--quick", help="A reduced run (4 rounds, 8 epochs) to check an "
+                     "installation.")] = False,
+    full: Annotated[bool, typer.Option("--full", help="Also early-bird IMP chains and RigL: two more rows per "
+                    "target and level, about half as much work again.")] = False,
+    jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Worker processes side by side, each with "
+                    "cores/N threads (default: one per core, at most 8; 1: everything in this process).")] = None,
+    seeds: Annotated[int, typer.Option("--seeds", help="Run the whole comparison for N seeds (--seed, --seed + 1, "
+                     "...; each in OUT_DIR/seed-S) and print mean +- standard deviation per row.")] = 1,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the initialisations, data order and augmentation "
+                    "(the first of --seeds).")] = 0,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """The E-LTH experiment in miniature on the embedded digits set: IMP on resnet20 and resnet32 (width 4),
+    stretch and squeeze between them, random and magnitude baselines (with --full: early-bird IMP and RigL too),
+    and the comparison table with each ticket's FLOPs. IMP chains and trainings run side by side (--jobs).
+    """
+    from elth_cli import demo as demo_mod
+
+    if detect_launch().distributed:  # every rank would write the same files at once
+        raise UsageError("elth demo runs in one process; start it without torchrun or srun")
+    config = demo_mod.DemoConfig(seed=seed, full=full, seeds=seeds)
+    if quick:
+        config = demo_mod.DemoConfig(rounds=4, levels=(3, 4), epochs=8, seed=seed, full=full, seeds=seeds)
+    check_seed(seed)
+    demo_mod.seeds_of(config)  # a bad --seeds is the first thing to report
+    with report_stop("demo"):
+        rows = demo_mod.run_demo(out_dir, config, Log(quiet), jobs)
+    if json_out:
+        print_json(json.loads((out_dir / "table.json").read_text()))
+        return
+    if seeds > 1:
+        demo_mod.print_summary(demo_mod.summarize(rows))
+    else:
+        demo_mod.print_table(rows)
+    Log(quiet).info(f"tickets, table.txt and table.json in {out_dir}")
