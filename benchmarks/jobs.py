@@ -30,7 +30,7 @@ from pathlib import Path
 
 from elth_cli import __version__
 from elth_cli.find import random_ticket
-from elth_cli.runtime.pool import available_cores
+from elth_cli.runtime.slots import available_cores
 
 ROOT = Path(__file__).resolve().parents[1]
 

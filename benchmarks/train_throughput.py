@@ -228,7 +228,9 @@ def jobs_worker(worker, args: dict, start_at: float) -> dict:
 def run_jobs_side_by_side(args, jobs: int) -> dict:
     """``jobs`` independent trainings at once (``elth train ... --jobs N``'s workers: cores / N threads
     each, or a GPU each, several per GPU past the GPU count): each one's images/s and their sum."""
-    from elth_cli.runtime.pool import Job, plan_slots, run_jobs
+    from elth_cli.runtime.pool import run_jobs
+    from elth_cli.runtime.slots import plan_slots
+    from elth_cli.runtime.workers import Job
 
     slots = plan_slots(jobs, args.device)
     start_at = time.time() + args.jobs_start_s  # time for every worker to start and warm up

@@ -35,7 +35,9 @@ from elth_cli.find.imp import imp_job as imp_job_run
 from elth_cli.find.methods import FindRequest
 from elth_cli.find.runfolder import RoundRecord, round_path
 from elth_cli.find.search import SearchJob, search_job
-from elth_cli.runtime.pool import Job, Slot, Worker, available_cores, plan_slots, run_jobs
+from elth_cli.runtime.pool import run_jobs
+from elth_cli.runtime.slots import Slot, available_cores, plan_slots
+from elth_cli.runtime.workers import Job, Worker
 from elth_cli.report import JobProgress, Log, fmt_flops, fmt_pct, make_table, stdout_console
 from elth_cli.ticket import Ticket
 from elth_cli.train.checkpoint import checkpoint_path_for

@@ -54,6 +54,28 @@ class Log:
         self.console.print(f"warning: {message}", markup=False)
 
 
+# Set by the worker pool for its workers: a folder where each warning leaves a mark, so that N workers
+# that meet the same problem (a recipe's warm-up longer than a short run) print it once, not N times.
+WARNED_ENV = "ELTH_WARNED_DIR"
+
+
+def warn_once(message: str) -> None:
+    """``warning: message`` on stderr, once per pool of workers (every time outside one)."""
+    import hashlib
+    import os
+
+    folder = os.environ.get(WARNED_ENV)
+    if folder:
+        mark = os.path.join(folder, hashlib.sha256(message.encode()).hexdigest()[:20])
+        try:
+            os.close(os.open(mark, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        except FileExistsError:
+            return  # another worker said it
+        except OSError:
+            pass  # no mark can be left: say it anyway
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def print_json(doc: Any) -> None:
     """One JSON document on stdout (sorted keys, so output is stable and diffable)."""
     sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True, default=_json_default) + "\n")
@@ -76,6 +98,11 @@ def make_table(columns: Sequence[str], rows: Iterable[Sequence[Any]], title: str
     for row in rows:
         table.add_row(*[str(v) for v in row])
     return table
+
+
+def plural(n: int, noun: str, many: str | None = None) -> str:
+    """``1 epoch``, ``2 epochs`` (``many``: an irregular plural)."""
+    return f"{n} {noun if n == 1 else many or noun + 's'}"
 
 
 def fmt_pct(x: float | None, digits: int = 2) -> str:
@@ -130,7 +157,7 @@ class TrainProgress:
             return
         self._start_step, self._batch, self._t0 = step, batch_size, time.perf_counter()
         where = f"from step {step}" + (" (resumed)" if resumed else "")
-        self.console.print(f"{title}: {total} steps ({total // steps_per_epoch} epochs of {steps_per_epoch}), "
+        self.console.print(f"{title}: {total} steps ({plural(total // steps_per_epoch, 'epoch')} of {steps_per_epoch}), "
                            f"batch {batch_size}, {where}", markup=False)
         if not self.tty:
             return
@@ -177,7 +204,9 @@ def format_epoch(record: dict[str, Any], epochs: int, total: int) -> str:
     ips = record.get("images_per_s")
     return (f"epoch {record['epoch']}/{epochs} step {record['step']}/{total} lr {record['lr']:.4g} "
             f"train loss {record['train_loss']:.4f} acc {fmt_pct(record['train_acc'])} {test} "
-            f"{'-' if ips is None else f'{ips:,.0f}'} img/s {record['seconds']:.1f} s")
+            f"{'-' if ips is None else f'{ips:,.0f}'} img/s {record['seconds']:.1f} s"
+            # An early-bird search's epochs: how far the mask moved (it settles below --epsilon).
+            + (f" mask distance {record['mask_distance']:.4f}" if record.get("mask_distance") is not None else ""))
 
 
 def fmt_duration(seconds: float) -> str:

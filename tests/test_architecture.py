@@ -1,5 +1,6 @@
 """The layout rules of docs/architecture.md, checked on the source: who may import whom, no import
-cycles (lazy imports inside functions included), no function body over 80 lines."""
+cycles (lazy imports inside functions included), no module over 450 lines (no cli/ module over 300),
+no function body over 60 lines, no two modules with one file name."""
 
 from __future__ import annotations
 
@@ -9,13 +10,21 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "elth_cli"
-MAX_BODY = 80
+MAX_BODY = 60
+MAX_MODULE, MAX_FRONT_END = 450, 300
 
 # The verified model layer: it never reaches for training, data, devices or processes.
 MODEL_LAYER = ("elth_cli.archs", "elth_cli.ticket", "elth_cli.elastic", "elth_cli.prune", "elth_cli.masks",
                "elth_cli.flops")
 NOT_FOR_THE_MODEL_LAYER = ("elth_cli.train", "elth_cli.data", "elth_cli.runtime.device", "elth_cli.runtime.distributed",
                            "elth_cli.runtime.launch", "elth_cli.find", "elth_cli.demo", "elth_cli.compare", "elth_cli.interop")
+# The layers above the model layer, each of which may import only the ones below it.
+LAYERS_BELOW = {
+    "elth_cli.runtime": ("elth_cli.train", "elth_cli.find", "elth_cli.data", "elth_cli.cli", "elth_cli.demo"),
+    "elth_cli.data": ("elth_cli.train", "elth_cli.find", "elth_cli.cli", "elth_cli.demo"),
+    "elth_cli.train": ("elth_cli.find", "elth_cli.cli", "elth_cli.demo"),
+    "elth_cli.find": ("elth_cli.cli", "elth_cli.demo"),
+}
 # What `elth --help` imports must not import torch at module level (the lazy ones may).
 TORCH_FREE = ("elth_cli.cli", "elth_cli.cli.app", "elth_cli.cli.params", "elth_cli.cli.render", "elth_cli.cli.cmd_tickets",
               "elth_cli.cli.cmd_train", "elth_cli.cli.cmd_find", "elth_cli.cli.cmd_compare", "elth_cli.cli.cmd_interop",
@@ -107,7 +116,7 @@ def test_no_import_cycles() -> None:
             visit(m)
 
 
-def test_no_function_body_over_80_lines() -> None:
+def test_no_function_body_over_60_lines() -> None:
     long = []
     for module, path in MODULES.items():
         for node in ast.walk(ast.parse(path.read_text())):
@@ -133,3 +142,53 @@ def test_every_import_of_elth_names_resolves() -> None:
                     if not hasattr(target, alias.name) and f"{node.module}.{alias.name}" not in MODULES:
                         missing.append(f"{module}: from {node.module} import {alias.name}")
     assert missing == []
+
+
+@pytest.mark.parametrize("layer", sorted(LAYERS_BELOW))
+def test_each_layer_imports_only_the_layers_below(layer: str) -> None:
+    bad = sorted(f"{m} -> {t}" for m in MODULES if _in(m, (layer,)) for t in _imports(m) if _in(t, LAYERS_BELOW[layer]))
+    assert bad == []
+
+
+def test_no_module_is_too_long() -> None:
+    long = []
+    for module, path in MODULES.items():
+        limit = MAX_FRONT_END if _in(module, ("elth_cli.cli",)) else MAX_MODULE
+        lines = len(path.read_text().splitlines())
+        if lines > limit:
+            long.append(f"{module}: {lines} lines (at most {limit})")
+    assert long == []
+
+
+def test_no_two_modules_share_a_file_name() -> None:
+    names: dict[str, list[str]] = {}
+    for module, path in MODULES.items():
+        if path.name != "__init__.py":
+            names.setdefault(path.name, []).append(module)
+    assert {n: ms for n, ms in names.items() if len(ms) > 1} == {}
+
+
+def test_a_hyperparameter_or_a_run_option_is_an_option_of_every_training_command() -> None:
+    """The options of train and find come from the fields (cli/params.with_fields): none can be forgotten."""
+    import inspect
+
+    from elth_cli.cli.cmd_find import find
+    from elth_cli.cli.cmd_train import train
+    from elth_cli.train.config import TrainConfig
+    from elth_cli.train.options import RunOptions
+
+    for command in (train, find):
+        params = inspect.signature(command).parameters
+        assert set(TrainConfig.flags()) | set(RunOptions.flags()) <= set(params), command.__name__
+
+
+def test_the_find_registry_names_every_method_once_and_each_module_has_its_interface() -> None:
+    from elth_cli.find import methods
+
+    assert len(set(methods.NAMES)) == len(methods.NAMES)
+    for m in methods.METHODS.values():
+        module = m.implementation()
+        if m.kind == methods.SEARCH:
+            assert callable(module.options_from) and callable(module.search), m.name
+        users = {o for o in m.uses if o != methods.TRAINING}
+        assert users <= set(methods.FindRequest.__dataclass_fields__) | {"out_dir", "workers", "batch_size"}, m.name

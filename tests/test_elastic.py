@@ -6,8 +6,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import make_ticket
-from elth_cli import archs, elastic
-from elth_cli.elastic import MappingError, inverse_mapping, plan_mapping, squeeze, stretch
+from elth_cli import archs, elastic, mappings
+from elth_cli.elastic import squeeze, stretch
+from elth_cli.mappings import MappingError, inverse_mapping, plan_mapping
 from elth_cli.errors import UsageError
 from elth_cli.ticket import Ticket
 
@@ -155,7 +156,7 @@ def test_roundtrip_imagenet_resnet(case, strategy):
 def test_stretch_plans_are_valid_and_use_distinct_blocks(src, extra, strategy):
     tgt = src + extra
     (stage,) = plan_mapping((src,), (tgt,), strategy)
-    elastic.check_mapping((stage,), (src,), (tgt,))
+    mappings.check_mapping((stage,), (src,), (tgt,))
     assert stage[:1] == (0,) and 0 not in stage[1:]
     counts = [stage.count(i) for i in range(1, src)]
     assert max(counts) - min(counts) <= 1  # as evenly as possible
@@ -170,7 +171,7 @@ def test_stretch_plans_are_valid_and_use_distinct_blocks(src, extra, strategy):
 def test_squeeze_plans_keep_order(tgt, extra, strategy):
     src = tgt + extra
     (stage,) = plan_mapping((src,), (tgt,), strategy)
-    elastic.check_mapping((stage,), (src,), (tgt,))
+    mappings.check_mapping((stage,), (src,), (tgt,))
     assert list(stage) == sorted(set(stage)) and stage[0] == 0
 
 
@@ -232,7 +233,8 @@ def test_mixed_depths_need_a_mapping():
 ])
 def test_the_recorded_mapping_is_in_the_references_syntax(source, target, strategy, expected):
     from elth_cli import archs
-    from elth_cli.elastic import parse_mapping, plan_transform
+    from elth_cli.elastic import plan_transform
+    from elth_cli.mappings import parse_mapping
 
     src = archs.resolve_arch(source)
     kind = "stretch" if sum(archs.resolve_arch(target).depths) > sum(src.depths) else "squeeze"

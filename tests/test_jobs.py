@@ -10,7 +10,9 @@ import pytest
 
 from elth_cli.runtime import pool as jobs
 from elth_cli.errors import ElthError, UsageError
-from elth_cli.runtime.pool import Job, plan_slots, run_jobs
+from elth_cli.runtime.pool import run_jobs
+from elth_cli.runtime.slots import plan_slots
+from elth_cli.runtime.workers import Job
 from elth_cli.runtime.signals import TrainingStopped, stopped_error
 
 # ----- job functions (module level: workers import them by name) ------------------------------------

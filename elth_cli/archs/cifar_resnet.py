@@ -54,13 +54,13 @@ def resolve_target(source: ArchSpec, name: str) -> ArchSpec | None:
 def build(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     in_channels = input_shape[0]
     # Imported here: the modules need torch, and resolving names or counting parameters must not.
-    from elth_cli.archs.nets.cifar_resnet import CifarResNet
+    from elth_cli.archs.nets.cifar_resnet_net import CifarResNet
 
     return CifarResNet(spec.depths[0], spec.width, in_channels, num_classes)
 
 
 def count(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int) -> ParamCount:
-    """The parameters and forward MACs of ``build(spec, ...)``, layer by layer as ``nets.cifar_resnet`` has them."""
+    """The parameters and forward MACs of ``build(spec, ...)``, layer by layer as ``nets.cifar_resnet_net`` has them."""
     tally = ParamTally()
     current = spec.width
     size = tally.conv(input_shape[0], current, 3, input_shape[1:], padding=1)

@@ -77,7 +77,7 @@ def build(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int) -
     if spec.width == DEFAULT_WIDTH:
         model = ResNet(block, list(spec.depths), num_classes=num_classes)
     else:
-        from elth_cli.archs.nets.imagenet_resnet import WidthResNet
+        from elth_cli.archs.nets.imagenet_resnet_net import WidthResNet
 
         model = WidthResNet(block, list(spec.depths), num_classes, spec.width)
     if in_channels != 3:

@@ -88,7 +88,7 @@ def resolve_target(source: ArchSpec, name: str) -> ArchSpec | None:
 
 
 def build(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
-    from elth_cli.archs.nets.mlp import MLP
+    from elth_cli.archs.nets.mlp_net import MLP
 
     return MLP(math.prod(input_shape), sizes(spec), num_classes)
 

@@ -46,7 +46,7 @@ def resolve_target(source: ArchSpec, name: str) -> ArchSpec | None:
 
 
 def build(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
-    from elth_cli.archs.nets.mobilenet import CifarMobileNetV1
+    from elth_cli.archs.nets.mobilenet_net import CifarMobileNetV1
 
     return CifarMobileNetV1(input_shape[0], num_classes, spec.depths[0], PART1, PART3)
 

@@ -50,7 +50,7 @@ def resolve_target(source: ArchSpec, name: str) -> ArchSpec | None:
 def build(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     in_channels = input_shape[0]
     # Imported here: the modules need torch, and resolving names or counting parameters must not.
-    from elth_cli.archs.nets.vgg import CifarVGG
+    from elth_cli.archs.nets.vgg_net import CifarVGG
 
     return CifarVGG(spec.depths, spec.width, in_channels, num_classes)
 

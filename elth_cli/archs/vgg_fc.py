@@ -67,14 +67,16 @@ def resolve_target(source: ArchSpec, name: str) -> ArchSpec | None:
         return None
     depth, width, num_fc = _groups(m)
     if depth != int(source.variant):
+        own = source.depths[0] + 1  # the source's FC count: an example must name another
+        example = num_fc if num_fc and num_fc != own else own + 2
         raise UsageError(f"{source.name} stretches and squeezes its fully connected layers only (the reference's "
                          f"change_depth keeps the convolutions); keep vgg{source.variant}, e.g. "
-                         f"vgg{source.variant}-fc{num_fc or 3}")
+                         f"{_spec(int(source.variant), source.width, example).name}")
     return _spec(depth, width or source.width, num_fc or 1)
 
 
 def build(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
-    from elth_cli.archs.nets.vgg import CifarVGGFC
+    from elth_cli.archs.nets.vgg_net import CifarVGGFC
 
     return CifarVGGFC(CONVS_PER_STAGE[int(spec.variant)], spec.width, input_shape[0], num_classes, spec.depths[0])
 

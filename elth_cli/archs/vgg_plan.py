@@ -1,6 +1,6 @@
 """The CIFAR VGG plan (convolutions per stage, stage widths), free of torch.
 
-Kept apart from ``vgg`` (the family record) and ``nets.vgg`` (the modules) so both read one
+Kept apart from ``vgg`` (the family record) and ``nets.vgg_net`` (the modules) so both read one
 plan without importing each other.
 """
 

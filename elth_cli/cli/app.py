@@ -17,7 +17,7 @@ from typing import Annotated, Any, Iterator
 import typer
 
 from elth_cli import __version__, stops
-from elth_cli.cli.examples import epilog
+from elth_cli.cli.examples import SUMMARIES, epilog
 from elth_cli.errors import ElthError
 from elth_cli.fileio import stdout_left_unread
 
@@ -70,6 +70,17 @@ class PanelledCommand(typer.core.TyperCommand):
     """A command whose ``--help`` lists its options in panels (Method, Training, Data, Devices, Output), as plain
     text: a terminal, a pipe and a SLURM log read it alike."""
 
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        """``[OPTIONS] TICKET...`` (typer writes a required argument as ``{TICKET}``, which reads like a set)."""
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if param.param_type_name != "argument":
+                continue
+            name = getattr(param, "display_name_raw", None) or param.metavar or param.name.upper()
+            name = name if param.required else f"[{name}]"
+            pieces.append(name + ("..." if param.nargs != 1 else ""))
+        return pieces
+
     def format_options(self, ctx: Any, formatter: Any) -> None:
         arguments, sections = [], {}
         for param in self.get_params(ctx):
@@ -90,8 +101,11 @@ class PanelledCommand(typer.core.TyperCommand):
 
 
 def command(name: str) -> Any:
-    """Register a command on the app: its worked examples as the epilog, its options in panels."""
-    return app.command(name, epilog=epilog(name), cls=PanelledCommand)
+    """Register a command on the app: its worked examples as the epilog, its options in panels, and its whole
+    first sentence as its line in ``elth --help`` (click cuts it at 45 characters with "...")."""
+    def register(fn: Any) -> Any:
+        return app.command(name, epilog=epilog(name), cls=PanelledCommand, short_help=SUMMARIES[name])(fn)
+    return register
 
 
 def _version(value: bool) -> None:

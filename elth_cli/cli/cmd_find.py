@@ -153,8 +153,7 @@ def _find_imp(request: Any, setup: Any, run: Any, output: Optional[str], out_dir
     from elth_cli.find import imp
     from elth_cli.report import TrainProgress
 
-    if request.arch is None or setup.data.dataset is None or out_dir is None:
-        raise UsageError("imp needs --arch, --dataset and --out-dir")
+    methods.require("imp", {"--arch": request.arch, "--dataset": setup.data.dataset, "--out-dir": out_dir})
     info = _dataset_info(setup)
     opts = imp.options_from(request, archs.resolve_arch(request.arch).name, info.name)
     log = Log(quiet or detect_launch().rank != 0)
@@ -198,8 +197,8 @@ def _find_search(request: Any, setup: Any, run: Any, output: Optional[str], out_
     from elth_cli.find.search import SearchJob, search_job
     from elth_cli.report import TrainProgress
 
-    if output is None or request.arch is None or setup.data.dataset is None or request.sparsity is None:
-        raise UsageError(f"{request.method} needs --arch, --dataset, --sparsity and -o FILE")
+    methods.require(request.method, {"--arch": request.arch, "--dataset": setup.data.dataset,
+                                     "--sparsity": request.sparsity, "-o FILE": output})
     with report_stop("find"):
         result = search_job(SearchJob(request, output, setup, run.replace(log=TrainProgress(quiet)), force))
     ticket, m = result.ticket, result.ticket.metrics or {}

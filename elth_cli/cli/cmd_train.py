@@ -13,7 +13,8 @@ from elth_cli.cli.app import command, report_stop
 from elth_cli.cli.params import (DATA, METHOD, OUTPUT, DataDirOpt, DatasetOpt, DeviceOpt, DistTimeoutOpt, DownloadOpt,
                                  EvalResizeOpt, ForceOpt, JsonOpt, QuietOpt, WorkersOpt, check_stdout_use, recipe_options,
                                  run_flags, with_fields)
-from elth_cli.cli.render import empty_layers_warning, plural
+from elth_cli.cli.render import empty_layers_warning
+from elth_cli.report import plural
 from elth_cli.errors import UsageError
 from elth_cli.fileio import STDIO
 from elth_cli.report import Log, fmt_int, fmt_pct, make_table, print_json, stdout_console
@@ -136,6 +137,7 @@ def _train_several(paths: list[str], out_dir: Path, jobs: int, setup: Any, run: 
     """``train T1 T2 ... --out-dir DIR --jobs N``: one training job per ticket on the worker pool."""
     from elth_cli.report import JobProgress
     from elth_cli.runtime import pool
+    from elth_cli.runtime.slots import plan_slots
     from elth_cli.train import several
     from elth_cli.train.job import TrainJob
 
@@ -145,7 +147,7 @@ def _train_several(paths: list[str], out_dir: Path, jobs: int, setup: Any, run: 
     base = TrainJob("", "", setup=setup, new_head=new_head, run=run, force=force)
     several.check_request(base)
     several.check_sources(items)
-    slots = pool.plan_slots(min(jobs, len(items)), setup.device)
+    slots = plan_slots(min(jobs, len(items)), setup.device)
     if setup.overrides.get("compile") and slots[0].device == "cpu" and slots[0].threads == 1:
         raise UsageError("--compile with one CPU thread per worker crashed torch on small inputs (docs/performance.md); "
                          "use fewer --jobs or drop --compile")

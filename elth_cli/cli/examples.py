@@ -20,6 +20,21 @@ class Example:
     short: str = ""  # what the test appends to make its training short (--epochs 3, ...)
 
 
+# Each command's line in `elth --help`, whole (click would cut its docstring's first sentence at 45 characters).
+SUMMARIES: dict[str, str] = {
+    "archs": "The architectures: families, depths, parameters, MACs.",
+    "info": "A ticket's sparsity, provenance and metrics; an IMP run's rounds.",
+    "stretch": "A ticket to a deeper network of its family.",
+    "squeeze": "A ticket to a shallower network of its family.",
+    "compare": "Tickets side by side: accuracy, cost, overlap, interpolation.",
+    "import": "An open_lth / ElasticLTH run folder to a ticket.",
+    "export": "A ticket to an open_lth run folder.",
+    "train": "Train tickets from their rewind point (resumable, one or many).",
+    "eval": "A ticket's test (or train) accuracy and loss.",
+    "find": "Find a ticket: IMP, early-bird, RigL/SET/DPF or a baseline.",
+    "demo": "The E-LTH experiment in miniature on the digits set.",
+}
+
 EXAMPLES: dict[str, tuple[Example, ...]] = {
     "archs": (
         Example("elth archs", "every architecture with its blocks per stage, parameters and forward MACs"),

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any, Optional
 
-from elth_cli.report import fmt_flops, fmt_int, fmt_pct, make_table
+from elth_cli.report import fmt_flops, fmt_int, fmt_pct, make_table, plural
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -16,11 +16,6 @@ if TYPE_CHECKING:
 
 LABEL = 12  # the width of the labels of `elth info`'s lines ("metrics     ")
 WIDTH = 100  # where a long line of `elth info` wraps
-
-
-def plural(n: int, noun: str) -> str:
-    """``1 epoch``, ``2 epochs``."""
-    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def ticket_summary(ticket: Ticket) -> dict[str, Any]:

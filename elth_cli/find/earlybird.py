@@ -11,6 +11,7 @@ recipe and prunes at its end, and says so.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -24,7 +25,8 @@ from elth_cli.prune import check_sparsity, magnitude_scores, prune_to_sparsity
 from elth_cli.steps import parse_steps
 from elth_cli.ticket import Ticket, apply_masks
 from elth_cli.train.config import TrainConfig
-from elth_cli.train.convergence import DEFAULT_EPSILON, DEFAULT_WINDOW, STATE_KEY, MaskConvergence, check_detection
+from elth_cli.train.convergence import (DEFAULT_EPSILON, DEFAULT_WINDOW, STATE_KEY, MaskConvergence, check_detection,
+                                        never_settles)
 from elth_cli.train.provenance import run_config
 from elth_cli.runtime import distributed
 from elth_cli.train.options import RunOptions, run_options
@@ -88,6 +90,9 @@ def find_early_bird(opts: EarlyBirdOptions, cfg: TrainConfig, bundle: data.DataB
     rewind_step = parse_steps(opts.rewind, spe)
     if rewind_step >= cfg.total_steps(spe):
         raise UsageError(f"--rewind {opts.rewind} ({rewind_step} steps) is not before the end of training")
+    problem = never_settles(cfg.epochs, opts.window, f"the early-bird search of {spec.name}")
+    if problem and distributed.ranks()[0] == 0:  # said before the training, not found at its end
+        print(f"warning: {problem}", file=sys.stderr)
     dense = fresh_ticket(spec.name, info.input_shape, info.num_classes, seed=cfg.seed, dataset=info.name)
     keys = [k for k in dense.masks if k not in exclude]
     detector = MaskConvergence(keys, pruned_count(dense.masks, opts.sparsity, exclude), opts.window, opts.epsilon,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -29,7 +30,7 @@ from elth_cli.ticket import Ticket, apply_masks
 from elth_cli.train.config import TrainConfig
 from elth_cli.find.baselines import default_exclude
 from elth_cli.find.tickets import NO_COST, fresh_ticket
-from elth_cli.train.convergence import DEFAULT_EPSILON, DEFAULT_WINDOW, MaskConvergence, check_detection
+from elth_cli.train.convergence import DEFAULT_EPSILON, DEFAULT_WINDOW, MaskConvergence, check_detection, never_settles
 from elth_cli.train.convergence import STATE_KEY as EARLY_BIRD_KEY
 from elth_cli.train.identity import run_differences
 from elth_cli.train.provenance import run_config
@@ -132,6 +133,9 @@ def _plan_imp(opts: ImpOptions, cfg: TrainConfig, bundle: data.DataBundle, world
     rewind_step = parse_steps(opts.rewind, spe)
     if rewind_step >= total:
         raise UsageError(f"--rewind {opts.rewind} ({rewind_step} steps) is not before the end of training ({total} steps)")
+    problem = never_settles(cfg.epochs - rewind_step // spe, opts.window, "each early-bird round after round 0")
+    if opts.early_bird and problem and distributed.ranks()[0] == 0:  # said now, not found after every round
+        print(f"warning: {problem}", file=sys.stderr)
     if opts.sparsity is not None:
         # Check reachability before any training: the last round must be able to prune that far.
         dense = archs.expected_state(spec, bundle.info.input_shape, bundle.info.num_classes)

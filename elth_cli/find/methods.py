@@ -117,6 +117,14 @@ def describe_users(who: tuple[str, ...]) -> str:
     return ", ".join(who)
 
 
+def require(method_name: str, given: dict[str, Any]) -> None:
+    """Refuse a method run without what it needs, naming only what is missing (``given``: flag -> value)."""
+    missing = [flag for flag, value in given.items() if value is None]
+    if missing:
+        listed = ", ".join(missing[:-1]) + (" and " if len(missing) > 1 else "") + missing[-1]
+        raise UsageError(f"{method_name} needs {listed}")
+
+
 @dataclass(frozen=True)
 class FindRequest:
     """What a find command asked for, by option name (None: not given; the method's default applies)."""

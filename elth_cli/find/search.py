@@ -11,7 +11,7 @@ from typing import Any
 from elth_cli import archs, data
 from elth_cli.errors import ElthError, UsageError
 from elth_cli.fileio import STDIO, check_output_path
-from elth_cli.find.methods import SEARCH, FindRequest, method
+from elth_cli.find.methods import SEARCH, FindRequest, method, require
 from elth_cli.ticket import Ticket
 from elth_cli.train.job import Setup
 from elth_cli.train.options import RunOptions
@@ -49,8 +49,7 @@ def search_job(job: SearchJob) -> SearchResult:
     found = method(request.method)
     if found.kind != SEARCH:
         raise UsageError(f"{request.method} is not a search method")
-    if request.arch is None or setup.data.dataset is None:
-        raise UsageError(f"{request.method} needs --arch, --dataset, --sparsity and -o FILE")
+    require(request.method, {"--arch": request.arch, "--dataset": setup.data.dataset, "--sparsity": request.sparsity})
     spec = archs.resolve_arch(request.arch)
     info = data.get_dataset_info(setup.data.dataset, setup.data.data_dir)
     module = found.implementation()

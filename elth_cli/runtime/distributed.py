@@ -214,17 +214,6 @@ def ranks() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def require(rank_: int, world_size: int) -> None:
-    """Check that a caller's rank and world size are those of the running process group."""
-    if world_size == 1 and rank_ == 0:
-        return
-    if not active():
-        raise UsageError(f"world size {world_size} needs a running process group (distributed.init) of that size")
-    if (dist.get_rank(), dist.get_world_size()) != (rank_, world_size):
-        raise UsageError(f"rank {rank_} of {world_size} does not match the process group "
-                         f"(rank {dist.get_rank()} of {dist.get_world_size()})")
-
-
 def _barrier(backend: str | None, device: torch.device) -> None:
     if backend == "nccl":
         dist.barrier(device_ids=[device.index])

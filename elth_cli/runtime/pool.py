@@ -29,234 +29,18 @@ import contextlib
 import multiprocessing as mp
 import os
 import signal
-import sys
+import tempfile
 import time
-import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 from elth_cli.errors import ElthError, UsageError
+from elth_cli.report import WARNED_ENV
+from elth_cli.runtime.slots import Slot
+from elth_cli.runtime.workers import (DONE, FAILED, NOT_STARTED, SKIPPED, STOPPED, Event, Job, Outcome, Worker,
+                                      worker_main, execute)
 from elth_cli.runtime.signals import EXIT_INTERRUPTED, EXIT_STOPPED, STOP_SIGNALS, StopFlag, TrainingStopped, stop_signals
-
-DONE, FAILED, STOPPED, SKIPPED, NOT_STARTED = "done", "failed", "stopped", "skipped", "not started"
-
-
-@dataclass(frozen=True)
-class Job:
-    """One unit of work: ``fn(worker, **kwargs)``, run once every job named in ``after`` is done.
-
-    ``fn`` must be a module-level function and ``kwargs`` picklable (they travel to a worker
-    process). ``cost`` is a relative estimate (e.g. training steps x forward MACs): the pool starts
-    the jobs on the longest remaining chain first, and estimates the time left from it.
-    """
-
-    name: str
-    fn: Callable[..., Any]
-    kwargs: Mapping[str, Any] = field(default_factory=dict)
-    after: tuple[str, ...] = ()
-    cost: float = 1.0
-
-
-@dataclass(frozen=True)
-class Slot:
-    """Where a worker runs: its index, its device and its CPU threads (None: this process's setting)."""
-
-    index: int
-    device: str
-    threads: int | None
-
-
-@dataclass
-class Outcome:
-    """What became of a job. ``status``: done, failed, stopped (a signal; checkpoint written), skipped
-    (a job it needs did not finish) or not started (a stop came first)."""
-
-    name: str
-    status: str
-    value: Any = None
-    message: str = ""
-    exit_code: int = 0
-    seconds: float = 0.0
-    slot: int | None = None
-    detail: str = ""  # the traceback of an unexpected error, for the job's log
-
-    @property
-    def ok(self) -> bool:
-        return self.status == DONE
-
-
-@dataclass(frozen=True)
-class Event:
-    """What :func:`run_jobs` tells ``on_event``: a job started, sent a note, or ended (``outcome``).
-
-    ``done``/``total`` count finished jobs; ``left_s`` estimates the seconds left (None until a
-    job has reported progress)."""
-
-    kind: str  # "start", "note", "end"
-    job: str
-    slot: Slot | None  # None: a job that never ran (skipped, not started)
-    text: str = ""
-    outcome: Outcome | None = None
-    done: int = 0
-    total: int = 0
-    left_s: float | None = None
-
-
-class Worker:
-    """What a running job sees of its worker: the slot, the stop flag, a way to report progress."""
-
-    def __init__(self, slot: Slot, stop: StopFlag, send: Callable[[str, float | None], None]) -> None:
-        self.slot, self.stop, self._send = slot, stop, send
-
-    @property
-    def device(self) -> str:
-        return self.slot.device
-
-    def note(self, text: str, progress: float | None = None) -> None:
-        """A line for the main process to print under the job's name; ``progress`` (0..1) of the job
-        so far feeds the estimate of the time left."""
-        self._send(text, progress)
-
-    def train_options(self) -> dict[str, Any]:
-        """What a job hands ``train_state``/``find_imp``: the worker's stop flag, which the worker's own
-        signal handlers set (a training must not install others)."""
-        return {"stop": self.stop, "handle_signals": False}
-
-
-# ---------------------------------------------------------------------------------------------
-# Slots: which device and how many threads each worker gets
-# ---------------------------------------------------------------------------------------------
-
-
-def available_cores() -> int:
-    """The CPU cores this process may run on (its affinity mask: SLURM's and cgroups' allotment)."""
-    with contextlib.suppress(AttributeError, OSError):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
-
-
-def plan_slots(jobs: int, device: str = "cpu", cores: int | None = None) -> list[Slot]:
-    """``jobs`` workers: on the CPU each with ``cores // jobs`` threads (at least one); on CUDA
-    (``auto`` with GPUs, ``cuda``) one GPU each in turn, several per GPU when ``jobs`` exceeds
-    them; ``cuda:N`` puts every worker on GPU N. One job: one slot in this process (threads None)."""
-    if jobs < 1:
-        raise UsageError(f"--jobs must be at least 1, got {jobs}")
-    cores = cores if cores is not None else available_cores()
-    threads = max(1, cores // jobs) if jobs > 1 else None
-    devices = _worker_devices(jobs, device)
-    return [Slot(i, d, threads) for i, d in enumerate(devices)]
-
-
-def _worker_devices(jobs: int, device: str) -> list[str]:
-    text = (device or "auto").strip().lower()
-    if text == "cpu":
-        return ["cpu"] * jobs
-    import torch
-
-    if not torch.cuda.is_available():
-        if text == "auto":
-            return ["cpu"] * jobs
-        raise UsageError(f"device {device} asked for but CUDA is not available on this machine; use --device cpu or auto")
-    count = torch.cuda.device_count()
-    if text.startswith("cuda:") and text[5:].isascii() and text[5:].isdigit():
-        if int(text[5:]) >= count:
-            raise UsageError(f"device {device} does not exist: this machine has {count} CUDA device(s)")
-        return [text] * jobs
-    if text not in ("auto", "cuda"):
-        raise UsageError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
-    return [f"cuda:{i % count}" for i in range(jobs)]
-
-
-# ---------------------------------------------------------------------------------------------
-# Running one job (in a worker, or in this process)
-# ---------------------------------------------------------------------------------------------
-
-
-def _one_line(e: BaseException) -> str:
-    if isinstance(e, OSError) and e.strerror:
-        return f"{e.strerror}: {e.filename}" if e.filename else e.strerror
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
-
-
-def execute(job: Job, worker: Worker) -> Outcome:
-    """Run ``job`` on ``worker``; every way it can end becomes an :class:`Outcome` (nothing escapes)."""
-    if worker.stop.requested:
-        return Outcome(job.name, NOT_STARTED, message="not started: a stop was requested", slot=worker.slot.index)
-    start = time.perf_counter()
-
-    def ended(status: str, message: str = "", code: int = 0, value: Any = None, detail: str = "") -> Outcome:
-        return Outcome(job.name, status, value, message, code, round(time.perf_counter() - start, 3),
-                       worker.slot.index, detail)
-
-    try:
-        value = job.fn(worker, **job.kwargs)
-    except TrainingStopped as e:
-        return ended(STOPPED, str(e), e.exit_code)
-    except KeyboardInterrupt:
-        return ended(STOPPED, "interrupted", EXIT_INTERRUPTED)
-    except ElthError as e:
-        return ended(FAILED, str(e), e.exit_code)
-    except Exception as e:  # a job's unexpected error is its own: the others go on
-        return ended(FAILED, _one_line(e), 1, detail=traceback.format_exc())
-    return ended(DONE, value=value)
-
-
-# ---------------------------------------------------------------------------------------------
-# The worker process
-# ---------------------------------------------------------------------------------------------
-
-
-def _die_with_parent(parent: int) -> None:
-    """Get SIGTERM when the main process dies (Linux): the worker then checkpoints and stops."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(Exception):
-            import ctypes
-
-            ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # it died before the request took effect
-        os._exit(1)
-
-
-def _worker_main(slot: Slot, conn: Connection, parent: int) -> None:
-    """A worker's life: its own process group, its threads and device, then jobs until told to exit."""
-    with contextlib.suppress(OSError):
-        os.setpgid(0, 0)  # a Ctrl-C at the terminal is the main process's to forward
-    _die_with_parent(parent)
-    flag = StopFlag()
-    try:
-        with stop_signals(flag):
-            _set_up_worker(slot)
-            conn.send(("ready",))
-            while True:
-                message = conn.recv()
-                if message[0] == "exit":
-                    break
-                job: Job = message[1]
-                worker = Worker(slot, flag, lambda text, progress, name=job.name: conn.send(
-                    ("note", name, text, progress)))
-                outcome = execute(job, worker)
-                try:
-                    conn.send(("result", outcome))
-                except Exception as e:  # a value that does not pickle
-                    conn.send(("result", Outcome(job.name, FAILED, None, f"its result cannot be sent back: {_one_line(e)}",
-                                                 1, outcome.seconds, slot.index)))
-    except (KeyboardInterrupt, EOFError, BrokenPipeError):
-        pass  # interrupted while idle, or the main process went away: nothing is running
-
-
-def _set_up_worker(slot: Slot) -> None:
-    if slot.threads is not None:
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            os.environ[var] = str(slot.threads)
-    import torch
-
-    if slot.threads is not None:
-        torch.set_num_threads(slot.threads)
-    if slot.device.startswith("cuda"):
-        torch.cuda.set_device(torch.device(slot.device))
-
 
 # ---------------------------------------------------------------------------------------------
 # The pool
@@ -460,6 +244,8 @@ class _Pool:
     def run_workers(self) -> None:
         context = mp.get_context("spawn")
         previous = {s: signal.signal(s, self._forward) for s in STOP_SIGNALS}
+        marks = tempfile.TemporaryDirectory(prefix="elth-warned-")
+        os.environ[WARNED_ENV] = marks.name  # the workers inherit it: a warning they share prints once
         try:
             for slot in self.slots[:len(self.jobs)]:
                 self._start_worker(context, slot)
@@ -473,6 +259,8 @@ class _Pool:
             for s, h in previous.items():
                 signal.signal(s, h)
             self._close_workers()
+            os.environ.pop(WARNED_ENV, None)
+            marks.cleanup()
 
     def _forward(self, signum: int, frame: Any) -> None:
         """A stop signal: no new job starts, and every worker gets the signal once."""
@@ -485,7 +273,7 @@ class _Pool:
 
     def _start_worker(self, context: Any, slot: Slot) -> None:
         parent_conn, child_conn = context.Pipe()
-        process = context.Process(target=_worker_main, args=(slot, child_conn, os.getpid()), daemon=True,
+        process = context.Process(target=worker_main, args=(slot, child_conn, os.getpid()), daemon=True,
                                   name=f"elth-worker-{slot.index}")
         process.start()
         child_conn.close()

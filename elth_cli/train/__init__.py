@@ -32,7 +32,7 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(("Schedule", "lr_at"), "schedule"),
     **dict.fromkeys(("MaskSet", "TrainStep", "TrainParts", "build_parts", "make_optimizer", "evaluate"), "parts"),
     **dict.fromkeys(("RunOptions", "run_options"), "options"),
-    **dict.fromkeys(("TrainJob", "DataOptions", "JobResult", "train_file", "dataset_for"), "job"),
+    **dict.fromkeys(("TrainJob", "DataOptions", "Setup", "JobResult", "train_file", "dataset_for"), "job"),
     **dict.fromkeys(("CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "Checkpoint", "EpochStats", "RunState",
                      "checkpoint_path_for", "cpu_state", "read_checkpoint", "remove_checkpoint", "restore_checkpoint",
                      "save_checkpoint", "state_fingerprint"), "checkpoint"),

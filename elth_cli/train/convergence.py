@@ -40,6 +40,15 @@ def check_detection(window: int, epsilon: float) -> None:
         raise UsageError(f"--epsilon is a normalised Hamming distance, in (0, 1]; got {epsilon}")
 
 
+def never_settles(epochs: int, window: int, what: str) -> str | None:
+    """Why a search of ``epochs`` epochs can never settle: the first distance comes after the second epoch and
+    ``window`` of them are needed, so fewer than ``window + 1`` epochs never fill the window (None: it can)."""
+    if epochs >= window + 1:
+        return None
+    return (f"{what} trains {epochs} epoch{'s' if epochs != 1 else ''}, fewer than --window {window} + 1: its mask can "
+            "never settle and is pruned after the whole recipe; train longer (--epochs) or lower --window")
+
+
 def mask_distance(a: Tensor, b: Tensor) -> float:
     """Normalised Hamming distance of two boolean masks of one shape: 0 when equal, 1 when complementary.
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
@@ -22,6 +21,7 @@ from elth_cli import data, stops
 from elth_cli.runtime import distributed
 from elth_cli.runtime.device import device_setup, resolve_device, resolve_precision
 from elth_cli.errors import UsageError
+from elth_cli.report import warn_once
 from elth_cli.fileio import STDIO, WriterLock
 from elth_cli.ticket import Ticket
 from elth_cli.train.checkpoint import remove_checkpoint
@@ -107,7 +107,7 @@ class Session:
             if name in overrides:
                 raise UsageError(problem)
             if self.runtime.is_main:
-                print(f"warning: {problem}", file=sys.stderr)
+                warn_once(problem)
 
     def exclusive(self, target: str | os.PathLike[str] | None, what: str) -> contextlib.AbstractContextManager:
         """Hold the one-writer lock of ``target`` (the file a run writes; ``TARGET.lock`` beside it) on rank 0

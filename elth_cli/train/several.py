@@ -21,7 +21,8 @@ from typing import Any, Sequence
 
 from elth_cli.errors import UsageError
 from elth_cli.fileio import STDIO
-from elth_cli.runtime.pool import Job, Worker
+from elth_cli.report import plural
+from elth_cli.runtime.workers import Job, Worker
 from elth_cli.train.checkpoint import checkpoint_path_for
 from elth_cli.train.job import TrainJob, train_file
 
@@ -118,7 +119,7 @@ def train_item(worker: Worker, item: TrainItem, job: TrainJob) -> dict[str, Any]
 
     with open(item.log, "a") as log:
         log.write(f"elth train {item.source} -> {item.output} on {worker.device}"
-                  f"{f', {worker.slot.threads} threads' if worker.slot.threads else ''}, "
+                  f"{', ' + plural(worker.slot.threads, 'thread') if worker.slot.threads else ''}, "
                   f"{_dt.datetime.now().isoformat(timespec='seconds')}\n")
         log.flush()
         # The worker's own signal handlers set its stop flag: the training must not install others.
