@@ -533,10 +533,10 @@ def compare(
         Log().warn(f"{names[later]} is the same run as {names[first]} (same ticket, options and seeds): a "
                    "duplicate, counted once among replicates" + ("; the line between them is flat" if interpolate else ""))
     if interpolate:
-        from elth_cli import data
+        from elth_cli import data, interpolation
         from elth_cli.device import resolve_device
 
-        cmp.check_interpolable(loaded[0], loaded[1], (names[0], names[1]))
+        interpolation.check_interpolable(loaded[0], loaded[1], (names[0], names[1]))
         if points < 2:
             raise UsageError(f"--points must be at least 2 (the two end points), got {points}")
         info = data.get_dataset_info(dataset, str(data_dir) if data_dir else None)
@@ -546,7 +546,7 @@ def compare(
         bundle.set_resize(size)
         log.info(f"interpolating {names[0]} -> {names[1]} on {bundle.info.name}: {points} points"
                  + (", BatchNorm statistics recomputed at each" if recompute_bn else ""))
-        doc["interpolation"] = cmp.interpolate(
+        doc["interpolation"] = interpolation.interpolate(
             loaded[0], loaded[1], bundle, points, recompute_bn=recompute_bn, bn_batches=bn_batches,
             batch_size=batch_size, names=(names[0], names[1]),
             progress=lambda a, p: log.info(f"  alpha {a:.3f}: accuracy {fmt_pct(p['accuracy'])}, loss {p['loss']:.4f}"))
