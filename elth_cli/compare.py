@@ -151,6 +151,7 @@ class Position:
 
     @property
     def label(self) -> str:
+        """The row label of the aligned profile: ``s0.b1.conv1.weight``, ``stem.conv.weight``, ``head.fc.weight``."""
         if self.section == "block":
             return f"s{self.stage}.b{self.block}.{self.param}"
         return f"{self.section}.{self.param}"

@@ -15,7 +15,8 @@ MAX_BODY = 80
 MODEL_LAYER = ("elth_cli.archs", "elth_cli.ticket", "elth_cli.elastic", "elth_cli.prune", "elth_cli.masks",
                "elth_cli.flops")
 NOT_FOR_THE_MODEL_LAYER = ("elth_cli.train", "elth_cli.data", "elth_cli.device", "elth_cli.distributed",
-                           "elth_cli.launch", "elth_cli.find", "elth_cli.demo", "elth_cli.compare", "elth_cli.interop")
+                           "elth_cli.launch", "elth_cli.find", "elth_cli.demo", "elth_cli.compare", "elth_cli.interpolation",
+                           "elth_cli.interop")
 # What `elth --help` imports must not import torch at module level (the lazy ones may).
 TORCH_FREE = ("elth_cli.cli", "elth_cli.train.config", "elth_cli.steps", "elth_cli.errors", "elth_cli.fileio",
               "elth_cli.report", "elth_cli.launch", "elth_cli.archs", "elth_cli.archs.base",
