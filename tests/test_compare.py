@@ -12,11 +12,9 @@ import torch.nn.functional as F
 
 from conftest import Result, assert_clean_error, make_ticket, run_elth, run_in_process
 from elth_cli import archs, cli, data, elastic
-from elth_cli.compare import (
-    compare_tickets, error_barriers, expected_random_jaccard, hamming, interpolate, interpolate_state, jaccard,
-    recompute_bn_stats,
-)
+from elth_cli.compare import compare_tickets, expected_random_jaccard, hamming, jaccard
 from elth_cli.errors import UsageError
+from elth_cli.interpolation import error_barriers, interpolate, interpolate_state, recompute_bn_stats
 from elth_cli.ticket import Ticket, apply_masks
 from elth_cli.train import evaluate
 

@@ -128,11 +128,11 @@ def _interpolate(loaded: list[Any], names: list[str], dataset: str, data_dir: Op
                  device: str, resize: Optional[int], points: int, recompute_bn: bool, bn_batches: Optional[int],
                  batch_size: int, log: Log) -> dict[str, Any]:
     """The line between the two trainings, on ``dataset`` at the size the tickets' training recorded."""
-    from elth_cli import compare as cmp
     from elth_cli import data
+    from elth_cli.interpolation import check_interpolable, interpolate
     from elth_cli.runtime.device import resolve_device
 
-    cmp.check_interpolable(loaded[0], loaded[1], (names[0], names[1]))
+    check_interpolable(loaded[0], loaded[1], (names[0], names[1]))
     if points < 2:
         raise UsageError(f"--points must be at least 2 (the two end points), got {points}")
     folder = str(data_dir) if data_dir else None
@@ -143,7 +143,7 @@ def _interpolate(loaded: list[Any], names: list[str], dataset: str, data_dir: Op
     bundle.set_resize(size)
     log.info(f"interpolating {names[0]} -> {names[1]} on {bundle.info.name}: {points} points"
              + (", BatchNorm statistics recomputed at each" if recompute_bn else ""))
-    return cmp.interpolate(
+    return interpolate(
         loaded[0], loaded[1], bundle, points, recompute_bn=recompute_bn, bn_batches=bn_batches, batch_size=batch_size,
         names=(names[0], names[1]),
         progress=lambda a, p: log.info(f"  alpha {a:.3f}: accuracy {fmt_pct(p['accuracy'])}, loss {p['loss']:.4f}"))

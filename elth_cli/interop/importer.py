@@ -1,149 +1,36 @@
-"""Reading and writing open_lth / ElasticLTH run folders (docs/interop.md).
+"""``elth import``: an open_lth / ElasticLTH run folder read into a ticket, every file checked on the way.
 
-A run folder (``lottery_<hash>/replicate_<r>/level_<L>/main/`` or a branch folder) holds:
-
-* ``mask.pth``: ``torch.save`` of {prunable weight name -> int 0/1 tensor} (open_lth's
-  ``Mask.save`` writes ``v.int()``: int32); keys left out mean "dense";
-* ``model_ep{E}_it{I}.pth``: state dicts saved at the start step (the rewind point, already
-  masked) and at the end step of training; ``E = step // iterations_per_epoch``,
-  ``I = step % iterations_per_epoch``;
-* ``sparsity_report.json``: ``{"total": float, "unpruned": float}`` over the mask's tensors.
-
-Every ``.pth`` file is read with ``torch.load(..., weights_only=True)``: tensors, dicts and plain
-values only. A pickle naming any other Python object is refused; nothing is ever unpickled
-beyond that, so a hostile file cannot run code.
+The mask, the chosen model files, the sparsity report and the logger are checked against the
+architecture and the data set (shapes, dtypes, finite values, 0/1 masks, the report's counts)
+with messages that name the file and what to pass instead; pruned entries are zeroed. What was
+read is recorded in the ticket (``imported_from``), so ``elth export`` can name files as they were.
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import errno
-import io
 import json
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from elth_cli import archs, data
 from elth_cli.errors import ElthError, UsageError
-from elth_cli.fileio import check_writable_folder, current_umask
+from elth_cli.interop.run_layout import (
+    LOGGER_FILE, MASK_FILE, REPORT_FILE, Step, StepSpec, from_reference_keys, load_tensor_dict, model_files,
+    parse_step_spec,
+)
 from elth_cli.masks import kept_and_total
-from elth_cli.steps import split_steps
 from elth_cli.ticket import Ticket, apply_masks, validate
 
-MASK_FILE = "mask.pth"
-REPORT_FILE = "sparsity_report.json"
-LOGGER_FILE = "logger"
 IMPORT_KEY = "imported_from"  # metadata key recording where an imported ticket came from
-MODEL_RE = re.compile(r"^model_ep(\d+)_it(\d+)\.pth$")
 
 
-# ----- steps and file names -----------------------------------------------------------------------
-@dataclass(frozen=True, order=True)
-class Step:
-    """A training step as open_lth names it: epoch ``ep`` and iteration ``it`` within that epoch."""
-
-    ep: int
-    it: int
-
-    @property
-    def filename(self) -> str:
-        return f"model_ep{self.ep}_it{self.it}.pth"
-
-    def iteration(self, steps_per_epoch: int | None) -> int | None:
-        """The absolute iteration, when it can be known (epoch 0, or the epoch length given)."""
-        if self.ep == 0:
-            return self.it
-        return self.ep * steps_per_epoch + self.it if steps_per_epoch else None
-
-    @classmethod
-    def of_iteration(cls, iteration: int, steps_per_epoch: int | None) -> "Step":
-        """open_lth's Step(iteration, iterations_per_epoch); epoch 0 when the epoch length is unknown."""
-        if steps_per_epoch:
-            return cls(*divmod(iteration, steps_per_epoch))
-        return cls(0, iteration)
-
-    def as_dict(self) -> dict[str, int]:
-        return {"ep": self.ep, "it": self.it}
-
-
-@dataclass(frozen=True)
-class StepSpec:
-    """A step named on the command line: an (epoch, iteration) pair, or an absolute iteration (``ep`` None)."""
-
-    ep: int | None
-    it: int
-
-    def matches(self, step: Step, steps_per_epoch: int | None) -> bool:
-        if self.ep is not None:
-            return (self.ep, self.it) == (step.ep, step.it)
-        return step.iteration(steps_per_epoch) == self.it
-
-    def resolve(self, steps_per_epoch: int | None) -> Step:
-        return Step(self.ep, self.it) if self.ep is not None else Step.of_iteration(self.it, steps_per_epoch)
-
-
-def parse_step_spec(text: str) -> StepSpec:
-    """``1000`` or ``1000it`` (an iteration), ``2ep218it`` or ``160ep`` (open_lth's epoch form), or a
-    file name ``model_ep2_it218.pth``."""
-    s = text.strip().lower()
-    m = MODEL_RE.match(s)
-    if m:
-        return StepSpec(int(m.group(1)), int(m.group(2)))
-    parts = split_steps(s)
-    if parts is None:
-        raise UsageError(f"{text!r} is not a step; write an iteration (1000 or 1000it), an epoch and iteration "
-                         "(2ep218it, 160ep) or a file name (model_ep2_it218.pth)")
-    return StepSpec(*parts)
-
-
-def model_files(run_dir: Path) -> list[Step]:
-    """The ``model_ep{E}_it{I}.pth`` files of a run folder, earliest first."""
-    return sorted(Step(int(m.group(1)), int(m.group(2)))
-                  for p in run_dir.iterdir() if p.is_file() and (m := MODEL_RE.match(p.name)))
-
-
-# ----- safe loading -------------------------------------------------------------------------------
-def _weights_only_detail(message: str) -> str | None:
-    """The offending global named in torch's weights_only error, when there is one."""
-    m = re.search(r"Unsupported global: GLOBAL (\S+)", message) or re.search(r"unsupported GLOBAL (\S+)", message)
-    return m.group(1) if m else None
-
-
-def load_tensor_dict(path: Path, what: str) -> dict[str, Tensor]:
-    """A ``.pth`` file holding a dict of name -> tensor, loaded with ``weights_only=True`` only.
-
-    Anything else (a pickled object of another type, a function reference, a list, a non-tensor
-    value, a file that is not a torch file) is refused with a one-line ElthError.
-    """
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
-        glob = _weights_only_detail(str(e))
-        if glob is not None:
-            raise ElthError(f"refused {what} {path}: it holds a Python object that is not a tensor ({glob}); elth loads "
-                            ".pth files with weights_only=True and never unpickles arbitrary objects") from None
-        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise ElthError(f"{what} {path} is not a readable PyTorch tensor file ({first})") from None
-    if not isinstance(obj, dict):
-        raise ElthError(f"{what} {path} holds a {type(obj).__name__}, not a dict of tensors (a state dict or a mask)")
-    bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
-    if bad:
-        k = bad[0]
-        raise ElthError(f"{what} {path}: entry {k!r} is a {type(obj[k]).__name__}, not a tensor; "
-                        "expected a dict of name -> tensor")
-    return dict(obj)
-
-
-# ----- import -------------------------------------------------------------------------------------
 @dataclass
 class ImportResult:
     """The imported ticket and what the import found on the way (for the summary and warnings)."""
@@ -164,22 +51,6 @@ def _pick(files: list[Step], spec: StepSpec | None, spe: int | None, what: str, 
         hint = " (an iteration past epoch 0 needs --steps-per-epoch)" if spec is not None and spec.ep is None and not spe else ""
         raise UsageError(f"no model file in {run_dir} matches {what}{hint}; it has {names}")
     return hits[0]
-
-
-def from_reference_keys(tensors: dict[str, Tensor], spec: archs.ArchSpec) -> dict[str, Tensor]:
-    """The reference's keys as elth's: open_lth's ImageNet ResNet holds torchvision's as ``model``, so its
-    keys read ``model.layer1.0.conv1.weight`` (the family's ``reference_prefix``). Keys without the prefix
-    (an older elth export) are taken as they are."""
-    prefix = archs.family_of(spec).reference_prefix
-    if not prefix:
-        return tensors
-    return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in tensors.items()}
-
-
-def to_reference_keys(tensors: Mapping[str, Tensor], spec: archs.ArchSpec) -> dict[str, Tensor]:
-    """elth's keys as the reference loads them (``model.`` before every ImageNet ResNet key)."""
-    prefix = archs.family_of(spec).reference_prefix
-    return {prefix + k: v for k, v in tensors.items()}
 
 
 def _read_mask(path: Path, spec: archs.ArchSpec, shape: tuple[int, int, int], classes: int,
@@ -458,22 +329,6 @@ def _as_the_reference_means(arch: str, spec: archs.ArchSpec, root: Path) -> tupl
                    f"cifar_vggnfc_D_W), and this run folder's layers are {meant.width} wide: imported as {meant.name}"]
 
 
-# ----- export -------------------------------------------------------------------------------------
-@dataclass
-class ExportPlan:
-    """The files ``export`` writes, decided before anything is written."""
-
-    init: Step
-    trained: Step | None
-
-    @property
-    def files(self) -> list[str]:
-        names = [MASK_FILE, self.init.filename]
-        if self.trained is not None:
-            names.append(self.trained.filename)
-        return names + [REPORT_FILE]
-
-
 def import_record(ticket: Ticket) -> dict[str, Any] | None:
     """What :func:`import_run` recorded about the run folder a ticket came from, if anything."""
     text = ticket.extra.get(IMPORT_KEY)
@@ -484,134 +339,3 @@ def import_record(ticket: Ticket) -> dict[str, Any] | None:
     except json.JSONDecodeError:
         return None
     return rec if isinstance(rec, dict) else None
-
-
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
-
-
-def plan_export(ticket: Ticket, trained_step: str | None = None) -> ExportPlan:
-    """File names for a ticket: the init at its rewind step, the trained state at the run's final step.
-
-    The epoch length comes from the training hparams (``steps_per_epoch``, recorded by elth
-    train), else from the import record (whose file names are then reused); without it steps are
-    written as epoch 0. The final step is ``trained_step`` when given, else the hparams'
-    ``total_steps``, else the imported file's step, else the metrics' ``total_steps``.
-    """
-    hp = ticket.hparams or {}
-    rec = import_record(ticket) or {}
-    hp_spe = _int(hp.get("steps_per_epoch"))
-    spe = hp_spe or _int(rec.get("steps_per_epoch"))
-    init_rec = rec.get("init_step")
-    if not hp_spe and isinstance(init_rec, dict) and rec.get("rewind_step") == ticket.rewind_step and \
-            _int(init_rec.get("ep")) is not None and _int(init_rec.get("it")) is not None:
-        init = Step(init_rec["ep"], init_rec["it"])  # the name it was imported from
-    else:
-        # elth's own epoch length wins once elth has trained the ticket: all names from one length.
-        init = Step.of_iteration(ticket.rewind_step, spe)
-    if not ticket.is_trained:
-        if trained_step is not None:
-            raise UsageError("--trained-step given but the ticket has no trained weights")
-        return ExportPlan(init, None)
-    total = _int(hp.get("total_steps")) or _int((ticket.metrics or {}).get("total_steps"))
-    trained_rec = rec.get("trained_step")
-    if trained_step is not None:
-        trained = parse_step_spec(trained_step).resolve(spe)
-    elif total is not None and "total_steps" in hp:
-        trained = Step.of_iteration(total, spe)
-    elif isinstance(trained_rec, dict) and _int(trained_rec.get("ep")) is not None and _int(trained_rec.get("it")) is not None:
-        trained = Step(trained_rec["ep"], trained_rec["it"])
-    elif total is not None:
-        trained = Step.of_iteration(total, spe)
-    else:
-        raise UsageError("the ticket's final training step is unknown (no total_steps in its hparams or metrics); "
-                         "pass --trained-step, e.g. 160ep or 62560it")
-    end = trained.iteration(spe)
-    if (end is not None and end <= ticket.rewind_step) or trained <= init:
-        raise UsageError(f"the final step {trained.filename} is not after the rewind step {init.filename}; "
-                         "pass a later --trained-step")
-    return ExportPlan(init, trained)
-
-
-def _check_out_dir(out: Path, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"output {out} exists and is not a folder; choose another path")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise UsageError(f"output folder {out} is not empty; pass --force to replace it or choose another path")
-    check_writable_folder(out.parent, out, create=True)  # the finished folder is renamed into its parent
-
-
-def _save(obj: dict[str, Tensor], path: Path) -> None:
-    # Independent contiguous CPU tensors: torch.save writes whole storages, so never a view of a larger one.
-    # Serialised in memory, then written as plain bytes: a full disk is then an OSError with its errno, where
-    # torch.save onto a file raises a RuntimeError ("file write failed") with none.
-    buffer = io.BytesIO()
-    torch.save({k: v.detach().to("cpu").contiguous().clone() for k, v in obj.items()}, buffer)
-    with open(path, "wb") as f:
-        f.write(buffer.getbuffer())
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def export_ticket(ticket: Ticket, out_dir: str | os.PathLike[str], force: bool = False,
-                  trained_step: str | None = None) -> ExportPlan:
-    """Write a ticket as an open_lth run folder; atomic: a temporary folder renamed into place."""
-    out = Path(out_dir)
-    _check_out_dir(out, force)
-    validate(ticket)
-    plan = plan_export(ticket, trained_step)
-    out.parent.mkdir(parents=True, exist_ok=True)  # OUT_DIR is a folder to create, as find's --out-dir
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    # mkdtemp makes the folder private (0700): give it the permissions a plain mkdir would.
-    os.chmod(tmp, 0o777 & ~current_umask())
-    try:
-        _write_export(ticket, plan, tmp)
-        _replace_dir(tmp, out)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        was = "left as it was" if out.exists() else "not created"
-        fix = "free some space (or raise the limit)" if e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) else \
-            f"check the folder {out.parent} and its permissions"
-        raise ElthError(f"cannot write {out}: {e.strerror or e}; the folder was {was}; {fix} and run the command "
-                        "again") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return plan
-
-
-def _write_export(ticket: Ticket, plan: ExportPlan, tmp: Path) -> None:
-    """The run folder's files, in ``tmp``."""
-    # open_lth's Mask.save: every prunable key, int32 0/1 (v.cpu().int()).
-    spec = ticket.spec
-    _save(to_reference_keys({k: m.to(torch.int32) for k, m in ticket.masks.items()}, spec), tmp / MASK_FILE)
-    _save(to_reference_keys(ticket.init, spec), tmp / plan.init.filename)
-    if plan.trained is not None:
-        _save(to_reference_keys(ticket.trained, spec), tmp / plan.trained.filename)
-    unpruned, total = kept_and_total(ticket.masks)
-    (tmp / REPORT_FILE).write_text(json.dumps({"total": float(total), "unpruned": float(unpruned)}, indent=4))
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move the finished folder into place; an existing one (--force) is set aside first and removed after."""
-    if not out.exists():
-        os.rename(tmp, out)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-    old.rmdir()
-    os.rename(out, old)
-    try:
-        os.rename(tmp, out)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.rename(old, out)  # put the original back
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def summary(ticket: Ticket) -> dict[str, Any]:
-    """Counts for the import/export summaries."""
-    kept, total = kept_and_total(ticket.masks)
-    return {"arch": ticket.arch, "sparsity": ticket.sparsity, "prunable_weights": total, "kept_weights": kept,
-            "rewind_step": ticket.rewind_step, "trained": ticket.is_trained,
-            "sparsity_report": {"total": float(total), "unpruned": float(kept)}}
