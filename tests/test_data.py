@@ -18,6 +18,7 @@ import torch
 
 from conftest import assert_clean_error, run_elth
 from elth_cli import data as D
+from elth_cli.data import datasets, readers
 from elth_cli.errors import ElthError, UsageError
 from elth_cli.find import random_ticket
 
@@ -88,9 +89,9 @@ def test_aliases(alias: str, name: str) -> None:
 
 
 def test_every_alias_of_every_record_resolves_and_none_is_shared() -> None:
-    aliases = [a for record in D._DATASETS for a in record.aliases]
+    aliases = [a for record in datasets._DATASETS for a in record.aliases]
     assert len(aliases) == len(set(aliases)) and not set(aliases) & set(D.dataset_names())
-    for record in D._DATASETS:
+    for record in datasets._DATASETS:
         for alias in record.aliases:
             assert D.canonical_name(alias) == record.info.name
         # In-memory sets are read by their reader and augmented on the device; folder sets have neither.
@@ -151,7 +152,7 @@ def test_digits_shapes_and_labels(digits: D.TensorBundle) -> None:
 
 
 def test_digits_split_fixed_and_stratified() -> None:
-    labels = D._digits_table()[:, 64]
+    labels = readers._digits_table()[:, 64]
     train, test = D.digits_split(labels)
     assert len(train) == 1437 and len(test) == 360
     assert len(np.intersect1d(train, test)) == 0 and len(np.union1d(train, test)) == 1797
@@ -166,7 +167,7 @@ def test_digits_uint8_scaling(digits: D.TensorBundle) -> None:
     v = np.arange(17)
     assert D.digits_pixels_to_uint8(v).tolist() == [round(i * 255 / 16 + 1e-9) for i in v]
     assert D.digits_pixels_to_uint8(np.array([0, 8, 16])).tolist() == [0, 128, 255]
-    table = D._digits_table()
+    table = readers._digits_table()
     train, test = D.digits_split(table[:, 64])
     row = table[test[0]]
     expected = torch.tensor([(int(p) * 255 + 8) // 16 for p in row[:64]], dtype=torch.uint8).view(1, 8, 8)
@@ -184,8 +185,8 @@ def test_digits_mean_std_constants(digits: D.TensorBundle) -> None:
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "short", "values"])
 def test_damaged_embedded_digits_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str) -> None:
     """The digits file comes with elth: a damaged one asks for a reinstall, never for --download."""
-    good = D._digits_file().read_bytes()
-    table = D._digits_table()
+    good = readers._digits_file().read_bytes()
+    table = readers._digits_table()
     copy = tmp_path / "uci-digits.csv.gz"
     if damage == "truncated":
         copy.write_bytes(good[: len(good) // 2])
@@ -195,7 +196,7 @@ def test_damaged_embedded_digits_file(tmp_path: Path, monkeypatch: pytest.Monkey
         rows = table[:100] if damage == "short" else np.where(table == 16, 17, table)
         text = "\n".join(",".join(str(v) for v in row) for row in rows)
         copy.write_bytes(gzip.compress(text.encode()))
-    monkeypatch.setattr(D, "_digits_file", lambda: copy)
+    monkeypatch.setattr(readers, "_digits_file", lambda: copy)
     with pytest.raises(ElthError) as e:
         D.load_dataset("digits")
     msg = str(e.value)
