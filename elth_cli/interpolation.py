@@ -125,7 +125,7 @@ def interpolate(
     :func:`elth_cli.train.evaluate` (top-1, BN in eval mode, fp32: reduced precision would blur
     small barriers) on ``split``. Returns the ``interpolation`` entry of the ``compare`` document.
     """
-    from elth_cli.train.step import evaluate  # training code is heavy; only interpolation needs it
+    from elth_cli.train.parts import evaluate  # training code is heavy; only interpolation needs it
 
     check_interpolable(a, b, names)
     check_compatible(bundle.info, a.input_shape, a.num_classes)
