@@ -46,8 +46,11 @@ def main() -> None:
             _exit_interrupted()
         raise
     finally:
-        # The exit status is decided: a Ctrl-C during the interpreter's shutdown must not change it.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # The exit status is decided: a stop during the interpreter's shutdown (torch tearing down, after the
+        # last line) must not change it to 130, 143 or 138.
+        for name in ("SIGINT", "SIGTERM", "SIGUSR1"):
+            if hasattr(signal, name):
+                signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 
 if __name__ == "__main__":

@@ -169,10 +169,13 @@ def check_integrity(data: bytes, meta: dict[str, str], source: str, whole_file: 
     """Refuse data that does not match its digest; return how it was checked (:data:`WHOLE_FILE`,
     :data:`PAYLOAD_ONLY` or :data:`UNCHECKED`).
 
-    ``whole_file``: the file's format version carries the file digest, so it must have one. Older
-    versions are checked by their tensor digest where they have one.
+    ``whole_file``: the file's format version carries the file digest, so it must have one. A file
+    that has one is checked by it whatever its version says. Older versions are checked by their
+    tensor digest where they have one.
     """
-    if whole_file:
+    # A file that carries the file digest is checked by it whatever its version says: an edited
+    # format_version ("2" -> "1") must not turn the check off (the digest covers the version too).
+    if whole_file or FILE_DIGEST_KEY in meta:
         recorded = meta.get(FILE_DIGEST_KEY)
         if recorded is None:
             raise TicketError(f"{source} is damaged: it lacks its digest ({FILE_DIGEST_KEY}), which every file of "

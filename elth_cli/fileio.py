@@ -310,6 +310,27 @@ class WriterLock:
         os.close(self._fd)
         self._fd = None
 
+    def clear_stale(self) -> bool:
+        """Remove the lock file a dead writer left (a command that only reads the run takes no lock): only when
+        no one holds it and the folder can be written; return whether it was removed."""
+        import fcntl
+
+        if not self.path.exists() or not os.access(self.path.parent, os.W_OK | os.X_OK):
+            return False
+        try:
+            fd = os.open(self.path, os.O_RDWR)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False  # a live holder (or no lock support): leave it
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+        os.close(fd)
+        return True
+
     def __enter__(self) -> "WriterLock":
         self.acquire()
         return self

@@ -207,3 +207,86 @@ def test_help_shows_no_python_types(command):
     assert r.code == 0
     for junk in ("<bool>", "<list[", "{TICKET...}"):
         assert junk not in r.stdout, (junk, r.stdout)
+
+
+# ----- what a new user still trips on (issue 28, item 11) ------------------------------------------------
+def test_help_lists_every_command_whole_and_usage_reads_plainly():
+    r = run_elth("--help")
+    assert r.code == 0 and "..." not in r.stdout.split("Commands:")[1].split("Examples:")[0]
+    assert "train    Train tickets from their rewind point" in r.stdout
+    usage = run_elth("info", "--help").stdout.splitlines()[0]
+    assert usage == "Usage: elth info [OPTIONS] TICKET_OR_RUN..."  # typer wrote {TICKET_OR_RUN}...
+
+
+def test_find_and_train_help_group_their_options_in_panels():
+    for command in ("find", "train"):
+        text = run_elth(command, "--help").stdout
+        heads = [line for line in text.splitlines() if line and not line.startswith(" ") and line.endswith(":")]
+        assert heads[-6:] == ["Method:", "Training:", "Data:", "Devices:", "Output:", "Other:"], heads
+        training = text.split("\nTraining:")[1].split("\nData:")[0]
+        assert "--epochs" in training and "--lr" in training and "--device" not in training
+
+
+def test_values_complete_in_the_shell():
+    import os
+
+    env = {"_ELTH_COMPLETE": "complete_bash", "COMP_CWORD": "3"}
+    for words, expected in ((["elth", "find", "--method", "ri"], "rigl"), (["elth", "find", "--arch", "resnet2"], "resnet20"),
+                            (["elth", "train", "--precision", "bf"], "bf16"), (["elth", "eval", "--dataset", "dig"], "digits"),
+                            (["elth", "compare", "--plot-kind", "lay"], "layers")):
+        proc = subprocess.run([sys.executable, "-m", "elth_cli", *words[1:]], capture_output=True, timeout=120,
+                              env=dict(os.environ, **env, COMP_WORDS=" ".join(words), PYTHONPATH=str(ROOT)))
+        assert expected in proc.stdout.decode(), (words, proc.stdout, proc.stderr)
+
+
+def test_a_missing_option_is_named_alone(tmp_path):
+    r = run_elth("find", "--method", "rigl", "--arch", "resnet8-w4", "--dataset", "digits", "--sparsity", "0.5")
+    assert_clean_error(r, (2,), "rigl needs -o FILE")
+    assert "--arch" not in r.stderr
+    r = run_elth("find", "--method", "imp", "--arch", "resnet8-w4", "--rounds", "1", "--out-dir", str(tmp_path / "r"))
+    assert_clean_error(r, (2,), "imp needs --dataset")
+
+
+def test_plot_kind_without_plot_is_refused(tmp_path, ticket):
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    ticket.save(a)
+    ticket.save(b)
+    r = run_elth("compare", str(a), str(b), "--plot-kind", "layers")
+    assert_clean_error(r, (2,), "--plot-kind says which figure --plot draws")
+
+
+def test_info_takes_quiet_and_reads_its_numbers(tmp_path):
+    out = tmp_path / "t.safetensors"
+    assert run_elth("find", "--method", "rigl", "--arch", "resnet8-w4", "--dataset", "digits", "--sparsity", "0.5",
+                    "--epochs", "1", "--update-every", "5", "-o", str(out), "-q").code == 0
+    r = run_elth("info", str(out), "-q")
+    assert r.code == 0 and r.stderr == ""
+    metrics = [line for line in r.stdout.splitlines() if line.startswith(("metrics", "            "))]
+    assert metrics and all(len(line) <= 100 for line in metrics)
+    assert "test_acc " in r.stdout and "%" in r.stdout.split("test_acc ")[1][:10]  # an accuracy, in %
+    assert "mask_updates [" in r.stdout and "entr" in r.stdout
+
+
+def test_a_search_that_can_never_settle_says_so_before_it_trains(tmp_path):
+    r = run_elth("find", "--method", "early-bird", "--arch", "resnet8-w4", "--dataset", "digits", "--sparsity", "0.5",
+                 "--epochs", "3", "--window", "5", "-o", str(tmp_path / "eb.safetensors"))
+    assert r.code == 0, r.stderr
+    lines = r.stderr.splitlines()
+    warning = next(i for i, line in enumerate(lines) if "can never settle" in line)
+    first_epoch = next(i for i, line in enumerate(lines) if line.startswith("epoch "))
+    assert warning < first_epoch  # said up front, not after the whole recipe
+    assert "mask distance" in lines[first_epoch + 1]  # the epoch lines show how far the mask moved
+
+
+def test_a_refusal_never_suggests_the_source_itself(tmp_path):
+    from elth_cli import archs
+    from elth_cli.errors import UsageError
+
+    with pytest.raises(UsageError) as info:
+        archs.resolve_target(archs.resolve_arch("vgg13-fc3"), "vgg16-fc3")
+    assert "e.g. vgg13-fc3" not in str(info.value) and "e.g. vgg13-fc5" in str(info.value)
+
+
+def test_one_epoch_and_one_thread_are_singular(tmp_path, ticket_file):
+    r = run_elth("train", str(ticket_file), "-o", str(tmp_path / "o.safetensors"), "--epochs", "1")
+    assert r.code == 0 and "(1 epoch of 23)" in r.stderr and "1 epochs" not in r.stderr

@@ -142,7 +142,7 @@ def test_bad_find_input(tmp_path, imp_dir):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--method", "magnitude", "--distribution", "global"], "--distribution is for random, rigl, set; --method magnitude"),
+    (["--method", "magnitude", "--distribution", "global"], "--distribution is for rigl, set, random; --method magnitude"),
     (["--method", "random", "--epochs", "3"], "--epochs is for training methods"),
     (["--method", "snip", "--iterations", "5"], "--iterations is for synflow"),
     (["--method", "synflow", "--batches", "5"], "--batches is for snip, grasp"),

@@ -52,3 +52,16 @@ def test_docs_run_nothing_into_a_missing_folder():
     for folder in written:
         first_use = tutorial.index(f"-o {folder}/")
         assert re.search(rf"mkdir -p[^\n]*\b{folder}\b", tutorial[:first_use]), folder
+
+
+def test_the_python_of_docs_training_runs_as_written(tmp_path, monkeypatch):
+    """docs/training.md, "From Python": its blocks, in order, in one folder."""
+    monkeypatch.chdir(tmp_path)
+    section = (ROOT / "docs" / "training.md").read_text().split("## From Python")[1].split("\n## ")[0]
+    blocks = [b.split("```")[0] for b in section.split("```python")[1:]]
+    assert len(blocks) == 2
+    scope: dict = {}
+    for code in blocks:
+        exec(compile(code, "docs/training.md", "exec"), scope)
+    assert Ticket.load(tmp_path / "r20-trained.safetensors").is_trained and not (tmp_path / "r20.ckpt").exists()
+    assert scope["result"].ticket.is_trained and (tmp_path / "r20-again.safetensors").exists()

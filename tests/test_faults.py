@@ -39,7 +39,7 @@ PRINTABLE = b'0123456789abcdefxyzABC{}[]":,.- '
 
 
 class KnownBug(AssertionError):
-    """What an xfail test below expects to fail with (any other failure is a failure)."""
+    """A bug the fault injection found (and that is fixed): the tests below raise it when it is back."""
 
 
 # ----- the files ---------------------------------------------------------------------------------
@@ -121,12 +121,6 @@ def _version_digit(raw: bytes) -> int:
     return raw.find(b'"format_version":"') + len(b'"format_version":"')
 
 
-def _claims_version_1(meta: dict[str, str]) -> bool:
-    """Whether the metadata reads as format version 1 (test_a_ticket_edited_to_claim_version_1_is_refused)."""
-    v = meta.get("format_version", "")
-    return v.isascii() and v.isdigit() and int(v) == 1
-
-
 def _swappable(tensors: dict[str, torch.Tensor]) -> list[tuple[str, str]]:
     """Pairs of tensors of one shape and dtype and different content."""
     names = sorted(tensors)
@@ -202,9 +196,6 @@ def test_any_byte_damage_of_a_ticket_is_refused(ticket_raw, edits, cut) -> None:
     assume(edits or cut is not None)
     damaged = _damage(ticket_raw, edits, cut)
     assume(damaged != ticket_raw)
-    # The one known hole, pinned by its own xfail test below: format_version edited to 1.
-    at = _version_digit(ticket_raw)
-    assume(not (len(damaged) > at and damaged[at] == ord("1")))
     with pytest.raises(ElthError):
         Ticket.from_bytes(damaged, "t.safetensors")
 
@@ -217,7 +208,7 @@ def test_any_metadata_edit_of_a_ticket_without_its_digest_is_refused(ticket_raw,
     _, header = _header(ticket_raw)
     meta = header["__metadata__"]
     edited = _edited_metadata(data, meta)
-    assume(edited != meta and not _claims_version_1(edited))  # the known hole: see the xfail test below
+    assume(edited != meta)
     with pytest.raises(ElthError):
         Ticket.from_bytes(st_save(st_load(ticket_raw), metadata=edited), "t.safetensors")
 
@@ -236,9 +227,6 @@ def test_any_same_shape_name_swap_in_a_ticket_is_refused(ticket_raw, data) -> No
         Ticket.from_bytes(st_save(tensors, metadata=_header(ticket_raw)[1]["__metadata__"]), "t.safetensors")
 
 
-@pytest.mark.xfail(strict=True, raises=KnownBug, reason="a version-2 ticket whose format_version is edited to 1 "
-                   "(one byte) is read as a version-1 file without a digest: its file_sha256 is ignored, and any "
-                   "damage to its tensors, names or metadata then loads")
 def test_a_ticket_edited_to_claim_version_1_is_refused(ticket_raw) -> None:
     at = _version_digit(ticket_raw)
     assert ticket_raw[at:at + 1] == b"2"
@@ -387,13 +375,11 @@ def test_a_training_killed_at_any_moment_ends_as_an_uninterrupted_one(tmp_path, 
     result = _tensors(out)
     assert result.keys() == reference.keys()
     assert all(torch.equal(result[k], reference[k]) for k in reference), when  # bit-identical
-    # (A kill between the output's rename and the checkpoint's removal leaves the checkpoint: see the xfail below.)
+    # (A kill between the output's rename and the checkpoint's removal leaves the checkpoint: the re-run removes it,
+    # see the test below.)
     assert _leftovers(tmp_path) == [], when
 
 
-@pytest.mark.xfail(strict=True, raises=KnownBug, reason="a re-run of a finished `elth train` (output in place) "
-                   "reuses the output and leaves the checkpoint that a kill between the output's rename and the "
-                   "checkpoint's removal left")
 def test_a_rerun_of_a_finished_training_removes_the_checkpoint_a_kill_left(capsys, tmp_path) -> None:
     path, out = tmp_path / "r8.safetensors", tmp_path / "out.safetensors"
     ticket = make_ticket("resnet8-w4")
@@ -414,8 +400,6 @@ def test_a_rerun_of_a_finished_training_removes_the_checkpoint_a_kill_left(capsy
         raise KnownBug(f"{ckpt.name} is still there")
 
 
-@pytest.mark.xfail(strict=True, raises=KnownBug, reason="a re-run of a finished `elth find --method imp` only "
-                   "reads the run folder, so the find.lock of a writer killed after its last round stays there")
 def test_a_rerun_of_a_finished_imp_run_removes_a_dead_writers_lock(capsys, tmp_path) -> None:
     run = tmp_path / "run"
     args = ["find", "--method", "imp", "--arch", "resnet8-w4", "--dataset", "digits", "--rounds", "1", "--rewind",
@@ -434,9 +418,6 @@ def test_a_rerun_of_a_finished_imp_run_removes_a_dead_writers_lock(capsys, tmp_p
 
 
 @pytest.mark.slow  # one training in a subprocess
-@pytest.mark.xfail(strict=True, raises=KnownBug, reason="a SIGTERM during the interpreter's shutdown after a finished "
-                   "command (its last line printed, torch being torn down) kills the process with the default action: "
-                   "exit 143 (138 for SIGUSR1) and no stop line")
 def test_a_stop_after_the_last_line_exits_0_or_75(tmp_path) -> None:
     """A SIGTERM sent again and again once the command printed its result: it finished, so 0 (or 75 with
     the stop line), never the signal's own death."""

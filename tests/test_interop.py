@@ -372,3 +372,15 @@ def test_an_mlp_of_unequal_widths_imports_trains_and_refuses_to_stretch(tmp_path
     assert imported.arch == "mlp-300-200-100" and all(torch.equal(imported.masks[k], ticket.masks[k]) for k in ticket.masks)
     with pytest.raises(UsageError, match=r"has hidden layers of different widths \(300, 200\).*cannot be stretched"):
         elastic.stretch(imported, "mlp-300x3")
+
+
+def test_a_truncated_pth_is_one_whole_sentence(tmp_path):
+    """The message of a truncated mask.pth was cut at 160 characters, mid-sentence (issue 28)."""
+    ticket = make_ticket("resnet8-w4", 0.5, input_shape=CIFAR)
+    run = tmp_path / "main"
+    write_run(run, ticket, {"model_ep0_it0.pth": ticket.init})
+    raw = (run / "mask.pth").read_bytes()
+    (run / "mask.pth").write_bytes(raw[: len(raw) // 2])
+    r = run_elth("import", str(run), "--arch", "resnet8-w4", "--dataset", "cifar10", "-o", str(tmp_path / "t.safetensors"))
+    assert_clean_error(r, (1,), "is not a readable PyTorch tensor file (it is truncated or damaged: not a complete zip "
+                       "archive); copy it again from the run folder")

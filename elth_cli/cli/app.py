@@ -269,6 +269,9 @@ def _fail(message: str, code: int, local: bool = False, prefix: str = "error:") 
 
 
 def _exit(code: int) -> None:
+    # The exit status is decided: a stop from now on is noted, never raised (it must not turn the status into a
+    # traceback or another code while the process unwinds).
+    stops.polled()
     # Only a command that trained imported the process-group code (and torch); the rest exits plainly.
     distributed = sys.modules.get("elth_cli.runtime.distributed")
     if distributed is None:

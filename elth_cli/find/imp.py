@@ -19,8 +19,8 @@ from elth_cli.errors import UsageError
 from elth_cli.fileio import STDIO, check_output_path, check_writable_folder, write_bytes_atomic
 from elth_cli.masks import kept_and_total, refuse_empty_layers
 from elth_cli.find.methods import FindRequest
-from elth_cli.find.runfolder import (RoundRecord, RunFolder, check_run_dir, is_finished, read_log, record_from_ticket,
-                                     round_path, rounds_for_sparsity)
+from elth_cli.find.runfolder import (RoundRecord, RunFolder, check_run_dir, clear_leftovers, is_finished, read_log,
+                                     record_from_ticket, round_path, rounds_for_sparsity)
 from elth_cli.prune import (
     check_sparsity, magnitude_scores, prune_lowest,
     prune_to_sparsity,
@@ -194,7 +194,9 @@ def find_imp(
     identity = _run_identity(opts, cfg, world_size)
     # A finished run is only read: no lock, no write (a requeued job, a run folder on a read-only mount).
     finished = run_on_main(lambda: is_finished(folder, identity, plan.last))
-    if not finished:
+    if finished:  # what a writer killed after its last round left: its lock and finished rounds' checkpoints
+        run_on_main(lambda: clear_leftovers(folder, plan.last))
+    else:
         run_on_main(lambda: check_writable_folder(folder.path, f"the IMP run in {folder.path}", create=True))
         run_on_main(lambda: folder.path.mkdir(parents=True, exist_ok=True))
     with contextlib.nullcontext() if finished else held_on_main(folder.lock()):  # one writer per folder

@@ -241,3 +241,18 @@ def is_finished(folder: RunFolder, identity: dict[str, Any], last: int) -> bool:
         return not run_differences(read_run_file(folder), identity, config_key="train")
     except ElthError:
         return False  # a damaged find.json: the writing path says what is wrong
+
+
+def clear_leftovers(folder: RunFolder, last: int) -> None:
+    """In a finished run's folder, what a writer killed after its last save left: its lock (when no one holds
+    it) and the checkpoints of rounds whose tickets are written. Nothing on a read-only mount."""
+    import contextlib
+    import os
+
+    folder.lock().clear_stale()
+    if not os.access(folder.path, os.W_OK | os.X_OK):
+        return
+    for r in range(last + 1):
+        if folder.round_ticket(r).exists():
+            with contextlib.suppress(FileNotFoundError):
+                folder.round_checkpoint(r).unlink()

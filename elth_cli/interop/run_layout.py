@@ -112,6 +112,18 @@ def _weights_only_detail(message: str) -> str | None:
     return m.group(1) if m else None
 
 
+def _reason(e: BaseException) -> str:
+    """Why torch could not read a file, in one whole sentence (its messages run to several lines, and cutting
+    one at a fixed length left it mid-word)."""
+    text = " ".join(str(e).split())
+    if "central directory" in text or "zip archive" in text or isinstance(e, EOFError):
+        return "it is truncated or damaged: not a complete zip archive"
+    if not text:
+        return type(e).__name__
+    sentence = text.split(". ")[0].rstrip(".")
+    return sentence if len(sentence) <= 200 else f"{type(e).__name__} while reading it"
+
+
 def load_tensor_dict(path: Path, what: str) -> dict[str, Tensor]:
     """A ``.pth`` file holding a dict of name -> tensor, loaded with ``weights_only=True`` only.
 
@@ -125,8 +137,8 @@ def load_tensor_dict(path: Path, what: str) -> dict[str, Tensor]:
         if glob is not None:
             raise ElthError(f"refused {what} {path}: it holds a Python object that is not a tensor ({glob}); elth loads "
                             ".pth files with weights_only=True and never unpickles arbitrary objects") from None
-        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise ElthError(f"{what} {path} is not a readable PyTorch tensor file ({first})") from None
+        raise ElthError(f"{what} {path} is not a readable PyTorch tensor file ({_reason(e)}); copy it again from "
+                        "the run folder") from None
     if not isinstance(obj, dict):
         raise ElthError(f"{what} {path} holds a {type(obj).__name__}, not a dict of tensors (a state dict or a mask)")
     bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, Tensor)]

@@ -140,7 +140,8 @@ def train_file(job: TrainJob) -> JobResult:
         ws = session.runtime.world_size
         hparams = cfg.resolved(bundle.steps_per_epoch(cfg.batch_size, ws), ticket.rewind_step, ws)
         finished = session.on_main(lambda: _finished_output(job, ticket, hparams))
-        if finished is not None:  # a re-run of a finished command (a requeued job): nothing to do
+        if finished is not None:  # a re-run of a finished command (a requeued job): nothing to do but
+            session.on_main(lambda: _drop_own_checkpoint(job.checkpoint, cfg, ticket.rewind_step))  # tidy up
             return JobResult(finished, finished.sha256, True, cfg)
         run = job.run.replace(checkpoint_path=job.checkpoint, jsonl_path=job.jsonl)
         trained = train_ticket(ticket, bundle, cfg, run=run)
@@ -173,6 +174,23 @@ def _read_inputs(job: TrainJob) -> Ticket:
         raise UsageError(f"--log-jsonl {log} already exists and is not an elth epoch log; pass --force to "
                          "overwrite it or choose another file")
     return job.source if isinstance(job.source, Ticket) else Ticket.load(job.source)
+
+
+def _drop_own_checkpoint(path: Path | None, cfg: TrainConfig, start_step: int) -> None:
+    """A checkpoint left beside a finished output (a kill between the save and its removal) is removed when it
+    is this run's (its recipe and start); another run's checkpoint is never touched."""
+    from elth_cli.train.checkpoint import read_checkpoint, remove_checkpoint
+    from elth_cli.train.identity import run_differences
+
+    if path is None or not Path(path).exists():
+        return
+    try:
+        identity = read_checkpoint(Path(path)).identity
+    except ElthError:
+        return  # damaged or foreign: not ours to judge
+    if identity.get("start_step") == start_step and not run_differences({"config": identity.get("config", {})},
+                                                                       {"config": cfg.as_dict()}):
+        remove_checkpoint(path)
 
 
 def _finished_output(job: TrainJob, ticket: Ticket, hparams: dict[str, Any]) -> Ticket | None:
