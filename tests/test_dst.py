@@ -205,7 +205,7 @@ def test_find_rigl_command_writes_a_trained_ticket_that_compare_costs(tmp_path, 
 @pytest.mark.parametrize("args, message", [
     (["--method", "rigl", "--arch", ARCH, "--dataset", "digits", "-o", "x.safetensors"], "--sparsity"),
     (["--method", "dpf", "--arch", ARCH, "--dataset", "digits", "--sparsity", "0.9", "--distribution", "erk",
-      "-o", "x.safetensors"], "--distribution is for random, rigl, set; --method dpf does not use it"),
+      "-o", "x.safetensors"], "--distribution is for rigl, set, random; --method dpf does not use it"),
     (["--method", "dpf", "--arch", ARCH, "--dataset", "digits", "--sparsity", "0.9", "--drop-fraction", "0.3",
       "-o", "x.safetensors"], "--drop-fraction"),
     (["--method", "set", "--arch", ARCH, "--dataset", "digits", "--sparsity", "0.9", "--epochs", "1",

@@ -70,7 +70,8 @@ def test_events_arrive_in_order_and_hooks_extend_records(digits, ticket, tmp_pat
 
     stopped = Recorder()
     with pytest.raises(train.TrainingStopped):
-        train.train_state(ticket.build_model("init"), ticket.masks, digits, config(ticket, digits), run=RunOptions(hooks=[stopped], checkpoint_path=tmp_path / "run.ckpt", stop_at_step=5))
+        train.train_state(ticket.build_model("init"), ticket.masks, digits, config(ticket, digits),
+                          run=RunOptions(hooks=[stopped], checkpoint_path=tmp_path / "run.ckpt", stop_at_step=5))
     assert stopped.events[-3:] == [("step", 5), ("stop", 5), ("run_end", False)]
 
 
@@ -135,7 +136,8 @@ def test_a_rewired_run_stopped_and_resumed_is_bit_identical(digits, ticket, tmp_
     cfg = config(ticket, digits)
 
     def run(**kw):
-        return train.train_state(ticket.build_model("init"), ticket.masks, digits, cfg, **kw, run=RunOptions(hooks=[Rewire()], handle_signals=False))
+        return train.train_state(ticket.build_model("init"), ticket.masks, digits, cfg,
+                                 run=RunOptions(hooks=[Rewire()], handle_signals=False, **kw))
 
     whole = run()
     ckpt = tmp_path / "rewired.ckpt"

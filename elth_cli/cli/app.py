@@ -124,14 +124,15 @@ def _root(
 
 
 @contextlib.contextmanager
-def report_stop(command: str, is_main: bool = True) -> Iterator[None]:
-    """A training stopped by a signal: its one line (rank 0) and its exit status (75 resumable, 130 Ctrl-C)."""
+def report_stop(command: str) -> Iterator[None]:
+    """A training stopped by a signal: its one line (rank 0 alone of several) and its exit status (75 resumable,
+    130 Ctrl-C)."""
     from elth_cli.runtime.signals import TrainingStopped
 
     try:
         yield
     except TrainingStopped as e:
-        if is_main:
+        if _rank_for_errors() == 0:
             print(f"elth {command}: {e}", file=sys.stderr)
         raise typer.Exit(e.exit_code) from None
 

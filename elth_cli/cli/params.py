@@ -60,8 +60,8 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or lo
 DataDirOpt = Annotated[Optional[Path], typer.Option(
     "--data-dir", envvar="ELTH_DATA", rich_help_panel=DATA, help="Folder holding the data sets (default: "
     "$XDG_CACHE_HOME/elth/data, else ~/.cache/elth/data; docs/datasets.md).")]
-DatasetOpt = Annotated[Optional[str], typer.Option("--dataset", "-d", rich_help_panel=DATA,
-                                                   help="Data set (default: the one the ticket records).")]
+DatasetOpt = Annotated[Optional[str], typer.Option("--dataset", "-d", rich_help_panel=DATA, autocompletion=complete_choices(
+    "dataset"), help="Data set (default: the one the ticket records).")]
 DownloadOpt = Annotated[bool, typer.Option("--download", rich_help_panel=DATA,
                                            help="Download the data set when it is missing.")]
 WorkersOpt = Annotated[Optional[int], typer.Option("--workers", rich_help_panel=DATA, help="DataLoader workers for "

@@ -14,6 +14,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
+import typer
 from typer.models import ArgumentInfo, OptionInfo
 
 from elth_cli import cli
@@ -81,6 +82,8 @@ def render_cli_reference() -> str:
         arguments, options = [], []
         for pname, param in sig.parameters.items():
             annotation = hints.get(pname, param.annotation)  # generated options are not in the hints
+            if isinstance(annotation, type) and issubclass(annotation, typer.Context):
+                continue  # the command's context (typer passes it): no option
             base, meta = annotation, None
             if typing.get_origin(annotation) is typing.Annotated:
                 base, *extras = typing.get_args(annotation)

@@ -51,9 +51,20 @@ def fmt_value(key: str, value: Any) -> str:
     return fmt_int(value) if isinstance(value, int) else str(value)
 
 
+def _flat(items: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested objects as dotted keys (``dst.sparsity``), so a long line wraps between items."""
+    out: dict[str, Any] = {}
+    for k, v in items.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def item_lines(label: str, items: dict[str, Any]) -> list[str]:
     """``label    a 1, b 2, ...`` wrapped at :data:`WIDTH`, continuation lines indented under the first item."""
-    parts = [f"{k} {fmt_value(k, v)}" for k, v in sorted(items.items())]
+    parts = [f"{k} {fmt_value(k, v)}" for k, v in sorted(_flat(items).items())]
     lines, current = [], label.ljust(LABEL)
     for part in parts:
         if len(current) + len(part) + 2 > WIDTH and current.strip() != label:

@@ -112,11 +112,23 @@ def _weights_only_detail(message: str) -> str | None:
     return m.group(1) if m else None
 
 
-def _reason(e: BaseException) -> str:
+def _broken_zip(path: Path) -> bool:
+    """A file that starts as torch.save's zip archive but is not a whole one (cut short, or damaged)."""
+    import zipfile
+
+    try:
+        with open(path, "rb") as f:
+            starts_as_zip = f.read(4) == b"PK\x03\x04"
+        return starts_as_zip and not zipfile.is_zipfile(path)
+    except OSError:
+        return False
+
+
+def _reason(e: BaseException, path: Path) -> str:
     """Why torch could not read a file, in one whole sentence (its messages run to several lines, and cutting
     one at a fixed length left it mid-word)."""
     text = " ".join(str(e).split())
-    if "central directory" in text or "zip archive" in text or isinstance(e, EOFError):
+    if "central directory" in text or "zip archive" in text or isinstance(e, EOFError) or _broken_zip(path):
         return "it is truncated or damaged: not a complete zip archive"
     if not text:
         return type(e).__name__
@@ -137,7 +149,7 @@ def load_tensor_dict(path: Path, what: str) -> dict[str, Tensor]:
         if glob is not None:
             raise ElthError(f"refused {what} {path}: it holds a Python object that is not a tensor ({glob}); elth loads "
                             ".pth files with weights_only=True and never unpickles arbitrary objects") from None
-        raise ElthError(f"{what} {path} is not a readable PyTorch tensor file ({_reason(e)}); copy it again from "
+        raise ElthError(f"{what} {path} is not a readable PyTorch tensor file ({_reason(e, path)}); copy it again from "
                         "the run folder") from None
     if not isinstance(obj, dict):
         raise ElthError(f"{what} {path} holds a {type(obj).__name__}, not a dict of tensors (a state dict or a mask)")
