@@ -57,6 +57,58 @@ def command_entries() -> list[tuple[str, Any]]:
     return out
 
 
+def _parameter_rows(callback: Any) -> tuple[list[tuple[str, str]], list[tuple[str, str, str, str]]]:
+    """A command's arguments (metavar, help) and options (names, type, default, help), in order."""
+    hints = typing.get_type_hints(callback, include_extras=True)
+    arguments, options = [], []
+    for pname, param in inspect.signature(callback).parameters.items():
+        annotation = hints.get(pname, param.annotation)  # generated options are not in the hints
+        if isinstance(annotation, type) and issubclass(annotation, typer.Context):
+            continue  # the command's context (typer passes it): no option
+        base, meta = annotation, None
+        if typing.get_origin(annotation) is typing.Annotated:
+            base, *extras = typing.get_args(annotation)
+            meta = next((e for e in extras if isinstance(e, (OptionInfo, ArgumentInfo))), None)
+        type_name = _type_name(base)
+        help_text = " ".join((getattr(meta, "help", None) or "").split())
+        if isinstance(meta, ArgumentInfo):
+            arguments.append((getattr(meta, "metavar", None) or pname.upper(), help_text))
+            continue
+        decls = list(getattr(meta, "param_decls", None) or ())
+        first = getattr(meta, "default", None)
+        if isinstance(first, str) and first.startswith("-"):
+            decls.insert(0, first)  # Annotated style: typer.Option("--json", ...) passes the name first
+        decls = decls or [f"--{pname.replace('_', '-')}"]
+        envvar = getattr(meta, "envvar", None)
+        if envvar:
+            help_text += f" Environment: `{envvar}`."
+        required = param.default is inspect.Parameter.empty
+        default = "required" if required else _default_text(param.default, type_name)
+        options.append((", ".join(f"`{d}`" for d in decls), type_name, default, help_text))
+    return arguments, options
+
+
+def _command_section(name: str, callback: Any) -> list[str]:
+    """One command's section: its help, usage, tables of arguments and options, and examples."""
+    arguments, options = _parameter_rows(callback)
+    usage = f"elth {name}" + "".join(f" {a[0]}" for a in arguments) + " [OPTIONS]"
+    lines = [f"## elth {name}", "", _paragraphs(inspect.getdoc(callback) or ""), "", "```", usage, "```", ""]
+    if arguments:
+        lines += ["| argument | meaning |", "|---|---|"]
+        lines += [f"| `{a}` | {_cell(h)} |" for a, h in arguments]
+        lines.append("")
+    if options:
+        lines += ["| option | type | default | meaning |", "|---|---|---|---|"]
+        lines += [f"| {d} | {t} | {_cell(df)} | {_cell(h)} |" for d, t, df, h in options]
+        lines.append("")
+    if name in EXAMPLES:
+        lines += ["Examples (each runs as written; tests/test_examples.py runs them in this order):", "", "```sh"]
+        for e in EXAMPLES[name]:
+            lines += [f"# {e.what}", e.command]
+        lines += ["```", ""]
+    return lines
+
+
 def render_cli_reference() -> str:
     """Markdown for every command: summary, usage, arguments and options with defaults, example."""
     lines = [
@@ -77,49 +129,7 @@ def render_cli_reference() -> str:
         lines.append(f"| [`elth {name}`](#elth-{name}) | {_cell(summary)} |")
     lines.append("")
     for name, info in entries:
-        hints = typing.get_type_hints(info.callback, include_extras=True)
-        sig = inspect.signature(info.callback)
-        arguments, options = [], []
-        for pname, param in sig.parameters.items():
-            annotation = hints.get(pname, param.annotation)  # generated options are not in the hints
-            if isinstance(annotation, type) and issubclass(annotation, typer.Context):
-                continue  # the command's context (typer passes it): no option
-            base, meta = annotation, None
-            if typing.get_origin(annotation) is typing.Annotated:
-                base, *extras = typing.get_args(annotation)
-                meta = next((e for e in extras if isinstance(e, (OptionInfo, ArgumentInfo))), None)
-            type_name = _type_name(base)
-            help_text = " ".join((getattr(meta, "help", None) or "").split())
-            if isinstance(meta, ArgumentInfo):
-                metavar = getattr(meta, "metavar", None) or pname.upper()
-                arguments.append((metavar, help_text))
-                continue
-            decls = list(getattr(meta, "param_decls", None) or ())
-            first = getattr(meta, "default", None)
-            if isinstance(first, str) and first.startswith("-"):
-                decls.insert(0, first)  # Annotated style: typer.Option("--json", ...) passes the name first
-            decls = decls or [f"--{pname.replace('_', '-')}"]
-            envvar = getattr(meta, "envvar", None)
-            default = _default_text(param.default, type_name)
-            required = param.default is inspect.Parameter.empty
-            if envvar:
-                help_text += f" Environment: `{envvar}`."
-            options.append((", ".join(f"`{d}`" for d in decls), type_name, "required" if required else default, help_text))
-        usage = f"elth {name}" + "".join(f" {a[0]}" for a in arguments) + " [OPTIONS]"
-        lines += [f"## elth {name}", "", _paragraphs(inspect.getdoc(info.callback) or ""), "", "```", usage, "```", ""]
-        if arguments:
-            lines += ["| argument | meaning |", "|---|---|"]
-            lines += [f"| `{a}` | {_cell(h)} |" for a, h in arguments]
-            lines.append("")
-        if options:
-            lines += ["| option | type | default | meaning |", "|---|---|---|---|"]
-            lines += [f"| {d} | {t} | {_cell(df)} | {_cell(h)} |" for d, t, df, h in options]
-            lines.append("")
-        if name in EXAMPLES:
-            lines += ["Examples (each runs as written; tests/test_examples.py runs them in this order):", "", "```sh"]
-            for e in EXAMPLES[name]:
-                lines += [f"# {e.what}", e.command]
-            lines += ["```", ""]
+        lines += _command_section(name, info.callback)
     return "\n".join(lines).rstrip() + "\n"
 
 
