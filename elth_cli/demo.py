@@ -35,7 +35,7 @@ from elth_cli.find.imp import imp_job as imp_job_run
 from elth_cli.find.methods import FindRequest
 from elth_cli.find.runfolder import RoundRecord, round_path
 from elth_cli.find.search import SearchJob, search_job
-from elth_cli.runtime.pool import run_jobs
+from elth_cli.runtime.pool import prepare_workers, run_jobs
 from elth_cli.runtime.slots import Slot, available_cores, plan_slots
 from elth_cli.runtime.workers import Job, Worker
 from elth_cli.report import JobProgress, Log, fmt_flops, fmt_pct, make_table, stdout_console
@@ -263,6 +263,8 @@ def run_demo(out_dir: str | Path, config: DemoConfig = DemoConfig(), log: Log | 
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     slots = plan_slots(jobs or default_jobs(), config.device)
+    if slots[0].threads is not None:
+        prepare_workers(("elth_cli.demo",))  # the workers' start-up overlaps this process's
     with WriterLock(out / "demo.lock", f"the demo in {out}"):
         info = data.get_dataset_info("digits")
         cfgs = {a: config_from_options(archs.resolve_arch(a), info, seed=config.seed, epochs=config.epochs,

@@ -11,11 +11,13 @@ import pytest
 from elth_cli.runtime import pool as jobs
 from elth_cli.errors import ElthError, UsageError
 from elth_cli.runtime.pool import run_jobs
+from elth_cli.runtime import slots
 from elth_cli.runtime.slots import plan_slots
 from elth_cli.runtime.workers import Job
 from elth_cli.runtime.signals import TrainingStopped, stopped_error
 
 # ----- job functions (module level: workers import them by name) ------------------------------------
+
 
 
 def square(worker, x):
@@ -33,21 +35,26 @@ def crash(worker):
     raise ZeroDivisionError("division by zero\nsecond line")
 
 
+def environment(worker, name):
+    return {"value": os.environ.get(name), "parent": os.getppid()}
+
+
 def die(worker):
     os._exit(3)
 
 
-def wait_for_stop(worker, ask_parent=False, seconds=60.0, mark=None, after_mark=None):
+def wait_for_stop(worker, ask_main=None, seconds=60.0, mark=None, after_mark=None):
     """Spin until the worker's stop flag is set, as a training checks it between steps. ``mark``: a file
-    it writes once running; ``after_mark``: a file it waits for before asking the main process to stop."""
+    it writes once running; ``after_mark``: a file it waits for before asking the main process (the
+    pid ``ask_main``; a worker's parent is the fork server) to stop."""
     if mark is not None:
         open(mark, "w").close()
     if after_mark is not None:
         deadline = time.monotonic() + seconds
         while not os.path.exists(after_mark) and time.monotonic() < deadline:
             time.sleep(0.01)
-    if ask_parent:
-        os.kill(os.getppid(), signal.SIGTERM)
+    if ask_main is not None:
+        os.kill(ask_main, signal.SIGTERM)
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if worker.stop.requested:
@@ -121,7 +128,7 @@ def test_a_stop_signal_reaches_every_running_job_and_starts_no_other(tmp_path):
     # signal to both workers, both running jobs stop, the third never starts. "trigger" waits until
     # "other" is running (a busy machine may start the second worker's job first).
     running = str(tmp_path / "other-is-running")
-    result = run_jobs([Job("trigger", wait_for_stop, {"ask_parent": True, "after_mark": running}),
+    result = run_jobs([Job("trigger", wait_for_stop, {"ask_main": os.getpid(), "after_mark": running}),
                        Job("other", wait_for_stop, {"mark": running}, cost=10),
                        Job("later", square, {"x": 1}, after=("other",))], plan_slots(2, "cpu", cores=2))
     out = result.outcomes
@@ -139,9 +146,47 @@ def test_plan_slots_on_a_gpu_node(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(slots, "_gpu_driver_present", lambda: True)
     assert [s.device for s in plan_slots(2, "auto", cores=16)] == ["cuda:0", "cuda:1"]
     assert [s.device for s in plan_slots(5, "cuda", cores=16)] == ["cuda:0", "cuda:1", "cuda:0", "cuda:1", "cuda:0"]
     assert {s.device for s in plan_slots(3, "cuda:1", cores=16)} == {"cuda:1"}
     assert {s.threads for s in plan_slots(4, "cuda", cores=16)} == {4}  # the cores still shared for data work
     with pytest.raises(UsageError, match="does not exist"):
         plan_slots(2, "cuda:2")
+
+
+def test_auto_is_the_cpu_without_importing_torch_where_no_gpu_driver_is(monkeypatch):
+    """No NVIDIA or ROCm driver: ``auto`` plans CPU workers without importing torch (2 s a command)."""
+    import subprocess
+    import sys
+
+    monkeypatch.setattr(slots, "_gpu_driver_present", lambda: False)
+    assert [s.device for s in plan_slots(2, "auto", cores=2)] == ["cpu", "cpu"]
+    if slots._gpu_driver_present():
+        pytest.skip("this machine has a GPU driver")
+    code = ("import sys; from elth_cli.runtime.slots import plan_slots; "
+            "print(plan_slots(2, 'auto')[0].device, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["cpu", "False"]
+
+
+def test_a_worker_is_forked_from_a_server_that_imported_torch_and_has_the_main_process_environment(monkeypatch):
+    """Workers come from one fork server, started ahead; each still sees this process's environment as
+    it is when the jobs start, and the server ignores stop signals (they are this process's to forward)."""
+    monkeypatch.setenv("ELTH_TEST_MARK", "after-the-server-started")
+    jobs.prepare_workers()
+    monkeypatch.setenv("ELTH_TEST_MARK", "when-the-jobs-start")
+    result = run_jobs([Job(f"j{i}", environment, {"name": "ELTH_TEST_MARK"}) for i in range(2)],
+                      plan_slots(2, "cpu", cores=2))
+    values = [o.value for o in result.outcomes.values()]
+    assert {v["value"] for v in values} == {"when-the-jobs-start"}
+    server = values[0]["parent"]
+    if server != os.getpid():  # forked from the server (platforms without one spawn from here)
+        from elth_cli.runtime.forkserver_init import MARKER
+
+        assert MARKER not in os.environ  # the server's marker never stays in this process
+        os.kill(server, signal.SIGTERM)
+        time.sleep(0.2)
+        os.kill(server, 0)  # still alive: it ignored the signal
+        again = run_jobs([Job("k", environment, {"name": "ELTH_TEST_MARK"})], plan_slots(2, "cpu", cores=2))
+        assert again.outcomes["k"].value["parent"] == server

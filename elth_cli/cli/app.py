@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 import threading
-from typing import Annotated, Any, Iterator
+from typing import Annotated, Any, Callable, Iterator
 
 import typer
 
@@ -68,7 +68,17 @@ PANELS = ("Method", "Training", "Data", "Devices", "Output")
 
 class PanelledCommand(typer.core.TyperCommand):
     """A command whose ``--help`` lists its options in panels (Method, Training, Data, Devices, Output), as plain
-    text: a terminal, a pipe and a SLURM log read it alike."""
+    text: a terminal, a pipe and a SLURM log read it alike. Once its command line is parsed it imports torch
+    (:func:`_import_torch`), after its ``before_torch`` hook (see :func:`command`)."""
+
+    before_torch: Callable[[dict[str, Any]], None] | None = None
+
+    def invoke(self, ctx: Any) -> Any:
+        if self.name not in _TORCH_FREE:
+            if self.before_torch is not None:
+                self.before_torch(ctx.params)
+            _import_torch()
+        return super().invoke(ctx)
 
     def collect_usage_pieces(self, ctx: Any) -> list[str]:
         """``[OPTIONS] TICKET...`` (typer writes a required argument as ``{TICKET}``, which reads like a set)."""
@@ -100,11 +110,17 @@ class PanelledCommand(typer.core.TyperCommand):
                     formatter.write_dl(sections[panel])
 
 
-def command(name: str) -> Any:
+def command(name: str, before_torch: Callable[[dict[str, Any]], None] | None = None) -> Any:
     """Register a command on the app: its worked examples as the epilog, its options in panels, and its whole
-    first sentence as its line in ``elth --help`` (click cuts it at 45 characters with "...")."""
+    first sentence as its line in ``elth --help`` (click cuts it at 45 characters with "...").
+
+    ``before_torch(params)`` runs once the command line is parsed, before this process imports torch
+    (2 s): what should start meanwhile, such as the server that worker processes are forked from."""
+    cls = PanelledCommand if before_torch is None else \
+        type(f"{name.title()}Command", (PanelledCommand,), {"before_torch": staticmethod(before_torch)})
+
     def register(fn: Any) -> Any:
-        return app.command(name, epilog=epilog(name), cls=PanelledCommand, short_help=SUMMARIES[name])(fn)
+        return app.command(name, epilog=epilog(name), cls=cls, short_help=SUMMARIES[name])(fn)
     return register
 
 
@@ -203,9 +219,6 @@ def _run(args: list[str]) -> None:
         sub = command.commands[args[0]]
         with sub.make_context(f"elth {args[0]}", args[1:], **_CONTEXT_SETTINGS):
             pass
-    if args and args[0] in getattr(command, "commands", {}) and args[0] not in _TORCH_FREE \
-            and not set(args[1:]) & set(_HELP_OPTIONS):
-        _import_torch()
     with command.make_context("elth", args) as ctx:
         command.invoke(ctx)
     _report_late_stop()

@@ -27,7 +27,16 @@ NewHeadOpt = Annotated[bool, typer.Option("--new-head", rich_help_panel=METHOD, 
                        "sparsity; every other tensor kept).")]
 
 
-@command("train")
+def _workers_ahead(params: dict[str, Any]) -> None:
+    """Several tickets in worker processes: their fork server imports torch and the training code while
+    this process does the same and checks the tickets (the two start-ups overlap, docs/training.md)."""
+    if params.get("out_dir") is not None and min(params.get("jobs") or 1, len(params.get("ticket_paths") or ())) > 1:
+        from elth_cli.runtime.pool import prepare_workers
+
+        prepare_workers(("elth_cli.train.several",))
+
+
+@command("train", before_torch=_workers_ahead)
 @with_fields(TrainConfig, RunOptions)
 def train(
     ticket_paths: Annotated[list[str], typer.Argument(metavar="TICKET", help="Ticket file ('-' for stdin); "
@@ -78,14 +87,10 @@ def train(
     Data-parallel with several processes: torchrun --nproc-per-node N -m elth_cli train ... (or srun). --batch-size
     stays the global batch; rank 0 alone writes the ticket, the checkpoint and the logs.
     """
-    from elth_cli.train.job import DataOptions, Setup
-
     if resume and restart:
         raise UsageError("--resume and --restart contradict each other; pass one of them")
-    setup = Setup(DataOptions(dataset, str(data_dir) if data_dir else None, download, workers), recipe_options(options),
-                  options["device"], options["precision"], dist_timeout)
-    run = RunOptions(**run_flags(options), resume="require" if resume else "never" if restart else "auto")
-    if out_dir is not None or len(ticket_paths) > 1:
+    several = out_dir is not None or len(ticket_paths) > 1
+    if several:
         for flag, value in (("-o", output), ("--checkpoint", checkpoint), ("--log-jsonl", log_jsonl),
                             ("--resume", resume or None)):
             if value is not None:
@@ -93,13 +98,21 @@ def train(
         if out_dir is None:
             raise UsageError(f"{len(ticket_paths)} tickets need --out-dir DIR (each trains into DIR under its file name); "
                              "-o takes one")
-        _train_several(ticket_paths, out_dir, jobs, setup, run, new_head, force, json_out, quiet)
-        return
-    if output is None:
+    elif output is None:
         raise UsageError("pass -o FILE (or '-o -' for stdout), or --out-dir DIR")
-    if jobs != 1:
+    elif jobs != 1:
         raise UsageError("--jobs runs several trainings: give several tickets with --out-dir")
-    _train_one(ticket_paths[0], output, checkpoint, log_jsonl, setup, run, new_head, force, json_out, quiet)
+    from elth_cli.train.job import DataOptions, Setup
+
+    setup = Setup(DataOptions(dataset, str(data_dir) if data_dir else None, download, workers), recipe_options(options),
+                  options["device"], options["precision"], dist_timeout)
+    run = RunOptions(**run_flags(options), resume="require" if resume else "never" if restart else "auto")
+    if several:
+        assert out_dir is not None
+        _train_several(ticket_paths, out_dir, jobs, setup, run, new_head, force, json_out, quiet)
+    else:
+        assert output is not None
+        _train_one(ticket_paths[0], output, checkpoint, log_jsonl, setup, run, new_head, force, json_out, quiet)
 
 
 def _train_one(source: str, output: str, checkpoint: Optional[Path], log_jsonl: Optional[Path], setup: Any, run: Any,
@@ -138,19 +151,20 @@ def _train_several(paths: list[str], out_dir: Path, jobs: int, setup: Any, run: 
     from elth_cli.report import JobProgress
     from elth_cli.runtime import pool
     from elth_cli.runtime.slots import plan_slots
-    from elth_cli.train import several
-    from elth_cli.train.job import TrainJob
 
     if detect_launch().distributed:
         raise UsageError("several tickets are trained by one process with --jobs; start it without torchrun or srun")
+    slots = plan_slots(min(jobs, len(paths)), setup.device)
+    if setup.overrides.get("compile") and slots[0].device == "cpu" and slots[0].threads == 1:
+        raise UsageError("--compile with one CPU thread per worker crashed torch on small inputs (docs/performance.md); "
+                         "use fewer --jobs or drop --compile")
+    from elth_cli.train import several
+    from elth_cli.train.job import TrainJob
+
     items = several.plan_items(paths, out_dir)
     base = TrainJob("", "", setup=setup, new_head=new_head, run=run, force=force)
     several.check_request(base)
     several.check_sources(items)
-    slots = plan_slots(min(jobs, len(items)), setup.device)
-    if setup.overrides.get("compile") and slots[0].device == "cpu" and slots[0].threads == 1:
-        raise UsageError("--compile with one CPU thread per worker crashed torch on small inputs (docs/performance.md); "
-                         "use fewer --jobs or drop --compile")
     several.make_out_dir(out_dir)  # only once the command line is known to be good
     log = Log(quiet)
     log.info(f"training {plural(len(items), 'ticket')} into {out_dir} with {plural(len(slots), 'worker')}")

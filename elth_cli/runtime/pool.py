@@ -150,17 +150,53 @@ def run_jobs(jobs: Sequence[Job], slots: Sequence[Slot], on_event: Callable[[Eve
     """Run ``jobs`` on one worker per slot (:func:`plan_slots`) and return every job's outcome.
 
     One slot with ``threads`` None runs the jobs in this process. Otherwise each slot is a worker
-    process (spawned: a clean interpreter, its threads set before torch starts its thread pool).
-    Signals are routed as the module's docstring says; the call returns once every running job has
-    ended, whatever happened.
+    process: forked from a clean server process that imported torch once (see :func:`prepare_workers`),
+    or spawned where the platform has no fork server; its threads are set before torch starts its
+    thread pool. Signals are routed as the module's docstring says; the call returns once every
+    running job has ended, whatever happened.
     """
     priority = check_jobs(jobs)
     pool = _Pool(list(jobs), priority, list(slots), on_event or (lambda event: None))
-    if jobs:
-        pool.run_here() if len(slots) == 1 and slots[0].threads is None else pool.run_workers()
+    if jobs and len(slots) == 1 and slots[0].threads is None:
+        pool.run_here()
+    elif jobs:
+        workers = Workers()
+        try:
+            for slot in slots[:len(jobs)]:
+                workers.start(slot)
+            pool.run_workers(workers)
+        finally:
+            workers.close()
     signum = pool.flag.signum
     return JobsResult({j.name: pool.outcomes[j.name] for j in jobs},
                       signal.Signals(signum).name if signum is not None else None)
+
+
+# What every worker imports before its first job (more with prepare_workers).
+_PRELOAD = ("torch", "elth_cli.runtime.workers")
+
+
+def prepare_workers(preload: Sequence[str] = ()) -> None:
+    """Start, now and in the background, the server process that worker processes are forked from:
+    it imports torch and ``preload`` once while this process goes on (reading and checking its
+    inputs), so that the workers :func:`run_jobs` starts later are ready in milliseconds instead of
+    each importing torch (2 s or more of CPU) after this process has. The server has never run a
+    torch operation, so its children start with no thread pool and set their own (forking a process
+    that had would not be safe). Where there is no fork server (Windows), workers are spawned and this
+    does nothing. The first call in a process decides what the server imports."""
+    if "forkserver" not in mp.get_all_start_methods():
+        return
+    from multiprocessing import forkserver
+
+    from elth_cli.runtime import forkserver_init
+
+    context = mp.get_context("forkserver")
+    context.set_forkserver_preload(["elth_cli.runtime.forkserver_init", *dict.fromkeys((*_PRELOAD, *preload))])
+    os.environ[forkserver_init.MARKER] = "1"  # the server starts with this environment: its signals, not ours
+    try:
+        forkserver.ensure_running()
+    finally:
+        os.environ.pop(forkserver_init.MARKER, None)
 
 
 @dataclass
@@ -170,6 +206,41 @@ class _Process:
     conn: Connection
     ready: bool = False
     job: str | None = None
+
+
+class Workers:
+    """The worker processes of one :func:`run_jobs` call by slot index (a dead one is replaced)."""
+
+    def __init__(self) -> None:
+        prepare_workers()  # a no-op where it ran already
+        self.context = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
+        self.processes: dict[int, _Process] = {}
+        self._marks = tempfile.TemporaryDirectory(prefix="elth-warned-")
+        os.environ[WARNED_ENV] = self._marks.name  # the workers inherit it: a warning they share prints once
+
+    def start(self, slot: Slot) -> None:
+        parent_conn, child_conn = self.context.Pipe()
+        # The environment goes along: a forked worker would otherwise have the server's, from its start.
+        process = self.context.Process(target=worker_main, args=(slot, child_conn, os.getpid(), dict(os.environ)),
+                                       daemon=True, name=f"elth-worker-{slot.index}")
+        process.start()
+        child_conn.close()
+        self.processes[slot.index] = _Process(slot, process, parent_conn)
+
+    def close(self) -> None:
+        """Tell every worker to exit and wait for it; one that never got ready (nothing of its own to lose) is killed."""
+        for p in self.processes.values():
+            with contextlib.suppress(OSError, BrokenPipeError):
+                p.conn.send(("exit",))
+        deadline = time.monotonic() + 30
+        for p in self.processes.values():
+            p.process.join(timeout=max(0.1, deadline - time.monotonic()) if p.ready else 0.0)
+            if p.process.is_alive():
+                p.process.kill()
+                p.process.join(timeout=5)
+        self.processes.clear()
+        os.environ.pop(WARNED_ENV, None)
+        self._marks.cleanup()
 
 
 class _Pool:
@@ -183,7 +254,8 @@ class _Pool:
         self.outcomes: dict[str, Outcome] = {}
         self.progress = _Progress(jobs, len(slots))
         self.flag = StopFlag()
-        self.workers: dict[int, _Process] = {}
+        self.workers: dict[int, _Process] = {}  # the running pool's Workers.processes
+        self.started: Workers | None = None
         self.start_failure: str | None = None
 
     # ----- shared ----------------------------------------------------------------------------
@@ -241,26 +313,19 @@ class _Pool:
             self._emit("note", name, slot, text)
 
     # ----- in worker processes ---------------------------------------------------------------
-    def run_workers(self) -> None:
-        context = mp.get_context("spawn")
+    def run_workers(self, workers: Workers) -> None:
+        self.started, self.workers = workers, workers.processes
         previous = {s: signal.signal(s, self._forward) for s in STOP_SIGNALS}
-        marks = tempfile.TemporaryDirectory(prefix="elth-warned-")
-        os.environ[WARNED_ENV] = marks.name  # the workers inherit it: a warning they share prints once
         try:
-            for slot in self.slots[:len(self.jobs)]:
-                self._start_worker(context, slot)
             while self.workers:
                 self._dispatch()
                 if not any(p.job for p in self.workers.values()) and not self.pending:
                     break
-                self._wait_once(context)
+                self._wait_once()
             self._not_started()
         finally:
             for s, h in previous.items():
                 signal.signal(s, h)
-            self._close_workers()
-            os.environ.pop(WARNED_ENV, None)
-            marks.cleanup()
 
     def _forward(self, signum: int, frame: Any) -> None:
         """A stop signal: no new job starts, and every worker gets the signal once."""
@@ -270,14 +335,6 @@ class _Pool:
                 continue
             with contextlib.suppress(ProcessLookupError, OSError):
                 os.kill(p.process.pid, signum)
-
-    def _start_worker(self, context: Any, slot: Slot) -> None:
-        parent_conn, child_conn = context.Pipe()
-        process = context.Process(target=worker_main, args=(slot, child_conn, os.getpid()), daemon=True,
-                                  name=f"elth-worker-{slot.index}")
-        process.start()
-        child_conn.close()
-        self.workers[slot.index] = _Process(slot, process, parent_conn)
 
     def _dispatch(self) -> None:
         if self.flag.requested:
@@ -293,7 +350,7 @@ class _Pool:
                 p.conn.send(("job", self.jobs[name]))
                 self._emit("start", name, p.slot)
 
-    def _wait_once(self, context: Any) -> None:
+    def _wait_once(self) -> None:
         by_conn = {p.conn: p for p in self.workers.values()}
         by_sentinel = {p.process.sentinel: p for p in self.workers.values()}
         for ready in wait([*by_conn, *by_sentinel], timeout=1.0):
@@ -301,15 +358,15 @@ class _Pool:
             if self.workers.get(p.slot.index) is not p:
                 continue  # already found lost through its other handle
             if ready in by_conn:
-                self._receive(p, context)
+                self._receive(p)
             else:
-                self._lost(p, context)
+                self._lost(p)
 
-    def _receive(self, p: _Process, context: Any) -> None:
+    def _receive(self, p: _Process) -> None:
         try:
             message = p.conn.recv()
         except (EOFError, OSError):
-            self._lost(p, context)
+            self._lost(p)
             return
         if message[0] == "ready":
             p.ready = True
@@ -319,7 +376,7 @@ class _Pool:
             p.job = None
             self._finish(message[1], p.slot)
 
-    def _lost(self, p: _Process, context: Any) -> None:
+    def _lost(self, p: _Process) -> None:
         """A worker process ended by itself (a crash, the OOM killer): its job failed; a new worker takes its place."""
         p.process.join(timeout=5)
         del self.workers[p.slot.index]
@@ -331,22 +388,10 @@ class _Pool:
         if not p.ready:  # it never started: starting another would fail the same way
             self.start_failure = f"no worker process could start ({how}); run with --jobs 1 to see why"
         elif self.pending and not self.flag.requested:
-            self._start_worker(context, p.slot)
+            assert self.started is not None
+            self.started.start(p.slot)
         if not self.workers:
             for name in self.pending:
                 self._finish(Outcome(name, FAILED, message=self.start_failure or f"its worker process died ({how})",
                                      exit_code=1), None)
             self.pending = []
-
-    def _close_workers(self) -> None:
-        for p in self.workers.values():
-            with contextlib.suppress(OSError, BrokenPipeError):
-                p.conn.send(("exit",))
-        deadline = time.monotonic() + 30
-        for p in self.workers.values():
-            p.process.join(timeout=max(0.1, deadline - time.monotonic()))
-            if p.process.is_alive():
-                p.process.kill()
-                p.process.join(timeout=5)
-        self.workers = {}
-

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from dataclasses import dataclass
 
 from elth_cli.errors import UsageError
@@ -33,6 +34,14 @@ def available_cores() -> int:
     return max(1, os.cpu_count() or 1)
 
 
+def _gpu_driver_present() -> bool:
+    """Whether this machine may have a GPU torch can use: on Linux, CUDA and ROCm need their kernel
+    driver, which shows in /proc and /dev; elsewhere, assume so (torch decides)."""
+    if not sys.platform.startswith("linux"):
+        return True
+    return any(os.path.exists(p) for p in ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd"))
+
+
 def plan_slots(jobs: int, device: str = "cpu", cores: int | None = None) -> list[Slot]:
     """``jobs`` workers: on the CPU each with ``cores // jobs`` threads (at least one); on CUDA
     (``auto`` with GPUs, ``cuda``) one GPU each in turn, several per GPU when ``jobs`` exceeds
@@ -47,8 +56,8 @@ def plan_slots(jobs: int, device: str = "cpu", cores: int | None = None) -> list
 
 def _worker_devices(jobs: int, device: str) -> list[str]:
     text = (device or "auto").strip().lower()
-    if text == "cpu":
-        return ["cpu"] * jobs
+    if text == "cpu" or (text == "auto" and not _gpu_driver_present()):
+        return ["cpu"] * jobs  # without importing torch (2 s): the workers start sooner
     import torch
 
     if not torch.cuda.is_available():

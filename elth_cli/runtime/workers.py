@@ -17,7 +17,7 @@ from multiprocessing.connection import Connection
 from typing import Any, Callable, Mapping
 
 from elth_cli.errors import ElthError
-from elth_cli.runtime.signals import EXIT_INTERRUPTED, StopFlag, TrainingStopped, stop_signals
+from elth_cli.runtime.signals import EXIT_INTERRUPTED, STOP_SIGNALS, StopFlag, TrainingStopped, stop_signals
 from elth_cli.runtime.slots import Slot
 
 DONE, FAILED, STOPPED, SKIPPED, NOT_STARTED = "done", "failed", "stopped", "skipped", "not started"
@@ -137,18 +137,35 @@ def execute(job: Job, worker: Worker) -> Outcome:
 
 
 def _die_with_parent(parent: int) -> None:
-    """Get SIGTERM when the main process dies (Linux): the worker then checkpoints and stops."""
+    """Get SIGTERM when the process that started this one dies (Linux): the worker then checkpoints and
+    stops. That is the main process, or the fork server, which exits when the main process does."""
+    starter = os.getppid()
     if sys.platform.startswith("linux"):
         with contextlib.suppress(Exception):
             import ctypes
 
             ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # it died before the request took effect
+    if os.getppid() != starter or not _alive(parent):  # it died before the request took effect
         os._exit(1)
 
 
-def worker_main(slot: Slot, conn: Connection, parent: int) -> None:
-    """A worker's life: its own process group, its threads and device, then jobs until told to exit."""
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # it exists (another user's process would say so too: the pid is not reused that fast)
+    return True
+
+
+def worker_main(slot: Slot, conn: Connection, parent: int, environ: Mapping[str, str]) -> None:
+    """A worker's life: the main process's environment, its own process group, its threads and device,
+    then jobs until told to exit."""
+    os.environ.clear()
+    os.environ.update(environ)
+    for signum in STOP_SIGNALS:  # what a fresh process has (the fork server ignores them)
+        signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
     with contextlib.suppress(OSError):
         os.setpgid(0, 0)  # a Ctrl-C at the terminal is the main process's to forward
     _die_with_parent(parent)
@@ -160,7 +177,7 @@ def worker_main(slot: Slot, conn: Connection, parent: int) -> None:
             while True:
                 message = conn.recv()
                 if message[0] == "exit":
-                    break
+                    _exit_now()
                 job: Job = message[1]
                 worker = Worker(slot, flag, lambda text, progress, name=job.name: conn.send(
                     ("note", name, text, progress)))
@@ -172,6 +189,15 @@ def worker_main(slot: Slot, conn: Connection, parent: int) -> None:
                                                  1, outcome.seconds, slot.index)))
     except (KeyboardInterrupt, EOFError, BrokenPipeError):
         pass  # interrupted while idle, or the main process went away: nothing is running
+
+
+def _exit_now() -> None:
+    """Leave at once when told to: every result is sent and every file closed, and tearing torch's
+    interpreter down would add half a second or more to the command's end."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(0)
 
 
 def _set_up_worker(slot: Slot) -> None:
