@@ -131,3 +131,23 @@ def interrupted() -> bool:
 
 def exit_status(signum: int) -> int:
     return EXIT_INTERRUPTED if signum == signal.SIGINT else EXIT_STOPPED
+
+
+def import_torch() -> None:
+    """Import torch with every stop held back until it is done, then honour it.
+
+    An interrupt that lands inside torch's C++ initialisation can abort the process (SIGABRT, a
+    stack dump) instead of raising KeyboardInterrupt; held, it costs at most the import's seconds.
+    """
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum)) \
+        if threading.current_thread() is threading.main_thread() else None
+    try:
+        with held():  # SIGTERM and SIGUSR1: raised at the end of the block
+            import torch  # noqa: F401
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    if caught:
+        note_interrupt()
+        raise KeyboardInterrupt

@@ -11,7 +11,6 @@ import contextlib
 import os
 import signal
 import sys
-import threading
 from typing import Annotated, Any, Callable, Iterator
 
 import typer
@@ -69,7 +68,7 @@ PANELS = ("Method", "Training", "Data", "Devices", "Output")
 class PanelledCommand(typer.core.TyperCommand):
     """A command whose ``--help`` lists its options in panels (Method, Training, Data, Devices, Output), as plain
     text: a terminal, a pipe and a SLURM log read it alike. Once its command line is parsed it imports torch
-    (:func:`_import_torch`), after its ``before_torch`` hook (see :func:`command`)."""
+    (:func:`elth_cli.stops.import_torch`), after its ``before_torch`` hook (see :func:`command`)."""
 
     before_torch: Callable[[dict[str, Any]], None] | None = None
 
@@ -77,7 +76,7 @@ class PanelledCommand(typer.core.TyperCommand):
         if self.name not in _TORCH_FREE:
             if self.before_torch is not None:
                 self.before_torch(ctx.params)
-            _import_torch()
+            stops.import_torch()
         return super().invoke(ctx)
 
     def collect_usage_pieces(self, ctx: Any) -> list[str]:
@@ -243,26 +242,6 @@ INTERRUPTED = "interrupted by Ctrl-C"
 COMPLETE_VAR = "_ELTH_COMPLETE"  # what the script of `elth --show-completion` sets
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader of stdout closed the pipe before the end
 _TORCH_FREE = ("archs",)  # commands that answer without torch (and every --help)
-
-
-def _import_torch() -> None:
-    """Import torch with every stop held back until it is done, then honour it.
-
-    An interrupt that lands inside torch's C++ initialisation can abort the process (SIGABRT, a
-    stack dump) instead of raising KeyboardInterrupt; held, it costs at most the import's seconds.
-    """
-    held: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum)) \
-        if threading.current_thread() is threading.main_thread() else None
-    try:
-        with stops.held():  # SIGTERM and SIGUSR1: raised at the end of the block
-            import torch  # noqa: F401
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
-    if held:
-        stops.note_interrupt()
-        raise KeyboardInterrupt
 
 
 def _fail(message: str, code: int, local: bool = False, prefix: str = "error:") -> None:
