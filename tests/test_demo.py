@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from conftest import assert_clean_error, run_in_process
 from elth_cli.demo import DemoConfig, render_table, run_demo
 from elth_cli.report import Log
 from elth_cli.ticket import Ticket
@@ -74,3 +75,11 @@ def test_demo_over_seeds_reports_mean_and_std(tmp_path):
     assert own.test_acc == pytest.approx(statistics.fmean(accs)) and own.test_acc_std == pytest.approx(statistics.stdev(accs))
     doc = json.loads((tmp_path / "table.json").read_text())
     assert len(doc["summary"]) == len(summary) and (tmp_path / "table.txt").read_text() == render_summary(summary)
+
+
+@pytest.mark.parametrize("epochs", ["0", "100001"])
+def test_a_bad_epoch_count_is_refused_before_the_folder_is_made(tmp_path, capsys, epochs):
+    out = tmp_path / "demo-out"
+    assert_clean_error(run_in_process(capsys, "demo", "--epochs", epochs, "--out-dir", out), codes=(2,),
+                       contains="--epochs")
+    assert not out.exists()

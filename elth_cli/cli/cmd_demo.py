@@ -38,6 +38,8 @@ def demo(
                     "target and level, about half as much work again.")] = False,
     jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Worker processes side by side, each with "
                     "cores/N threads (default: one per core, at most 8; 1: everything in this process).")] = None,
+    epochs: Annotated[int, typer.Option("--epochs", help="Epochs of every training (IMP rounds included); the "
+                      "digits recipe's 30 takes twice as long.")] = 15,
     seeds: Annotated[int, typer.Option("--seeds", help="Run the whole comparison for N seeds (--seed, --seed + 1, "
                      "...; each in OUT_DIR/seed-S) and print mean +- standard deviation per row.")] = 1,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the initialisations, data order and augmentation "
@@ -53,7 +55,7 @@ def demo(
 
     if detect_launch().distributed:  # every rank would write the same files at once
         raise UsageError("elth demo runs in one process; start it without torchrun or srun")
-    config = demo_mod.DemoConfig(seed=seed, full=full, seeds=seeds)
+    config = demo_mod.DemoConfig(seed=seed, full=full, seeds=seeds, epochs=epochs)
     if quick:
         config = demo_mod.DemoConfig(rounds=4, levels=(3, 4), epochs=8, seed=seed, full=full, seeds=seeds)
     check_seed(seed)
