@@ -106,7 +106,8 @@ def plural(n: int, noun: str, many: str | None = None) -> str:
 
 
 def fmt_pct(x: float | None, digits: int = 2) -> str:
-    return "-" if x is None else f"{100 * x:.{digits}f}%"
+    """``0.9722`` as ``97.22%``; "-" where there is no value (None, or NaN: a run that ended before its test pass)."""
+    return "-" if x is None or x != x else f"{100 * x:.{digits}f}%"
 
 
 def fmt_int(n: int) -> str:

@@ -83,3 +83,10 @@ def test_a_bad_epoch_count_is_refused_before_the_folder_is_made(tmp_path, capsys
     assert_clean_error(run_in_process(capsys, "demo", "--epochs", epochs, "--out-dir", out), codes=(2,),
                        contains="--epochs")
     assert not out.exists()
+
+
+def test_a_missing_accuracy_prints_as_a_dash():
+    """An early-bird round that settled before its test pass has no accuracy: '-', not 'nan%'."""
+    from elth_cli.report import fmt_pct
+
+    assert [fmt_pct(x) for x in (0.9722, None, float("nan"))] == ["97.22%", "-", "-"]
