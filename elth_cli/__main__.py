@@ -22,18 +22,26 @@ def _exit_interrupted() -> None:
     os._exit(EXIT_INTERRUPTED)
 
 
-def main() -> None:
-    from elth_cli import stops
+def _interrupted_while_loading(command: str) -> None:
+    """The one stop line, as elth_cli.cli prints it once it is loaded."""
+    sys.stderr.write(f"elth{' ' + command if command else ''}: interrupted by Ctrl-C\n")
+    _exit_interrupted()
 
-    # First of all (the module is a few lines, no torch): a SIGTERM while the CLI loads gets its one line and
-    # exit status 75 too, not a silent 143.
-    stops.install()
+
+def main() -> None:
     command = sys.argv[1] if len(sys.argv) > 1 and sys.argv[1].isalpha() else ""
     try:
+        from elth_cli import stops
+
+        # First of all (the module is a few lines, no torch): a SIGTERM while the CLI loads gets its one line
+        # and exit status 75 too, not a silent 143.
+        stops.install()
+    except KeyboardInterrupt:  # a Ctrl-C even before that (a busy machine makes the moment long)
+        _interrupted_while_loading(command)
+    try:
         from elth_cli.cli import main as run
-    except KeyboardInterrupt:  # the one stop line, as elth_cli.cli prints it once it is loaded
-        sys.stderr.write(f"elth{' ' + command if command else ''}: interrupted by Ctrl-C\n")
-        _exit_interrupted()
+    except KeyboardInterrupt:
+        _interrupted_while_loading(command)
     except stops.StopRequested as e:
         sys.stderr.write(f"elth{' ' + command if command else ''}: stopped by {e} before its result was written; "
                          "re-run the same command\n")

@@ -70,8 +70,11 @@ def _interrupt(args: list[str], delay: float, cwd) -> tuple[int, str]:
 
 def _before_elth(code: int, err: str) -> bool:
     """Interrupted while the interpreter itself was starting, before any code of elth ran: Python dies by
-    the signal (the shell shows 130) or reports that it could not finish initialising."""
-    return (code == -signal.SIGINT and err == "") or err.startswith("Fatal Python error: init_")
+    the signal (the shell shows 130), silently or with a traceback through runpy's search for the module
+    that names no file of elth, or reports that it could not finish initialising."""
+    if err.startswith(("Fatal Python error: init_", "Could not import runpy module")):
+        return True
+    return code == -signal.SIGINT and (err == "" or ("<frozen runpy>" in err and f"elth_cli{os.sep}" not in err))
 
 
 @pytest.mark.parametrize("delay", [0.05, 0.15, 0.3, 0.6, 1.0, 2.0, 4.0])
