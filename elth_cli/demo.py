@@ -265,7 +265,7 @@ def run_demo(out_dir: str | Path, config: DemoConfig = DemoConfig(), log: Log | 
     started = time.perf_counter()
     slots = plan_slots(jobs or default_jobs(), config.device)
     if slots[0].threads is not None:
-        prepare_workers(("elth_cli.demo",))  # the workers' start-up overlaps this process's
+        prepare_workers(("elth_cli.demo",))  # the workers share one import of the demo's code
     info = data.get_dataset_info("digits")
     cfgs = {a: config_from_options(archs.resolve_arch(a), info, seed=config.seed, epochs=config.epochs,
                                    eval_every=config.eval_every, device=config.device)

@@ -137,7 +137,8 @@ def _host_tag() -> str:
     return "".join(c if c.isalnum() or c == "-" else "_" for c in socket.gethostname())[:40] or "host"
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this pid exists on this host (another user's included)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -162,7 +163,7 @@ def remove_stale_temporaries(target: Path) -> list[Path]:
                 continue  # not one of ours (another name that happens to start alike)
             host, pid = ".".join(parts[:-2]), int(parts[-2])
             try:
-                stale = (not _pid_alive(pid)) if host == _host_tag() else \
+                stale = (not pid_alive(pid)) if host == _host_tag() else \
                     time.time() - p.stat().st_mtime > _STALE_AFTER_S
                 if stale:
                     p.unlink()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -16,19 +16,7 @@ from elth_cli.runtime.launch import detect_launch
 from elth_cli.train.config import check_seed
 
 
-def _workers_ahead(params: dict[str, Any]) -> None:
-    """The demo's worker processes: their fork server imports torch and the demo's code while this process
-    does the same (the two start-ups overlap)."""
-    from elth_cli.runtime.slots import available_cores
-
-    jobs = params.get("jobs")
-    if (jobs if jobs is not None else available_cores()) > 1 and not detect_launch().distributed:
-        from elth_cli.runtime.pool import prepare_workers
-
-        prepare_workers(("elth_cli.demo",))
-
-
-@command("demo", before_torch=_workers_ahead)
+@command("demo")
 def demo(
     out_dir: Annotated[Path, typer.Option("--out-dir", help="Folder for the tickets and the table (re-running "
                        "resumes).")] = Path("demo-out"),

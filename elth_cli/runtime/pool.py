@@ -172,6 +172,11 @@ def run_jobs(jobs: Sequence[Job], slots: Sequence[Slot], on_event: Callable[[Eve
                       signal.Signals(signum).name if signum is not None else None)
 
 
+def _start_method() -> str:
+    """Workers are forked from a server where the platform has one (Linux, macOS), else spawned."""
+    return "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+
+
 # What every worker imports before its first job (more with prepare_workers).
 _PRELOAD = ("torch", "elth_cli.runtime.workers")
 
@@ -184,7 +189,7 @@ def prepare_workers(preload: Sequence[str] = ()) -> None:
     torch operation, so its children start with no thread pool and set their own (forking a process
     that had would not be safe). Where there is no fork server (Windows), workers are spawned and this
     does nothing. The first call in a process decides what the server imports."""
-    if "forkserver" not in mp.get_all_start_methods():
+    if _start_method() != "forkserver":
         return
     from multiprocessing import forkserver
 
@@ -213,7 +218,7 @@ class Workers:
 
     def __init__(self) -> None:
         prepare_workers()  # a no-op where it ran already
-        self.context = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
+        self.context = mp.get_context(_start_method())
         self.processes: dict[int, _Process] = {}
         self._marks = tempfile.TemporaryDirectory(prefix="elth-warned-")
         os.environ[WARNED_ENV] = self._marks.name  # the workers inherit it: a warning they share prints once
@@ -254,8 +259,7 @@ class _Pool:
         self.outcomes: dict[str, Outcome] = {}
         self.progress = _Progress(jobs, len(slots))
         self.flag = StopFlag()
-        self.workers: dict[int, _Process] = {}  # the running pool's Workers.processes
-        self.started: Workers | None = None
+        self.started: Workers | None = None  # set by run_workers
         self.start_failure: str | None = None
 
     # ----- shared ----------------------------------------------------------------------------
@@ -313,8 +317,13 @@ class _Pool:
             self._emit("note", name, slot, text)
 
     # ----- in worker processes ---------------------------------------------------------------
+    @property
+    def workers(self) -> dict[int, _Process]:
+        """The worker processes by slot index (none when the jobs run in this process)."""
+        return self.started.processes if self.started is not None else {}
+
     def run_workers(self, workers: Workers) -> None:
-        self.started, self.workers = workers, workers.processes
+        self.started = workers
         previous = {s: signal.signal(s, self._forward) for s in STOP_SIGNALS}
         try:
             while self.workers:
@@ -388,7 +397,7 @@ class _Pool:
         if not p.ready:  # it never started: starting another would fail the same way
             self.start_failure = f"no worker process could start ({how}); run with --jobs 1 to see why"
         elif self.pending and not self.flag.requested:
-            assert self.started is not None
+            assert self.started is not None  # lost: it was one of them
             self.started.start(p.slot)
         if not self.workers:
             for name in self.pending:

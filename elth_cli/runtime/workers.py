@@ -17,6 +17,7 @@ from multiprocessing.connection import Connection
 from typing import Any, Callable, Mapping
 
 from elth_cli.errors import ElthError
+from elth_cli.fileio import pid_alive
 from elth_cli.runtime.signals import EXIT_INTERRUPTED, STOP_SIGNALS, StopFlag, TrainingStopped, stop_signals
 from elth_cli.runtime.slots import Slot
 
@@ -145,18 +146,8 @@ def _die_with_parent(parent: int) -> None:
             import ctypes
 
             ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    if os.getppid() != starter or not _alive(parent):  # it died before the request took effect
+    if os.getppid() != starter or not pid_alive(parent):  # it died before the request took effect
         os._exit(1)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # it exists (another user's process would say so too: the pid is not reused that fast)
-    return True
 
 
 def worker_main(slot: Slot, conn: Connection, parent: int, environ: Mapping[str, str]) -> None:
