@@ -15,6 +15,7 @@ from torch import Tensor
 
 from elth_cli import archs
 from elth_cli.archs import ArchSpec, BlockLayout
+from elth_cli.archs.base import owns
 from elth_cli.errors import UsageError
 from elth_cli.ticket import Ticket
 
@@ -62,7 +63,7 @@ def _same_part(key: str, kind: str, src_layout: BlockLayout, tgt_layout: BlockLa
     """The source key of a stem or head key: the same prefix position, the same rest."""
     src_parts, tgt_parts = (src_layout.stem, tgt_layout.stem) if kind == "stem" else (src_layout.head, tgt_layout.head)
     for i, prefix in enumerate(tgt_parts):
-        if key.startswith(prefix) and i < len(src_parts):
+        if owns(prefix, key) and i < len(src_parts):
             return src_parts[i] + key[len(prefix):]
     return key
 

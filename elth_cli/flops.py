@@ -1,9 +1,12 @@
 """Multiply-accumulate (MAC) and FLOP counts of a network's forward pass, per layer and per sample.
 
-Convention: only the Conv2d and Linear layers are counted, the layers a ticket masks. A conv's
-MACs are its output elements (C_out x H_out x W_out) times the multiply-adds behind each one
-(C_in / groups x kH x kW); a linear layer's are in_features x out_features. Bias adds, BatchNorm,
-activations, pooling and the residual additions are not counted. A pruned layer costs its dense
+Convention: the conv and Linear layers are counted, the layers a ticket masks, and attention's own
+products. A conv's MACs are its output elements (C_out x H_out x W_out) times the multiply-adds behind
+each one (C_in / groups x kH x kW); a linear layer's are in_features x out_features per token. An
+attention module (one with ``num_heads`` and ``head_dim``: elth's ViT, timm's, torch's) adds Q K^T and
+the weighted sum of V, 2 x tokens^2 x heads x head_dim, under the key ``<module>.attention``: no mask
+covers it, so it counts dense at any sparsity. Bias adds, norms, softmax, activations, pooling and the
+residual additions are not counted. A pruned layer costs its dense
 MACs times its density (kept / total weights of its mask), the usual accounting for unstructured
 sparsity (it assumes kernels that skip the zeros).
 
@@ -32,9 +35,10 @@ TRAINING_PASSES = 3
 
 
 def module_macs(model: nn.Module, input_shape: tuple[int, int, int]) -> dict[str, int]:
-    """Forward multiply-accumulates per input sample of every Conv2d and Linear layer of a live module.
+    """Forward multiply-accumulates per input sample of every conv and Linear layer of a live module.
 
-    Keyed by the layer's weight state-dict key, in the module's order (``archs.prunable_keys_of``).
+    Keyed by the layer's weight state-dict key, in the module's order (``archs.prunable_keys_of``), then
+    ``<module>.attention`` for each attention module.
     One sample of zeros goes through the module where it is (its device and dtype; a model built on
     the meta device runs on meta), in eval mode and without gradients: the module's weights,
     BatchNorm statistics and modes are left as they were. A real forward rather than a meta one:
@@ -42,49 +46,24 @@ def module_macs(model: nn.Module, input_shape: tuple[int, int, int]) -> dict[str
     and sympy (1.1-1.8 s of every training process's start-up), while one sample of a small network
     costs milliseconds. Hand it the plain module, not a DDP or compiled wrapper.
     """
-    from elth_cli.archs.nets.common import prunable_keys_of
+    from elth_cli.archs.nets.common import count_macs
 
-    keys = prunable_keys_of(model)
-    macs = dict.fromkeys(keys, 0)
-
-    def hook(key: str):
-        def count(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            # Output elements per sample x multiply-adds behind each (a layer called twice counts twice).
-            fan_in = module.weight[0].numel()  # conv: C_in / groups x kH x kW; linear: in_features
-            macs[key] += output[0].numel() * fan_in
-
-        return count
-
-    handles = [module.register_forward_hook(hook(f"{name}.weight" if name else "weight"))
-               for name, module in model.named_modules() if isinstance(module, (nn.Conv2d, nn.Linear))]
-    modes = {m: m.training for m in model.modules()}
-    first = next(iter(model.parameters()), None)
-    device = first.device if first is not None else torch.device("cpu")
-    dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
-    try:
-        model.eval()  # training-mode BatchNorm refuses one sample at 1x1, and would update its statistics
-        with torch.no_grad():
-            model(torch.zeros((1, *input_shape), device=device, dtype=dtype))
-    finally:
-        for h in handles:
-            h.remove()
-        for m, training in modes.items():
-            m.training = training
-    return macs
+    return count_macs(model, input_shape)
 
 
 @functools.lru_cache(maxsize=64)
 def _layer_macs(spec: archs.ArchSpec, input_shape: tuple[int, int, int], num_classes: int) -> tuple[tuple[str, int], ...]:
     with torch.device("meta"):
-        model = archs.family_of(spec).build(spec, tuple(input_shape), num_classes)
+        model = archs.build_model(spec, tuple(input_shape), num_classes, initialise=False)
     return tuple(module_macs(model, input_shape).items())
 
 
 def layer_macs(spec: archs.ArchSpec, input_shape: tuple[int, int, int], num_classes: int) -> dict[str, int]:
-    """Dense forward multiply-accumulates per input sample of every Conv2d and Linear layer.
+    """Dense forward multiply-accumulates per input sample of every conv and Linear layer (and attention).
 
     Keyed by the layer's weight state-dict key (``blocks.0.conv1.weight``, ``fc.weight``): exactly
-    ``archs.prunable_keys(spec, input_shape, num_classes)``, in that order. Worked out on the meta
+    ``archs.prunable_keys(spec, input_shape, num_classes)``, in that order, then one
+    ``<module>.attention`` entry per attention module (dense at any sparsity). Worked out on the meta
     device and cached; the caller gets its own dict.
     """
     return dict(_layer_macs(spec, tuple(input_shape), num_classes))

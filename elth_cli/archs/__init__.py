@@ -1,7 +1,12 @@
 """The architecture registry: every family, name resolution, model building and block layouts.
 
+This is the public family API (docs/families.md): :class:`Family`, :class:`ArchSpec`,
+:class:`BlockLayout` and :class:`ParamCount` describe a family; :func:`register_family` adds one from
+Python; installed distributions register theirs under the entry-point group ``elth.families`` and
+:func:`use_family_module` (``--family-module``, ``ELTH_FAMILIES``) adds a module's for one command.
+
 Importing the registry does not import torch: names, layouts, parameter counts and forward MACs
-are worked out from the spec. ``build_model``, ``expected_state``, ``prunable_keys`` and the
+are worked out from the spec (a family without an analytic count is counted on its model). ``build_model``, ``expected_state``, ``prunable_keys`` and the
 torch helpers (``prunable_keys_of``, ``open_lth_init``, ``meta_state``) import torch when first
 used.
 """
@@ -9,11 +14,13 @@ used.
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from elth_cli.archs import cifar_resnet, imagenet_resnet, mlp, mobilenet, vgg, vgg_fc
+from elth_cli.archs import cifar_resnet, imagenet_resnet, mlp, mobilenet, plugins, vgg, vgg_fc
 from elth_cli.archs.base import ArchSpec, BlockLayout, Family, ParamCount
+from elth_cli.archs.plugins import ENTRY_POINT_GROUP, ENV_VAR, FamilyError
 from elth_cli.errors import UsageError
 
 if TYPE_CHECKING:
@@ -22,8 +29,11 @@ if TYPE_CHECKING:
 
     from elth_cli.archs.nets.common import meta_state, open_lth_init, prunable_keys_of
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (cifar_resnet.FAMILY, imagenet_resnet.FAMILY, vgg.FAMILY,
-                                                    vgg_fc.FAMILY, mobilenet.FAMILY, mlp.FAMILY)}
+BUILTIN: tuple[Family, ...] = (cifar_resnet.FAMILY, imagenet_resnet.FAMILY, vgg.FAMILY, vgg_fc.FAMILY,
+                                mobilenet.FAMILY, mlp.FAMILY)
+# Every family this process knows: the built-in ones, then those registered (entry points, modules, Python).
+FAMILIES: dict[str, Family] = {f.name: f for f in BUILTIN}
+_loaded: set[str] = set()  # the providers already read: "entry points" and each ELTH_FAMILIES module
 
 __all__ = [
     "ArchSpec",
@@ -31,6 +41,13 @@ __all__ = [
     "Family",
     "FAMILIES",
     "ArchSummary",
+    "ENTRY_POINT_GROUP",
+    "ENV_VAR",
+    "FamilyError",
+    "families",
+    "register_family",
+    "use_family_module",
+    "load_plugins",
     "ParamCount",
     "resolve_arch",
     "resolve_target",
@@ -58,6 +75,64 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def register_family(family: Family, provider: str | None = None, version: str = "") -> Family:
+    """Add a family to this process's registry (checked, its functions guarded; see docs/families.md).
+
+    ``provider`` is the module a ticket will name so that its family can be found again (by default the
+    module that defines ``family.parse``). A built-in family's name, or one another provider registered,
+    is refused. Returns the registered record.
+    """
+    provider = provider or getattr(family.parse, "__module__", "") or "__main__"
+    record = plugins.checked(family, provider, version or plugins.distribution_version(provider))
+    existing = FAMILIES.get(record.name)
+    if existing is not None and existing.provider != record.provider:
+        raise FamilyError(f"family {record.name} from {record.provider}: the name is taken by the family from "
+                          f"{existing.provider}; give the family another name")
+    FAMILIES[record.name] = record
+    return record
+
+
+def load_plugins() -> None:
+    """Register the families of installed distributions (entry points) and of ``ELTH_FAMILIES``, once each."""
+    if "entry points" not in _loaded:
+        _loaded.add("entry points")
+        for family in plugins.entry_point_families():
+            _add(family)
+    for ref in plugins.env_modules():
+        if ref not in _loaded:
+            _loaded.add(ref)
+            for family in plugins.module_families(ref):
+                _add(family)
+
+
+def _add(family: Family) -> None:
+    existing = FAMILIES.get(family.name)
+    if existing is not None and existing.provider != family.provider:
+        raise FamilyError(f"family {family.name} from {family.provider}: the name is taken by the family from "
+                          f"{existing.provider}; give the family another name")
+    FAMILIES[family.name] = family
+
+
+def use_family_module(ref: str) -> list[Family]:
+    """Register the families of a module or ``.py`` file for this command (``--family-module``).
+
+    The module is added to ``ELTH_FAMILIES`` as well, so that every process the command starts (its
+    workers, torchrun's ranks) registers it too. Returns the families it registered.
+    """
+    parts = plugins.env_modules()
+    if ref not in parts:
+        os.environ[ENV_VAR] = os.pathsep.join([*parts, ref])
+    load_plugins()
+    _loaded.add(ref)
+    return [f for f in FAMILIES.values() if f.provider in (ref, os.path.abspath(os.path.expanduser(ref)))]
+
+
+def families() -> dict[str, Family]:
+    """Every family this process knows, by name: the built-in ones, then the registered ones."""
+    load_plugins()
+    return FAMILIES
+
+
 def _normalise(name: str) -> str:
     return name.strip().lower()
 
@@ -65,23 +140,36 @@ def _normalise(name: str) -> str:
 def resolve_arch(name: str) -> ArchSpec:
     """Resolve an architecture name or alias (``resnet20``, ``cifar_resnet_20_32``, ``vgg16``) to its spec."""
     key = _normalise(name)
-    for family in FAMILIES.values():
+    for family in families().values():
         spec = family.parse(key)
         if spec is not None:
             return spec
     examples = ", ".join(n for f in FAMILIES.values() for n in f.standard_names[:3])
-    raise UsageError(f"unknown architecture {name!r}; try one of {examples}, ... (elth archs lists them)")
+    raise UsageError(f"unknown architecture {name!r}; try one of {examples}, ... (elth archs lists them; a "
+                     "family of your own registers with --family-module, see docs/families.md)")
 
 
 def family_of(spec: ArchSpec) -> Family:
     """The family record of a resolved spec."""
-    return FAMILIES[spec.family]
+    found = families().get(spec.family)
+    if found is None:
+        raise UsageError(f"the family {spec.family!r} of {spec.name} is not registered in this process; name its "
+                         f"module with --family-module or {ENV_VAR}")
+    return found
+
+
+def _default_target(family: Family, source: ArchSpec, name: str) -> ArchSpec | None:
+    spec = family.parse(name)
+    return spec if spec is not None and spec.family == family.name else None
 
 
 def resolve_target(source: ArchSpec, name: str) -> ArchSpec:
     """Resolve a stretch/squeeze target within the source's family, keeping the source's width."""
     family = family_of(source)
-    target = family.resolve_target(source, _normalise(name))
+    if family.resolve_target is not None:
+        target = family.resolve_target(source, _normalise(name))
+    else:
+        target = _default_target(family, source, _normalise(name))
     if target is None:
         try:
             other = resolve_arch(name)
@@ -108,18 +196,26 @@ def block_layout(spec: ArchSpec) -> BlockLayout:
 
 
 def build_model(
-    spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int, seed: int | None = None
+    spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int, seed: int | None = None,
+    initialise: bool = True,
 ) -> nn.Module:
-    """Build a freshly initialised model (open_lth's init, seeded when ``seed`` is given) on the CPU."""
+    """Build a freshly initialised model (seeded when ``seed`` is given) on the current default device.
+
+    The family's ``init`` says how: open_lth's (Kaiming-normal conv and linear weights, BatchNorm
+    gamma ~ U[0, 1)) or the model's own. ``initialise=False`` skips open_lth's pass (shapes only: the meta
+    device). The caller's random state is left as it was.
+    """
     import torch
 
     from elth_cli.archs.nets.common import open_lth_init
 
+    family = family_of(spec)
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)
-        model = family_of(spec).build(spec, tuple(input_shape), num_classes)
-        model.apply(open_lth_init)
+        model = family.build(spec, tuple(input_shape), num_classes)
+        if initialise and family.init == "open_lth":
+            model.apply(open_lth_init)
     return model
 
 
@@ -127,7 +223,7 @@ def build_model(
 def _expected(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int):
     from elth_cli.archs.nets.common import meta_state
 
-    state, prunable = meta_state(lambda: family_of(spec).build(spec, tuple(input_shape), num_classes))
+    state, prunable = meta_state(lambda: build_model(spec, tuple(input_shape), num_classes, initialise=False))
     shapes = {k: (tuple(v.shape), v.dtype) for k, v in state.items()}
     return shapes, tuple(prunable)
 
@@ -140,7 +236,7 @@ def expected_state(
 
 
 def prunable_keys(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int) -> list[str]:
-    """Keys a ticket masks: every Conv2d and Linear weight (stem, shortcuts and fc included)."""
+    """Keys a ticket masks: every conv and Linear weight (stem, shortcuts and fc included)."""
     return list(_expected(spec, tuple(input_shape), num_classes)[1])
 
 
@@ -183,11 +279,25 @@ def summarize(
     family = family_of(spec)
     shape = tuple(input_shape) if input_shape else family.native_input[0]
     classes = num_classes or family.native_input[1]
-    params, prunable, macs = family.count(spec, shape, classes)
+    params, prunable, macs = family.count(spec, shape, classes) if family.count else _model_count(spec, shape, classes)
     return ArchSummary(spec.name, spec.family, spec.depths, spec.width, shape, classes, params, prunable, macs)
+
+
+@functools.lru_cache(maxsize=64)
+def _model_count(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int) -> ParamCount:
+    """The counts of a family without an analytic one, read off its model (built on the meta device)."""
+    import torch
+
+    from elth_cli.archs.nets.common import count_macs, prunable_keys_of
+
+    with torch.device("meta"):
+        model = build_model(spec, input_shape, num_classes, initialise=False)
+    params = dict(model.named_parameters())
+    prunable = sum(params[k].numel() for k in prunable_keys_of(model) if k in params)
+    return ParamCount(sum(p.numel() for p in params.values()), prunable, sum(count_macs(model, input_shape).values()))
 
 
 def standard_archs() -> list[ArchSpec]:
     """The named architectures that ``elth archs`` lists, family by family."""
-    return [resolve_arch(n) for f in FAMILIES.values() for n in f.standard_names]
+    return [resolve_arch(n) for f in families().values() for n in f.standard_names]
 

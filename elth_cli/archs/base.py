@@ -17,9 +17,16 @@ if TYPE_CHECKING:
     from torch import nn
 
 
+def owns(prefix: str, key: str) -> bool:
+    """Whether a layout entry holds a state-dict key: a module prefix ending in '.' holds the keys under it, any
+    other entry is one whole key (a parameter of the network itself, e.g. a transformer's ``cls_token``)."""
+    return key.startswith(prefix) if prefix.endswith(".") else key == prefix
+
+
 @dataclass(frozen=True)
 class BlockLayout:
-    """Per-stage ordered blocks of a network, as state-dict key prefixes (ending in '.')."""
+    """Per-stage ordered blocks of a network, as state-dict key prefixes (ending in '.'); the stem and head
+    may also name whole keys (``cls_token``, ``pos_embed``)."""
 
     stem: tuple[str, ...]
     stages: tuple[tuple[str, ...], ...]
@@ -39,11 +46,11 @@ class BlockLayout:
         """Return ``("stem"|"head", -1, -1)`` or ``("block", stage, block)`` for a state-dict key."""
         for s, blocks in enumerate(self.stages):
             for b, prefix in enumerate(blocks):
-                if key.startswith(prefix):
+                if owns(prefix, key):
                     return ("block", s, b)
-        if any(key.startswith(p) for p in self.stem):
+        if any(owns(p, key) for p in self.stem):
             return ("stem", -1, -1)
-        if any(key.startswith(p) for p in self.head):
+        if any(owns(p, key) for p in self.head):
             return ("head", -1, -1)
         raise KeyError(f"state-dict key {key!r} belongs to no stem, block or head of the layout")
 
@@ -70,10 +77,11 @@ class ParamCount(NamedTuple):
 
     # Weights and biases, BatchNorm weight and bias included; running stats and counters excluded.
     parameters: int
-    # Every Conv2d and Linear weight: what a ticket masks.
+    # Every conv and Linear weight: what a ticket masks.
     prunable: int
-    # Forward multiply-accumulates per sample of every Conv2d and Linear layer, dense (bias adds, BN,
-    # activations and pooling not counted: the convention of elth_cli.flops, which checks it on the model).
+    # Forward multiply-accumulates per sample of every conv and Linear layer, and of attention's own products
+    # (QK^T and the weighted sum of V), dense (bias adds, norms, softmax, activations and pooling not counted:
+    # the convention of elth_cli.flops, which checks it on the model).
     macs: int
 
 
@@ -137,6 +145,10 @@ class ParamTally:
 class Family:
     """One architecture family: how names parse, how models are built, how blocks are laid out.
 
+    This record is the public family API (docs/families.md): the six built-in families, the vision
+    transformer and any family registered from outside elth (``elth_cli.archs.register_family``, the
+    ``elth.families`` entry points, ``--family-module``) are described by it and nothing else.
+
     ``parse`` returns None for a name that is not of this family, and raises UsageError for a
     name that is of this family but invalid (e.g. resnet21). ``build`` imports torch when
     called; every other field works without torch.
@@ -148,19 +160,29 @@ class Family:
     build: Callable[[ArchSpec, tuple[int, int, int], int], nn.Module]
     layout: Callable[[ArchSpec], BlockLayout]
     # The parameter counts and forward MACs of ``build(spec, input_shape, num_classes)`` on a
-    # (channels, height, width) input, worked out from the spec alone.
-    count: Callable[[ArchSpec, tuple[int, int, int], int], ParamCount]
-    # Resolve a target name relative to a source (keeps the source's width where unspecified).
-    resolve_target: Callable[[ArchSpec, str], ArchSpec | None]
-    standard_names: tuple[str, ...]
+    # (channels, height, width) input, worked out from the spec alone. None: counted on the model,
+    # built on the meta device (exact, but it needs torch).
+    count: Callable[[ArchSpec, tuple[int, int, int], int], ParamCount] | None = None
+    # Resolve a target name relative to a source (keeps the source's width where unspecified). None:
+    # ``parse(name)``, a name of the same family spelled in full.
+    resolve_target: Callable[[ArchSpec, str], ArchSpec | None] | None = None
+    standard_names: tuple[str, ...] = ()
     # Prunable keys left dense by default (the paper's setting: fc excluded for VGG).
     default_exclude: tuple[str, ...] = ()
-    # Which training recipe applies by default ("cifar" or "imagenet").
+    # Which training recipe applies by default (a name of ``elth_cli.train.config.RECIPES``).
     recipe: str = "cifar"
     # The data set whose shape the family is normally used with (for listings).
     native_input: tuple[tuple[int, int, int], int] = ((3, 32, 32), 10)
+    # How a fresh model's weights are drawn: "open_lth" (Kaiming-normal conv and linear weights,
+    # BatchNorm gamma ~ U[0, 1); the reference code's, every built-in CNN and MLP) or "model" (what the
+    # module's constructor did: a transformer's truncated normal, a plugin's own scheme).
+    init: str = "open_lth"
     # The reference code (open_lth / ElasticLTH): the prefix of its state-dict and mask keys (its ImageNet
     # ResNet wraps torchvision's as ``model``), and how its --block_mapping takes a mapping: "one" string
     # applied to every stage (CIFAR ResNets), or "per-stage" strings joined by "|" (ImageNet ResNets, VGGs).
     reference_prefix: str = ""
     reference_mapping: str = "per-stage"
+    # Who provides the family: the module that registered it and that module's distribution version
+    # (filled in by the registry; a ticket records them so that its family can be found again).
+    provider: str = "elth_cli"
+    provider_version: str = ""
