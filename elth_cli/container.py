@@ -52,7 +52,9 @@ _TORCH_SAVE_MAGIC = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x8
 
 def header_length(data: bytes, source: str) -> int:
     """The JSON header's length, checked against the file's size."""
-    if data.startswith(_TORCH_SAVE_MAGIC):
+    # A safetensors header is JSON right after its 8-byte length: a length of 640, 896, 1152 or 1408 bytes starts
+    # with the bytes of a pickle's protocol mark, so only a file without that "{" is taken for torch.save's.
+    if data.startswith(_TORCH_SAVE_MAGIC) and data[8:9] != b"{":
         raise TicketError(f"{source} is a PyTorch file (torch.save: a .pth or .pt), not an elth ticket; turn an "
                           "open_lth / ElasticLTH run folder (mask.pth, model_ep*_it*.pth) into one with elth import "
                           "RUN_DIR --arch ARCH --dataset DATASET -o TICKET")

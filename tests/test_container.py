@@ -202,3 +202,18 @@ def test_a_nan_statistic_or_a_wrongly_typed_hparam_is_one_line_through_the_cli(t
     typed.write_bytes(container.save_with_digest(st_load(raw), meta))
     r = run_elth("eval", str(typed), "--weights", "init")
     assert_clean_error(r, (1,), "metadata 'hparams.eval_batch_size' must be a whole number")
+
+
+def test_a_header_whose_length_reads_as_a_pickle_mark_is_still_safetensors():
+    """Header lengths 0x280, 0x380, 0x480 and 0x580 begin with the bytes of pickle protocols 2 to 5."""
+    import json as _json
+    import struct
+
+    from elth_cli.container import header_length
+
+    for n in (0x280, 0x380, 0x480, 0x580):
+        header = _json.dumps({"__metadata__": {"pad": ""}}).encode()
+        header = header[:-2] + b" " * (n - len(header)) + header[-2:]
+        data = struct.pack("<Q", n) + header
+        assert data[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
+        assert header_length(data, "x") == n
