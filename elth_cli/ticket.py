@@ -36,7 +36,7 @@ MASK, INIT, TRAINED = "mask/", "init/", "trained/"
 _KNOWN_META = {
     "format", "format_version", "elth_version", "created", "arch", "family", "input_shape", "num_classes",
     "dataset", "sparsity", "method", "rewind_step", "parents", "transform", "hparams", "metrics", "cost", "config",
-    *DIGEST_KEYS,
+    "family_provider", *DIGEST_KEYS,
 }
 # Bounds that no real network reaches; past them a value is damage, not a design.
 MAX_DIMENSION = 65_536  # per input dimension (channels, height, width)
@@ -74,6 +74,8 @@ METADATA_RULES: dict[str, schema.Check] = {
     "created": schema.text,
     "arch": schema.text,
     "family": schema.text,
+    # A family registered from outside elth: the module that provides it and that module's version.
+    "family_provider": schema.json_text(schema.obj({"module": schema.text, "version": schema.text})),
     "input_shape": schema.json_text(schema.list_of(schema.integer(1, MAX_DIMENSION), length=3)),
     "num_classes": schema.integer(1, MAX_CLASSES),
     "dataset": schema.text,
@@ -229,6 +231,9 @@ class Ticket:
         )
         if self.dataset is not None:
             meta["dataset"] = self.dataset
+        family = archs.family_of(self.spec)
+        if family.provider != archs.BUILTIN_PROVIDER:
+            meta["family_provider"] = json.dumps({"module": family.provider, "version": family.provider_version})
         for name in ("transform", "hparams", "metrics", "config"):
             value = getattr(self, name)
             if value is not None:
@@ -263,6 +268,7 @@ class Ticket:
         except Exception as e:  # safetensors raises its own error types for broken payloads
             raise TicketError(f"{source} is not a readable safetensors file ({e}); the file may be truncated") from None
         masks, init, trained = _split_tensors(tensors, source)
+        _require_family(meta, source)
         ticket = cls(
             arch=meta["arch"], input_shape=tuple(meta["input_shape"]), num_classes=meta["num_classes"],
             masks=masks, init=init, trained=trained or None, method=meta.get("method", "unknown"),
@@ -313,6 +319,24 @@ def _typed_metadata(meta: dict[str, str], source: str) -> dict[str, Any]:
             raise TicketError(f"{source}: metadata lacks {key!r}; the file was not written by elth or is damaged")
     return schema.check_fields(meta, METADATA_RULES, lambda field, expected: TicketError(
         f"{source}: metadata {field!r} must be {expected}; the file is damaged or was not written by elth"))
+
+
+def _require_family(meta: dict[str, Any], source: str) -> None:
+    """Refuse a ticket whose family this process does not know, naming the module that provides it."""
+    family = meta.get("family")
+    if family is None or family in archs.families():
+        return
+    provider = meta.get("family_provider")
+    if provider is None:
+        raise TicketError(f"{source}: its family {family!r} is not registered here and the ticket does not say which "
+                          f"module provides it; name that module with --family-module or {archs.ENV_VAR}")
+    module, version = provider["module"], provider["version"]
+    if module.endswith(".py"):  # a file named by --family-module: its version is a digest of its bytes
+        raise TicketError(f"{source}: its family {family!r} comes from the file {module} ({version}), which is not "
+                          f"registered here; name it with --family-module {module} (or {archs.ENV_VAR}={module})")
+    raise TicketError(f"{source}: its family {family!r} comes from {module}{f' {version}' if version else ''}, which "
+                      f"is not registered here; install the package that provides it (pip install ...) or name the "
+                      f"module with --family-module {module} (or {archs.ENV_VAR}={module})")
 
 
 def _split_tensors(tensors: dict[str, Tensor], source: str) -> tuple[dict, dict, dict]:

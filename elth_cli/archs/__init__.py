@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
     from elth_cli.archs.nets.common import meta_state, open_lth_init, prunable_keys_of
 
+BUILTIN_PROVIDER = "elth_cli"  # the provider of the families elth itself defines (its version is the ticket's)
 BUILTIN: tuple[Family, ...] = (cifar_resnet.FAMILY, imagenet_resnet.FAMILY, vgg.FAMILY, vgg_fc.FAMILY,
                                 mobilenet.FAMILY, mlp.FAMILY)
 # Every family this process knows: the built-in ones, then those registered (entry points, modules, Python).
@@ -41,12 +42,15 @@ __all__ = [
     "Family",
     "FAMILIES",
     "ArchSummary",
+    "BUILTIN",
+    "BUILTIN_PROVIDER",
     "ENTRY_POINT_GROUP",
     "ENV_VAR",
     "FamilyError",
     "families",
     "register_family",
     "use_family_module",
+    "name_family_module",
     "load_plugins",
     "ParamCount",
     "resolve_arch",
@@ -113,17 +117,24 @@ def _add(family: Family) -> None:
     FAMILIES[family.name] = family
 
 
+def name_family_module(ref: str) -> None:
+    """Add a module or ``.py`` file to ``ELTH_FAMILIES`` (``--family-module``): the registry reads it when a name
+    is first resolved, and every process the command starts inherits it. A file that does not exist is refused."""
+    if (ref.endswith(".py") or "/" in ref or os.sep in ref) and not os.path.isfile(os.path.expanduser(ref)):
+        raise FamilyError(f"family module {ref}: no such file; name a .py file or an importable module")
+    parts = plugins.env_modules()
+    if ref not in parts:
+        os.environ[ENV_VAR] = os.pathsep.join([*parts, ref])
+
+
 def use_family_module(ref: str) -> list[Family]:
     """Register the families of a module or ``.py`` file for this command (``--family-module``).
 
     The module is added to ``ELTH_FAMILIES`` as well, so that every process the command starts (its
     workers, torchrun's ranks) registers it too. Returns the families it registered.
     """
-    parts = plugins.env_modules()
-    if ref not in parts:
-        os.environ[ENV_VAR] = os.pathsep.join([*parts, ref])
+    name_family_module(ref)
     load_plugins()
-    _loaded.add(ref)
     return [f for f in FAMILIES.values() if f.provider in (ref, os.path.abspath(os.path.expanduser(ref)))]
 
 

@@ -11,12 +11,13 @@ import contextlib
 import os
 import signal
 import sys
-from typing import Annotated, Any, Callable, Iterator
+from typing import Annotated, Any, Callable, Iterator, Optional
 
 import typer
 
 from elth_cli import __version__, stops
 from elth_cli.cli.examples import SUMMARIES, epilog
+from elth_cli.cli.family_option import FAMILY_MODULE, take_family_modules
 from elth_cli.errors import ElthError
 from elth_cli.fileio import stdout_left_unread
 
@@ -134,6 +135,12 @@ def _root(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
+    family_module: Annotated[
+        Optional[list[str]], typer.Option(
+            FAMILY_MODULE, metavar="MODULE|FILE.py",
+            help="Register the architecture families of a module or .py file for this command (repeatable; also "
+                 "accepted after the command's name, and from ELTH_FAMILIES). See docs/families.md.")
+    ] = None,
 ) -> None:
     """elth: lottery tickets from the command line."""
 
@@ -209,6 +216,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def _run(args: list[str]) -> None:
     """Parse and run the command; then report a stop that came after its work, or a reader that went away."""
+    args = take_family_modules(args)
     command = typer.main.get_command(app)
     if COMPLETE_VAR in os.environ:  # the shell asks for completions: click's own main answers and exits
         command.main(args=args, prog_name="elth", complete_var=COMPLETE_VAR)

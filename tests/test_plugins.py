@@ -1,0 +1,205 @@
+"""Families from outside elth: a module named by --family-module or ELTH_FAMILIES, an installed distribution's
+entry point, and Python's register_family; tickets that name their provider; malformed families as one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import run_elth, run_in_process
+from elth_cli import archs
+from elth_cli.archs import Family, FamilyError, plugins
+from elth_cli.errors import UsageError
+from elth_cli.ticket import Ticket
+
+PLUGIN = Path(__file__).resolve().parent / "plugins" / "resmlp_family.py"
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    """This process's registry as it was, whatever a test registers."""
+    monkeypatch.delenv(archs.ENV_VAR, raising=False)
+    families, loaded = dict(archs.FAMILIES), set(archs._loaded)
+    yield archs
+    os.environ.pop(archs.ENV_VAR, None)
+    archs.FAMILIES.clear()
+    archs.FAMILIES.update(families)
+    archs._loaded.clear()
+    archs._loaded.update(loaded)
+
+
+def _ok(r, what):
+    assert r.code == 0, (what, r.stderr)
+    return r
+
+
+def test_a_family_in_a_file_goes_through_find_stretch_train_eval_and_compare(tmp_path, registry, capsys,
+                                                                           monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    fm = ["--family-module", str(PLUGIN)]
+    _ok(run_in_process(capsys, *fm, "find", "-m", "imp", "--arch", "testmlp2-w16", "--dataset", "digits",
+                       "--rounds", "1", "--epochs", "1", "--out-dir", "run", "-o", "imp.safetensors"), "find imp")
+    # The option is also taken after the command's name.
+    _ok(run_in_process(capsys, "stretch", "imp.safetensors", "-t", "testmlp4-w16", "-o", "s.safetensors", *fm),
+        "stretch")
+    _ok(run_in_process(capsys, "train", "s.safetensors", "--epochs", "2", "-o", "t.safetensors", *fm), "train")
+    r = _ok(run_in_process(capsys, *fm, "eval", "t.safetensors", "--json"), "eval")
+    assert json.loads(r.stdout)["accuracy"] > 0.2  # ten classes: chance is 0.1
+    r = _ok(run_in_process(capsys, *fm, "compare", "imp.safetensors", "s.safetensors", "t.safetensors", "--json"),
+            "compare")
+    assert len(json.loads(r.stdout)["tickets"]) == 3
+    ticket = Ticket.load(tmp_path / "t.safetensors")
+    assert ticket.arch == "testmlp4-w16" and ticket.is_trained
+    assert json.loads(ticket.metadata()["family_provider"])["module"] == str(PLUGIN)
+    # ELTH_FAMILIES reaches a new process; without it the ticket is refused, with its provider and what to do.
+    r = run_elth("info", "t.safetensors", cwd=tmp_path)  # the variable the option set is this process's
+    assert r.code == 0, r.stderr
+    os.environ.pop(archs.ENV_VAR)
+    r = run_elth("info", "t.safetensors", cwd=tmp_path)
+    assert r.code == 1 and "Traceback" not in r.stderr
+    assert f"comes from the file {PLUGIN}" in r.stderr and "--family-module" in r.stderr
+
+
+def _install(site: Path, version: str = "1.2") -> None:
+    """An installed distribution `testfam` with an elth.families entry point, as pip would leave it."""
+    site.mkdir(parents=True, exist_ok=True)
+    shutil.copy(PLUGIN, site / "testfam.py")
+    info = site / f"testfam-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: testfam\nVersion: {version}\n")
+    (info / "entry_points.txt").write_text("[elth.families]\ntestmlp = testfam\n")
+    (info / "top_level.txt").write_text("testfam\n")
+    (info / "RECORD").write_text("testfam.py,,\n")
+
+
+def test_an_installed_entry_point_registers_and_tickets_name_its_distribution(tmp_path, monkeypatch):
+    site = tmp_path / "site"
+    _install(site)
+    monkeypatch.setenv("PYTHONPATH", str(site))  # run_elth puts the checkout first, then this
+    env_path = f"{Path(__file__).resolve().parents[1]}{os.pathsep}{site}"
+    r = _run_with_path(env_path, "archs", "--json", cwd=tmp_path)
+    assert r.code == 0, r.stderr
+    assert any(row["family"] == "testmlp" for row in json.loads(r.stdout))
+    r = _run_with_path(env_path, "find", "-m", "magnitude", "--arch", "testmlp3-w16", "--dataset", "digits",
+                       "--sparsity", "0.5", "-o", "m.safetensors", cwd=tmp_path)
+    assert r.code == 0, r.stderr
+    r = _run_with_path(env_path, "squeeze", "m.safetensors", "-t", "testmlp2-w16", "-o", "q.safetensors",
+                       cwd=tmp_path)
+    assert r.code == 0, r.stderr
+    r = run_elth("info", "q.safetensors", cwd=tmp_path)  # the distribution is not on this path
+    assert r.code == 1 and "Traceback" not in r.stderr
+    assert "comes from testfam 1.2" in r.stderr and "pip install" in r.stderr, r.stderr
+
+
+def _run_with_path(pythonpath: str, *args: str, cwd: Path):
+    import subprocess
+
+    env = dict(os.environ, PYTHONPATH=pythonpath, COLUMNS="200")
+    env.pop(archs.ENV_VAR, None)
+    proc = subprocess.run([sys.executable, "-m", "elth_cli", *args], capture_output=True, cwd=cwd, env=env,
+                          timeout=300)
+
+    class R:
+        code, stdout, stderr = proc.returncode, proc.stdout.decode(), proc.stderr.decode()
+    return R
+
+
+def test_register_family_from_python(registry):
+    module = plugins.import_provider(str(PLUGIN))[0]
+    record = registry.register_family(module.FAMILY, provider="my_lab.families", version="0.3")
+    assert registry.resolve_arch("testmlp3-w8").family == "testmlp"
+    assert record.provider == "my_lab.families" and registry.families()["testmlp"].provider_version == "0.3"
+    target = registry.resolve_target(registry.resolve_arch("testmlp3-w8"), "testmlp5-w8")  # parsed in full
+    assert target.depths == (5,)
+    summary = registry.summarize(registry.resolve_arch("testmlp2-w8"), (1, 8, 8), 10)  # counted on the model
+    assert summary.parameters == (64 * 8 + 8) + 2 * (8 + 8 + 8 * 8 + 8) + (8 * 10 + 10)
+    assert summary.prunable == 64 * 8 + 2 * 8 * 8 + 8 * 10 and summary.macs == summary.prunable
+    with pytest.raises(FamilyError, match="taken by the family from my_lab.families"):
+        registry.register_family(module.FAMILY, provider="other.module")
+    with pytest.raises(FamilyError, match="taken"):
+        registry.register_family(archs.FAMILIES["mlp"].__class__(**{**archs.FAMILIES["mlp"].__dict__,
+                                                                   "provider": "x"}), provider="somebody")
+
+
+BAD_MODULES = {
+    "no_families.py": ("X = 1\n", "defines no families"),
+    "not_a_family.py": ("FAMILIES = ['resnet']\n", "is not an elth_cli.archs.Family"),
+    "import_fails.py": ("import no_such_module_anywhere\n", "failed to import: ModuleNotFoundError"),
+    "bad_name.py": ("from elth_cli.archs import Family\nFAMILY = Family(name='Bad Name', parse=len, build=len, "
+                    "layout=len)\n", "a family name is lowercase"),
+    "bad_init.py": ("from elth_cli.archs import Family\nFAMILY = Family(name='b', parse=len, build=len, layout=len, "
+                    "init='xavier')\n", "init must be one of"),
+    "not_callable.py": ("from elth_cli.archs import Family\nFAMILY = Family(name='b', parse=1, build=len, "
+                        "layout=len)\n", "parse must be a function"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_MODULES))
+def test_a_malformed_family_module_is_one_line_naming_it(tmp_path, registry, name):
+    code, message = BAD_MODULES[name]
+    path = tmp_path / name
+    path.write_text(code)
+    with pytest.raises(FamilyError, match=message):
+        plugins.module_families(str(path))
+
+
+BROKEN_FUNCTIONS = {
+    "parse": ("def parse(name):\n    return 1 / 0\n", "zz2", "its parse failed on 'zz2': ZeroDivisionError"),
+    "parse_type": ("def parse(name):\n    return 'spec' if name.startswith('bro') else None\n", "bro2",
+                   "its parse on 'bro2' returned a str, not an ArchSpec"),
+    "layout": ("def layout(spec):\n    return ['blocks.0.']\n", "bro2", "its layout on bro2 returned a list"),
+    "build": ("def build(spec, shape, classes):\n    raise ValueError('no such width')\n", "bro2",
+              "its build failed on bro2: ValueError: no such width"),
+}
+_BROKEN_BASE = '''
+import re
+from torch import nn
+from elth_cli.archs import ArchSpec, BlockLayout, Family
+def parse(name):
+    m = re.fullmatch(r"bro(\\d+)", name)
+    return ArchSpec(name=name, family="bro", depths=(int(m[1]),), width=4) if m else None
+def build(spec, shape, classes):
+    return nn.Sequential(nn.Flatten(), nn.Linear(shape[0] * shape[1] * shape[2], classes))
+def layout(spec):
+    return BlockLayout(stem=(), stages=((),), head=("1.",))
+'''
+
+
+@pytest.mark.parametrize("broken", sorted(BROKEN_FUNCTIONS))
+def test_a_bug_in_a_family_function_is_one_line_on_the_command_line(tmp_path, broken):
+    code, arch, message = BROKEN_FUNCTIONS[broken]
+    (tmp_path / "bro.py").write_text(_BROKEN_BASE + code + "FAMILY = Family(name='bro', parse=parse, build=build, "
+                                     "layout=layout)\n")
+    fm = ("--family-module", str(tmp_path / "bro.py"))
+    args = ["find", "-m", "random", "--arch", arch, "--dataset", "digits", "--sparsity", "0.5", "-o", "x.safetensors"]
+    if broken == "layout":  # only stretching and squeezing read the layout
+        assert run_elth(*fm, *args, cwd=tmp_path).code == 0
+        args = ["stretch", "x.safetensors", "-t", "bro3", "-o", "y.safetensors"]
+    r = run_elth(*fm, *args, cwd=tmp_path)
+    assert r.code == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.count("\n") == 1 and "family bro from" in r.stderr and message in r.stderr, r.stderr
+    assert not (tmp_path / args[-1]).exists()
+
+
+def test_a_missing_family_module_is_refused_before_any_work(tmp_path):
+    r = run_elth("--family-module", str(tmp_path / "nope.py"), "archs", cwd=tmp_path)
+    assert r.code == 2 and r.stderr.strip() == f"error: family module {tmp_path / 'nope.py'}: no such file; name a " \
+                                               ".py file or an importable module"
+    r = run_elth("archs", "--family-module", "no_such_family_package", cwd=tmp_path)
+    assert r.code == 2 and "no module of that name is installed" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_an_unknown_architecture_points_at_family_modules(registry):
+    with pytest.raises(UsageError, match="--family-module"):
+        registry.resolve_arch("transformer-xl")
+
+
+def test_env_var_families_reach_name_resolution(registry, monkeypatch):
+    monkeypatch.setenv(archs.ENV_VAR, f"{PLUGIN}")
+    assert registry.resolve_arch("testmlp2-w4").family == "testmlp"
+    assert isinstance(registry.families()["testmlp"], Family)
