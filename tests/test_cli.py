@@ -290,3 +290,10 @@ def test_a_refusal_never_suggests_the_source_itself(tmp_path):
 def test_one_epoch_and_one_thread_are_singular(tmp_path, ticket_file):
     r = run_elth("train", str(ticket_file), "-o", str(tmp_path / "o.safetensors"), "--epochs", "1")
     assert r.code == 0 and "(1 epoch of 23)" in r.stderr and "1 epochs" not in r.stderr
+
+
+def test_info_prints_a_rate_as_a_rate_and_a_duration_in_seconds():
+    from elth_cli.cli.render import fmt_value
+
+    assert fmt_value("images_per_s", 7879.25) == "7,879.2/s"
+    assert fmt_value("wall_time_s", 6.04) == "6.0 s"

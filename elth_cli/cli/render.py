@@ -44,6 +44,8 @@ def fmt_value(key: str, value: Any) -> str:
         return fmt_pct(value)
     if "flops" in key:
         return fmt_flops(value)
+    if key.endswith("_per_s"):  # a rate (images_per_s), not a duration
+        return f"{value:,.1f}/s"
     if key.endswith(("_s", "seconds")):
         return f"{value:.1f} s"
     if isinstance(value, float):
