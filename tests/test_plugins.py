@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -203,3 +204,20 @@ def test_env_var_families_reach_name_resolution(registry, monkeypatch):
     monkeypatch.setenv(archs.ENV_VAR, f"{PLUGIN}")
     assert registry.resolve_arch("testmlp2-w4").family == "testmlp"
     assert isinstance(registry.families()["testmlp"], Family)
+
+
+def test_docs_families_runs_as_written(tmp_path, registry, capsys, monkeypatch):
+    """docs/families.md: its family saved as resmlp.py, its commands in order, then its Python, in one folder."""
+    page = (Path(__file__).resolve().parents[1] / "docs" / "families.md").read_text()
+    python = [block.split("```")[0] for block in page.split("```python\n")[1:]]
+    commands = [line for block in page.split("```bash\n")[1:] for line in block.split("```")[0].splitlines()
+                if line.startswith("elth ")]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "resmlp.py").write_text(python[0])
+    assert 25 <= len(python[0].strip().splitlines()) <= 45  # "a family of about 30 lines"
+    for command in commands:
+        r = run_in_process(capsys, *shlex.split(command)[1:])
+        assert r.code == 0, (command, r.stderr)
+    trained = Ticket.load(tmp_path / "resmlp8-trained.safetensors")
+    assert trained.arch == "resmlp8-w64" and trained.metrics["test_acc"] > 0.5
+    exec(compile(python[1], "docs/families.md", "exec"), {})
