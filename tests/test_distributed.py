@@ -565,3 +565,20 @@ def test_slurm_scripts_requeue_only_stopped_runs(tmp_path) -> None:
     assert proc.returncode == 1 and calls() == ["torchrun SIGUSR1", "scontrol requeue 123"]
     r = subprocess.run(["bash", str(imp), "run"], cwd=tmp_path, capture_output=True, env=base, timeout=60)
     assert r.returncode == 0 and calls() == []  # finished: no requeue
+
+
+def test_a_family_from_outside_elth_trains_on_two_ranks_and_on_two_workers(tmp_path) -> None:
+    """--family-module reaches every rank (each parses its command line) and every --jobs worker (ELTH_FAMILIES)."""
+    plugin = str(Path(__file__).resolve().parent / "plugins" / "resmlp_family.py")
+    fm = ("--family-module", plugin)
+    for seed in ("0", "1"):
+        r = one_process(*fm, "find", "-m", "random", "--arch", "testmlp2-w16", "--dataset", "digits", "--sparsity",
+                        "0.5", "--seed", seed, "-o", f"r{seed}.safetensors", cwd=tmp_path)
+        assert r.code == 0, r.stderr
+    r = torchrun(*fm, "train", "r0.safetensors", "-o", "ddp.safetensors", "--epochs", "1", "--json", cwd=tmp_path)
+    assert r.code == 0, r.stderr
+    assert json.loads(r.stdout)["metrics"]["world_size"] == 2
+    r = one_process("train", "r0.safetensors", "r1.safetensors", "--out-dir", "out", "--jobs", "2", "--epochs", "1",
+                    "--json", *fm, cwd=tmp_path)
+    assert r.code == 0, r.stderr
+    assert [x["status"] for x in json.loads(r.stdout)["results"]] == ["done", "done"]
