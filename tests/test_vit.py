@@ -218,6 +218,14 @@ def test_an_explicit_mapping_maps_block_by_block(kind, target, text, mapping):
     _check_blocks(source, out, mapping)
 
 
+def test_no_reference_mapping_the_reference_has_no_vit():
+    out = elastic.stretch(_source(), "vit-d6")
+    assert out.transform["reference_mapping"] is None and "no vit family" in out.transform["reference_mapping_note"]
+    assert out.transform["mapping_string"] == "0:0;1:1,4;2:2,5;3:3"
+    with pytest.raises(UsageError, match="no vit family, so no numbering of its own; give the mapping to --mapping"):
+        elastic.stretch(_source(), "vit-d6", reference_mapping="0:0;1:1,4;2:2,5;3:3")
+
+
 def _same(a: Ticket, b: Ticket) -> bool:
     return (a.arch == b.arch and a.masks.keys() == b.masks.keys() and a.init.keys() == b.init.keys()
             and all(torch.equal(a.masks[k], b.masks[k]) for k in a.masks)

@@ -193,7 +193,8 @@ class Family:
     init: str = "open_lth"
     # The reference code (open_lth / ElasticLTH): the prefix of its state-dict and mask keys (its ImageNet
     # ResNet wraps torchvision's as ``model``), and how its --block_mapping takes a mapping: "one" string
-    # applied to every stage (CIFAR ResNets), or "per-stage" strings joined by "|" (ImageNet ResNets, VGGs).
+    # applied to every stage (CIFAR ResNets), or "per-stage" strings joined by "|" (ImageNet ResNets, VGGs);
+    # "none": the reference has no such family (the vision transformer), so a ticket records no reference mapping.
     reference_prefix: str = ""
     reference_mapping: str = "per-stage"
     # Who provides the family: the module that registered it and that module's distribution version

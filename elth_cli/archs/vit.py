@@ -187,4 +187,5 @@ FAMILY = Family(
     recipe="vit",
     native_input=((3, 32, 32), 10),
     init="model",
+    reference_mapping="none",  # ElasticLTH has no ViT
 )
