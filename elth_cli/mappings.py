@@ -145,6 +145,8 @@ def reference_mapping(spec: ArchSpec, mapping: Mapping) -> tuple[str | None, str
     and takes one string per stage, joined by ``|``, for ImageNet ResNets and VGGs."""
     per_stage = [format_mapping((stage,)) for stage in mapping]
     form = archs.family_of(spec).reference_mapping
+    if form == "none":
+        return None, f"the reference has no {spec.family} family; elth's mapping is the only one"
     if form == "fc_layers":
         # open_lth's LeNet: one string over every fc_layers index, the narrow layer after the stage included.
         return f"{per_stage[0]};{spec.depths[0]}:{len(mapping[0])}", None
@@ -183,6 +185,9 @@ def from_reference_mapping(text: str, source: ArchSpec, target: ArchSpec) -> str
     layer after the hidden ones named too) and VGGs with an FC stack (``classifier`` Sequential places,
     2j for hidden layer j); for the other families they are the same string."""
     form = archs.family_of(source).reference_mapping
+    if form == "none":
+        raise MappingError(f"the reference has no {source.family} family, so no numbering of its own; give the "
+                           "mapping to --mapping")
     if "|" in text and form in ("fc_layers", "classifier"):
         raise MappingError(f"the reference takes one --block_mapping string for {source.name}, without '|'")
     if form == "fc_layers":

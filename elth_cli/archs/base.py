@@ -131,11 +131,25 @@ class ParamTally:
         """A BatchNorm2d: weight and bias (its running stats are buffers, not parameters)."""
         self.parameters += 2 * features
 
-    def linear(self, f_in: int, f_out: int) -> None:
-        """A Linear layer with bias, on one vector per sample."""
+    def linear(self, f_in: int, f_out: int, tokens: int = 1) -> None:
+        """A Linear layer with bias, on ``tokens`` vectors per sample (one: a classifier; a transformer's
+        layers see every token)."""
         self.parameters += f_in * f_out + f_out
         self.prunable += f_in * f_out
-        self.macs += f_in * f_out
+        self.macs += f_in * f_out * tokens
+
+    def norm(self, features: int) -> None:
+        """A LayerNorm (or any affine norm): weight and bias."""
+        self.parameters += 2 * features
+
+    def tensor(self, numel: int) -> None:
+        """A parameter of the network itself, never masked (a transformer's class token, position embedding)."""
+        self.parameters += numel
+
+    def attention(self, tokens: int, features: int) -> None:
+        """Multi-head attention's own products over ``tokens`` tokens (heads x head_dim = ``features``): Q K^T
+        and the weighted sum of V, tokens^2 x features multiply-adds each (its Linear layers are counted apart)."""
+        self.macs += 2 * tokens * tokens * features
 
     def total(self) -> ParamCount:
         return ParamCount(self.parameters, self.prunable, self.macs)
@@ -179,7 +193,8 @@ class Family:
     init: str = "open_lth"
     # The reference code (open_lth / ElasticLTH): the prefix of its state-dict and mask keys (its ImageNet
     # ResNet wraps torchvision's as ``model``), and how its --block_mapping takes a mapping: "one" string
-    # applied to every stage (CIFAR ResNets), or "per-stage" strings joined by "|" (ImageNet ResNets, VGGs).
+    # applied to every stage (CIFAR ResNets), or "per-stage" strings joined by "|" (ImageNet ResNets, VGGs);
+    # "none": the reference has no such family (the vision transformer), so a ticket records no reference mapping.
     reference_prefix: str = ""
     reference_mapping: str = "per-stage"
     # Who provides the family: the module that registered it and that module's distribution version
