@@ -215,11 +215,16 @@ def grasp_scores(model: nn.Module, keys: list[str], bundle, n_batches: int = 10,
         for acc, g in zip(grad_w, torch.autograd.grad(loss, weights)):
             acc += g
     model.zero_grad(set_to_none=True)
-    for x, y in batches:
-        loss = F.cross_entropy(model(x) / temperature, y)
-        grads = torch.autograd.grad(loss, weights, create_graph=True)
-        z = sum((g * gw.detach()).sum() for g, gw in zip(grads, grad_w))
-        z.backward()  # accumulates Hg into .grad
+    # Hessian-gradient products differentiate twice; the fused attention kernels (flash, memory-efficient) have no
+    # second derivative, the math one does (a transformer's attention, elth's or timm's).
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel([SDPBackend.MATH]):
+        for x, y in batches:
+            loss = F.cross_entropy(model(x) / temperature, y)
+            grads = torch.autograd.grad(loss, weights, create_graph=True)
+            z = sum((g * gw.detach()).sum() for g, gw in zip(grads, grad_w))
+            z.backward()  # accumulates Hg into .grad
     return {k: (p.grad * p).detach() for k, p in params.items()}
 
 

@@ -15,9 +15,13 @@ NO_COST: dict[str, Any] = {"train_steps": 0, "train_seconds": 0.0, "trainings": 
                            "dense_train_flops": 0.0}
 
 
+# How a fresh network's weights were drawn, by the family's ``init``: what its ticket records.
+INIT_NOTES = {"open_lth": "kaiming_normal, bn uniform (open_lth)", "model": "the model's own"}
+
+
 def fresh_ticket(arch: str, input_shape: tuple[int, int, int], num_classes: int, seed: int = 0,
                  dataset: str | None = None) -> Ticket:
-    """A freshly initialised network (open_lth init, seeded) with nothing pruned: where every search starts."""
+    """A freshly initialised network (its family's init, seeded) with nothing pruned: where every search starts."""
     spec = archs.resolve_arch(arch)
     model = archs.build_model(spec, input_shape, num_classes, seed=seed)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -26,7 +30,7 @@ def fresh_ticket(arch: str, input_shape: tuple[int, int, int], num_classes: int,
     return Ticket(
         arch=spec.name, input_shape=tuple(input_shape), num_classes=num_classes, masks=masks, init=state,
         method="random", rewind_step=0, dataset=dataset,
-        hparams={"seed": seed, "init": "kaiming_normal, bn uniform (open_lth)"},
+        hparams={"seed": seed, "init": INIT_NOTES[archs.family_of(spec).init]},
         cost=dict(NO_COST),
     )
 
