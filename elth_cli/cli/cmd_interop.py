@@ -84,8 +84,11 @@ def export(
     quiet: QuietOpt = False,
 ) -> None:
     """Export a ticket as an open_lth run folder: mask.pth (int 0/1), `model_ep{E}_it{I}.pth` state dicts
-    (init at the rewind step, trained at the final step) and sparsity_report.json; or, with --format state-dict,
-    as OUT.safetensors (weights with the masks applied, the model's own keys) and OUT.masks.safetensors (bool)."""
+    (init at the rewind step, trained at the final step) and sparsity_report.json.
+
+    --format state-dict writes OUT.safetensors, the weights with the masks applied under the model's own keys (timm's
+    model for timm: tickets, torchvision's resnet for imagenet-resnet18/34/50/101/152, else elth's model), and
+    OUT.masks.safetensors (bool, the same keys); each file atomically."""
     from elth_cli import interop
     from elth_cli.ticket import Ticket
 
