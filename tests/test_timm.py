@@ -247,3 +247,17 @@ def _keep_capsys(capsys):
 
 def _capsys():
     return _CAPSYS[0]
+
+
+def test_imp_from_a_pretrained_file_resumes_only_with_it(weights, tmp_path):
+    """IMP's round 0 starts from the file; the run folder then refuses to continue without it."""
+    folder, state = weights
+    imp = ["find", "--method", "imp", "--arch", "mlp-32x2", "--dataset", "digits", "--rounds", "1", "--epochs", "1",
+           "--eval-every", "0", "--out-dir", tmp_path / "run"]
+    r = run_in_process(_capsys(), *imp, "--pretrained", folder / "w.pth")
+    assert r.code == 0, r.stderr
+    round0 = Ticket.load(tmp_path / "run" / "round-00.safetensors")
+    assert round0.hparams["imp"]["pretrained"]["file"] == "w.pth"
+    assert torch.equal(round0.init["fc.weight"], state["fc.weight"])  # rewind 0: the file's weights
+    r = run_in_process(_capsys(), *imp)
+    assert_clean_error(r, (2,), "pretrained")

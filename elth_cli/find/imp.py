@@ -276,7 +276,8 @@ def _read_round(run: _ImpRun, r: int, path: Path, prev: Ticket | None) -> Ticket
     imp = hp.get("imp") if isinstance(hp.get("imp"), dict) else {}
     spe = run.bundle.steps_per_epoch(run.cfg.batch_size, run.world_size)
     start = 0 if r == 0 else run.plan.rewind_step
-    options = {**run.opts.as_dict(), "exclude": list(run.plan.exclude)}
+    # pretrained always compared (None: a fresh init), so that a round started from a file is not taken for a fresh one.
+    options = {"pretrained": None, **run.opts.as_dict(), "exclude": list(run.plan.exclude)}
     # As JSON (tuples as lists), as the file holds them; --rounds and --sparsity may grow (a run extended).
     wanted = json.loads(json.dumps({"imp": {k: v for k, v in options.items() if k not in ("rounds", "sparsity")},
                                     "config": run.cfg.resolved(spe, start, run.world_size)}))
