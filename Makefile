@@ -13,7 +13,8 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	# timm: the optional extra, installed so that its tests run (tests/test_timm.py skips without it).
+	$(BIN)/python -m pip install --quiet -e '.[test,timm]'
 	touch $(STAMP)
 
 test: $(STAMP)

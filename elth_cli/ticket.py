@@ -59,6 +59,8 @@ _HPARAMS = schema.obj({
     "resize": schema.optional(schema.integer(1, MAX_DIMENSION)), "sync_bn": schema.boolean,
     "steps_per_epoch": _POSITIVE, "total_steps": _COUNT, "start_step": _COUNT, "warmup_steps": _COUNT,
     "milestone_steps": schema.list_of(_COUNT), "world_size": _POSITIVE,
+    # find --pretrained FILE: the weights file a fresh ticket started from (its name, not its path).
+    "pretrained": schema.obj({"file": schema.text, "sha256": schema.text}),
 })
 _METRICS = schema.obj({
     "test_acc": _FRACTION, "best_test_acc": _FRACTION, "train_acc": _FRACTION, "test_top5": _FRACTION,

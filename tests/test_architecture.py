@@ -31,7 +31,8 @@ TORCH_FREE = ("elth_cli.cli", "elth_cli.cli.app", "elth_cli.cli.params", "elth_c
               "elth_cli.cli.cmd_demo", "elth_cli.find", "elth_cli.find.methods", "elth_cli.train.options", "elth_cli.train.config", "elth_cli.steps", "elth_cli.errors", "elth_cli.fileio",
               "elth_cli.report", "elth_cli.runtime.launch", "elth_cli.archs", "elth_cli.archs.base",
               "elth_cli.archs.cifar_resnet", "elth_cli.archs.imagenet_resnet", "elth_cli.archs.vgg",
-              "elth_cli.archs.vgg_plan", "elth_cli.archs.vit", "elth_cli.train", "elth_cli.__main__")
+              "elth_cli.archs.vgg_plan", "elth_cli.archs.vit", "elth_cli.archs.timm_family", "elth_cli.train",
+              "elth_cli.__main__")
 
 
 def _modules() -> dict[str, Path]:
@@ -88,7 +89,7 @@ def test_nothing_in_the_core_imports_the_cli() -> None:
 
 @pytest.mark.parametrize("module", TORCH_FREE)
 def test_help_path_modules_do_not_import_torch_at_module_level(module: str) -> None:
-    heavy = {"torch", "torchvision", "numpy", "safetensors"} & _imports(module, top_level_only=True)
+    heavy = {"torch", "torchvision", "numpy", "safetensors", "timm"} & _imports(module, top_level_only=True)
     assert not heavy, f"{module} imports {sorted(heavy)} when it is imported"
 
 

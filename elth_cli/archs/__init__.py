@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from elth_cli.archs import cifar_resnet, imagenet_resnet, mlp, mobilenet, plugins, vgg, vgg_fc, vit
+from elth_cli.archs import cifar_resnet, imagenet_resnet, mlp, mobilenet, plugins, timm_family, vgg, vgg_fc, vit
 from elth_cli.archs.base import ArchSpec, BlockLayout, Family, ParamCount
 from elth_cli.archs.plugins import ENTRY_POINT_GROUP, ENV_VAR, FamilyError
 from elth_cli.errors import UsageError
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 BUILTIN_PROVIDER = "elth_cli"  # the provider of the families elth itself defines (its version is the ticket's)
 BUILTIN: tuple[Family, ...] = (cifar_resnet.FAMILY, imagenet_resnet.FAMILY, vgg.FAMILY, vgg_fc.FAMILY,
-                                mobilenet.FAMILY, mlp.FAMILY, vit.FAMILY)
+                                mobilenet.FAMILY, mlp.FAMILY, vit.FAMILY, timm_family.FAMILY)
 # Every family this process knows: the built-in ones, then those registered (entry points, modules, Python).
 FAMILIES: dict[str, Family] = {f.name: f for f in BUILTIN}
 _loaded: set[str] = set()  # the providers already read: "entry points" and each ELTH_FAMILIES module

@@ -70,6 +70,10 @@ def find(
     batches: Annotated[int, _opt("--batches", help="snip/grasp: training batches whose gradients score the "
                        "weights.")] = 10,
     iterations: Annotated[int, _opt("--iterations", help="synflow: pruning iterations.")] = 100,
+    pretrained: Annotated[Optional[str], _opt("--pretrained", metavar="FILE", help="Start from the weights in this "
+                          "local file instead of a fresh init: .safetensors, or a .pth/.pt/.bin state dict (read with "
+                          "weights_only=True); its keys and shapes must be --arch's exactly. Nothing is downloaded; "
+                          "the ticket records the file's name and sha256.")] = None,
     dataset: Annotated[Optional[str], _opt("--dataset", "-d", panel=DATA, autocompletion=complete_choices("dataset"),
                        help="Data set: fixes input shape and class count; training methods train on it, snip/grasp "
                        "read a few batches of it.")] = None,
@@ -104,7 +108,7 @@ def find(
     from elth_cli.train.job import DataOptions, Setup
 
     found = methods.method(method)
-    _check_find(ctx, found, output, json_out, sparsity, arch, dataset, like, data_dir)
+    _check_find(ctx, found, output, json_out, sparsity, arch, dataset, like, data_dir, pretrained)
     check_seed(options["seed"])  # the one-shot methods take it without a training config
     request = FindRequest.from_options({**locals(), **options, "batch_size": options.get("batch_size")})
     setup = Setup(DataOptions(dataset, str(data_dir) if data_dir else None, download, workers), recipe_options(options),
@@ -116,7 +120,7 @@ def find(
 
 def _check_find(ctx: typer.Context, found: methods.Method, output: Optional[str], json_out: bool,
                 sparsity: Optional[float], arch: Optional[str], dataset: Optional[str], like: Optional[str],
-                data_dir: Optional[Path]) -> None:
+                data_dir: Optional[Path], pretrained: Optional[str] = None) -> None:
     """Before any work: options the method does not use, stdout shared, the values that can be checked alone."""
     from elth_cli import data
     from elth_cli.prune import check_sparsity
@@ -138,6 +142,8 @@ def _check_find(ctx: typer.Context, found: methods.Method, output: Optional[str]
         archs.resolve_arch(arch)  # an unknown name is the first thing to report
     if dataset is not None:
         data.get_dataset_info(dataset, str(data_dir) if data_dir else None)
+    if pretrained is not None and not Path(pretrained).is_file():
+        raise UsageError(f"--pretrained {pretrained}: no such file")
 
 
 def _say(quiet: bool, ticket: Any, where: Optional[str], line: str) -> None:

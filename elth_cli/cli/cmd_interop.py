@@ -9,7 +9,8 @@ import typer
 
 from elth_cli.cli.app import command
 from elth_cli.cli.params import DataDirOpt, ForceOpt, JsonOpt, OutOpt, QuietOpt, check_stdout_use, complete_choices
-from elth_cli.fileio import STDIO, check_output_path
+from elth_cli.errors import UsageError
+from elth_cli.fileio import STDIO, check_distinct, check_output_path
 from elth_cli.report import Log, fmt_pct, print_json
 
 
@@ -61,21 +62,43 @@ def import_cmd(
     log.info(f"wrote {output if output != STDIO else 'stdout'}")
 
 
+EXPORT_FORMATS = ("open-lth", "state-dict")
+
+
 @command("export")
 def export(
     ticket_path: Annotated[str, typer.Argument(metavar="TICKET", help="Ticket file ('-' for stdin).")],
-    out_dir: Annotated[Path, typer.Argument(metavar="OUT_DIR", help="Folder to create (open_lth run layout).")],
-    trained_step: Annotated[Optional[str], typer.Option("--trained-step", help="Step to name the trained weights "
-                            "with when the ticket does not record it (160ep, 62560it).")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace OUT_DIR if it exists and is not empty.")] = False,
+    out_dir: Annotated[Path, typer.Argument(metavar="OUT", help="open-lth: the folder to create (open_lth run "
+                       "layout); state-dict: OUT.safetensors (the masks go to OUT.masks.safetensors).")],
+    fmt: Annotated[str, typer.Option("--format", help="open-lth (a run folder) or state-dict (the masked weights as "
+                   "the plain state dict the model class loads with load_state_dict(strict=True): timm's, "
+                   "torchvision's ResNet, elth's), plus the masks.", autocompletion=lambda: list(EXPORT_FORMATS))
+               ] = "open-lth",
+    weights: Annotated[Optional[str], typer.Option("--weights", help="state-dict: trained or init (the weights at "
+                       "the rewind step); default trained when the ticket is trained, else init.")] = None,
+    trained_step: Annotated[Optional[str], typer.Option("--trained-step", help="open-lth: step to name the trained "
+                            "weights with when the ticket does not record it (160ep, 62560it).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace OUT (open-lth: a folder that is not empty) if it "
+                     "exists.")] = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Export a ticket as an open_lth run folder: mask.pth (int 0/1), `model_ep{E}_it{I}.pth` state dicts
-    (init at the rewind step, trained at the final step) and sparsity_report.json."""
+    (init at the rewind step, trained at the final step) and sparsity_report.json.
+
+    --format state-dict writes OUT.safetensors, the weights with the masks applied under the model's own keys (timm's
+    model for timm: tickets, torchvision's resnet for imagenet-resnet18/34/50/101/152, else elth's model), and
+    OUT.masks.safetensors (bool, the same keys); each file atomically."""
     from elth_cli import interop
     from elth_cli.ticket import Ticket
 
+    if fmt not in EXPORT_FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, not {fmt!r}")
+    if fmt == "state-dict":
+        _export_state_dict(ticket_path, str(out_dir), weights, trained_step, force, json_out, quiet)
+        return
+    if weights is not None:
+        raise UsageError("--weights chooses the weights of --format state-dict; an open-lth run folder holds both")
     ticket = Ticket.load(ticket_path)
     plan = interop.export_ticket(ticket, out_dir, force=force, trained_step=trained_step)
     doc = {"ticket": ticket_path, "sha256": ticket.sha256, "output": str(out_dir), "files": plan.files,
@@ -84,3 +107,26 @@ def export(
         print_json(doc)
         return
     Log(quiet).info(f"exported {ticket.arch} ({fmt_pct(ticket.sparsity)} sparse) to {out_dir}: {', '.join(plan.files)}")
+
+
+def _export_state_dict(ticket_path: str, out: str, weights: Optional[str], trained_step: Optional[str], force: bool,
+                       json_out: bool, quiet: bool) -> None:
+    """``export --format state-dict``: OUT.safetensors and OUT.masks.safetensors."""
+    from elth_cli import interop
+    from elth_cli.ticket import Ticket
+
+    if trained_step is not None:
+        raise UsageError("--trained-step names the files of an open-lth run folder; --format state-dict does not use it")
+    if weights not in (None, "init", "trained"):
+        raise UsageError(f"--weights must be init or trained, not {weights!r}")
+    masks = interop.state_dict.check_outputs(out, force)
+    check_distinct({"TICKET": ticket_path, "OUT": out, "the masks file": masks})
+    ticket = Ticket.load(ticket_path)
+    result = interop.export_state_dict(ticket, out, weights, force=force)
+    if json_out:
+        print_json({"ticket": ticket_path, "sha256": ticket.sha256, "format": "state-dict", "output": out,
+                    "masks": result.masks_file, "weights": result.weights, "model": result.model,
+                    **interop.summary(ticket)})
+        return
+    Log(quiet).info(f"exported the {result.weights} weights of {ticket.arch} ({fmt_pct(ticket.sparsity)} sparse) to "
+                    f"{out}, masks to {result.masks_file}; they load into {result.model}")

@@ -25,6 +25,7 @@ def archs_cmd(json_out: JsonOpt = False) -> None:
     VGGs take a width too (vgg16-w16). Counts are for each family's native input (CIFAR-10: 3x32x32,
     10 classes; ImageNet: 3x224x224, 1000 classes). MACs are the dense forward multiply-accumulates
     of one sample through the conv and linear layers (FLOPs = 2 x MACs); --json gives them exactly.
+    timm's vision transformers (timm:vit_tiny_patch16_224-d6, with the timm extra) are not listed.
     """
     summaries = [archs.summarize(s) for s in archs.standard_archs()]
     if json_out:

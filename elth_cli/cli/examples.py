@@ -28,7 +28,7 @@ SUMMARIES: dict[str, str] = {
     "squeeze": "A ticket to a shallower network of its family.",
     "compare": "Tickets side by side: accuracy, cost, overlap, interpolation.",
     "import": "An open_lth / ElasticLTH run folder to a ticket.",
-    "export": "A ticket to an open_lth run folder.",
+    "export": "A ticket to an open_lth run folder or a plain state dict.",
     "train": "Train tickets from their rewind point (resumable, one or many).",
     "eval": "A ticket's test (or train) accuracy and loss.",
     "find": "Find a ticket: IMP, early-bird, RigL/SET/DPF or a baseline.",
@@ -84,6 +84,10 @@ EXAMPLES: dict[str, tuple[Example, ...]] = {
         Example("elth export r32-trained.safetensors exported/r32",
                 "an open_lth run folder: mask.pth, model_ep{E}_it{I}.pth at the rewind and final steps, "
                 "sparsity_report.json"),
+        Example("elth export r32-trained.safetensors r32-weights.safetensors --format state-dict",
+                "the trained weights, masks applied, as the plain state dict the model loads with "
+                "load_state_dict(strict=True); the masks in r32-weights.masks.safetensors (elth find --pretrained "
+                "reads such a file)"),
     ),
     "import": (
         Example("elth import exported/r32 --arch resnet32-w4 --dataset digits --steps-per-epoch 23 "

@@ -15,7 +15,7 @@ from elth_cli.data import check_compatible
 from elth_cli.errors import UsageError
 from elth_cli.fileio import STDIO, check_output_path
 from elth_cli.find.methods import FindRequest
-from elth_cli.find.tickets import dense_ticket, fresh_ticket
+from elth_cli.find.tickets import dense_ticket, fresh_ticket, pretrained_source
 from elth_cli.masks import kept_and_total, refuse_empty_layers, same_layout
 from elth_cli.prune import (
     RANDOM_DISTRIBUTIONS, allocate_counts, check_sparsity, erk_layer_counts, grasp_scores, magnitude_scores,
@@ -212,6 +212,10 @@ def baseline_job(request: FindRequest, output: str, setup: Setup, allow_empty_la
         raise UsageError(f"{request.method} needs exactly one of --sparsity and --like")
     _refuse_other(output, force)
     like = Ticket.load(request.like) if request.like is not None else None
+    pretrained = pretrained_source(request.pretrained)
+    if request.from_ticket is not None and pretrained is not None:
+        raise UsageError("--from prunes a ticket's own init weights; --pretrained starts a fresh --arch network from "
+                         "a file: give one of them")
     if request.from_ticket is not None:
         source = Ticket.load(request.from_ticket)
         if request.arch is not None and archs.resolve_arch(request.arch).name != source.arch:
@@ -219,7 +223,8 @@ def baseline_job(request: FindRequest, output: str, setup: Setup, allow_empty_la
     elif request.arch is None or setup.data.dataset is None:
         raise UsageError(f"{request.method} needs --from TICKET, or --arch and --dataset for a fresh seeded network")
     else:
-        source = dense_ticket(request.arch, setup.data.dataset, seed=request.seed, data_dir=setup.data.data_dir)
+        source = dense_ticket(request.arch, setup.data.dataset, seed=request.seed, data_dir=setup.data.data_dir,
+                              pretrained=pretrained)
     options = BaselineOptions(
         method=request.method, sparsity=request.sparsity, like=like, match=request.match,
         distribution=request.distribution or "layerwise", exclude=request.exclude, seed=request.seed,

@@ -22,7 +22,7 @@ from elth_cli import archs, data
 from elth_cli.errors import UsageError
 from elth_cli.find.methods import FindRequest
 from elth_cli.find.baselines import BaselineOptions, default_exclude, prune_baseline
-from elth_cli.find.tickets import fresh_ticket
+from elth_cli.find.tickets import Pretrained, fresh_ticket, pretrained_field, pretrained_source
 from elth_cli.flops import module_macs
 from elth_cli.prune import check_sparsity
 from elth_cli.ticket import Ticket, apply_masks
@@ -52,6 +52,7 @@ class DstOptions:
     update_until: float = 0.75  # fraction of the run's steps after which the mask is fixed
     drop_fraction: float = 0.3  # rigl/set
     exclude: tuple[str, ...] | None = None  # None: the family's default (fc for VGG)
+    pretrained: Pretrained | None = None  # find --pretrained FILE: the training starts from its weights
 
     def every(self) -> int:
         return self.update_every if self.update_every is not None else DEFAULT_UPDATE_EVERY[self.method]
@@ -59,6 +60,7 @@ class DstOptions:
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.update(update_every=self.every(), exclude=None if self.exclude is None else list(self.exclude))
+        pretrained_field(d, self.pretrained)
         if self.method == "dpf":
             d.update(distribution="global", drop_fraction=None)
         return d
@@ -72,7 +74,7 @@ def options_from(request: FindRequest, arch: str, dataset: str) -> DstOptions:
                       update_every=request.update_every,
                       update_until=0.75 if request.update_until is None else request.update_until,
                       drop_fraction=0.3 if request.drop_fraction is None else request.drop_fraction,
-                      exclude=request.exclude)
+                      exclude=request.exclude, pretrained=pretrained_source(request.pretrained))
 
 
 def check_dst_options(opts: DstOptions) -> None:
@@ -97,7 +99,8 @@ def check_dst_options(opts: DstOptions) -> None:
 def _start_ticket(opts: DstOptions, spec: archs.ArchSpec, cfg: TrainConfig, info: data.DatasetInfo,
                   exclude: tuple[str, ...]) -> tuple[Ticket, Ticket]:
     """(the fresh dense network, the run's starting ticket): a random mask for rigl/set, dense for dpf."""
-    dense = fresh_ticket(spec.name, info.input_shape, info.num_classes, seed=cfg.seed, dataset=info.name)
+    dense = fresh_ticket(spec.name, info.input_shape, info.num_classes, seed=cfg.seed, dataset=info.name,
+                         pretrained=opts.pretrained)
     if opts.method == "dpf":
         return dense, dense
     start = prune_baseline(dense, BaselineOptions("random", sparsity=opts.sparsity, distribution=opts.distribution,

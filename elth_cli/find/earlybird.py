@@ -19,7 +19,7 @@ from elth_cli import archs, data
 from elth_cli.errors import UsageError
 from elth_cli.find.baselines import default_exclude
 from elth_cli.find.methods import FindRequest
-from elth_cli.find.tickets import fresh_ticket
+from elth_cli.find.tickets import Pretrained, fresh_ticket, pretrained_field, pretrained_source
 from elth_cli.masks import refuse_empty_layers
 from elth_cli.prune import check_sparsity, magnitude_scores, prune_to_sparsity
 from elth_cli.steps import parse_steps
@@ -44,10 +44,12 @@ class EarlyBirdOptions:
     window: int = DEFAULT_WINDOW
     epsilon: float = DEFAULT_EPSILON
     exclude: tuple[str, ...] | None = None  # None: the family's default (fc for VGG)
+    pretrained: Pretrained | None = None  # find --pretrained FILE: the search starts from its weights
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["exclude"] = None if self.exclude is None else list(self.exclude)
+        pretrained_field(d, self.pretrained)
         return d
 
 
@@ -58,7 +60,8 @@ def options_from(request: FindRequest, arch: str, dataset: str) -> EarlyBirdOpti
     if request.sparsity is None:
         raise UsageError("early-bird needs --sparsity")
     opts = EarlyBirdOptions(arch, dataset, request.sparsity, rewind=normalise_steps(request.rewind),
-                            exclude=request.exclude, **request.detection())
+                            exclude=request.exclude, pretrained=pretrained_source(request.pretrained),
+                            **request.detection())
     check_detection(opts.window, opts.epsilon)
     return opts
 
@@ -93,7 +96,8 @@ def find_early_bird(opts: EarlyBirdOptions, cfg: TrainConfig, bundle: data.DataB
     problem = never_settles(cfg.epochs, opts.window, f"the early-bird search of {spec.name}")
     if problem and distributed.ranks()[0] == 0:  # said before the training, not found at its end
         print(f"warning: {problem}", file=sys.stderr)
-    dense = fresh_ticket(spec.name, info.input_shape, info.num_classes, seed=cfg.seed, dataset=info.name)
+    dense = fresh_ticket(spec.name, info.input_shape, info.num_classes, seed=cfg.seed, dataset=info.name,
+                         pretrained=opts.pretrained)
     keys = [k for k in dense.masks if k not in exclude]
     detector = MaskConvergence(keys, pruned_count(dense.masks, opts.sparsity, exclude), opts.window, opts.epsilon,
                                stop=True, not_before=rewind_step)

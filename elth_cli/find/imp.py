@@ -29,7 +29,7 @@ from elth_cli.steps import parse_steps
 from elth_cli.ticket import Ticket, apply_masks
 from elth_cli.train.config import TrainConfig
 from elth_cli.find.baselines import default_exclude
-from elth_cli.find.tickets import NO_COST, fresh_ticket
+from elth_cli.find.tickets import NO_COST, Pretrained, fresh_ticket, pretrained_field, pretrained_source
 from elth_cli.train.convergence import DEFAULT_EPSILON, DEFAULT_WINDOW, MaskConvergence, check_detection, never_settles
 from elth_cli.train.convergence import STATE_KEY as EARLY_BIRD_KEY
 from elth_cli.train.identity import run_differences
@@ -56,10 +56,12 @@ class ImpOptions:
     early_bird: bool = False
     window: int = DEFAULT_WINDOW
     epsilon: float = DEFAULT_EPSILON
+    pretrained: Pretrained | None = None  # find --pretrained FILE: round 0 starts from its weights
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["exclude"] = None if self.exclude is None else list(self.exclude)
+        pretrained_field(d, self.pretrained)
         if not self.early_bird:  # runs from before early-bird rounds existed recorded none of these
             for key in ("early_bird", "window", "epsilon"):
                 del d[key]
@@ -274,7 +276,8 @@ def _read_round(run: _ImpRun, r: int, path: Path, prev: Ticket | None) -> Ticket
     imp = hp.get("imp") if isinstance(hp.get("imp"), dict) else {}
     spe = run.bundle.steps_per_epoch(run.cfg.batch_size, run.world_size)
     start = 0 if r == 0 else run.plan.rewind_step
-    options = {**run.opts.as_dict(), "exclude": list(run.plan.exclude)}
+    # pretrained always compared (None: a fresh init), so that a round started from a file is not taken for a fresh one.
+    options = {"pretrained": None, **run.opts.as_dict(), "exclude": list(run.plan.exclude)}
     # As JSON (tuples as lists), as the file holds them; --rounds and --sparsity may grow (a run extended).
     wanted = json.loads(json.dumps({"imp": {k: v for k, v in options.items() if k not in ("rounds", "sparsity")},
                                     "config": run.cfg.resolved(spe, start, run.world_size)}))
@@ -306,7 +309,7 @@ def _train_round(run: _ImpRun, r: int, masks: dict[str, Tensor] | None, prev: Ti
     stop_step = run.stop_at[1] if run.stop_at is not None and run.stop_at[0] == r else None
     if r == 0:
         # Seeded: every rank builds the same initialisation.
-        dense = fresh_ticket(plan.spec.name, shape, classes, seed=cfg.seed)
+        dense = fresh_ticket(plan.spec.name, shape, classes, seed=cfg.seed, pretrained=run.opts.pretrained)
         masks = dense.masks
     assert masks is not None
     detector = _round_detector(run, r, masks)
@@ -371,7 +374,8 @@ def options_from(request: FindRequest, arch: str, dataset: str) -> ImpOptions:
         raise UsageError("--window and --epsilon are for early-bird rounds (--early-bird); imp does not use them")
     opts = ImpOptions(arch, dataset, rounds=request.rounds, sparsity=request.sparsity, prune_rate=request.prune_rate,
                       rewind=normalise_steps(request.rewind), exclude=request.exclude,
-                      early_bird=request.early_bird, **request.detection())
+                      early_bird=request.early_bird, pretrained=pretrained_source(request.pretrained),
+                      **request.detection())
     check_imp_options(opts)
     return opts
 

@@ -151,6 +151,7 @@ class FindRequest:
     batches: int = 10
     iterations: int = 100
     batch_size: int | None = None
+    pretrained: str | None = None
 
     @classmethod
     def from_options(cls, values: dict[str, Any]) -> "FindRequest":
