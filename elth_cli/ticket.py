@@ -59,6 +59,9 @@ _HPARAMS = schema.obj({
     "resize": schema.optional(schema.integer(1, MAX_DIMENSION)), "sync_bn": schema.boolean,
     "steps_per_epoch": _POSITIVE, "total_steps": _COUNT, "start_step": _COUNT, "warmup_steps": _COUNT,
     "milestone_steps": schema.list_of(_COUNT), "world_size": _POSITIVE,
+    # Optional (a ticket trained before elth had AdamW lacks them: SGD): the optimizer and AdamW's constants.
+    "optimizer": schema.text, "nesterov": schema.boolean, "betas": schema.list_of(schema.number(0, 1), length=2),
+    "eps": schema.number(0),
 })
 _METRICS = schema.obj({
     "test_acc": _FRACTION, "best_test_acc": _FRACTION, "train_acc": _FRACTION, "test_top5": _FRACTION,
