@@ -61,6 +61,9 @@ _HPARAMS = schema.obj({
     "milestone_steps": schema.list_of(_COUNT), "world_size": _POSITIVE,
     # find --pretrained FILE: the weights file a fresh ticket started from (its name, not its path).
     "pretrained": schema.obj({"file": schema.text, "sha256": schema.text}),
+    # Optional (a ticket trained before elth had AdamW lacks them: SGD): the optimizer and AdamW's constants.
+    "optimizer": schema.text, "nesterov": schema.boolean, "betas": schema.list_of(schema.number(0, 1), length=2),
+    "eps": schema.number(0),
 })
 _METRICS = schema.obj({
     "test_acc": _FRACTION, "best_test_acc": _FRACTION, "train_acc": _FRACTION, "test_top5": _FRACTION,

@@ -40,7 +40,8 @@ def _choices(kind: str) -> list[str]:
 
         return list(data.dataset_names())
     return {"plot_kind": ["auto", "accuracy", "layers", "interpolation"], "precision": ["auto", "bf16", "fp16", "fp32"],
-            "device": ["auto", "cpu", "cuda"], "schedule": ["step", "cosine"]}.get(kind, [])
+            "device": ["auto", "cpu", "cuda"], "schedule": ["step", "cosine"],
+            "optimizer": ["sgd", "adamw"]}.get(kind, [])
 
 
 def complete_choices(kind: str) -> Callable[[str], list[str]]:
@@ -82,7 +83,7 @@ _CLI_DEFAULTS = {"device": "auto", "precision": "auto"}
 
 def _parameter(name: str, flag: Flag, default: Any) -> inspect.Parameter:
     hint = recipe_hint(name)  # the recipe decides these defaults: say what each recipe has
-    completion = complete_choices(name) if name in ("precision", "device", "schedule") else None
+    completion = complete_choices(name) if name in ("precision", "device", "schedule", "optimizer") else None
     option = typer.Option(*flag.decls, help=f"{flag.help} [{hint}]" if hint else flag.help, rich_help_panel=flag.panel,
                           autocompletion=completion)
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,

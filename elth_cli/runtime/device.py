@@ -173,13 +173,24 @@ def fused_sgd_supported(device_type: str) -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=None)
+def fused_adamw_supported(device_type: str) -> bool:
+    """Whether this torch has a fused AdamW kernel for ``device_type`` (CUDA; the CPU since torch 2.4)."""
+    try:
+        weight = torch.zeros(1, device=device_type, requires_grad=True)
+        torch.optim.AdamW([weight], lr=1e-3, fused=True)
+        return True
+    except (RuntimeError, ValueError, TypeError):
+        return False
+
+
 @dataclass(frozen=True)
 class DeviceSetup:
     """Every device-dependent choice of a run, decided once (:func:`device_setup`) and read by the loop.
 
     ``channels_last``: model and input batches in NHWC, what cuDNN's fast convolutions want.
-    ``fused_sgd``: one fused SGD kernel (else the multi-tensor ``foreach`` one); with fp16 it also
-    takes the grad scaler's inf check, so a step stays free of host syncs.
+    ``fused_sgd``: one fused optimizer kernel, SGD's or AdamW's (else the multi-tensor ``foreach`` one);
+    with fp16 it also takes the grad scaler's inf check, so a step stays free of host syncs.
     ``pin_memory``/``non_blocking``: folder data sets copy batches from page-locked memory,
     asynchronously. ``cudnn_benchmark``: cuDNN autotuning (off when ``deterministic``).
     """

@@ -17,10 +17,10 @@ from torch import Tensor, nn
 
 from elth_cli.runtime import distributed
 from elth_cli.data import DataBundle
-from elth_cli.runtime.device import DeviceSetup, autocast
+from elth_cli.runtime.device import DeviceSetup, autocast, fused_adamw_supported
 from elth_cli.errors import UsageError
 from elth_cli.train.checkpoint import EpochStats
-from elth_cli.train.config import TrainConfig
+from elth_cli.train.config import ADAMW_BETAS, ADAMW_EPS, TrainConfig
 
 # ---------------------------------------------------------------------------------------------
 # Masks
@@ -101,9 +101,9 @@ class MaskSet:
         """Rewire the masks during training; return how many weights changed state.
 
         ``masks`` gives new masks for some or all keys (same shapes). Every weight whose mask
-        changes is set to zero, with its optimizer state (SGD's momentum): a weight that leaves
-        the mask is pruned, and one that joins starts from zero with no momentum, as RigL's grown
-        connections do. Per-layer counts are the caller's to keep (the loop does not rebalance).
+        changes is set to zero, with its optimizer state (SGD's momentum, AdamW's two moments): a
+        weight that leaves the mask is pruned, and one that joins starts from zero with no momentum,
+        as RigL's grown connections do. Per-layer counts are the caller's to keep (the loop does not rebalance).
         """
         new = dict(self.masks)
         rewired = 0
@@ -173,6 +173,9 @@ class FeedbackMaskSet(MaskSet):
 
 
 def _zero_where(param: Tensor, changed: Tensor, optimizer: torch.optim.Optimizer | None) -> None:
+    """Zero ``param`` where ``changed``, and every per-weight optimizer state there: SGD's momentum buffer,
+    AdamW's exp_avg and exp_avg_sq (its step count is the parameter's, shared by every weight: kept, so a
+    regrown weight's first moments are bias-corrected as a weight that saw zero gradients until now)."""
     where = changed.to(param.device)
     param.masked_fill_(where, 0.0)
     state = optimizer.state.get(param, {}) if optimizer is not None else {}
@@ -242,10 +245,37 @@ class TrainStep:
         return both[0] / seen, both[1] / seen
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig, setup: DeviceSetup) -> torch.optim.SGD:
-    """SGD with momentum, weight decay on every parameter (BN too, as open_lth); fused or foreach per ``setup``."""
+def make_optimizer(model: nn.Module, cfg: TrainConfig, setup: DeviceSetup) -> torch.optim.Optimizer:
+    """The recipe's optimizer over ``model``'s parameters; fused (CUDA) or foreach per ``setup``.
+
+    SGD: momentum, weight decay on every parameter (BN too, as open_lth), one parameter group.
+    AdamW (``--optimizer adamw``): decoupled weight decay on the weight matrices and kernels only, as
+    timm and DeiT: parameters of one dimension or none (biases, LayerNorm and BatchNorm weights) and
+    the names the model's ``no_weight_decay()`` returns (position embedding, class token) get none.
+    """
+    kwargs = setup.optimizer_kwargs()
+    if cfg.optimizer == "adamw":
+        if kwargs.get("fused") and not fused_adamw_supported(setup.device.type):
+            kwargs = {"foreach": True}
+        return torch.optim.AdamW(adamw_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=ADAMW_BETAS,
+                                 eps=ADAMW_EPS, weight_decay=cfg.weight_decay, **kwargs)
     return torch.optim.SGD(list(model.parameters()), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                           nesterov=False, **setup.optimizer_kwargs())
+                           nesterov=False, **kwargs)
+
+
+def adamw_param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Two parameter groups: ``weight_decay`` on the rest, none on 1-D (and 0-D) parameters and the names
+    ``model.no_weight_decay()`` gives (timm's convention; a model without the method names none). A group
+    with no parameter is left out."""
+    skip = getattr(model, "no_weight_decay", None)
+    named = set(skip()) if callable(skip) else set()
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim <= 1 or name in named else decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
 
 
 @dataclass
