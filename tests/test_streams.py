@@ -201,7 +201,7 @@ def test_help_names_the_recipe_defaults_the_cache_folder_and_requires_an_import_
     r = subprocess.run([sys.executable, "-m", "elth_cli", "train", "--help"], capture_output=True, text=True,
                        env=dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="200"), timeout=60)
     text = " ".join(r.stdout.split())  # help wraps its lines
-    assert "[default: 0.1 CIFAR, 0.4 ImageNet, 0.1 MNIST, 0.05 digits, 0.001 ViT, 0.003 ViT digits]" in text
+    assert "[default: 0.1 CIFAR, 0.4 ImageNet, 0.1 MNIST, 0.05 digits, 0.001 ViT, 0.005 ViT digits]" in text
     assert "[default: 0.9 CIFAR, 0.9 ImageNet, 0 MNIST, 0.9 digits]" in text  # momentum: the SGD recipes only
     assert "~/.cache/elth/data" in text
     r = run_in_process(capsys, "import", tmp_path, "--arch", "resnet20", "-o", tmp_path / "x.safetensors")
