@@ -45,7 +45,7 @@ from elth_cli.train.config import TrainConfig, config_from_options
 from elth_cli.train.job import DataOptions, Setup, TrainJob, train_file
 from elth_cli.train.options import RunOptions
 
-# More workers than this gain nothing: the demo has at most 4 chains, then 8-24 trainings, at once.
+# More workers than this gain nothing: the demo has at most 6 chains, then 12-36 trainings, at once.
 MAX_JOBS = 8
 
 
@@ -57,6 +57,9 @@ class DemoConfig:
     large: str = "resnet32-w4"
     # The paper's MLP-2 and MLP-4 (Table 5): a second pair, stretched and squeezed the same way. None: none.
     mlp: tuple[str, str] | None = ("mlp-300x2", "mlp-300x4")
+    # A vision transformer pair (4 and 8 pre-norm blocks of width 32, 2 heads, 2x2 patches; docs/demo.md):
+    # trained with the vit-digits recipe (AdamW), stretched and squeezed the same way. None: none.
+    vit: tuple[str, str] | None = ("vit-d4-w32-h2-p2", "vit-d8-w32-h2-p2")
     rounds: int = 13
     levels: tuple[int, ...] = (10, 13)  # IMP rounds: 89.26 % and 94.50 % sparsity
     rewind: str = "1ep"
@@ -119,7 +122,7 @@ def trained_path(out: Path, target: str, level: int, kind: str) -> Path:
 
 def pairs(config: DemoConfig) -> list[tuple[str, str]]:
     """The (shallower, deeper) pairs of architectures the demo transforms between."""
-    return [(config.small, config.large)] + ([tuple(config.mlp)] if config.mlp else [])
+    return [(config.small, config.large)] + [tuple(p) for p in (config.mlp, config.vit) if p]
 
 
 def targets(config: DemoConfig) -> list[str]:

@@ -11,17 +11,20 @@ from elth_cli.ticket import Ticket
 
 
 def test_tiny_demo(tmp_path):
-    config = DemoConfig(small="resnet14-w4", large="resnet20-w4", mlp=("mlp-300x2", "mlp-300x3"), rounds=2,
-                        levels=(2,), epochs=2, full=True)
+    config = DemoConfig(small="resnet14-w4", large="resnet20-w4", mlp=("mlp-300x2", "mlp-300x3"),
+                        vit=("vit-d1-w16-h2-p2", "vit-d2-w16-h2-p2"), rounds=2, levels=(2,), epochs=2, full=True)
     rows = run_demo(tmp_path, config, Log(quiet=True), jobs=2)  # the chains and trainings on two workers
     kinds = {(r.target, r.kind) for r in rows}
     common = {"IMP (own)", "IMP early-bird", "rigl", "random", "random layer-wise", "magnitude"}
     assert kinds == {
-        *{(t, k) for t in ("resnet14-w4", "resnet20-w4", "mlp-300x2", "mlp-300x3") for k in common},
+        *{(t, k) for t in ("resnet14-w4", "resnet20-w4", "mlp-300x2", "mlp-300x3", "vit-d1-w16-h2-p2",
+                           "vit-d2-w16-h2-p2") for k in common},
         ("resnet14-w4", "squeeze keep-first"), ("resnet14-w4", "squeeze spaced"),
         ("resnet20-w4", "stretch append"), ("resnet20-w4", "stretch interpolate"),
         ("mlp-300x2", "squeeze keep-first"), ("mlp-300x2", "squeeze spaced"),
         ("mlp-300x3", "stretch append"), ("mlp-300x3", "stretch interpolate"),
+        ("vit-d1-w16-h2-p2", "squeeze keep-first"), ("vit-d1-w16-h2-p2", "squeeze spaced"),
+        ("vit-d2-w16-h2-p2", "stretch append"), ("vit-d2-w16-h2-p2", "stretch interpolate"),
     }
     by = {(r.target, r.kind): r for r in rows}
     # A stretched ticket costs its source's IMP (two trainings of resnet14), once; baselines only the rewind.
@@ -38,7 +41,10 @@ def test_tiny_demo(tmp_path):
     for r in rows:
         assert 0.0 <= r.test_acc <= 1.0
     doc = json.loads((tmp_path / "table.json").read_text())
-    assert len(doc["rows"]) == 4 * 8
+    assert len(doc["rows"]) == 6 * 8
+    # The transformer trains with its own recipe (AdamW), the CNNs and MLPs with digits' SGD.
+    vit_ticket = Ticket.load(tmp_path / "vit-d2-w16-h2-p2-l02-stretch-append.safetensors")
+    assert vit_ticket.hparams["optimizer"] == "adamw" and stretched_sgd(tmp_path)
     # The layer-wise control keeps the IMP ticket's sparsity layer by layer; the uniform one only overall.
     own, control = (Ticket.load(tmp_path / f) for f in ("imp-resnet20-w4/round-02.safetensors",
                                                         "resnet20-w4-l02-random-layer-wise.safetensors"))
@@ -56,6 +62,10 @@ def test_tiny_demo(tmp_path):
     assert [(r.kind, r.test_acc) for r in again] == [(r.kind, r.test_acc) for r in rows]
 
 
+def stretched_sgd(out) -> bool:
+    return Ticket.load(out / "resnet20-w4-l02-stretch-append.safetensors").hparams["optimizer"] == "sgd"
+
+
 def test_demo_over_seeds_reports_mean_and_std(tmp_path):
     """Two seeds of a tiny demo, side by side: each seed in its own folder, one summary row per ticket
     kind with n = 2 and the seeds' mean and standard deviation."""
@@ -63,7 +73,7 @@ def test_demo_over_seeds_reports_mean_and_std(tmp_path):
 
     from elth_cli.demo import render_summary, summarize
 
-    config = DemoConfig(small="resnet14-w4", large="resnet20-w4", rounds=1, levels=(1,), epochs=2, seeds=2)
+    config = DemoConfig(small="resnet14-w4", large="resnet20-w4", rounds=1, levels=(1,), epochs=2, seeds=2, vit=None)
     rows = run_demo(tmp_path, config, Log(quiet=True), jobs=2)
     assert {r.seed for r in rows} == {0, 1}
     assert (tmp_path / "seed-0" / "imp-resnet14-w4" / "round-01.safetensors").exists()

@@ -30,22 +30,26 @@ def demo(
                       "digits recipe's 30 takes twice as long.")] = 15,
     seeds: Annotated[int, typer.Option("--seeds", help="Run the whole comparison for N seeds (--seed, --seed + 1, "
                      "...; each in OUT_DIR/seed-S) and print mean +- standard deviation per row.")] = 1,
+    vit: Annotated[bool, typer.Option("--vit/--no-vit", help="Also the vision transformer pair (vit-d4-w32 and "
+                   "vit-d8-w32, AdamW); --no-vit leaves it out, a third less work.")] = True,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the initialisations, data order and augmentation "
                     "(the first of --seeds).")] = 0,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """The E-LTH experiment in miniature on the embedded digits set: IMP on resnet20 and resnet32 (width 4),
-    stretch and squeeze between them, random and magnitude baselines (with --full: early-bird IMP and RigL too),
+    """The E-LTH experiment in miniature on the embedded digits set: IMP on resnet20 and resnet32 (width 4), on
+    MLP-2 and MLP-4 and on a 4- and an 8-block ViT, stretch and squeeze within each pair, random and magnitude
+    baselines (with --full: early-bird IMP and RigL too),
     and the comparison table with each ticket's FLOPs. IMP chains and trainings run side by side (--jobs).
     """
     from elth_cli import demo as demo_mod
 
     if detect_launch().distributed:  # every rank would write the same files at once
         raise UsageError("elth demo runs in one process; start it without torchrun or srun")
-    config = demo_mod.DemoConfig(seed=seed, full=full, seeds=seeds, epochs=epochs)
+    pair = {} if vit else {"vit": None}
+    config = demo_mod.DemoConfig(seed=seed, full=full, seeds=seeds, epochs=epochs, **pair)
     if quick:
-        config = demo_mod.DemoConfig(rounds=4, levels=(3, 4), epochs=8, seed=seed, full=full, seeds=seeds)
+        config = demo_mod.DemoConfig(rounds=4, levels=(3, 4), epochs=8, seed=seed, full=full, seeds=seeds, **pair)
     check_seed(seed)
     demo_mod.seeds_of(config)  # a bad --seeds is the first thing to report
     with report_stop("demo"):
