@@ -80,5 +80,8 @@ def test_train_eval_compare_info_in_each_precision(family, tmp_path, capsys, mon
     assert r.code == 0 and 0 <= json.loads(r.stdout)["accuracy"] <= 1
     r = run_in_process(capsys, "compare", "r.safetensors", "fp32.safetensors", "bf16.safetensors", "--json")
     assert r.code == 0, r.stderr
+    r = run_in_process(capsys, "compare", "fp32.safetensors", "bf16.safetensors", "--interpolate", "--dataset",
+                       "digits", "--points", "3", "--json")
+    assert r.code == 0, r.stderr
     r = run_in_process(capsys, "info", "fp16.safetensors", "--json")
     assert r.code == 0 and json.loads(r.stdout)[0]["arch"] == arch

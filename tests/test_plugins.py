@@ -78,7 +78,7 @@ def _install(site: Path, version: str = "1.2") -> None:
     (info / "RECORD").write_text("testfam.py,,\n")
 
 
-def test_an_installed_entry_point_registers_and_tickets_name_its_distribution(tmp_path, monkeypatch):
+def test_an_installed_entry_point_goes_through_find_stretch_train_eval_and_compare(tmp_path, monkeypatch):
     site = tmp_path / "site"
     _install(site)
     monkeypatch.setenv("PYTHONPATH", str(site))  # run_elth puts the checkout first, then this
@@ -89,9 +89,13 @@ def test_an_installed_entry_point_registers_and_tickets_name_its_distribution(tm
     r = _run_with_path(env_path, "find", "-m", "magnitude", "--arch", "testmlp3-w16", "--dataset", "digits",
                        "--sparsity", "0.5", "-o", "m.safetensors", cwd=tmp_path)
     assert r.code == 0, r.stderr
-    r = _run_with_path(env_path, "squeeze", "m.safetensors", "-t", "testmlp2-w16", "-o", "q.safetensors",
-                       cwd=tmp_path)
-    assert r.code == 0, r.stderr
+    for args in (("squeeze", "m.safetensors", "-t", "testmlp2-w16", "-o", "q.safetensors"),
+                 ("stretch", "m.safetensors", "-t", "testmlp4-w16", "-o", "s.safetensors"),
+                 ("train", "s.safetensors", "--epochs", "1", "-o", "t.safetensors"),
+                 ("eval", "t.safetensors"),
+                 ("compare", "m.safetensors", "s.safetensors", "t.safetensors")):
+        r = _run_with_path(env_path, *args, cwd=tmp_path)
+        assert r.code == 0, (args, r.stderr)
     r = run_elth("info", "q.safetensors", cwd=tmp_path)  # the distribution is not on this path
     assert r.code == 1 and "Traceback" not in r.stderr
     assert "comes from testfam 1.2" in r.stderr and "pip install" in r.stderr, r.stderr
