@@ -66,13 +66,13 @@ def test_setup_defaults_and_forced_choices(monkeypatch) -> None:
         device_setup("cpu", fast=True)
     with pytest.raises(UsageError, match="resolved"):
         device_setup("cpu", "auto")
-    device.fused_sgd_supported.cache_clear()
+    device.fused_supported.cache_clear()
     monkeypatch.setattr(torch.optim, "SGD", _sgd_without_fused(torch.optim.SGD))
     try:
         with pytest.raises(UsageError, match="no fused SGD"):
             device_setup("cpu", fused_sgd=True)
     finally:
-        device.fused_sgd_supported.cache_clear()
+        device.fused_supported.cache_clear()
 
 
 def _sgd_without_fused(sgd):

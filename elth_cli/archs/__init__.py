@@ -88,11 +88,7 @@ def register_family(family: Family, provider: str | None = None, version: str = 
     """
     provider = provider or getattr(family.parse, "__module__", "") or "__main__"
     record = plugins.checked(family, provider, version or plugins.distribution_version(provider))
-    existing = FAMILIES.get(record.name)
-    if existing is not None and existing.provider != record.provider:
-        raise FamilyError(f"family {record.name} from {record.provider}: the name is taken by the family from "
-                          f"{existing.provider}; give the family another name")
-    FAMILIES[record.name] = record
+    _add(record)
     return record
 
 

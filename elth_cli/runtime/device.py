@@ -162,23 +162,19 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 # ---------------------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
-def fused_sgd_supported(device_type: str) -> bool:
-    """Whether this torch has a fused SGD kernel for ``device_type`` (CUDA; the CPU since torch 2.4)."""
-    try:
-        weight = torch.zeros(1, device=device_type, requires_grad=True)
-        torch.optim.SGD([weight], lr=0.1, momentum=0.9, fused=True)
-        return True
-    except (RuntimeError, ValueError, TypeError):
-        return False
+# The smallest optimizer of each kind with a fused kernel: what probes whether this torch has one.
+_FUSED_PROBES = {
+    "sgd": lambda weight: torch.optim.SGD([weight], lr=0.1, momentum=0.9, fused=True),
+    "adamw": lambda weight: torch.optim.AdamW([weight], lr=1e-3, fused=True),
+}
 
 
 @functools.lru_cache(maxsize=None)
-def fused_adamw_supported(device_type: str) -> bool:
-    """Whether this torch has a fused AdamW kernel for ``device_type`` (CUDA; the CPU since torch 2.4)."""
+def fused_supported(device_type: str, optimizer: str = "sgd") -> bool:
+    """Whether this torch has a fused ``optimizer`` kernel (sgd, adamw) for ``device_type`` (CUDA; the CPU since
+    torch 2.4)."""
     try:
-        weight = torch.zeros(1, device=device_type, requires_grad=True)
-        torch.optim.AdamW([weight], lr=1e-3, fused=True)
+        _FUSED_PROBES[optimizer](torch.zeros(1, device=device_type, requires_grad=True))
         return True
     except (RuntimeError, ValueError, TypeError):
         return False
@@ -222,8 +218,10 @@ class DeviceSetup:
             return model.to(device=self.device, memory_format=torch.channels_last)
         return model.to(self.device)
 
-    def optimizer_kwargs(self) -> dict[str, bool]:
-        return {"fused": True} if self.fused_sgd else {"foreach": True}
+    def optimizer_kwargs(self, optimizer: str = "sgd") -> dict[str, bool]:
+        """The kernel of ``optimizer`` (sgd, adamw): fused where chosen and this torch has it, else foreach."""
+        fused = self.fused_sgd and (optimizer == "sgd" or fused_supported(self.device.type, optimizer))
+        return {"fused": True} if fused else {"foreach": True}
 
     def for_run(self, precision: str, deterministic: bool) -> "DeviceSetup":
         """These device choices for a run's precision and determinism (no cuDNN autotuning when deterministic)."""
@@ -263,9 +261,9 @@ def device_setup(device: str | torch.device, precision: str = "fp32", determinis
         raise UsageError(f"unknown device choice {sorted(forced)[0]!r}")
     if precision not in PRECISIONS[1:]:
         raise UsageError(f"precision must be resolved to bf16, fp16 or fp32, got {precision!r}")
-    choices = dict(channels_last=cuda, fused_sgd=cuda and fused_sgd_supported("cuda"), pin_memory=cuda,
+    choices = dict(channels_last=cuda, fused_sgd=cuda and fused_supported("cuda"), pin_memory=cuda,
                    non_blocking=cuda, cudnn_benchmark=cuda and not deterministic)
     choices.update(forced)
-    if choices["fused_sgd"] and not fused_sgd_supported(dev.type):
+    if choices["fused_sgd"] and not fused_supported(dev.type):
         raise UsageError(f"torch {torch.__version__} has no fused SGD for {dev.type}; drop the fused choice")
     return DeviceSetup(dev, precision, deterministic=deterministic, **choices)

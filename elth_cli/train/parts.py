@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from elth_cli.runtime import distributed
 from elth_cli.data import DataBundle
-from elth_cli.runtime.device import DeviceSetup, autocast, fused_adamw_supported
+from elth_cli.runtime.device import DeviceSetup, autocast
 from elth_cli.errors import UsageError
 from elth_cli.train.checkpoint import EpochStats
 from elth_cli.train.config import ADAMW_BETAS, ADAMW_EPS, TrainConfig
@@ -253,10 +253,8 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, setup: DeviceSetup) -> to
     timm and DeiT: parameters of one dimension or none (biases, LayerNorm and BatchNorm weights) and
     the names the model's ``no_weight_decay()`` returns (position embedding, class token) get none.
     """
-    kwargs = setup.optimizer_kwargs()
+    kwargs = setup.optimizer_kwargs(cfg.optimizer)
     if cfg.optimizer == "adamw":
-        if kwargs.get("fused") and not fused_adamw_supported(setup.device.type):
-            kwargs = {"foreach": True}
         return torch.optim.AdamW(adamw_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=ADAMW_BETAS,
                                  eps=ADAMW_EPS, weight_decay=cfg.weight_decay, **kwargs)
     return torch.optim.SGD(list(model.parameters()), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
