@@ -261,3 +261,12 @@ def test_imp_from_a_pretrained_file_resumes_only_with_it(weights, tmp_path):
     assert torch.equal(round0.init["fc.weight"], state["fc.weight"])  # rewind 0: the file's weights
     r = run_in_process(_capsys(), *imp)
     assert_clean_error(r, (2,), "pretrained")
+
+
+def test_find_pretrained_refuses_a_ticket_and_says_what_to_do(tmp_path):
+    from conftest import make_ticket
+
+    make_ticket("mlp-16x2-8").save(tmp_path / "ticket.safetensors")
+    r = run_in_process(_capsys(), *FIND, "--pretrained", tmp_path / "ticket.safetensors", "-o", tmp_path / "t.safetensors")
+    assert_clean_error(r, (1, 2), "is an elth ticket, not a state dict")
+    assert "--from ticket.safetensors" in r.stderr and not (tmp_path / "t.safetensors").exists()

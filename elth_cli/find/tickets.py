@@ -59,8 +59,15 @@ def _tensors(raw: bytes, source: Pretrained) -> dict[str, Tensor]:
         if source.path.lower().endswith(".safetensors"):
             from safetensors.torch import load
 
-            return dict(load(raw))
+            tensors = dict(load(raw))
+            if any(k.startswith(("mask/", "init/")) for k in tensors):  # the ticket format's tensors
+                raise UsageError(f"--pretrained {name} is an elth ticket, not a state dict; prune at its weights with "
+                                 f"--from {name}, or write them with elth export {name} OUT.safetensors --format "
+                                 "state-dict")
+            return tensors
         obj = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    except UsageError:
+        raise
     except Exception as e:  # safetensors' and torch's own errors for files they cannot read
         raise UsageError(f"--pretrained {name} is not readable ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
                          ".pth files are read with weights_only=True: a state dict of tensors only") from None
