@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from elth_cli.archs import cifar_resnet, imagenet_resnet, mlp, mobilenet, plugins, timm_family, vgg, vgg_fc, vit
 from elth_cli.archs.base import ArchSpec, BlockLayout, Family, ParamCount
 from elth_cli.archs.plugins import ENTRY_POINT_GROUP, ENV_VAR, FamilyError
+from elth_cli.archs.units import Probe, UnitGroup, Units, UnitsBuilder, check_units
 from elth_cli.errors import UsageError
 
 if TYPE_CHECKING:
@@ -58,6 +59,11 @@ __all__ = [
     "family_of",
     "build_model",
     "block_layout",
+    "network_units",
+    "Probe",
+    "UnitGroup",
+    "Units",
+    "UnitsBuilder",
     "expected_state",
     "prunable_keys",
     "prunable_keys_of",
@@ -195,6 +201,18 @@ def resolve_target(source: ArchSpec, name: str) -> ArchSpec:
             "elastic transformations change depth, not width"
         )
     return target
+
+
+def network_units(spec: ArchSpec, shapes: dict[str, tuple[int, ...]]) -> Units:
+    """The units of ``spec``'s network (``shapes``: its state-dict keys' shapes), checked against the shapes; a
+    family without a units description is refused in one line."""
+    family = family_of(spec)
+    if family.units is None:
+        raise UsageError(f"the {family.name} family does not describe its units (Family.units), which aligning and "
+                         "changing the width need; docs/families.md, \"Units\", says how a family gives them")
+    found = family.units(spec, shapes)
+    check_units(found, shapes, where=f"{spec.name}: ")
+    return found
 
 
 def block_layout(spec: ArchSpec) -> BlockLayout:

@@ -11,10 +11,12 @@ meta-device state) live in ``elth_cli.archs.nets.common``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, NamedTuple
+from typing import TYPE_CHECKING, Callable, Mapping, NamedTuple
 
 if TYPE_CHECKING:
     from torch import nn
+
+    from elth_cli.archs.units import Units
 
 
 def owns(prefix: str, key: str) -> bool:
@@ -201,3 +203,7 @@ class Family:
     # (filled in by the registry; a ticket records them so that its family can be found again).
     provider: str = "elth_cli"
     provider_version: str = ""
+    # The network's units (elth_cli.archs.units): which axes of which state-dict tensors move together when
+    # its units are permuted (``elth align``) or widened and narrowed (``elth widen``, ``elth narrow``);
+    # ``units(spec, shapes)`` with every state-dict key's shape. None: the family offers neither.
+    units: Callable[[ArchSpec, Mapping[str, tuple[int, ...]]], Units] | None = None

@@ -12,6 +12,7 @@ import re
 from typing import TYPE_CHECKING
 
 from elth_cli.archs.base import ArchSpec, BlockLayout, Family, ParamCount, ParamTally
+from elth_cli.archs.units import Shape, Units, residual_units
 from elth_cli.errors import UsageError
 
 if TYPE_CHECKING:
@@ -90,6 +91,13 @@ def layout(spec: ArchSpec) -> BlockLayout:
     return BlockLayout(stem=("conv.", "bn."), stages=tuple(stages), head=("fc.",))
 
 
+def units(spec: ArchSpec, shapes: dict[str, Shape]) -> Units:
+    """Channels: the stem's and each stage's (shared by every block's second conv, through the additions; a new
+    group where a 1x1 shortcut changes the shape), and each block's first conv's."""
+    blocks = [(f"blocks.{i}.", ["1", "2"]) for i in range(sum(spec.depths))]
+    return residual_units(shapes, ("conv.", "bn."), blocks, ("shortcut.0.", "shortcut.1."))
+
+
 FAMILY = Family(
     name=FAMILY_NAME,
     parse=parse,
@@ -102,4 +110,5 @@ FAMILY = Family(
     recipe="cifar",
     native_input=((3, 32, 32), 10),
     reference_mapping="one",
+    units=units,
 )

@@ -13,6 +13,7 @@ import re
 from typing import TYPE_CHECKING
 
 from elth_cli.archs.base import ArchSpec, BlockLayout, Family, ParamCount, ParamTally, pool_size
+from elth_cli.archs.units import Shape, Units, residual_units
 from elth_cli.errors import UsageError
 
 if TYPE_CHECKING:
@@ -122,6 +123,14 @@ def layout(spec: ArchSpec) -> BlockLayout:
     return BlockLayout(stem=("conv1.", "bn1."), stages=stages, head=("fc.",))
 
 
+def units(spec: ArchSpec, shapes: dict[str, Shape]) -> Units:
+    """Channels: the stem's, each stage's (torchvision's downsample starts a new group), and each block's inner
+    convs' (two in a bottleneck, one in a basic block)."""
+    pairs = ["1", "2"] if spec.variant == "basic" else ["1", "2", "3"]
+    blocks = [(f"layer{s + 1}.{b}.", pairs) for s, n in enumerate(spec.depths) for b in range(n)]
+    return residual_units(shapes, ("conv1.", "bn1."), blocks, ("downsample.0.", "downsample.1."))
+
+
 FAMILY = Family(
     name=FAMILY_NAME,
     parse=parse,
@@ -135,4 +144,5 @@ FAMILY = Family(
     native_input=((3, 224, 224), 1000),
     reference_prefix="model.",
     reference_mapping="per-stage",
+    units=units,
 )

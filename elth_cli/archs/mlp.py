@@ -16,6 +16,7 @@ import re
 from typing import TYPE_CHECKING
 
 from elth_cli.archs.base import ArchSpec, BlockLayout, Family, ParamCount, ParamTally
+from elth_cli.archs.units import Shape, Units, chain_units, numbered
 from elth_cli.errors import UsageError
 
 if TYPE_CHECKING:
@@ -109,6 +110,11 @@ def layout(spec: ArchSpec) -> BlockLayout:
                        head=(f"fc_layers.{n}.", "fc."))
 
 
+def units(spec: ArchSpec, shapes: dict[str, Shape]) -> Units:
+    """The neurons of each hidden layer (the input's pixels and the classes are not units)."""
+    return chain_units(shapes, [(f"fc_layers.{i}.", None) for i in numbered(shapes, "fc_layers.", ".weight")])
+
+
 FAMILY = Family(
     name=FAMILY_NAME,
     parse=parse,
@@ -121,4 +127,5 @@ FAMILY = Family(
     recipe="mnist",
     native_input=((1, 28, 28), 10),
     reference_mapping="fc_layers",
+    units=units,
 )

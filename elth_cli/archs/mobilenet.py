@@ -15,6 +15,7 @@ import re
 from typing import TYPE_CHECKING
 
 from elth_cli.archs.base import ArchSpec, BlockLayout, Family, ParamCount, ParamTally
+from elth_cli.archs.units import Shape, Units, chain_units, numbered
 from elth_cli.errors import UsageError
 
 if TYPE_CHECKING:
@@ -72,6 +73,17 @@ def layout(spec: ArchSpec) -> BlockLayout:
                        free_first=(True,))
 
 
+def units(spec: ArchSpec, shapes: dict[str, Shape]) -> Units:
+    """Channels: the stem's, then each block's pointwise conv's; a depthwise conv keeps its input's channels."""
+    layers: list[tuple[str, str | None]] = [("conv.", "bn.")]
+    depthwise = []
+    for part in ("layers_part1.", "layers_part2.", "layers_part3."):
+        for i in numbered(shapes, part, ".conv1.weight"):
+            layers += [(f"{part}{i}.conv1.", f"{part}{i}.bn1."), (f"{part}{i}.conv2.", f"{part}{i}.bn2.")]
+            depthwise.append(f"{part}{i}.conv1.")
+    return chain_units(shapes, layers, depthwise=tuple(depthwise))
+
+
 FAMILY = Family(
     name=FAMILY_NAME,
     parse=parse,
@@ -84,4 +96,5 @@ FAMILY = Family(
     recipe="cifar",
     native_input=((3, 32, 32), 10),
     reference_mapping="one",
+    units=units,
 )

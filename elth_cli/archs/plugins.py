@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from elth_cli.archs.base import ArchSpec, BlockLayout, Family
+from elth_cli.archs.units import Units
 from elth_cli.errors import UsageError
 
 ENTRY_POINT_GROUP = "elth.families"
@@ -138,6 +139,7 @@ def checked(family: Family, provider: str, version: str) -> Family:
         count=family.count and _guard(family, provider, "count", family.count, _check_count),
         resolve_target=family.resolve_target and _guard(family, provider, "resolve_target", family.resolve_target,
                                                         _check_spec),
+        units=family.units and _guard(family, provider, "units", family.units, _check_units),
     )
 
 
@@ -146,7 +148,7 @@ def _field_problem(family: Family) -> str:
     for field in ("parse", "build", "layout"):
         if not callable(getattr(family, field)):
             return f"{field} must be a function, got {type(getattr(family, field)).__name__}"
-    for field in ("count", "resolve_target"):
+    for field in ("count", "resolve_target", "units"):
         value = getattr(family, field)
         if value is not None and not callable(value):
             return f"{field} must be a function or None, got {type(value).__name__}"
@@ -223,4 +225,10 @@ def _check_module(family: Family, model: Any) -> str:
 def _check_count(family: Family, count: Any) -> str:
     if not (isinstance(count, tuple) and len(count) == 3 and all(isinstance(v, int) and v >= 0 for v in count)):
         return "returned something other than ParamCount(parameters, prunable, macs) of whole numbers"
+    return ""
+
+
+def _check_units(family: Family, units: Any) -> str:
+    if not isinstance(units, Units):
+        return f"returned a {type(units).__name__}, not a Units (build it with elth_cli.archs.UnitsBuilder)"
     return ""

@@ -12,6 +12,7 @@ import re
 from typing import TYPE_CHECKING
 
 from elth_cli.archs.base import ArchSpec, BlockLayout, Family, ParamCount, ParamTally
+from elth_cli.archs.units import Shape, Units, chain_units, numbered
 from elth_cli.archs.vgg_plan import CONVS_PER_STAGE, tally_convs
 from elth_cli.errors import UsageError
 
@@ -74,6 +75,11 @@ def layout(spec: ArchSpec) -> BlockLayout:
     return BlockLayout(stem=(), stages=tuple(stages), head=("fc.",))
 
 
+def units(spec: ArchSpec, shapes: dict[str, Shape]) -> Units:
+    """Channels: each convolution's outputs (with its BatchNorm), read by the next convolution or the classifier."""
+    return chain_units(shapes, [(f"layers.{i}.conv.", f"layers.{i}.bn.") for i in numbered(shapes, "layers.", ".conv.weight")])
+
+
 FAMILY = Family(
     name=FAMILY_NAME,
     parse=parse,
@@ -85,4 +91,5 @@ FAMILY = Family(
     default_exclude=("fc.weight",),
     recipe="cifar",
     native_input=((3, 32, 32), 10),
+    units=units,
 )

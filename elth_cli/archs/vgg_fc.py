@@ -16,6 +16,7 @@ import re
 from typing import TYPE_CHECKING
 
 from elth_cli.archs.base import ArchSpec, BlockLayout, Family, ParamCount, ParamTally
+from elth_cli.archs.units import Shape, Units, chain_units, numbered
 from elth_cli.archs.vgg_plan import CONVS_PER_STAGE, tally_convs
 from elth_cli.errors import UsageError
 
@@ -96,6 +97,13 @@ def layout(spec: ArchSpec) -> BlockLayout:
     return BlockLayout(stem=("layers.",), stages=(hidden,), head=("fc.",), free_first=(True,))
 
 
+def units(spec: ArchSpec, shapes: dict[str, Shape]) -> Units:
+    """Channels of each convolution, then the neurons of each hidden Linear layer of the classifier."""
+    convs = [(f"layers.{i}.conv.", f"layers.{i}.bn.") for i in numbered(shapes, "layers.", ".conv.weight")]
+    hidden = [(f"classifier.{i}.", None) for i in numbered(shapes, "classifier.", ".weight")]
+    return chain_units(shapes, convs + hidden)
+
+
 FAMILY = Family(
     name=FAMILY_NAME,
     parse=parse,
@@ -108,4 +116,5 @@ FAMILY = Family(
     recipe="cifar",
     native_input=((3, 32, 32), 10),
     reference_mapping="classifier",
+    units=units,
 )

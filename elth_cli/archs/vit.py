@@ -26,6 +26,7 @@ import re
 from typing import TYPE_CHECKING
 
 from elth_cli.archs.base import ArchSpec, BlockLayout, Family, ParamCount, ParamTally
+from elth_cli.archs.units import Probe, Shape, Units, UnitsBuilder, numbered
 from elth_cli.errors import UsageError
 
 if TYPE_CHECKING:
@@ -175,6 +176,41 @@ def layout(spec: ArchSpec) -> BlockLayout:
                        free_first=(True,))
 
 
+def units(spec: ArchSpec, shapes: dict[str, Shape]) -> Units:
+    """The units of a ViT with timm's keys (:func:`transformer_units`) and ``spec``'s heads."""
+    return transformer_units(shapes, heads(spec))
+
+
+def transformer_units(shapes: dict[str, Shape], n_heads: int) -> Units:
+    """The residual stream's features (patch embedding, class token, position embedding, every norm, every
+    block's attention output and MLP output, the classifier's input: one group, since every block adds into
+    it and LayerNorm treats its features alike), each block's heads (moved whole: queries, keys and values of a
+    head and its slice of the output projection; a head's dimensions stay in order) and each block's MLP
+    hidden features."""
+    b = UnitsBuilder(shapes)
+    blocks = numbered(shapes, "blocks.", ".attn.qkv.weight")
+    resid = b.group("residual", size_of="patch_embed.proj.weight",
+                    probes=(Probe("patch_embed", axis=-1), *(Probe(f"blocks.{i}", axis=-1) for i in blocks)))
+    b.conv("patch_embed.proj.", None, resid)
+    for key in ("cls_token", "pos_embed"):
+        b.tensor(key, (None, None, resid))
+    for i in blocks:
+        p = f"blocks.{i}."
+        b.norm(p + "norm1.", resid)
+        head_dim = shapes[p + "attn.proj.weight"][1] // n_heads
+        g = b.group(p + "attn.heads", size=n_heads, unit_dims=head_dim,
+                    probes=(Probe(p + "attn.proj", where="in", axis=-1),))
+        b.linear(p + "attn.qkv.", resid, g)  # its outputs: queries, keys and values, three copies of the heads
+        b.linear(p + "attn.proj.", g, resid)
+        b.norm(p + "norm2.", resid)
+        hidden = b.group(p + "mlp.hidden", size_of=p + "mlp.fc1.weight", probes=(Probe(p + "mlp.fc1", axis=-1),))
+        b.linear(p + "mlp.fc1.", resid, hidden)
+        b.linear(p + "mlp.fc2.", hidden, resid)
+    b.norm("norm.", resid)
+    b.linear("head.", resid, None)
+    return b.done()
+
+
 FAMILY = Family(
     name=FAMILY_NAME,
     parse=parse,
@@ -188,4 +224,5 @@ FAMILY = Family(
     native_input=((3, 32, 32), 10),
     init="model",
     reference_mapping="none",  # ElasticLTH has no ViT
+    units=units,
 )
