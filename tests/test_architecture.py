@@ -27,7 +27,7 @@ LAYERS_BELOW = {
     "elth_cli.find": ("elth_cli.cli", "elth_cli.demo"),
 }
 # What `elth --help` imports must not import torch at module level (the lazy ones may).
-TORCH_FREE = ("elth_cli.cli", "elth_cli.cli.app", "elth_cli.cli.params", "elth_cli.cli.render", "elth_cli.cli.cmd_tickets",
+TORCH_FREE = ("elth_cli.cli", "elth_cli.cli.app", "elth_cli.cli.params", "elth_cli.cli.render", "elth_cli.cli.cmd_tickets", "elth_cli.cli.cmd_units",
               "elth_cli.cli.cmd_train", "elth_cli.cli.cmd_find", "elth_cli.cli.cmd_compare", "elth_cli.cli.cmd_interop",
               "elth_cli.cli.cmd_demo", "elth_cli.find", "elth_cli.find.methods", "elth_cli.train.options", "elth_cli.train.config", "elth_cli.steps", "elth_cli.errors", "elth_cli.fileio",
               "elth_cli.report", "elth_cli.runtime.launch", "elth_cli.archs", "elth_cli.archs.base",

@@ -4,7 +4,8 @@
   closed pipes);
 * :mod:`.params`: the shared options, and those generated from the recipe's and a run's fields;
 * :mod:`.render`: what ``info`` and ``compare`` print, text and JSON;
-* one module per command group: :mod:`.cmd_tickets` (archs, info, stretch, squeeze), :mod:`.cmd_compare`,
+* one module per command group: :mod:`.cmd_tickets` (archs, info, stretch, squeeze), :mod:`.cmd_units`
+  (align, widen, narrow), :mod:`.cmd_compare`,
   :mod:`.cmd_interop` (import, export), :mod:`.cmd_train` (train, eval), :mod:`.cmd_find`, :mod:`.cmd_demo`;
 * :mod:`.examples`: the worked examples every ``--help`` prints; :mod:`.reference`: docs/cli.md.
 
@@ -12,6 +13,6 @@ Importing this package registers every command, in the order ``elth --help`` lis
 """
 
 from elth_cli.cli.app import app, main
-from elth_cli.cli import cmd_tickets, cmd_compare, cmd_interop, cmd_train, cmd_find, cmd_demo  # noqa: F401,E402 - register
+from elth_cli.cli import cmd_tickets, cmd_units, cmd_compare, cmd_interop, cmd_train, cmd_find, cmd_demo  # noqa: F401,E402 - register
 
 __all__ = ["app", "main"]

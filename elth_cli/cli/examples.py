@@ -26,6 +26,9 @@ SUMMARIES: dict[str, str] = {
     "info": "A ticket's sparsity, provenance and metrics; an IMP run's rounds.",
     "stretch": "A ticket to a deeper network of its family.",
     "squeeze": "A ticket to a shallower network of its family.",
+    "align": "A ticket's mask onto another initialisation, unit-matched.",
+    "widen": "A ticket to a wider network of its family.",
+    "narrow": "A ticket to a narrower network of its family.",
     "compare": "Tickets side by side: accuracy, cost, overlap, interpolation.",
     "import": "An open_lth / ElasticLTH run folder to a ticket.",
     "export": "A ticket to an open_lth run folder or a plain state dict.",
@@ -44,6 +47,9 @@ EXAMPLES: dict[str, tuple[Example, ...]] = {
         Example("elth find --method imp --arch resnet20-w4 --dataset digits --rounds 4 --rewind 1ep --out-dir runs/r20 "
                 "-o r20.safetensors", "IMP: 4 rounds of 20 % (59 % sparsity), one ticket per round in runs/r20, the "
                 "last also as r20.safetensors", short="--epochs 3"),
+        Example("elth find --method imp --arch resnet20-w4 --dataset digits --rounds 0 --rewind 1ep --seed 1 "
+                "--out-dir runs/r20-s1", "the dense network from another initialisation (seed 1): round 0 alone",
+                short="--epochs 3"),
         Example("elth find --method random --from runs/r20/round-00.safetensors --like r20.safetensors "
                 "-o r20-random.safetensors", "the random baseline at the IMP ticket's sparsity, at its rewind weights"),
         Example("elth find --method rigl --arch resnet20-w4 --dataset digits --sparsity 0.9 -o r20-rigl.safetensors",
@@ -61,6 +67,21 @@ EXAMPLES: dict[str, tuple[Example, ...]] = {
     "squeeze": (
         Example("elth squeeze r32.safetensors --target resnet20 --strategy spaced -o r20-back.safetensors",
                 "resnet32 -> resnet20 keeping evenly spaced blocks: B0 B2 B4 of each stage"),
+    ),
+    "align": (
+        Example("elth align runs/r20/round-04.safetensors --to runs/r20-s1 -o r20-aligned.safetensors",
+                "round 4's mask permuted onto the seed-1 network's units (weight matching of the two dense round 0s), "
+                "on its init weights"),
+        Example("elth align runs/r20/round-04.safetensors --to runs/r20-s1 --by none -o r20-naive.safetensors",
+                "the same mask moved as it is: the naive control"),
+    ),
+    "widen": (
+        Example("elth widen r20.safetensors --target resnet20-w8 -o r20-w8.safetensors",
+                "width 4 -> 8: every unit's mask twice, fresh init weights (seed 1)"),
+    ),
+    "narrow": (
+        Example("elth narrow r20-w8.safetensors --target resnet20-w4 -o r20-w4.safetensors",
+                "back to width 4: the first half of every layer's units, r20's own mask"),
     ),
     "train": (
         Example("elth train r32.safetensors --dataset digits -o r32-trained.safetensors",
