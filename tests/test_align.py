@@ -123,3 +123,24 @@ def test_cli_on_imp_run_folders(tmp_path, capsys):
 
 def assert_masked_init(aligned, other):
     return all(torch.equal(aligned.init[k], apply_masks(other.init, aligned.masks)[k]) for k in other.init)
+
+
+def test_docs_units_runs_as_written(tmp_path, capsys, monkeypatch):
+    """docs/units.md: its commands in order in one folder (trainings shortened to 2 epochs), then its Python."""
+    import shlex
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "units.md").read_text()
+    commands = [line for block in page.split("```bash\n")[1:] for line in block.split("```")[0].splitlines()
+                if line.startswith("elth ")]
+    assert len(commands) == 6
+    monkeypatch.chdir(tmp_path)
+    for command in commands:
+        short = ["--epochs", "2", "--warmup", "0"] if command.split()[1] in ("find", "train") else []
+        r = run_in_process(capsys, *shlex.split(command)[1:], *short)
+        assert r.code == 0, (command, r.stderr)
+    narrowed, ticket = Ticket.load("r20-w4.safetensors"), Ticket.load("runs/s0/round-04.safetensors")
+    assert all(torch.equal(narrowed.masks[k], ticket.masks[k]) for k in ticket.masks)
+    assert Ticket.load("aligned-trained.safetensors").metrics["steps"] == 23  # from its rewind step (1ep) to 2ep
+    python = page.split("```python\n")[1].split("```")[0]
+    exec(compile(python, "docs/units.md", "exec"), {})

@@ -11,11 +11,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import run_elth, run_in_process
 from elth_cli import archs
 from elth_cli.archs import Family, FamilyError, plugins
 from elth_cli.errors import UsageError
+from elth_cli.find import random_ticket
 from elth_cli.ticket import Ticket
 
 PLUGIN = Path(__file__).resolve().parent / "plugins" / "resmlp_family.py"
@@ -225,3 +227,32 @@ def test_docs_families_runs_as_written(tmp_path, registry, capsys, monkeypatch):
     trained = Ticket.load(tmp_path / "resmlp8-trained.safetensors")
     assert trained.arch == "resmlp8-w64" and trained.metrics["test_acc"] > 0.5
     exec(compile(python[1], "docs/families.md", "exec"), {})
+
+
+def test_docs_families_units_work_on_the_resmlp_family(tmp_path, registry, capsys, monkeypatch):
+    """docs/families.md, "Units": its function added to the page's resmlp.py, as the page says; then widen keeps
+    the function (carry) and align recovers a permutation of the plugin's network."""
+    from elth_cli.symmetry import permute, random_permutations, weight_matching
+    from elth_cli.width import WidthOptions, widen
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "families.md").read_text()
+    python = [block.split("```")[0] for block in page.split("```python\n")[1:]]
+    units_code = next(b for b in python if "def units(" in b)
+    module = python[0].replace("\nFAMILY = Family(", units_code + "\n\nFAMILY = Family(\n    units=units,", 1)
+    (tmp_path / "resmlp.py").write_text(module)
+    monkeypatch.chdir(tmp_path)
+    archs.use_family_module("resmlp.py")
+    ticket = random_ticket("resmlp3-w16", (1, 8, 8), 10, 0.5, seed=0)
+    wide = widen(ticket, "resmlp3-w32", WidthOptions(init="carry"))
+    x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0)).double()
+    with torch.no_grad():
+        torch.testing.assert_close(wide.build_model().double()(x), ticket.build_model().double()(x))
+    units = archs.network_units(ticket.spec, {k: tuple(v.shape) for k, v in ticket.init.items()})
+    perms = random_permutations(units, torch.Generator().manual_seed(1))
+    moved = permute(ticket.init, units, perms)
+    back = permute(moved, units, weight_matching(units, moved, ticket.init))
+    assert all(torch.equal(back[k], ticket.init[k]) for k in back)
+    ticket.save(tmp_path / "r.safetensors")
+    r = run_in_process(capsys, "--family-module", "resmlp.py", "widen", "r.safetensors", "--target", "resmlp3-w64",
+                       "-o", "wide.safetensors")
+    assert r.code == 0, r.stderr

@@ -113,3 +113,4 @@ def test_cli_widen_and_narrow(tmp_path, capsys):
     assert_clean_error(run_in_process(capsys, *["widen", str(src), "--target", "resnet8-w8", "-o", str(tmp_path / "y"),
                                        "--init", "carry", "--init-from", str(src)]), contains="--init-from goes with")
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
