@@ -3,9 +3,9 @@
 IMP on resnet20 and resnet32 at width 4 (at the default width every method saturates on digits:
 see docs/demo.md) and on the paper's MLP-2 and MLP-4, then, at the levels where the methods
 separate, the elastic transformations within each pair (shallow -> deep by append and interpolate;
-deep -> shallow by keep-first and spaced) and the baselines from each target's rewind weights
-(uniform random, random with the IMP ticket's per-layer sparsities, one-shot magnitude), each
-trained with the same recipe. With ``full``, also the target's ticket from early-bird IMP (each round stopped once
+deep -> shallow by keep-first and spaced), the baselines from each target's rewind weights
+(uniform random, random with the IMP ticket's per-layer sparsities, one-shot magnitude) and the IMP
+ticket's mask with new init weights (the random reinitialisation control), each trained with the same recipe. With ``full``, also the target's ticket from early-bird IMP (each round stopped once
 its next mask settled) trained in full, and RigL from scratch at the same sparsity (dynamic sparse
 training). The table compares them per target and level with the compute spent to obtain each
 ticket, and the FLOPs to obtain and train it.
@@ -29,7 +29,7 @@ from elth_cli import archs, data, elastic
 from elth_cli.compare import flops_summary, spread
 from elth_cli.errors import UsageError
 from elth_cli.fileio import WriterLock
-from elth_cli.find.baselines import BaselineOptions, prune_baseline
+from elth_cli.find.baselines import BaselineOptions, prune_baseline, reinit_ticket
 from elth_cli.find.imp import ImpOptions, imp_sparsities
 from elth_cli.find.imp import imp_job as imp_job_run
 from elth_cli.find.methods import FindRequest
@@ -141,9 +141,12 @@ def _transforms(config: DemoConfig, target: str) -> list[tuple[str, str, str, st
 
 # The baselines at each target's IMP sparsity: uniform random (every layer at one rate, the paper's
 # baseline), random with the IMP ticket's own per-layer sparsities (the fairer control: is it the mask,
-# or only its layer-wise density?), one-shot magnitude.
+# or only its layer-wise density?), one-shot magnitude; and the IMP ticket's own mask with new init
+# weights (the other control: is it the mask, or the mask with its init?).
 BASELINES = (("random", "random", "overall"), ("random layer-wise", "random", "layerwise"),
-             ("magnitude", "magnitude", "overall"))
+             ("magnitude", "magnitude", "overall"), ("reinit", "reinit", None))
+# The reinit row's weights: drawn from the demo's seed plus this, a seed no replicate's network is drawn from.
+REINIT_SEED_OFFSET = 1_000_003
 
 
 # ----- the jobs -----------------------------------------------------------------------------------
@@ -186,11 +189,14 @@ def transform_job(worker: Worker, out: Path, config: DemoConfig, target: str, le
 
 def baseline_job(worker: Worker, out: Path, config: DemoConfig, target: str, level: int, kind: str) -> str:
     """A one-shot baseline (:data:`BASELINES`) at the target's dense rewind weights, at its IMP ticket's
-    sparsity (overall, or layer by layer), trained."""
+    sparsity (overall, or layer by layer), or the IMP ticket's mask with new init weights, trained."""
     _, method, match = next(b for b in BASELINES if b[0] == kind)
     own = Ticket.load(round_path(imp_dir(out, target), level))
-    dense = Ticket.load(round_path(imp_dir(out, target), 0))
-    ticket = prune_baseline(dense, BaselineOptions(method=method, like=own, match=match, seed=config.seed))
+    if method == "reinit":
+        ticket = reinit_ticket(own, config.seed + REINIT_SEED_OFFSET)
+    else:
+        dense = Ticket.load(round_path(imp_dir(out, target), 0))
+        ticket = prune_baseline(dense, BaselineOptions(method=method, like=own, match=match, seed=config.seed))
     return _train_cached(worker, config, ticket, trained_path(out, target, level, kind))
 
 

@@ -88,6 +88,52 @@ def test_random_fresh_network_and_layerwise_match(imp_dir, tmp_path):
     assert Ticket.load(out).layer_sparsity() == like.layer_sparsity()
 
 
+def test_reinit_keeps_the_mask_with_new_weights(imp_dir, tmp_path, capsys):
+    """The random reinitialisation control: the IMP ticket's mask exactly, every kept weight drawn anew."""
+    like_path = imp_dir / "run" / "round-02.safetensors"
+    out = tmp_path / "reinit.safetensors"
+    args = ("find", "--method", "reinit", "--like", like_path, "--seed", "1", "-o", out, "--json")
+    r = run_in_process(capsys, *args)
+    assert r.code == 0, r.stderr
+    assert json.loads(r.stdout)["reused"] is False
+    t, like = Ticket.load(out), Ticket.load(like_path)
+    assert (t.method, t.arch, t.dataset, t.input_shape) == ("reinit", like.arch, like.dataset, like.input_shape)
+    assert set(t.masks) == set(like.masks) and all(torch.equal(t.masks[k], like.masks[k]) for k in like.masks)
+    for k, kept in like.masks.items():
+        assert (t.init[k][kept] != like.init[k][kept]).all(), k  # every kept weight drawn anew
+        assert not t.init[k][~kept].any(), k  # pruned entries zero
+    assert t.rewind_step == like.rewind_step == 5 and not t.is_trained  # trains for the steps the ticket trains
+    assert t.parents == [like.parent_record()] and t.cost == like.cost  # it costs what the mask cost
+    assert {k: t.hparams[k] for k in ("baseline", "seed", "init")} == {
+        "baseline": "reinit", "seed": 1, "init": "kaiming_normal, bn uniform (open_lth)"}
+    assert t.hparams["source_hparams"] == like.hparams
+    before = out.read_bytes()
+    r = run_in_process(capsys, *args)  # the same command again: nothing to do
+    assert r.code == 0 and json.loads(r.stdout)["reused"] is True and out.read_bytes() == before
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "--seed 0 is the seed {like} was initialised with; give another seed"),  # IMP's seed, the default
+    (["--seed", "0"], "--seed 0 is the seed {like} was initialised with; give another seed"),
+    (["--seed", "1", "--sparsity", "0.5"], "--method reinit keeps the --like ticket's mask exactly, and its sparsity: "
+                                           "drop --sparsity"),
+    (["--seed", "1", "--from", "{like}"], "--method reinit draws new weights for the --like ticket's mask and prunes "
+                                          "no ticket: drop --from"),
+    (["--seed", "1", "--match", "layerwise"], "drop --match"),
+    (["--seed", "1", "--exclude", "fc.weight"], "drop --exclude"),
+    (["--seed", "1", "--pretrained", "w.safetensors"], "draws new weights from --seed, not from a file: drop --pretrained"),
+    (["--seed", "1", "--arch", "resnet8-w4"], "--arch disagrees with the --like ticket's architecture (resnet14-w4)"),
+    (["--seed", "1", "--batches", "2"], "--batches is for snip, grasp; --method reinit does not use it"),
+])
+def test_reinit_refusals(imp_dir, tmp_path, capsys, args, message):
+    like = imp_dir / "run" / "round-02.safetensors"
+    out = tmp_path / "x.safetensors"
+    r = run_in_process(capsys, "find", "--method", "reinit", "--like", like, "-o", out,
+                       *[a.format(like=like) for a in args])
+    assert_clean_error(r, codes=(2,), contains=message.format(like=like))
+    assert not out.exists()
+
+
 def _popen(args):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.Popen([sys.executable, "-m", "elth_cli", *args], stdout=subprocess.PIPE,

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from conftest import assert_clean_error, run_in_process
 from elth_cli.demo import DemoConfig, render_table, run_demo
@@ -15,7 +16,7 @@ def test_tiny_demo(tmp_path):
                         vit=("vit-d1-w16-h2-p2", "vit-d2-w16-h2-p2"), rounds=2, levels=(2,), epochs=2, full=True)
     rows = run_demo(tmp_path, config, Log(quiet=True), jobs=2)  # the chains and trainings on two workers
     kinds = {(r.target, r.kind) for r in rows}
-    common = {"IMP (own)", "IMP early-bird", "rigl", "random", "random layer-wise", "magnitude"}
+    common = {"IMP (own)", "IMP early-bird", "rigl", "random", "random layer-wise", "magnitude", "reinit"}
     assert kinds == {
         *{(t, k) for t in ("resnet14-w4", "resnet20-w4", "mlp-300x2", "mlp-300x3", "vit-d1-w16-h2-p2",
                            "vit-d2-w16-h2-p2") for k in common},
@@ -41,7 +42,7 @@ def test_tiny_demo(tmp_path):
     for r in rows:
         assert 0.0 <= r.test_acc <= 1.0
     doc = json.loads((tmp_path / "table.json").read_text())
-    assert len(doc["rows"]) == 6 * 8
+    assert len(doc["rows"]) == 6 * 9
     # The transformer trains with its own recipe (AdamW), the CNNs and MLPs with digits' SGD.
     vit_ticket = Ticket.load(tmp_path / "vit-d2-w16-h2-p2-l02-stretch-append.safetensors")
     assert vit_ticket.hparams["optimizer"] == "adamw" and stretched_sgd(tmp_path)
@@ -49,6 +50,13 @@ def test_tiny_demo(tmp_path):
     own, control = (Ticket.load(tmp_path / f) for f in ("imp-resnet20-w4/round-02.safetensors",
                                                         "resnet20-w4-l02-random-layer-wise.safetensors"))
     assert own.layer_sparsity() == control.layer_sparsity()
+    # The reinit control: the IMP ticket's mask exactly with weights drawn from another seed, trained for the
+    # steps the IMP ticket trained; it costs what the mask cost.
+    reinit = Ticket.load(tmp_path / "resnet20-w4-l02-reinit.safetensors")
+    assert all(torch.equal(reinit.masks[k], own.masks[k]) for k in own.masks) and reinit.method == "reinit"
+    assert reinit.hparams["ticket_hparams"]["seed"] not in (None, config.seed)
+    assert reinit.metrics["steps"] == own.metrics["steps"]
+    assert by[("resnet20-w4", "reinit")].extra["trainings"] == by[("resnet20-w4", "IMP (own)")].extra["trainings"] == 2
     # The early-bird row: the early-bird chain's round ticket, trained anew in full with the recipe.
     early = by[("resnet20-w4", "IMP early-bird")]
     assert early.sparsity == by[("resnet20-w4", "IMP (own)")].sparsity and early.extra["trainings"] == 2

@@ -65,6 +65,23 @@ def test_every_find_method_on_a_new_family(family, method, tmp_path, capsys, mon
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_the_reinit_control_on_a_new_family(family, tmp_path, capsys, monkeypatch, family_registered):
+    """reinit, the one find method that needs a ticket: a random ticket's mask with weights drawn by the family's
+    own init from another seed."""
+    if family == "vit" and "vit" not in archs.families():
+        pytest.skip("no vit family in this build")
+    monkeypatch.chdir(tmp_path)
+    arch, _ = FAMILIES[family]
+    assert run_in_process(capsys, "find", "-m", "random", "--arch", arch, "--dataset", "digits", "--sparsity", "0.5",
+                          "-o", "r.safetensors").code == 0
+    r = run_in_process(capsys, "find", "-m", "reinit", "--like", "r.safetensors", "--seed", "1", "-o", "t.safetensors")
+    assert r.code == 0, r.stderr
+    like, ticket = Ticket.load(tmp_path / "r.safetensors"), Ticket.load(tmp_path / "t.safetensors")
+    assert ticket.method == "reinit" and all((ticket.masks[k] == m).all() for k, m in like.masks.items())
+    assert all(not (ticket.init[k][m] == like.init[k][m]).any() for k, m in like.masks.items())
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_train_eval_compare_info_in_each_precision(family, tmp_path, capsys, monkeypatch, family_registered):
     if family == "vit" and "vit" not in archs.families():
         pytest.skip("no vit family in this build")

@@ -181,3 +181,34 @@ def test_a_mask_that_empties_a_layer_is_refused_unless_asked_for() -> None:
     # Every weight pruned: refused whatever is asked (a ticket keeps at least one weight).
     with pytest.raises(UsageError, match="prunes every one of the network's"):
         prune_baseline(dense, BaselineOptions("random", sparsity=0.999999, allow_empty_layers=True))
+
+
+def test_reinit_ticket_keeps_the_mask_and_redraws_the_weights() -> None:
+    """A fresh random ticket's control: the same mask, new weights under it, zeros elsewhere; its own seed refused."""
+    from elth_cli.find.baselines import random_ticket, reinit_ticket
+
+    like = random_ticket("resnet8-w4", (1, 8, 8), 10, 0.7, seed=0, dataset="digits")
+    t = reinit_ticket(like, 3)
+    assert all(torch.equal(t.masks[k], like.masks[k]) for k in like.masks) and set(t.masks) == set(like.masks)
+    assert all((t.init[k][m] != like.init[k][m]).all() and not t.init[k][~m].any() for k, m in like.masks.items())
+    assert (t.method, t.rewind_step, t.hparams["seed"], t.cost) == ("reinit", 0, 3, like.cost)
+    again = reinit_ticket(like, 3)
+    assert all(torch.equal(again.init[k], t.init[k]) for k in t.init)  # the seed decides the weights
+    with pytest.raises(UsageError, match="--seed 0 is the seed the ticket was initialised with; give another seed"):
+        reinit_ticket(like, 0)
+    with pytest.raises(UsageError, match="--seed 3 is the seed"):
+        reinit_ticket(t, 3)  # a control's own draw counts too
+
+
+def test_init_seed_follows_where_the_init_came_from() -> None:
+    """The seed a ticket's init was drawn with, through baselines' sources and trainings' tickets."""
+    from elth_cli.find.baselines import init_seed
+
+    assert init_seed({"imp": {"round": 2}, "seed": 3, "total_steps": 10}) == 3  # IMP: the recipe's seed draws it
+    assert init_seed({"imp": {"pretrained": {"file": "w.pth"}}, "seed": 3}) is None
+    assert init_seed({"dst": {"method": "rigl"}, "seed": 4, "total_steps": 10}) == 4
+    assert init_seed({"baseline": "magnitude", "seed": 5, "source_hparams": {"seed": 2, "init": "x"}}) == 2
+    assert init_seed({"baseline": "reinit", "seed": 5, "source_hparams": {"seed": 2}}) == 5
+    assert init_seed({"seed": 9, "total_steps": 10, "ticket_hparams": {"baseline": "reinit", "seed": 4}}) == 4
+    assert init_seed({"seed": 9, "total_steps": 10}) is None  # elth train's seed orders the data
+    assert init_seed({"init": "pretrained", "seed": 0}) is None and init_seed(None) is None

@@ -39,7 +39,7 @@ def demo(
 ) -> None:
     """The E-LTH experiment in miniature on the embedded digits set: IMP on resnet20 and resnet32 (width 4), on
     MLP-2 and MLP-4 and on a 4- and an 8-block ViT, stretch and squeeze within each pair, random and magnitude
-    baselines (with --full: early-bird IMP and RigL too),
+    baselines, the reinit control (the IMP mask with new weights), with --full early-bird IMP and RigL too,
     and the comparison table with each ticket's FLOPs. IMP chains and trainings run side by side (--jobs).
     """
     from elth_cli import demo as demo_mod

@@ -34,9 +34,10 @@ def find(
     ctx: typer.Context,
     method: Annotated[str, _opt("--method", "-m", autocompletion=complete_choices("method"), help="imp (iterative "
                       "magnitude pruning with rewinding), early-bird (prune once when the mask settles), dynamic sparse "
-                      "training (rigl, set, dpf), or a one-shot baseline: random, magnitude, snip, grasp, synflow.")] = "imp",
+                      "training (rigl, set, dpf), a one-shot baseline: random, magnitude, snip, grasp, synflow, or "
+                      "reinit (the random reinitialisation control: --like's mask with new weights).")] = "imp",
     arch: Annotated[Optional[str], _opt("--arch", "-a", autocompletion=complete_choices("arch"), help="Architecture "
-                    "(elth archs lists them); baselines take it from --from when given.")] = None,
+                    "(elth archs lists them); baselines take it from --from when given, reinit from --like.")] = None,
     sparsity: Annotated[Optional[float], _opt("--sparsity", help="Fraction of prunable weights pruned, in [0, 1); imp: "
                         "the last round prunes to exactly this.")] = None,
     rounds: Annotated[Optional[int], _opt("--rounds", help="imp: pruning rounds after the dense round 0 "
@@ -65,7 +66,7 @@ def find(
     from_ticket: Annotated[Optional[str], _opt("--from", help="Baselines: prune at this ticket's init (rewind) "
                            "weights, e.g. an IMP run's round-00.safetensors.")] = None,
     like: Annotated[Optional[str], _opt("--like", help="Baselines: match this ticket's sparsity (instead of "
-                    "--sparsity).")] = None,
+                    "--sparsity); reinit: the ticket whose mask gets new init weights.")] = None,
     match: Annotated[str, _opt("--match", help="With --like: overall, or layerwise (same count per layer).")] = "overall",
     batches: Annotated[int, _opt("--batches", help="snip/grasp: training batches whose gradients score the "
                        "weights.")] = 10,
@@ -99,7 +100,8 @@ def find(
     at --sparsity settles, then prunes once and rewinds (an untrained ticket). rigl, set and dpf train once from
     scratch while the mask moves (a trained ticket). Baselines prune once at --from's init weights (or a fresh
     seeded network of --arch) to --sparsity or --like's sparsity: random, magnitude, snip, grasp (original sign
-    convention), synflow (iterative, data-free).
+    convention), synflow (iterative, data-free). reinit, the random reinitialisation control, keeps --like's mask
+    and draws new init weights from --seed (another seed than the ticket's own).
 
     imp runs data-parallel with several processes (torchrun --nproc-per-node N -m elth_cli find ..., or srun):
     rank 0 prunes and writes, every rank trains; --batch-size is the global batch.
@@ -126,6 +128,8 @@ def _check_find(ctx: typer.Context, found: methods.Method, output: Optional[str]
     from elth_cli.prune import check_sparsity
 
     given = given_options(ctx)
+    for option, why in methods.refused_options(found.name, given):
+        raise UsageError(f"--method {found.name} {why}: drop {flag_of(ctx, option)}")
     for option, users in methods.unused_options(found.name, given):
         raise UsageError(f"{flag_of(ctx, option)} is for {methods.describe_users(users)}; --method {found.name} does "
                          "not use it")
@@ -232,7 +236,8 @@ def _find_search(request: Any, setup: Any, run: Any, output: Optional[str], out_
 
 def _find_baseline(request: Any, setup: Any, run: Any, output: Optional[str], out_dir: Optional[Path], force: bool,
                    json_out: bool, quiet: bool) -> None:
-    """``find --method random|magnitude|snip|grasp|synflow``: prune once, no training."""
+    """``find --method random|magnitude|snip|grasp|synflow``: prune once, no training; ``reinit``: a ticket's
+    mask with new weights."""
     from elth_cli.find.baselines import baseline_job
 
     if output is None:
@@ -243,4 +248,6 @@ def _find_baseline(request: Any, setup: Any, run: Any, output: Optional[str], ou
         print_json({"method": request.method, "output": output, "sha256": result.sha256, "arch": ticket.arch,
                     "sparsity": ticket.sparsity, "parents": ticket.parents, "reused": result.reused})
         return
-    _say(quiet, ticket, output, f"{request.method} ticket {ticket.arch}: sparsity {fmt_pct(ticket.sparsity)}")
+    reinit = request.method == "reinit"
+    what = f", the mask of {request.like} with new init weights (seed {request.seed})" if reinit else ""
+    _say(quiet, ticket, output, f"{request.method} ticket {ticket.arch}: sparsity {fmt_pct(ticket.sparsity)}{what}")

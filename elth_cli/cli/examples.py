@@ -52,6 +52,8 @@ EXAMPLES: dict[str, tuple[Example, ...]] = {
                 short="--epochs 3"),
         Example("elth find --method random --from runs/r20/round-00.safetensors --like r20.safetensors "
                 "-o r20-random.safetensors", "the random baseline at the IMP ticket's sparsity, at its rewind weights"),
+        Example("elth find --method reinit --like r20.safetensors --seed 1 -o r20-reinit.safetensors",
+                "the random reinitialisation control: the IMP ticket's mask with new init weights drawn from seed 1"),
         Example("elth find --method rigl --arch resnet20-w4 --dataset digits --sparsity 0.9 -o r20-rigl.safetensors",
                 "RigL from scratch at 90 % sparsity: a trained ticket", short="--epochs 3 --update-every 10"),
     ),

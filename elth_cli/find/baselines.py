@@ -1,4 +1,5 @@
-"""One-shot pruning baselines at a ticket's init (rewind) weights: random, magnitude, SNIP, GraSP, SynFlow."""
+"""One-shot pruning baselines at a ticket's init (rewind) weights: random, magnitude, SNIP, GraSP, SynFlow; and the
+random reinitialisation control, a ticket's mask with new init weights (``reinit``)."""
 
 from __future__ import annotations
 
@@ -195,6 +196,61 @@ def _uniform_layer_targets(masks: Mapping[str, Tensor], sparsity: float, exclude
 
 
 
+# ----- the random reinitialisation control -------------------------------------------------------------
+def init_seed(hparams: Mapping[str, Any] | None) -> int | None:
+    """The seed a ticket's init weights were drawn with, as its ``hparams`` record it; None where they record
+    none, or the weights came from a file (``--pretrained``) or an import."""
+    hp = hparams or {}
+    if hp.get("baseline") == "reinit":  # its own draw
+        return _whole(hp.get("seed"))
+    for inner in ("ticket_hparams", "source_hparams"):  # a trained ticket: the ticket's; a baseline: its source's
+        if isinstance(hp.get(inner), dict):
+            return init_seed(hp[inner])
+    searches = [hp[k] for k in ("imp", "early_bird", "dst") if isinstance(hp.get(k), dict)]
+    if hp.get("init") == "pretrained" or any(s.get("pretrained") for s in searches):
+        return None
+    if not searches and "total_steps" in hp:  # elth train's record of a ticket that recorded nothing: its seed
+        return None  # is the data order's, not the init's
+    return _whole(hp.get("seed"))
+
+
+def _whole(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def reinit_ticket(like: Ticket, seed: int, name: str = "the ticket") -> Ticket:
+    """The random reinitialisation control of ``like`` (open_lth's ``randomly_reinitialize`` branch): its mask
+    exactly, with the init weights of a fresh network of its architecture, input shape and classes drawn by its
+    family's init from ``seed``, masked. It rewinds to ``like``'s own rewind step, so it trains for the same
+    steps as ``like``; it costs what ``like``'s mask cost. A ``seed`` that ``like``'s own init was drawn with
+    is refused (``name``: the ticket, as the refusal names it)."""
+    if init_seed(like.hparams) == seed:
+        raise UsageError(f"--seed {seed} is the seed {name} was initialised with; give another seed")
+    fresh = fresh_ticket(like.arch, like.input_shape, like.num_classes, seed, like.dataset)
+    if not same_layout(fresh.masks, like.masks):
+        raise UsageError(f"{name}'s masks are not the prunable weights of {like.arch}; it cannot be reinitialised")
+    masks = {k: m.detach().clone().to("cpu") for k, m in like.masks.items()}
+    return Ticket(
+        arch=like.arch, input_shape=like.input_shape, num_classes=like.num_classes, masks=masks,
+        init=apply_masks(fresh.init, masks), method="reinit", rewind_step=like.rewind_step, dataset=like.dataset,
+        parents=[like.parent_record()],
+        hparams={"baseline": "reinit", "seed": seed, "init": fresh.hparams["init"], "source_hparams": like.hparams},
+        cost=dict(like.cost),
+    )
+
+
+def _reinit_job(request: FindRequest, setup: Setup) -> Ticket:
+    """``find --method reinit``: the control of ``--like``, its architecture and data set the ticket's own."""
+    if request.like is None:
+        raise UsageError("reinit needs --like TICKET: the ticket whose mask gets new init weights")
+    like = Ticket.load(request.like)
+    if request.arch is not None and archs.resolve_arch(request.arch).name != like.arch:
+        raise UsageError(f"--arch disagrees with the --like ticket's architecture ({like.arch}); drop --arch")
+    if setup.data.dataset is not None and like.dataset is not None and setup.data.dataset != like.dataset:
+        raise UsageError(f"--dataset disagrees with the --like ticket's data set ({like.dataset}); drop --dataset")
+    return reinit_ticket(like, request.seed, "the --like ticket (stdin)" if request.like == STDIO else request.like)
+
+
 # ----- the baseline job of ``find`` ---------------------------------------------------------------------
 @dataclass
 class BaselineResult:
@@ -206,8 +262,12 @@ class BaselineResult:
 def baseline_job(request: FindRequest, output: str, setup: Setup, allow_empty_layers: bool = False,
                  force: bool = False) -> BaselineResult:
     """Prune once (``request.method``) at ``--from``'s init weights, or a fresh seeded network of ``--arch``, to
-    ``--sparsity`` or ``--like``'s, and save it to ``output``. An output that already is exactly this ticket
-    is kept (a re-run of a finished command); anything else there needs ``force``."""
+    ``--sparsity`` or ``--like``'s, and save it to ``output``; ``reinit``: ``--like``'s mask with new weights
+    (:func:`reinit_ticket`). An output that already is exactly this ticket is kept (a re-run of a finished
+    command); anything else there needs ``force``."""
+    if request.method == "reinit":
+        _refuse_other(output, force)
+        return _saved(_reinit_job(request, setup), output, force)
     if (request.sparsity is None) == (request.like is None):
         raise UsageError(f"{request.method} needs exactly one of --sparsity and --like")
     _refuse_other(output, force)
@@ -230,7 +290,11 @@ def baseline_job(request: FindRequest, output: str, setup: Setup, allow_empty_la
         distribution=request.distribution or "layerwise", exclude=request.exclude, seed=request.seed,
         batches=request.batches, batch_size=request.batch_size or 128, synflow_iterations=request.iterations,
         allow_empty_layers=allow_empty_layers)
-    ticket = prune_baseline(source, options, _batches_for(request, setup, source))
+    return _saved(prune_baseline(source, options, _batches_for(request, setup, source)), output, force)
+
+
+def _saved(ticket: Ticket, output: str, force: bool) -> BaselineResult:
+    """``ticket`` written to ``output``, or the output kept when it already is exactly this ticket."""
     if output != STDIO and Path(output).exists() and not force and _same_ticket(Ticket.load(output), ticket, output):
         return BaselineResult(ticket, sha256_hex(Path(output).read_bytes()), True)
     return BaselineResult(ticket, ticket.save(output, force=True), False)

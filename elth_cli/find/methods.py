@@ -5,10 +5,12 @@ A method is one of three kinds:
 * ``imp``: iterative magnitude pruning, a run folder of rounds (:mod:`.imp`);
 * ``search``: one training whose hooks make the ticket (early-bird, RigL, SET, DPF): its module
   has ``options_from(request)`` and ``search(options, cfg, bundle, run)``;
-* ``baseline``: pruning once at a ticket's init weights, without training (:mod:`.baselines`).
+* ``baseline``: pruning once at a ticket's init weights, without training, or a control of a ticket (its
+  mask with new weights: ``reinit``) (:mod:`.baselines`).
 
 The command line's checks follow from the registry: an option a method does not use is refused
-(:func:`unused_options`), the list of names is :data:`NAMES`, and the dispatch reads ``kind`` and
+(:func:`unused_options`), and so is one that every other method takes but it cannot (its ``refuses``,
+:func:`refused_options`); the list of names is :data:`NAMES`, and the dispatch reads ``kind`` and
 ``module``. A new method is its module and one :class:`Method` entry. :class:`FindRequest` is
 everything a find command was asked, by field name. No torch here (``--help`` reads it).
 """
@@ -40,6 +42,8 @@ class Method:
     help: str
     uses: tuple[str, ...]
     module: str
+    # Options every other method takes that this one refuses: (option, why), the why one clause of its refusal.
+    refuses: tuple[tuple[str, str], ...] = ()
 
     def implementation(self) -> Any:
         """The module that implements it (imported on first use: it needs torch)."""
@@ -47,6 +51,12 @@ class Method:
 
 
 _BASELINE_USES = ("from_ticket", "like")
+_KEEPS_MASK = "keeps the --like ticket's mask exactly"
+_REINIT_REFUSES = (
+    ("sparsity", f"{_KEEPS_MASK}, and its sparsity"), ("match", _KEEPS_MASK), ("exclude", _KEEPS_MASK),
+    ("from_ticket", "draws new weights for the --like ticket's mask and prunes no ticket"),
+    ("pretrained", "draws new weights from --seed, not from a file"),
+)
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("imp", IMP, "iterative magnitude pruning with rewinding (one ticket per round)",
            (TRAINING, "out_dir", "rounds", "prune_rate", "rewind", "early_bird", "window", "epsilon"), "elth_cli.find.imp"),
@@ -66,6 +76,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
                                                                         "batch_size", "workers"), "elth_cli.find.baselines"),
     Method("synflow", BASELINE, "SynFlow (iterative, data-free)", (*_BASELINE_USES, "iterations"),
            "elth_cli.find.baselines"),
+    Method("reinit", BASELINE, "the --like ticket's mask with new init weights drawn from --seed (a control)",
+           ("like",), "elth_cli.find.baselines", refuses=_REINIT_REFUSES),
 )}
 NAMES = tuple(METHODS)
 
@@ -104,6 +116,11 @@ def unused_options(name: str, given: set[str]) -> list[tuple[str, tuple[str, ...
         if who is not None and name not in who:
             out.append((option, who))
     return out
+
+
+def refused_options(name: str, given: set[str]) -> list[tuple[str, str]]:
+    """The options among ``given`` that method ``name`` refuses although other methods take them, each with why."""
+    return [(option, why) for option, why in METHODS[name].refuses if option in given]
 
 
 def describe_users(who: tuple[str, ...]) -> str:
