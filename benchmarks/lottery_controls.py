@@ -1,8 +1,8 @@
 """Tickets across initialisations and widths, with the lottery's own controls, on the digits set.
 
-For resnet20-w4, IMP chains on seeds 0, 1, 2 (rewind to the end of epoch 1, a prune rate that reaches
-exactly 95 % in 13 rounds, so round 10 is 90.0 %), and at each level for each seed s, with t = the next
-seed (the new initialisation is seed t's dense round 0, at its rewind step):
+For resnet20-w4 (``--arch``; ``--wide``: the width it is widened to), IMP chains on seeds 0, 1, 2
+(rewind to the end of epoch 1, a prune rate that reaches exactly 95 % in 13 rounds, so round 10 is
+90.0 %), and at each level for each seed s, with t = the next seed (the new initialisation is seed t's dense round 0, at its rewind step):
 
 * ``IMP ticket``: the ticket itself (its IMP round's training);
 * ``naive``: its mask on seed t's init weights (``elth align --by none``);
@@ -21,6 +21,7 @@ side by side. The table gives the test accuracy over the seeds (mean +- std, n).
     python benchmarks/lottery_controls.py --out runs/controls          # about 20 minutes on 2 cores
     python benchmarks/lottery_controls.py --out runs/controls --json
     python benchmarks/lottery_controls.py --seeds 0 1 --levels 4 --rounds 4 --epochs 3   # a quick look
+    python benchmarks/lottery_controls.py --arch resnet20-w16 --wide resnet20-w32 --out runs/wider
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def imp_chains(out: Path, archs: list[str], seeds: list[int], args: argparse.Nam
         list(pool.map(chain, jobs))
 
 
-def make_tickets(out: Path, seeds: list[int], levels: list[int]) -> dict[tuple[str, int, int], Path]:
+def make_tickets(out: Path, seeds: list[int], levels: list[int], arch: str, wide: str) -> dict[tuple[str, int, int], Path]:
     """Every control ticket, by (row, level, seed), written under ``out/tickets``."""
     from elth_cli.align import AlignOptions, align_ticket, training_inputs
     from elth_cli.find.baselines import BaselineOptions, prune_baseline, reinit_ticket
@@ -83,9 +84,9 @@ def make_tickets(out: Path, seeds: list[int], levels: list[int]) -> dict[tuple[s
 
     for s in seeds:
         t = seeds[(seeds.index(s) + 1) % len(seeds)]
-        own0, other0, wide0 = rnd("resnet20-w4", s, 0), rnd("resnet20-w4", t, 0), rnd("resnet20-w8", s, 0)
+        own0, other0, wide0 = rnd(arch, s, 0), rnd(arch, t, 0), rnd(wide, s, 0)
         for level in levels:
-            ticket = rnd("resnet20-w4", s, level)
+            ticket = rnd(arch, s, level)
             rows = {
                 "naive": align_ticket(ticket, None, other0, AlignOptions(by="none")),
                 "aligned (weights)": align_ticket(ticket, own0, other0, AlignOptions(by="weights")),
@@ -95,7 +96,7 @@ def make_tickets(out: Path, seeds: list[int], levels: list[int]) -> dict[tuple[s
                 "random layer-wise": prune_baseline(own0, BaselineOptions("random", like=ticket, match="layerwise",
                                                                           seed=s)),
             }
-            widened = widen(ticket, "resnet20-w8", WidthOptions(init="from", init_from=wide0))
+            widened = widen(ticket, wide, WidthOptions(init="from", init_from=wide0))
             rows["w4 widened to w8"] = widened
             rows["w8 random layer-wise"] = prune_baseline(wide0, BaselineOptions("random", like=widened,
                                                                                  match="layerwise", seed=s))
@@ -115,7 +116,8 @@ def train_all(out: Path, made: dict[tuple[str, int, int], Path], seeds: list[int
              "--seed", str(s), "--epochs", str(args.epochs), "--eval-every", "0", "-q", log=out / f"train-s{s}.log")
 
 
-def table(out: Path, made: dict[tuple[str, int, int], Path], seeds: list[int], levels: list[int]) -> list[dict]:
+def table(out: Path, made: dict[tuple[str, int, int], Path], seeds: list[int], levels: list[int], arch: str,
+          wide: str) -> list[dict]:
     """Rows of test accuracy over the seeds, per level."""
     from elth_cli.ticket import Ticket
 
@@ -131,8 +133,8 @@ def table(out: Path, made: dict[tuple[str, int, int], Path], seeds: list[int], l
             found = []
             for s in seeds:
                 if row in ("IMP ticket", "w8 IMP ticket"):
-                    arch = "resnet20-w4" if row == "IMP ticket" else "resnet20-w8"
-                    found.append(acc(out / f"imp-{arch}-s{s}" / f"round-{level:02d}.safetensors"))
+                    name = arch if row == "IMP ticket" else wide
+                    found.append(acc(out / f"imp-{name}-s{s}" / f"round-{level:02d}.safetensors"))
                 else:
                     found.append(acc(out / "trained" / made[(row, level, s)].name))
             accs = [a for a, _ in found]
@@ -145,6 +147,8 @@ def table(out: Path, made: dict[tuple[str, int, int], Path], seeds: list[int], l
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--arch", default="resnet20-w4", help="the network whose tickets move")
+    p.add_argument("--wide", default="resnet20-w8", help="the wider network of its family they are widened to")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--levels", type=int, nargs="+", default=[10, 13])
     p.add_argument("--rounds", type=int, default=13)
@@ -155,16 +159,16 @@ def main() -> None:
     args = p.parse_args()
     t0 = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
-    imp_chains(args.out, ["resnet20-w4", "resnet20-w8"], args.seeds, args)
+    imp_chains(args.out, [args.arch, args.wide], args.seeds, args)
     t_imp = time.perf_counter() - t0
-    made = make_tickets(args.out, args.seeds, args.levels)
+    made = make_tickets(args.out, args.seeds, args.levels, args.arch, args.wide)
     train_all(args.out, made, args.seeds, args)
-    rows = table(args.out, made, args.seeds, args.levels)
+    rows = table(args.out, made, args.seeds, args.levels, args.arch, args.wide)
     wall = time.perf_counter() - t0
     if args.json:
         print(json.dumps({"rows": rows, "wall_s": wall, "imp_s": t_imp, "seeds": args.seeds, "epochs": args.epochs}))
         return
-    print(f"test accuracy on digits, resnet20-w4 (width rows: resnet20-w8), {len(args.seeds)} seeds, "
+    print(f"test accuracy on digits, {args.arch} (width rows: {args.wide}), {len(args.seeds)} seeds, "
           f"{args.epochs} epochs; {wall:.0f} s ({t_imp:.0f} s of IMP chains)")
     print(f"{'level':>5}  {'row':<24} {'sparsity':>8}  {'test acc (mean +- std, n)':>26}")
     for r in rows:
