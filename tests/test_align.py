@@ -112,6 +112,8 @@ def test_cli_on_imp_run_folders(tmp_path, capsys):
     assert aligned.transform["to"]["sha256"] == other.sha256
     assert aligned.transform["source"]["sha256"] == Ticket.load(tmp_path / "s0" / "round-00.safetensors").sha256
     assert assert_masked_init(aligned, other)
+    r = run_in_process(capsys, "info", str(out))
+    assert "transform   align by weights (trained weights)" in r.stdout and other.sha256[:16] in r.stdout
     lone = tmp_path / "lone.safetensors"
     lone.write_bytes((tmp_path / "s0" / "round-01.safetensors").read_bytes())
     assert_clean_error(run_in_process(capsys, "align", str(lone), "--to", str(tmp_path / "s1"), "-o",

@@ -108,6 +108,8 @@ def test_cli_widen_and_narrow(tmp_path, capsys):
     r = run_in_process(capsys, *["narrow", str(wide), "--target", "resnet8-w4", "-o", str(back), "--init", "carry"])
     assert r.code == 0, r.stderr
     assert all(torch.equal(Ticket.load(back).masks[k], Ticket.load(src).masks[k]) for k in Ticket.load(src).masks)
+    r = run_in_process(capsys, "info", str(back))
+    assert "transform   narrow resnet8-w8 -> resnet8-w4, units x0.5, init carry, select first" in r.stdout
     assert_clean_error(run_in_process(capsys, *["narrow", str(src), "--target", "resnet8-w8", "-o", str(tmp_path / "x")]),
                        contains="use elth widen")
     assert_clean_error(run_in_process(capsys, *["widen", str(src), "--target", "resnet8-w8", "-o", str(tmp_path / "y"),

@@ -112,9 +112,31 @@ def ticket_lines(ticket: Ticket, path: str) -> list[str]:
                     f"file        format {ticket.format_version}: {INTEGRITY_NOTES[ticket.integrity]}"]
 
 
+def _short(record: Any) -> str:
+    """A parent record as ``arch sha256[:16]...``."""
+    return f"{record.get('arch')} {str(record.get('sha256'))[:16]}..." if isinstance(record, dict) else "-"
+
+
+def _unit_transform_lines(t: dict[str, Any]) -> list[str]:
+    """``align``, ``widen`` and ``narrow`` (docs/units.md)."""
+    if t.get("kind") == "align":
+        how = "unpermuted (--by none)" if t.get("by") == "none" else \
+            f"by {t.get('by')} ({t.get('match_on')} weights), {t.get('units_moved')} of {t.get('units')} units moved"
+        return [f"transform   align {how}{', signs kept' if t.get('signs') else ''}",
+                f"            onto {_short(t.get('to'))}, matched with {_short(t.get('source'))}"]
+    units = t.get("units") if isinstance(t.get("units"), dict) else {}
+    ratios = sorted({f"x{m / n:g}" for n, m in units.values() if n and n != m})
+    how = {"fresh": f"fresh, seed {t.get('seed')}", "from": f"from {_short(t.get('init_from'))}"}.get(t.get("init"),
+                                                                                                     t.get("init"))
+    return [f"transform   {t.get('kind')} {t.get('source_arch')} -> {t.get('target_arch')}, units {', '.join(ratios)}, "
+            f"init {how}, select {t.get('select')}"]
+
+
 def _transform_lines(t: Optional[dict[str, Any]]) -> list[str]:
     if not t:
         return []
+    if t.get("kind") in ("align", "widen", "narrow", "rewidth"):
+        return _unit_transform_lines(t)
     lines = [f"transform   {t.get('kind')} {t.get('source_arch')} -> {t.get('target_arch')}, strategy "
              f"{t.get('strategy')}, mapping {t.get('mapping_string')} (elth's numbering: --mapping)"]
     if "reference_mapping" in t:
