@@ -30,15 +30,14 @@ import torch
 from torch import Tensor
 
 from elth_cli import archs
+from elth_cli.archs import Units
 from elth_cli.errors import UsageError
 from elth_cli.find.runfolder import RunFolder, round_path
 from elth_cli.symmetry import activation_matching, identity_maps, permute, weight_matching
-from elth_cli.ticket import Ticket, apply_masks, sha256_hex
+from elth_cli.ticket import Ticket, add_costs, apply_masks, sha256_hex
 
 BY = ("weights", "activations", "none")
 MATCH_ON = ("trained", "init")
-# What a dense training costs, added up along the provenance (the keys of a ticket's ``cost``).
-_COST_KEYS = ("train_steps", "train_seconds", "trainings", "train_flops", "dense_train_flops")
 
 
 @dataclass(frozen=True)
@@ -88,10 +87,9 @@ def _check_same(ticket: Ticket, other: Ticket, what: str) -> None:
                          f"{ticket.arch} for {ticket.num_classes} classes")
 
 
-def find_permutation(ticket: Ticket, source: Ticket | None, target: Ticket, options: AlignOptions,
+def find_permutation(units: Units, source: Ticket | None, target: Ticket, options: AlignOptions,
                      inputs: Iterable[Tensor] | None = None) -> dict[str, Tensor]:
     """The permutation of the source's units that matches the target's (every group: the identity for ``none``)."""
-    units = archs.network_units(ticket.spec, {k: tuple(v.shape) for k, v in ticket.init.items()})
     if options.by == "none":
         return identity_maps(units)
     if source is None:
@@ -114,8 +112,8 @@ def align_ticket(ticket: Ticket, source: Ticket | None, target: Ticket, options:
         if other is not None:
             _check_same(ticket, other, what)
     t0 = time.perf_counter()
-    perms = find_permutation(ticket, source, target, options, inputs)
     units = archs.network_units(ticket.spec, {k: tuple(v.shape) for k, v in ticket.init.items()})
+    perms = find_permutation(units, source, target, options, inputs)
     masks = permute(ticket.masks, units, perms)
     init = {k: v.clone() for k, v in target.init.items()}
     if options.signs:
@@ -155,14 +153,7 @@ def _cost(ticket: Ticket, source: Ticket | None, target: Ticket, options: AlignO
     parts = [target.cost, *([_training(target)] if trained else [])]
     if source is not None:
         parts += [source.cost, *([_training(source)] if trained else [])]
-    cost = dict(ticket.cost)
-    for part in parts:
-        for key in _COST_KEYS:
-            value = part.get(key, 0)
-            if isinstance(value, (int, float)):
-                cost[key] = cost.get(key, 0) + value
-    return cost
-
+    return add_costs(ticket.cost, *parts)
 
 def training_inputs(dataset: str, data_dir: str | None, batches: int, batch_size: int, seed: int) -> list[Tensor]:
     """``batches`` batches of training images (no augmentation, a seeded order) for matching by activations."""

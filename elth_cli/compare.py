@@ -24,7 +24,7 @@ from elth_cli.masks import (  # noqa: F401
     Overlap, expected_random_jaccard, hamming, jaccard, kept_and_total, layer_counts, layer_overlaps, pooled,
     same_layout,
 )
-from elth_cli.ticket import Ticket
+from elth_cli.ticket import COST_KEYS, Ticket
 
 SCHEMA = "elth.compare"
 SCHEMA_VERSION = 1
@@ -33,7 +33,6 @@ SCHEMA_VERSION = 1
 # the others are what hand-written or older tickets use.
 ACCURACY_KEYS = ("test_acc", "final_test_acc", "test_accuracy", "accuracy")
 LOSS_KEYS = ("test_loss", "final_test_loss", "loss")
-COST_KEYS = ("train_steps", "train_seconds", "trainings", "train_flops", "dense_train_flops")
 
 
 # ----- masks: overlap and distance ----------------------------------------------------------------

@@ -5,7 +5,8 @@ see docs/demo.md) and on the paper's MLP-2 and MLP-4, then, at the levels where 
 separate, the elastic transformations within each pair (shallow -> deep by append and interpolate;
 deep -> shallow by keep-first and spaced), the baselines from each target's rewind weights
 (uniform random, random with the IMP ticket's per-layer sparsities, one-shot magnitude) and the IMP
-ticket's mask with new init weights (the random reinitialisation control), each trained with the same recipe. With ``full``, also the target's ticket from early-bird IMP (each round stopped once
+ticket's mask with new init weights (the random reinitialisation control), each trained with the
+same recipe. With ``full``, also the target's ticket from early-bird IMP (each round stopped once
 its next mask settled) trained in full, and RigL from scratch at the same sparsity (dynamic sparse
 training). The table compares them per target and level with the compute spent to obtain each
 ticket, and the FLOPs to obtain and train it.

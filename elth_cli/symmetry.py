@@ -51,11 +51,9 @@ def compose(first: Maps, then: Maps) -> dict[str, Tensor]:
 def element_index(units: Units, key: str, axis: int, unit_map: Tensor, length: int) -> Tensor:
     """The elements of ``axis`` of ``key`` (``length`` long in the input) that a unit map picks: every copy of
     the group on the axis, every element of each chosen unit."""
-    group = units.groups[units.axes[key][axis]]
-    n, dims = length // units.copies(key, axis, length), group.unit_dims
+    dims, copies = units.groups[units.axes[key][axis]].unit_dims, units.copies(key, axis, length)
     per_unit = (unit_map.long()[:, None] * dims + torch.arange(dims)[None, :]).reshape(-1)
-    copies = length // n
-    return (torch.arange(copies)[:, None] * n + per_unit[None, :]).reshape(-1)
+    return (torch.arange(copies)[:, None] * (length // copies) + per_unit[None, :]).reshape(-1)
 
 
 def take_units(state: Mapping[str, Tensor], units: Units, maps: Maps, scale_fan_in: bool = False) -> dict[str, Tensor]:

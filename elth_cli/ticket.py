@@ -106,6 +106,21 @@ METADATA_RULES: dict[str, schema.Check] = {
 }
 
 
+# What obtaining a ticket cost (its ``cost`` field), summed along its provenance (docs/ticket-format.md).
+COST_KEYS = ("train_steps", "train_seconds", "trainings", "train_flops", "dense_train_flops")
+
+
+def add_costs(base: dict[str, Any], *parts: dict[str, Any]) -> dict[str, Any]:
+    """``base`` plus every numeric :data:`COST_KEYS` field of ``parts`` (a missing field counts 0)."""
+    out = dict(base)
+    for part in parts:
+        for key in COST_KEYS:
+            value = part.get(key, 0)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                out[key] = out.get(key, 0) + value
+    return out
+
+
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

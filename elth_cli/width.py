@@ -30,7 +30,7 @@ from elth_cli.archs import ArchSpec, Units
 from elth_cli.archs.units import same_shape_but_units
 from elth_cli.errors import UsageError
 from elth_cli.symmetry import take_units
-from elth_cli.ticket import Ticket, apply_masks
+from elth_cli.ticket import Ticket, add_costs, apply_masks
 
 INITS = ("fresh", "from", "carry")
 SELECTIONS = ("first", "densest")
@@ -154,13 +154,8 @@ def _target_weights(ticket: Ticket, spec: ArchSpec, units: Units, maps: dict[str
 
 def _cost(ticket: Ticket, options: WidthOptions) -> dict[str, Any]:
     """The ticket's cost, plus what made ``--init-from``'s weights (its rewind steps) when those are used."""
-    cost = dict(ticket.cost)
-    if options.init == "from" and options.init_from is not None:
-        for key, value in options.init_from.cost.items():
-            if isinstance(value, (int, float)) and isinstance(cost.get(key, 0), (int, float)):
-                cost[key] = cost.get(key, 0) + value
-    return cost
-
+    taken = options.init_from.cost if options.init == "from" and options.init_from is not None else {}
+    return add_costs(ticket.cost, taken)
 
 def widen(ticket: Ticket, target: str | ArchSpec, options: WidthOptions = WidthOptions()) -> Ticket:
     """``ticket`` on a wider network of its family (every layer a whole multiple as wide)."""

@@ -64,16 +64,22 @@ def test_every_find_method_on_a_new_family(family, method, tmp_path, capsys, mon
     assert all((back.masks[k] == ticket.masks[k]).all() for k in ticket.masks)
 
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_the_reinit_control_on_a_new_family(family, tmp_path, capsys, monkeypatch, family_registered):
-    """reinit, the one find method that needs a ticket: a random ticket's mask with weights drawn by the family's
-    own init from another seed."""
+def _random_ticket_here(family, tmp_path, capsys, monkeypatch):
+    """In ``tmp_path``: r.safetensors, a random 50 % ticket of the family's small network; its arch."""
     if family == "vit" and "vit" not in archs.families():
         pytest.skip("no vit family in this build")
     monkeypatch.chdir(tmp_path)
     arch, _ = FAMILIES[family]
     assert run_in_process(capsys, "find", "-m", "random", "--arch", arch, "--dataset", "digits", "--sparsity", "0.5",
                           "-o", "r.safetensors").code == 0
+    return arch
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_the_reinit_control_on_a_new_family(family, tmp_path, capsys, monkeypatch, family_registered):
+    """reinit, the one find method that needs a ticket: a random ticket's mask with weights drawn by the family's
+    own init from another seed."""
+    _random_ticket_here(family, tmp_path, capsys, monkeypatch)
     r = run_in_process(capsys, "find", "-m", "reinit", "--like", "r.safetensors", "--seed", "1", "-o", "t.safetensors")
     assert r.code == 0, r.stderr
     like, ticket = Ticket.load(tmp_path / "r.safetensors"), Ticket.load(tmp_path / "t.safetensors")
@@ -83,12 +89,7 @@ def test_the_reinit_control_on_a_new_family(family, tmp_path, capsys, monkeypatc
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_train_eval_compare_info_in_each_precision(family, tmp_path, capsys, monkeypatch, family_registered):
-    if family == "vit" and "vit" not in archs.families():
-        pytest.skip("no vit family in this build")
-    monkeypatch.chdir(tmp_path)
-    arch, _ = FAMILIES[family]
-    assert run_in_process(capsys, "find", "-m", "random", "--arch", arch, "--dataset", "digits", "--sparsity", "0.5",
-                          "-o", "r.safetensors").code == 0
+    arch = _random_ticket_here(family, tmp_path, capsys, monkeypatch)
     for precision in ("fp32", "bf16", "fp16"):
         r = run_in_process(capsys, "train", "r.safetensors", "--epochs", "1", "--precision", precision,
                            "-o", f"{precision}.safetensors")

@@ -66,7 +66,6 @@ def align(
     from elth_cli.align import AlignOptions, AlignRequest, align_job
 
     check_stdout_use(output, json_out)
-    check_output_path(output, force)
     if batches < 1:
         raise typer.BadParameter("must be at least 1", param_hint="--batches")
     request = AlignRequest(ticket, to, output, source, dataset, str(data_dir) if data_dir else None, batches)
