@@ -66,8 +66,8 @@ def unit_maps(source: Units, target: Units, masks: dict[str, Tensor], select: st
         elif n % m == 0:
             maps[name] = torch.arange(m) if select == "first" else _densest(source, name, masks, m)
         else:
-            raise UsageError(f"{name} has {n} units in the source and {m} in the target; width transfer needs a "
-                             "whole multiple or a whole fraction of every layer's units")
+            raise UsageError(f"the units of {name} are {n} in the source and {m} in the target; width transfer "
+                             "needs every layer a whole multiple or a whole fraction as wide")
     return maps
 
 
@@ -105,8 +105,9 @@ def transfer_width(ticket: Ticket, target: str | ArchSpec, options: WidthOptions
                    direction: str | None = None) -> Ticket:
     """``ticket`` carried to ``target``, a wider or narrower network of its family (``direction``: "widen" or
     "narrow" refuses the other way)."""
-    if options.init not in INITS or options.select not in SELECTIONS:
-        raise UsageError(f"--init must be one of {', '.join(INITS)} and --select one of {', '.join(SELECTIONS)}")
+    for flag, value, choices in (("--init", options.init, INITS), ("--select", options.select, SELECTIONS)):
+        if value not in choices:
+            raise UsageError(f"{flag} must be one of {', '.join(choices)}, not {value!r}")
     spec, src_units, tgt_units = plan_width(ticket, target)
     if spec.name == ticket.arch:
         raise UsageError(f"{spec.name} is the ticket's own architecture; name a wider or narrower one")
