@@ -17,9 +17,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import math
 import re
 import struct
-from typing import TYPE_CHECKING, Any
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, BinaryIO, Mapping
+
+import numpy as np
 
 from elth_cli.errors import TicketError
 
@@ -54,13 +59,13 @@ def header_length(data: bytes, source: str) -> int:
     """The JSON header's length, checked against the file's size."""
     # A safetensors header is JSON right after its 8-byte length: a length of 640, 896, 1152 or 1408 bytes starts
     # with the bytes of a pickle's protocol mark, so only a file without that "{" is taken for torch.save's.
-    if data.startswith(_TORCH_SAVE_MAGIC) and data[8:9] != b"{":
+    if bytes(data[:8]).startswith(_TORCH_SAVE_MAGIC) and bytes(data[8:9]) != b"{":
         raise TicketError(f"{source} is a PyTorch file (torch.save: a .pth or .pt), not an elth ticket; turn an "
                           "open_lth / ElasticLTH run folder (mask.pth, model_ep*_it*.pth) into one with elth import "
                           "RUN_DIR --arch ARCH --dataset DATASET -o TICKET")
     if len(data) < 8:
         raise TicketError(f"{source} is not a safetensors file (only {len(data)} bytes)")
-    (n,) = struct.unpack("<Q", data[:8])
+    (n,) = struct.unpack("<Q", bytes(data[:8]))
     if n == 0 or n > MAX_HEADER:
         raise TicketError(f"{source} is not a safetensors file (header length {n} is implausible)")
     if 8 + n > len(data):
@@ -78,12 +83,11 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def read_header(data: bytes, source: str = "<bytes>") -> dict[str, str]:
-    """Check the safetensors framing (8-byte length + JSON header, tensors within the file) and return
-    ``__metadata__``."""
+def _parse_header(data: bytes | bytearray | memoryview, source: str) -> tuple[int, dict[str, Any]]:
+    """The header's length and its JSON object, with the framing checked (tensors within the file)."""
     n = header_length(data, source)
     try:
-        header = json.loads(data[8 : 8 + n].decode("utf-8"), object_pairs_hook=_no_duplicates)
+        header = json.loads(bytes(data[8 : 8 + n]).decode("utf-8"), object_pairs_hook=_no_duplicates)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise TicketError(f"{source} is not a safetensors file (its header is not JSON)") from None
     except ValueError as e:
@@ -105,7 +109,13 @@ def read_header(data: bytes, source: str = "<bytes>") -> dict[str, str]:
     meta = header.get("__metadata__") or {}
     if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
         raise TicketError(f"{source}: __metadata__ must be a map of strings")
-    return meta
+    return n, header
+
+
+def read_header(data: bytes | bytearray | memoryview, source: str = "<bytes>") -> dict[str, str]:
+    """Check the safetensors framing (8-byte length + JSON header, tensors within the file) and return
+    ``__metadata__``."""
+    return _parse_header(data, source)[1].get("__metadata__") or {}
 
 
 def peek_format(path: str | os.PathLike[str]) -> str | None:
@@ -143,8 +153,9 @@ def file_digest(data: bytes, recorded: str) -> str | None:
     header exactly once, as written)."""
     n = header_length(data, "data")
     field = _digest_field(recorded)
-    at = data.find(field, 8, 8 + n)
-    if at < 0 or data.find(field, at + 1, 8 + n) >= 0:
+    header = bytes(data[: 8 + n])
+    at = header.find(field, 8)
+    if at < 0 or header.find(field, at + 1) >= 0:
         return None
     h = hashlib.sha256(memoryview(data)[:at])
     h.update(_digest_field(_ZEROS))
@@ -193,3 +204,141 @@ def check_integrity(data: bytes, meta: dict[str, str], source: str, whole_file: 
         raise TicketError(f"{source} is damaged: its tensor data does not match its digest ({PAYLOAD_DIGEST_KEY}); "
                           "re-create it or copy it again")
     return PAYLOAD_ONLY
+
+
+# ----- tensors, without torch ----------------------------------------------------------------------
+# safetensors' dtype names and the numpy dtypes elth reads them as (little-endian, as the format is). bfloat16
+# has no numpy dtype: its tensors are read as their uint16 bits, and TensorFile.bf16 names them.
+NUMPY_DTYPES = {
+    "BOOL": "bool", "U8": "uint8", "I8": "int8", "U16": "<u2", "I16": "<i2", "F16": "<f2", "BF16": "<u2",
+    "U32": "<u4", "I32": "<i4", "F32": "<f4", "U64": "<u8", "I64": "<i8", "F64": "<f8",
+}
+_SAFETENSORS_DTYPES = {"bool": "BOOL", "uint8": "U8", "int8": "I8", "uint16": "U16", "int16": "I16", "float16": "F16",
+                       "uint32": "U32", "int32": "I32", "float32": "F32", "uint64": "U64", "int64": "I64",
+                       "float64": "F64"}
+
+
+@dataclass
+class TensorFile:
+    """A safetensors file read without torch: its metadata and its tensors as numpy arrays.
+
+    The arrays are views of the buffer the file was read into (no copy; a tensor whose offset does not
+    suit its dtype's alignment is the exception, copied): a ticket of 300 MB takes 300 MB, once.
+    """
+
+    meta: dict[str, str]
+    arrays: dict[str, np.ndarray]
+    # The tensors stored as bfloat16 (their arrays hold the uint16 bits).
+    bf16: frozenset[str] = frozenset()
+
+
+def _entry_array(data: Any, start: int, name: str, entry: Any, source: str) -> tuple[np.ndarray, bool, int, int]:
+    """One header entry's tensor as an array over ``data`` (payload ``start``), checked as safetensors
+    checks it: a known dtype, a shape of whole numbers, offsets that hold exactly its bytes."""
+    bad = f"{source} is not a readable safetensors file (tensor {name!r}: {{}}); the file may be truncated"
+    if not isinstance(entry, dict) or entry.get("dtype") not in NUMPY_DTYPES:
+        raise TicketError(bad.format(f"unknown dtype {entry.get('dtype') if isinstance(entry, dict) else entry!r}"))
+    shape, offsets = entry.get("shape"), entry.get("data_offsets")
+    if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
+        raise TicketError(bad.format(f"shape {shape!r} is not a list of sizes"))
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int and o >= 0 for o in offsets)):
+        raise TicketError(bad.format(f"data_offsets {offsets!r} are not two offsets"))
+    dtype = np.dtype(NUMPY_DTYPES[entry["dtype"]])
+    count = math.prod(shape)
+    begin, end = offsets
+    if end - begin != count * dtype.itemsize:
+        raise TicketError(bad.format(f"its offsets hold {end - begin} bytes but its shape and dtype need "
+                                     f"{count * dtype.itemsize}"))
+    array = np.frombuffer(data, dtype, count, start + begin)
+    if (start + begin) % dtype.itemsize:  # misaligned for its dtype: torch cannot share it, so copy once
+        array = array.copy()
+    return array.reshape(shape), entry["dtype"] == "BF16", begin, end
+
+
+def read_tensors(data: bytes | bytearray | memoryview, source: str = "<bytes>") -> TensorFile:
+    """The metadata and tensors of safetensors bytes, as numpy arrays over ``data`` (no torch).
+
+    Like safetensors, it refuses what is not a well-formed file: unknown dtypes, a shape that does not
+    match its bytes, tensors that overlap or leave holes between them, bytes after the last one. Pass a
+    ``bytearray`` for arrays that can be written to (and handed to torch without a copy).
+    """
+    n, header = _parse_header(data, source)
+    arrays, bf16, spans = {}, set(), []
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        arrays[name], is_bf16, begin, end = _entry_array(data, 8 + n, name, entry, source)
+        spans.append((begin, end, name))
+        if is_bf16:
+            bf16.add(name)
+    at = 0
+    for begin, end, name in sorted(spans):
+        if begin != at:
+            what = "overlaps another" if begin < at else "leaves a gap before it"
+            raise TicketError(f"{source} is not a readable safetensors file (tensor {name!r} {what}); the file may "
+                              "be damaged")
+        at = end
+    if 8 + n + at != len(data):
+        raise TicketError(f"{source} is not a readable safetensors file ({len(data) - 8 - n - at} bytes after its "
+                          "last tensor); the file may be damaged")
+    return TensorFile(header.get("__metadata__") or {}, arrays, frozenset(bf16))
+
+
+def as_numpy(tensor: Any) -> tuple[np.ndarray, str]:
+    """A tensor (numpy, or torch on any device) as a C-contiguous numpy array of its bytes and its safetensors
+    dtype name; a CPU torch tensor is shared, not copied (bfloat16: its uint16 bits)."""
+    if isinstance(tensor, np.ndarray):
+        array = tensor if tensor.flags.c_contiguous else tensor.copy(order="C")  # (ascontiguousarray makes 0-d 1-d)
+        return array, _SAFETENSORS_DTYPES[array.dtype.name]
+    import torch
+
+    t = tensor.detach().to("cpu").contiguous()
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(np.uint16), "BF16"
+    array = t.numpy()
+    return array, _SAFETENSORS_DTYPES[array.dtype.name]
+
+
+def _bytes_of(array: np.ndarray) -> memoryview:
+    return array.reshape(-1).view(np.uint8).data
+
+
+def _header_bytes(entries: list[tuple[str, np.ndarray, str]], meta: dict[str, str]) -> bytes:
+    """The 8-byte length and the JSON header, padded with spaces to a multiple of 8 as safetensors pads it."""
+    header: dict[str, Any] = {"__metadata__": meta}
+    at = 0
+    for name, array, dtype in entries:
+        header[name] = {"dtype": dtype, "shape": list(array.shape), "data_offsets": [at, at + array.nbytes]}
+        at += array.nbytes
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text
+
+
+def write_tensors(out: BinaryIO, tensors: Mapping[str, Any], metadata: dict[str, str]) -> str:
+    """Write ``tensors`` (numpy arrays or torch tensors) as a safetensors file whose metadata records the digest
+    of the whole file (``file_sha256``) to the stream ``out``; return the sha256 of the bytes written.
+
+    No copy of the tensors is made (each one's bytes go to ``out`` from where they are): the digest is one
+    pass over them, then the write and the file's own sha256 run side by side.
+    """
+    entries = [(name, *as_numpy(t)) for name, t in tensors.items()]
+    # safetensors' order: wider dtypes first, then by name; every tensor then starts aligned for its dtype.
+    entries.sort(key=lambda e: (-e[1].dtype.itemsize, e[0]))
+    meta = {k: v for k, v in metadata.items() if k not in DIGEST_KEYS}
+    meta[FILE_DIGEST_KEY] = _ZEROS
+    zeroed = _header_bytes(entries, meta)
+    digest = hashlib.sha256(zeroed)
+    for _, array, _ in entries:
+        digest.update(_bytes_of(array))
+    head = zeroed.replace(_digest_field(_ZEROS), _digest_field(digest.hexdigest()), 1)
+    whole = hashlib.sha256(head)
+    hasher = threading.Thread(target=lambda: [whole.update(_bytes_of(a)) for _, a, _ in entries])
+    hasher.start()  # hashlib and file writes let go of the GIL: both cores work
+    try:
+        out.write(head)
+        for _, array, _ in entries:
+            out.write(_bytes_of(array))
+    finally:
+        hasher.join()
+    return whole.hexdigest()

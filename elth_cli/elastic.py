@@ -9,15 +9,18 @@ target block is filled; the mapping is written back into the output's metadata.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import Tensor
+import numpy as np
 
 from elth_cli import archs
 from elth_cli.archs import ArchSpec, BlockLayout
 from elth_cli.archs.base import owns
 from elth_cli.errors import UsageError
 from elth_cli.ticket import Ticket
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 from elth_cli.mappings import (SQUEEZE_STRATEGIES, STRETCH_STRATEGIES, Mapping, MappingError, as_reference_reading,
                                check_mapping, format_mapping, from_reference_mapping, parse_mapping, plan_mapping,
@@ -54,8 +57,9 @@ def map_state(
                 f"stage {s}: source block {mapping[s][j]} and target block {j} have different shapes "
                 f"({src_key} {list(t.shape)} vs {key} {list(tgt_shapes[key])}); the mapping mixes shapes"
             )
-        # Copies are independent tensors: two target blocks never share storage.
-        out[key] = t.clone()
+        # Torch copies are independent tensors: two target blocks never share storage. The numpy arrays of a
+        # ticket read without torch are only written to a file: shared, so a big ticket is never held twice.
+        out[key] = t if isinstance(t, np.ndarray) else t.clone()
     return out
 
 
@@ -177,11 +181,10 @@ def apply_transform(ticket: Ticket, plan: TransformPlan) -> Ticket:
     if ticket.spec != plan.source:
         raise UsageError(f"the plan is for {plan.source.name} but the ticket is {ticket.arch}")
     src_layout, tgt_layout = archs.block_layout(plan.source), archs.block_layout(plan.target)
-    expected = archs.expected_state(plan.target, ticket.input_shape, ticket.num_classes)
-    shapes = {k: v[0] for k, v in expected.items()}
-    mask_keys = archs.prunable_keys(plan.target, ticket.input_shape, ticket.num_classes)
-    masks = map_state(ticket.masks, src_layout, tgt_layout, plan.mapping, mask_keys, shapes)
-    init = map_state(ticket.init, src_layout, tgt_layout, plan.mapping, list(expected), shapes)
+    expected = archs.state_shapes(plan.target, tuple(ticket.input_shape), ticket.num_classes)
+    shapes = expected.shapes
+    masks = map_state(ticket.masks, src_layout, tgt_layout, plan.mapping, list(expected.prunable), shapes)
+    init = map_state(ticket.init, src_layout, tgt_layout, plan.mapping, list(shapes), shapes)
     transform = plan.describe()
     transform["source_method"] = ticket.method
     transform["source_sparsity"] = ticket.sparsity

@@ -18,12 +18,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Callable, Iterator, TypeVar
 
 from elth_cli import stops
 from elth_cli.errors import ElthError, UsageError
 
 STDIO = "-"
+T = TypeVar("T")
 
 
 def check_output_path(path: str | os.PathLike[str], force: bool = False) -> None:
@@ -186,24 +187,32 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
     A write that fails (a full disk, a file-size limit, a quota) leaves ``path`` as it was and
     says so in one line.
     """
+    write_atomic(path, lambda f: f.write(data), len(data))
+
+
+def write_atomic(path: str | os.PathLike[str], write: Callable[[BinaryIO], T], size: int | None = None) -> T:
+    """Call ``write(stream)`` on a temporary file beside ``path`` (or on stdout for ``-``), flush it to the disk,
+    rename it onto ``path``, and return what ``write`` returned: a file is whole or not there. ``size`` (bytes)
+    is only for the message of a full disk."""
     if str(path) == STDIO:
-        sys.stdout.buffer.write(data)
+        result = write(sys.stdout.buffer)
         sys.stdout.buffer.flush()
         if stdout_left_unread():  # before anyone says "wrote stdout"
             raise BrokenPipeError
-        return
+        return result
     try:
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as f:
-                f.write(data)
+                result = write(f)
                 f.flush()
                 os.fsync(f.fileno())
+        return result
     except OSError as e:
         # The error names the temporary file beside the output: say it with the user's path.
         was = "left as it was" if Path(path).exists() else "not created"
         if e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
-            raise ElthError(f"cannot write {path}: {e.strerror} ({len(data):,} bytes); the file was {was}; free "
-                            "some space (or raise the limit) and run the command again") from None
+            raise ElthError(f"cannot write {path}: {e.strerror}{f' ({size:,} bytes)' if size else ''}; the file was "
+                            f"{was}; free some space (or raise the limit) and run the command again") from None
         raise ElthError(f"cannot write {path}: {e.strerror or e}; the file was {was}; check the folder "
                         f"{Path(path).parent} and its permissions") from None
 
@@ -242,18 +251,43 @@ def stdout_left_unread(wait_s: float = 1.0) -> bool:
         return False
 
 
-def read_bytes(path: str | os.PathLike[str]) -> bytes:
-    """Read a whole input file, or stdin for ``-``."""
+def check_input_path(path: str | os.PathLike[str]) -> None:
+    """Before any work: an input file exists and is a file (``-``: stdin is not a terminal)."""
     if str(path) == STDIO:
         if sys.stdin.isatty():
             raise UsageError("input '-' means stdin, but stdin is a terminal; pipe a ticket in")
-        return sys.stdin.buffer.read()
+        return
     p = Path(path)
     if not p.exists():
         raise UsageError(f"input {p} does not exist")
     if p.is_dir():
         raise UsageError(f"input {p} is a folder, not a ticket file")
-    return p.read_bytes()
+
+
+def read_bytes(path: str | os.PathLike[str]) -> bytes:
+    """Read a whole input file, or stdin for ``-``."""
+    check_input_path(path)
+    return sys.stdin.buffer.read() if str(path) == STDIO else Path(path).read_bytes()
+
+
+def read_buffer(path: str | os.PathLike[str]) -> memoryview:
+    """Read a whole input file (or stdin for ``-``) into one writable buffer, straight from the file (no
+    zero-filled buffer first, no second copy): what numpy and torch arrays can share."""
+    import numpy as np
+
+    check_input_path(path)
+    if str(path) == STDIO:
+        return memoryview(bytearray(sys.stdin.buffer.read()))
+    with open(path, "rb", buffering=0) as f:
+        buffer = np.empty(os.fstat(f.fileno()).st_size, np.uint8)
+        view, got = memoryview(buffer), 0
+        while got < len(buffer):
+            n = f.readinto(view[got:])
+            if not n:  # the file shrank while it was read: what is there
+                return view[:got]
+            got += n
+        rest = f.read()  # it grew: keep all of it
+    return memoryview(bytearray(view) + rest) if rest else view
 
 
 # Where flock cannot work: no lock support on the file system (some network file systems).

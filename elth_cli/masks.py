@@ -2,19 +2,23 @@
 
 A mask dict maps each prunable state-dict key to a tensor that is nonzero (True) where the weight
 is kept. Tickets hold bool masks; open_lth's ``mask.pth`` holds int 0/1 ones, so every count here
-treats "nonzero" as "kept". This module is the one place these counts are made; it depends on
-torch and :mod:`elth_cli.errors` only, so any layer of elth can use it.
+treats "nonzero" as "kept". Masks may be torch tensors (on any device) or numpy arrays (a ticket read
+without torch). This module is the one place these counts are made; it depends on numpy and
+:mod:`elth_cli.errors` only (torch's own operations are used on torch tensors), so any layer of elth can
+use it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
-import torch
-from torch import Tensor
+import numpy as np
 
 from elth_cli.errors import UsageError
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 # What to do when two masks do not line up: the fix that compare's messages have always given.
 ONE_ARCH_FIX = "compare masks of one architecture"
@@ -23,7 +27,12 @@ ONE_ARCH_FIX = "compare masks of one architecture"
 # ----- kept and total -----------------------------------------------------------------------------
 def layer_counts(masks: Mapping[str, Tensor]) -> dict[str, tuple[int, int]]:
     """Per key: (kept weights, all weights) of that mask."""
-    return {key: (int(torch.count_nonzero(m)), m.numel()) for key, m in masks.items()}
+    return {key: (count_nonzero(m), m.size if isinstance(m, np.ndarray) else m.numel()) for key, m in masks.items()}
+
+
+def count_nonzero(t: Any) -> int:
+    """The nonzero entries of a torch tensor or numpy array."""
+    return int(np.count_nonzero(t)) if isinstance(t, np.ndarray) else int(t.count_nonzero())
 
 
 def kept_and_total(masks: Mapping[str, Tensor]) -> tuple[int, int]:
@@ -122,10 +131,15 @@ class Overlap:
 
 def layer_overlap(a: Tensor, b: Tensor) -> Overlap:
     """The overlap of two masks of one layer (same shape)."""
-    a, b = a.bool(), b.bool()
-    n, ka, kb = a.numel(), int(a.sum()), int(b.sum())
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        a, b = np.asarray(a).astype(bool, copy=False), np.asarray(b).astype(bool, copy=False)
+        n = a.size
+    else:
+        a, b = a.bool(), b.bool()
+        n = a.numel()
+    ka, kb = count_nonzero(a), count_nonzero(b)
     p, q = (ka / n, kb / n) if n else (0.0, 0.0)
-    return Overlap(n, ka, kb, int((a & b).sum()), int((a | b).sum()), n * p * q, n * (p + q - p * q))
+    return Overlap(n, ka, kb, count_nonzero(a & b), count_nonzero(a | b), n * p * q, n * (p + q - p * q))
 
 
 def layer_overlaps(a: Mapping[str, Tensor] | Tensor, b: Mapping[str, Tensor] | Tensor,
@@ -174,4 +188,4 @@ def hamming(a: Mapping[str, Tensor] | Tensor, b: Mapping[str, Tensor] | Tensor) 
 
 def _as_masks(masks: Mapping[str, Tensor] | Tensor) -> dict[str, Tensor]:
     # A bare tensor is a one-layer mask dict, so the same code serves single layers.
-    return {"": masks} if isinstance(masks, Tensor) else dict(masks)
+    return dict(masks) if isinstance(masks, Mapping) else {"": masks}

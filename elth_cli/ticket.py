@@ -10,22 +10,31 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import io
 import json
 import math
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
-import torch
-from safetensors.torch import load as st_load
-from torch import Tensor, nn
+import numpy as np
 
 from elth_cli import __version__, archs, schema
 from elth_cli.archs import ArchSpec
-from elth_cli.container import DIGEST_KEYS, WHOLE_FILE, check_integrity, read_header, save_with_digest
+from elth_cli.container import (DIGEST_KEYS, WHOLE_FILE, TensorFile, check_integrity, read_header, read_tensors,
+                                write_tensors)
 from elth_cli.errors import TicketError, UsageError
-from elth_cli.fileio import STDIO, check_output_path, read_bytes, write_bytes_atomic
+from elth_cli.fileio import STDIO, check_output_path, read_buffer, write_atomic
 from elth_cli.masks import kept_and_total, layer_counts
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor, nn
+
+# What a loaded ticket's tensors are: torch tensors (every command that trains or evaluates) or numpy arrays
+# (the commands that only read, check, transform and write tickets, which then never import torch).
+Arrays = Literal["torch", "numpy"]
 
 FORMAT = "elth.ticket"
 # 2: the digest covers the whole file (file_sha256); 1: the tensor bytes only (payload_sha256), or nothing.
@@ -262,32 +271,40 @@ class Ticket:
 
     def to_bytes(self) -> bytes:
         """The ticket as safetensors bytes (validated first, so an invalid ticket is never written)."""
+        buffer = io.BytesIO()
+        self.write_to(buffer)
+        return buffer.getvalue()
+
+    def write_to(self, out: BinaryIO) -> str:
+        """Validate the ticket and write it to the stream ``out``; return the sha256 of what was written."""
         validate(self)
-        tensors: dict[str, Tensor] = {}
+        tensors: dict[str, Any] = {}
         for prefix, state in ((MASK, self.masks), (INIT, self.init), (TRAINED, self.trained or {})):
             for key, t in state.items():
-                # safetensors refuses tensors that share storage; clone into contiguous CPU memory.
-                tensors[prefix + key] = t.detach().to("cpu").contiguous().clone()
-        return save_with_digest(tensors, self.metadata())
+                tensors[prefix + key] = t
+        return write_tensors(out, tensors, self.metadata())
 
     def save(self, path: str | Path, force: bool = False) -> str:
         """Write the ticket atomically (``-`` for stdout); return the file's sha256."""
         check_output_path(path, force)
-        data = self.to_bytes()
-        write_bytes_atomic(path, data)
-        self.sha256 = sha256_hex(data)
+        self.sha256 = write_atomic(path, self.write_to)
         return self.sha256
 
     @classmethod
-    def from_bytes(cls, data: bytes, source: str = "<bytes>") -> "Ticket":
-        """Parse and validate ticket bytes; raise TicketError naming ``source`` when they are not a valid ticket."""
+    def from_bytes(cls, data: bytes | bytearray, source: str = "<bytes>", arrays: Arrays = "torch") -> "Ticket":
+        """Parse and validate ticket bytes; raise TicketError naming ``source`` when they are not a valid ticket.
+
+        ``arrays="numpy"`` keeps the tensors as numpy arrays over ``data`` and never imports torch (a
+        bfloat16 tensor, which numpy cannot hold, makes it read them as torch tensors after all).
+        """
         meta = _typed_metadata(read_header(data, source), source)
-        integrity = check_integrity(data, meta, source, meta["format_version"] >= WHOLE_FILE_DIGEST_SINCE)
+        # The digest check and the file's sha256 read the same bytes: side by side, on two cores.
+        whole = _Sha256(data)
         try:
-            tensors = st_load(data)
-        except Exception as e:  # safetensors raises its own error types for broken payloads
-            raise TicketError(f"{source} is not a readable safetensors file ({e}); the file may be truncated") from None
-        masks, init, trained = _split_tensors(tensors, source)
+            integrity = check_integrity(data, meta, source, meta["format_version"] >= WHOLE_FILE_DIGEST_SINCE)
+        finally:
+            sha256 = whole.result()
+        masks, init, trained = _split_tensors(_arrays(read_tensors(data, source), arrays), source)
         _require_family(meta, source)
         ticket = cls(
             arch=meta["arch"], input_shape=tuple(meta["input_shape"]), num_classes=meta["num_classes"],
@@ -298,27 +315,58 @@ class Ticket:
             elth_version=meta.get("elth_version", ""), extra={k: v for k, v in meta.items() if k not in _KNOWN_META},
         )
         validate(ticket, source)
-        if "family" in meta and meta["family"] != ticket.family:
-            raise TicketError(f"{source}: metadata 'family' is {meta['family']!r} but {ticket.arch} is a "
-                              f"{ticket.family}; the file is inconsistent")
+        _check_recorded(ticket, meta, source)
         # safetensors stores tensors sorted by name; restore the model's own order.
-        order = list(archs.expected_state(ticket.spec, ticket.input_shape, ticket.num_classes))
+        order = list(_expected(ticket.spec, ticket.input_shape, ticket.num_classes)[0])
         ticket.masks = {k: ticket.masks[k] for k in order if k in ticket.masks}
         ticket.init = {k: ticket.init[k] for k in order}
         if ticket.trained is not None:
             ticket.trained = {k: ticket.trained[k] for k in order}
-        if "sparsity" in meta and not math.isclose(meta["sparsity"], ticket.sparsity, abs_tol=1e-9):
-            raise TicketError(f"{source}: metadata says sparsity {meta['sparsity']} but the masks have "
-                              f"{ticket.sparsity:.6f}; the file is inconsistent")
-        ticket.sha256 = sha256_hex(data)
+        ticket.sha256 = sha256
         ticket.format_version, ticket.integrity = meta["format_version"], integrity
         return ticket
 
     @classmethod
-    def load(cls, path: str | Path) -> "Ticket":
-        """Read and validate a ticket file (``-`` for stdin)."""
+    def load(cls, path: str | Path, arrays: Arrays = "torch") -> "Ticket":
+        """Read and validate a ticket file (``-`` for stdin); ``arrays`` as in :meth:`from_bytes`."""
         source = "stdin" if str(path) == STDIO else str(path)
-        return cls.from_bytes(read_bytes(path), source)
+        return cls.from_bytes(read_buffer(path), source, arrays)
+
+
+class _Sha256:
+    """The sha256 of a buffer, worked out on a thread of its own (hashlib lets go of the GIL)."""
+
+    def __init__(self, data: bytes | bytearray) -> None:
+        self._hash = hashlib.sha256()
+        self._thread = threading.Thread(target=self._hash.update, args=(memoryview(data),))
+        self._thread.start()
+
+    def result(self) -> str:
+        self._thread.join()
+        return self._hash.hexdigest()
+
+
+def _arrays(file: TensorFile, arrays: Arrays) -> dict[str, Any]:
+    """A file's tensors as numpy arrays, or as torch tensors sharing their memory (bfloat16 forces torch)."""
+    if arrays == "numpy" and not file.bf16:
+        return file.arrays
+    import torch
+
+    out = {}
+    for name, array in file.arrays.items():
+        t = torch.from_numpy(array if array.flags.writeable else array.copy())
+        out[name] = t.view(torch.bfloat16) if name in file.bf16 else t
+    return out
+
+
+def _check_recorded(ticket: Ticket, meta: dict[str, Any], source: str) -> None:
+    """The metadata's family and sparsity agree with what the tensors say."""
+    if "family" in meta and meta["family"] != ticket.family:
+        raise TicketError(f"{source}: metadata 'family' is {meta['family']!r} but {ticket.arch} is a "
+                          f"{ticket.family}; the file is inconsistent")
+    if "sparsity" in meta and not math.isclose(meta["sparsity"], ticket.sparsity, abs_tol=1e-9):
+        raise TicketError(f"{source}: metadata says sparsity {meta['sparsity']} but the masks have "
+                          f"{ticket.sparsity:.6f}; the file is inconsistent")
 
 
 def _typed_metadata(meta: dict[str, str], source: str) -> dict[str, Any]:
@@ -372,8 +420,40 @@ def _split_tensors(tensors: dict[str, Tensor], source: str) -> tuple[dict, dict,
     return masks, init, trained
 
 
+def _expected(spec: ArchSpec, input_shape: tuple[int, ...], num_classes: int
+              ) -> tuple[dict[str, tuple[tuple[int, ...], bool]], list[str]]:
+    """Every state-dict key of the architecture with its shape and whether it is floating point, and the
+    prunable keys (from the family's own description: no torch, no network built, where it has one)."""
+    layout = archs.state_shapes(spec, tuple(input_shape), num_classes)
+    floating = {k: np.dtype(d).kind == "f" for k, d in layout.dtypes.items()}
+    return {k: (shape, floating[k]) for k, shape in layout.shapes.items()}, list(layout.prunable)
+
+
+def as_array(t: Any) -> np.ndarray:
+    """A tensor's values as a numpy array: shared with a CPU tensor or array, copied from a GPU; bfloat16,
+    which numpy lacks, widened to float32 (every value exactly)."""
+    if isinstance(t, np.ndarray):
+        return t
+    t = t.detach()
+    if not t.dtype.is_floating_point or t.dtype.itemsize >= 4 or str(t.dtype) == "torch.float16":
+        return t.cpu().numpy()
+    return t.float().cpu().numpy()
+
+
+def _dtype_name(t: Any) -> str:
+    return str(t.dtype).removeprefix("torch.")
+
+
+def _is_floating(t: Any) -> bool:
+    return t.dtype.is_floating_point if not isinstance(t, np.ndarray) else t.dtype.kind == "f"
+
+
 def validate(ticket: Ticket, source: str = "ticket") -> None:
-    """Check a ticket against its architecture: keys, shapes, dtypes, 0/1 masks, zeros where pruned."""
+    """Check a ticket against its architecture: keys, shapes, dtypes, 0/1 masks, zeros where pruned.
+
+    Every check is a whole-array operation that reads each byte about once; numpy arrays and torch tensors
+    alike (a GPU tensor is copied to the host for it).
+    """
     try:
         spec = archs.resolve_arch(ticket.arch)
     except UsageError as e:
@@ -381,54 +461,70 @@ def validate(ticket: Ticket, source: str = "ticket") -> None:
     shape = tuple(ticket.input_shape)
     if len(shape) != 3 or any(int(d) < 1 for d in shape) or ticket.num_classes < 1:
         raise TicketError(f"{source}: input_shape {list(shape)} / num_classes {ticket.num_classes} are not valid")
-    expected = archs.expected_state(spec, shape, ticket.num_classes)
-    prunable = archs.prunable_keys(spec, shape, ticket.num_classes)
+    expected, prunable = _expected(spec, shape, ticket.num_classes)
     where = f"{source} ({spec.name}, input {'x'.join(map(str, shape))}, {ticket.num_classes} classes)"
+    masks = _validate_masks(ticket.masks, expected, prunable, where, spec.name)
+    for label, state in (("init", ticket.init), ("trained", ticket.trained)):
+        if state is not None:
+            _validate_state(label, state, masks, expected, where, spec.name)
 
-    missing = [k for k in prunable if k not in ticket.masks]
-    extra = [k for k in ticket.masks if k not in expected or k not in prunable]
+
+def _validate_masks(masks: dict[str, Any], expected: dict[str, tuple[tuple[int, ...], bool]], prunable: list[str],
+                    where: str, arch: str) -> dict[str, np.ndarray]:
+    """Check the masks' keys, shapes, dtype and values; return them as numpy arrays."""
+    missing = [k for k in prunable if k not in masks]
+    extra = [k for k in masks if k not in expected or k not in prunable]
     if missing:
         raise TicketError(f"{where}: mask/{missing[0]} is missing ({len(missing)} mask(s) missing); is this a mask for another architecture?")
     if extra:
-        raise TicketError(f"{where}: mask/{extra[0]} is not a prunable weight of {spec.name}; is this a mask for another architecture?")
-    for key, m in ticket.masks.items():
+        raise TicketError(f"{where}: mask/{extra[0]} is not a prunable weight of {arch}; is this a mask for another architecture?")
+    out = {}
+    for key, m in masks.items():
         want = expected[key][0]
         if tuple(m.shape) != want:
-            raise TicketError(f"{where}: mask/{key} has shape {list(m.shape)} but {spec.name} needs {list(want)}; is this a mask for another architecture?")
-        if m.dtype != torch.bool:
-            raise TicketError(f"{where}: mask/{key} has dtype {m.dtype} but masks must be bool (0/1)")
-        if m.numel() and int(m.view(torch.uint8).max()) > 1:
+            raise TicketError(f"{where}: mask/{key} has shape {list(m.shape)} but {arch} needs {list(want)}; is this a mask for another architecture?")
+        a = as_array(m)
+        if a.dtype != np.bool_:
+            raise TicketError(f"{where}: mask/{key} has dtype {_dtype_name(m)} but masks must be bool (0/1)")
+        if a.size and int(a.view(np.uint8).max()) > 1:
             raise TicketError(f"{where}: mask/{key} holds values other than 0 and 1")
-    if ticket.masks and not any(bool(m.any()) for m in ticket.masks.values()):
+        out[key] = a
+    if out and not any(a.any() for a in out.values()):
         raise TicketError(f"{where}: its masks keep no weight at all; a ticket keeps at least one (sparsity below 1)")
+    return out
 
-    for label, state in (("init", ticket.init), ("trained", ticket.trained)):
-        if state is None:
-            continue
-        missing = [k for k in expected if k not in state]
-        extra = [k for k in state if k not in expected]
-        if missing:
-            raise TicketError(f"{where}: {label}/{missing[0]} is missing ({len(missing)} tensor(s) missing)")
-        if extra:
-            raise TicketError(f"{where}: {label}/{extra[0]} is not in the state dict of {spec.name}")
-        for key, (want, dtype) in expected.items():
-            t = state[key]
-            if tuple(t.shape) != want:
-                raise TicketError(f"{where}: {label}/{key} has shape {list(t.shape)} but {spec.name} needs {list(want)}")
-            if t.dtype.is_floating_point != dtype.is_floating_point:
-                raise TicketError(f"{where}: {label}/{key} has dtype {t.dtype} but {spec.name} needs {dtype}")
-        for key, t in state.items():
-            # Every float tensor, BatchNorm statistics included: a NaN running_var trains at chance.
-            if t.dtype.is_floating_point and not bool(torch.isfinite(t).all()):
-                raise TicketError(f"{where}: {label}/{key} holds NaN or infinite values; the file is damaged")
-        for key, m in ticket.masks.items():
-            w = state[key]
-            if bool((w[~m] != 0).any()):
-                raise TicketError(f"{where}: {label}/{key} is nonzero where its mask is 0; pruned weights must be zero")
+
+def _validate_state(label: str, state: dict[str, Any], masks: dict[str, np.ndarray],
+                    expected: dict[str, tuple[tuple[int, ...], bool]], where: str, arch: str) -> None:
+    """Check one state dict's keys, shapes and dtypes, that it is finite, and zero where the masks prune."""
+    missing = [k for k in expected if k not in state]
+    extra = [k for k in state if k not in expected]
+    if missing:
+        raise TicketError(f"{where}: {label}/{missing[0]} is missing ({len(missing)} tensor(s) missing)")
+    if extra:
+        raise TicketError(f"{where}: {label}/{extra[0]} is not in the state dict of {arch}")
+    for key, (want, floating) in expected.items():
+        t = state[key]
+        if tuple(t.shape) != want:
+            raise TicketError(f"{where}: {label}/{key} has shape {list(t.shape)} but {arch} needs {list(want)}")
+        if _is_floating(t) != floating:
+            raise TicketError(f"{where}: {label}/{key} has dtype {_dtype_name(t)} but {arch} needs "
+                              f"{'a floating-point dtype' if floating else 'an integer dtype'}")
+    for key, t in state.items():
+        # Every float tensor, BatchNorm statistics included: a NaN running_var trains at chance. min and max
+        # carry a NaN through and meet any infinity, without an array of flags as big as the tensor.
+        a = as_array(t) if _is_floating(t) else None
+        if a is not None and a.size and not (np.isfinite(a.min()) and np.isfinite(a.max())):
+            raise TicketError(f"{where}: {label}/{key} holds NaN or infinite values; the file is damaged")
+    for key, m in masks.items():
+        if np.logical_and(as_array(state[key]), ~m).any():
+            raise TicketError(f"{where}: {label}/{key} is nonzero where its mask is 0; pruned weights must be zero")
 
 
 def apply_masks(state: dict[str, Tensor], masks: dict[str, Tensor]) -> dict[str, Tensor]:
     """A copy of ``state`` with every masked weight zeroed where its mask is 0."""
+    import torch
+
     out = dict(state)
     for key, m in masks.items():
         # where() rather than a product, so pruned entries are +0.0 and not -0.0.
