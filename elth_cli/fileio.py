@@ -251,8 +251,9 @@ def stdout_left_unread(wait_s: float = 1.0) -> bool:
         return False
 
 
-def check_input_path(path: str | os.PathLike[str]) -> None:
-    """Before any work: an input file exists and is a file (``-``: stdin is not a terminal)."""
+def check_input_path(path: str | os.PathLike[str], folder_ok: bool = False) -> None:
+    """Before any work: an input file exists and is a file, or a folder where ``folder_ok`` (``-``: stdin is
+    not a terminal)."""
     if str(path) == STDIO:
         if sys.stdin.isatty():
             raise UsageError("input '-' means stdin, but stdin is a terminal; pipe a ticket in")
@@ -260,7 +261,7 @@ def check_input_path(path: str | os.PathLike[str]) -> None:
     p = Path(path)
     if not p.exists():
         raise UsageError(f"input {p} does not exist")
-    if p.is_dir():
+    if p.is_dir() and not folder_ok:
         raise UsageError(f"input {p} is a folder, not a ticket file")
 
 

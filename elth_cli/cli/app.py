@@ -19,7 +19,7 @@ from elth_cli import __version__, stops
 from elth_cli.cli.examples import SUMMARIES, epilog
 from elth_cli.cli.family_option import FAMILY_MODULE, take_family_modules
 from elth_cli.errors import ElthError
-from elth_cli.fileio import stdout_left_unread
+from elth_cli.fileio import check_input_path, check_output_path, stdout_left_unread
 
 # typer >= 0.20 vendors click and derives its errors from TyperException; older typer uses click itself.
 _PARSE_ERRORS: tuple[type[BaseException], ...] = ()
@@ -75,6 +75,7 @@ class PanelledCommand(typer.core.TyperCommand):
 
     def invoke(self, ctx: Any) -> Any:
         if self.name not in _TORCH_FREE:
+            check_files(ctx.params)
             if self.before_torch is not None:
                 self.before_torch(ctx.params)
             stops.import_torch()
@@ -249,7 +250,25 @@ _command = "elth"  # "elth train" once the command is known: the prefix of every
 INTERRUPTED = "interrupted by Ctrl-C"
 COMPLETE_VAR = "_ELTH_COMPLETE"  # what the script of `elth --show-completion` sets
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader of stdout closed the pipe before the end
-_TORCH_FREE = ("archs",)  # commands that answer without torch (and every --help)
+# Commands that answer without torch (and every --help): they read, check, transform and write tickets with
+# numpy (compare imports torch only for --interpolate).
+_TORCH_FREE = ("archs", "info", "stretch", "squeeze", "compare")
+# The parameters of the other commands that name input tickets (True: a run folder is one too), checked with
+# the output before torch is imported: a typo costs a fraction of a second, not torch's two.
+_TICKET_PARAMS = {"source": False, "ticket": False, "ticket_path": False, "ticket_paths": True, "init_from": False,
+                  "from_ticket": False, "like": False, "to": True}
+
+
+def check_files(params: dict[str, Any]) -> None:
+    """A command's input tickets exist and its output can be written (the checks the command itself makes
+    again later, made early)."""
+    for name, folder_ok in _TICKET_PARAMS.items():
+        given = params.get(name)
+        for path in given if isinstance(given, (list, tuple)) else [given]:
+            if isinstance(path, str):
+                check_input_path(path, folder_ok)
+    if isinstance(params.get("output"), str):
+        check_output_path(params["output"], bool(params.get("force")))
 
 
 def _fail(message: str, code: int, local: bool = False, prefix: str = "error:") -> None:

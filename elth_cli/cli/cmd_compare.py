@@ -8,6 +8,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from elth_cli import stops
 from elth_cli.cli.app import command
 from elth_cli.cli.params import (DATA, METHOD, OUTPUT, DataDirOpt, DeviceOpt, EvalResizeOpt, JsonOpt, QuietOpt,
                                  complete_choices)
@@ -73,7 +74,9 @@ def compare(
     tickets = expand_runs(tickets)
     _check_inputs(tickets, interpolate, dataset, resize)
     names = ["stdin" if p == STDIO else p for p in tickets]
-    loaded = [Ticket.load(p) for p in tickets]
+    if interpolate:  # it trains nothing but evaluates networks: torch (a compare alone reads with numpy)
+        stops.import_torch()
+    loaded = [Ticket.load(p, arrays="torch" if interpolate else "numpy") for p in tickets]
     doc = cmp.compare_tickets(loaded, names)
     log = Log(quiet)
     for first, later in doc["duplicates"]:  # the same run twice: not a seed replicate, not an interpolation

@@ -64,17 +64,18 @@ def info(
     is_run = [p != STDIO and Path(p).is_dir() for p in paths]
     if json_out:
         print_json([{"kind": "run", "path": p, **run_summary(p)} if run else
-                    {"kind": "ticket", "path": "stdin" if p == STDIO else p, **ticket_summary(Ticket.load(p))}
+                    {"kind": "ticket", "path": "stdin" if p == STDIO else p, **ticket_summary(Ticket.load(p, arrays="numpy"))}
                     for p, run in zip(paths, is_run)])
         return
     con = stdout_console()
     if len(paths) == 1 and is_run[0]:
         print_run(con, run_summary(paths[0]))
     elif len(paths) == 1:
-        print_ticket(con, Ticket.load(paths[0]), "stdin" if paths[0] == STDIO else paths[0])
+        print_ticket(con, Ticket.load(paths[0], arrays="numpy"), "stdin" if paths[0] == STDIO else paths[0])
     else:
         files = [r["path"] for p, run in zip(paths, is_run) for r in (run_summary(p)["rounds"] if run else [{"path": p}])]
-        print_many(con, [{"path": "stdin" if f == STDIO else f, **ticket_summary(Ticket.load(f))} for f in files])
+        print_many(con, [{"path": "stdin" if f == STDIO else f, **ticket_summary(Ticket.load(f, arrays="numpy"))}
+                            for f in files])
 
 
 SrcArg = Annotated[str, typer.Argument(metavar="SRC", help="Source ticket file ('-' for stdin).")]
@@ -100,7 +101,7 @@ def transform_command(kind: str, source: str, target: str, output: str, strategy
     check_stdout_use(output, json_out)
     check_output_path(output, force)
     log = Log(quiet)
-    ticket = Ticket.load(source)
+    ticket = Ticket.load(source, arrays="numpy")  # read, mapped and written without torch
     plan = elastic.plan_transform(ticket.spec, target, kind, strategy, mapping, reference_mapping)
     for note in plan.notes:
         log.warn(note)
