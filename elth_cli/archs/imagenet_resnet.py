@@ -1,4 +1,4 @@
-"""ImageNet ResNets built on torchvision's ResNet class, so state-dict keys are torchvision's.
+"""ImageNet ResNets with torchvision's ResNet modules and state-dict keys (built without torchvision).
 
 imagenet-resnet18/26/34 use basic blocks (2/2/2/2, 2/3/4/3 as in the E-LTH paper, 3/4/6/3),
 imagenet-resnet50/101/152 bottleneck blocks. The ``imagenet-`` prefix keeps them apart from the
@@ -69,18 +69,17 @@ def resolve_target(source: ArchSpec, name: str) -> ArchSpec | None:
 
 
 def build(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    """torchvision's ResNet with ``spec``'s width (``nets.imagenet_resnet_net``: its keys, without torchvision)."""
     in_channels = input_shape[0]
-    # Imported here: torch and torchvision.models take seconds to import, and most runs never need them.
+    # Imported here: the modules need torch, and resolving names or counting parameters must not.
     from torch import nn
-    from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+
+    from elth_cli.archs.nets.imagenet_resnet_net import BasicBlock, Bottleneck, ResNet
 
     block = BasicBlock if spec.variant == "basic" else Bottleneck
-    if spec.width == DEFAULT_WIDTH:
-        model = ResNet(block, list(spec.depths), num_classes=num_classes)
-    else:
-        from elth_cli.archs.nets.imagenet_resnet_net import WidthResNet
-
-        model = WidthResNet(block, list(spec.depths), num_classes, spec.width)
+    # torchvision's pass at width 64 only, and conv1 replaced after the fact: the random draws (and so a
+    # seeded model) are those of torchvision's class and of the WidthResNet the family used before.
+    model = ResNet(block, list(spec.depths), num_classes, spec.width, torchvision_init=spec.width == DEFAULT_WIDTH)
     if in_channels != 3:
         model.conv1 = nn.Conv2d(in_channels, spec.width, kernel_size=7, stride=2, padding=3, bias=False)
     return model
