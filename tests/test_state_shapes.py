@@ -50,7 +50,7 @@ def test_family_state_is_the_models(name, shape, classes):
     assert isinstance(found, StateShapes)
     assert list(found.shapes.items()) == [(e.key, e.shape) for e in model]
     assert found.dtypes == {e.key: e.dtype for e in model}
-    state, prunable = archs.meta_state(lambda: family.build(spec, shape, classes))
+    _, prunable = archs.meta_state(lambda: family.build(spec, shape, classes))
     assert found.prunable == tuple(prunable)
 
 

@@ -1,15 +1,16 @@
 """The architecture registry: every family, name resolution, model building and block layouts.
 
 This is the public family API (docs/families.md): :class:`Family`, :class:`ArchSpec`,
-:class:`BlockLayout` and :class:`ParamCount` describe a family; :func:`register_family` adds one from
-Python; installed distributions register theirs under the entry-point group ``elth.families`` and
-:func:`use_family_module` (``--family-module``, ``ELTH_FAMILIES``) adds a module's for one command.
+:class:`BlockLayout`, :class:`ParamCount` and :class:`StateEntry` (written with :class:`StateTally`)
+describe a family; :func:`register_family` adds one from Python; installed distributions register
+theirs under the entry-point group ``elth.families`` and :func:`use_family_module` (``--family-module``,
+``ELTH_FAMILIES``) adds a module's for one command.
 
 Importing the registry does not import torch: names, layouts, parameter counts, forward MACs and the
 state dict's keys, shapes and dtypes (:func:`state_shapes`) are worked out from the spec (a family without
-an analytic count or state is read off its model). ``build_model``, ``expected_state``, ``prunable_keys`` and the
-torch helpers (``prunable_keys_of``, ``open_lth_init``, ``meta_state``) import torch when first
-used.
+an analytic count or state is read off its model). ``build_model``, ``expected_state`` (torch's dtype
+objects) and the torch helpers (``prunable_keys_of``, ``open_lth_init``, ``meta_state``) import torch when
+first used; ``prunable_keys`` does not where the family has a ``state``.
 """
 
 from __future__ import annotations
