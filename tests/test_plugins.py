@@ -3,6 +3,7 @@ entry point, and Python's register_family; tickets that name their provider; mal
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shlex
@@ -15,7 +16,7 @@ import torch
 
 from conftest import run_elth, run_in_process
 from elth_cli import archs
-from elth_cli.archs import Family, FamilyError, plugins
+from elth_cli.archs import Family, FamilyError, StateEntry, plugins
 from elth_cli.errors import UsageError
 from elth_cli.find import random_ticket
 from elth_cli.ticket import Ticket
@@ -162,6 +163,8 @@ BROKEN_FUNCTIONS = {
     "layout": ("def layout(spec):\n    return ['blocks.0.']\n", "bro2", "its layout on bro2 returned a list"),
     "build": ("def build(spec, shape, classes):\n    raise ValueError('no such width')\n", "bro2",
               "its build failed on bro2: ValueError: no such width"),
+    "state": ("def state(spec, shape, classes):\n    return {'1.weight': (10, 64)}\n", "bro2",
+              "its state on bro2 returned a dict, not a non-empty list of StateEntry"),
 }
 _BROKEN_BASE = '''
 import re
@@ -180,8 +183,9 @@ def layout(spec):
 @pytest.mark.parametrize("broken", sorted(BROKEN_FUNCTIONS))
 def test_a_bug_in_a_family_function_is_one_line_on_the_command_line(tmp_path, broken):
     code, arch, message = BROKEN_FUNCTIONS[broken]
+    extra = ", state=state" if broken == "state" else ""
     (tmp_path / "bro.py").write_text(_BROKEN_BASE + code + "FAMILY = Family(name='bro', parse=parse, build=build, "
-                                     "layout=layout)\n")
+                                     f"layout=layout{extra})\n")
     fm = ("--family-module", str(tmp_path / "bro.py"))
     args = ["find", "-m", "random", "--arch", arch, "--dataset", "digits", "--sparsity", "0.5", "-o", "x.safetensors"]
     if broken == "layout":  # only stretching and squeezing read the layout
@@ -256,3 +260,59 @@ def test_docs_families_units_work_on_the_resmlp_family(tmp_path, registry, capsy
     r = run_in_process(capsys, "--family-module", "resmlp.py", "widen", "r.safetensors", "--target", "resmlp3-w64",
                        "-o", "wide.safetensors")
     assert r.code == 0, r.stderr
+
+
+BROKEN_STATES = {
+    "raises": (lambda spec, shape, classes: 1 / 0, "its state failed on bro2: ZeroDivisionError"),
+    "not_a_list": (lambda spec, shape, classes: ("1.weight",), "its state on bro2 returned a tuple, not a non-empty"),
+    "not_entries": (lambda spec, shape, classes: [("1.weight", (10, 64), "float32", True)],
+                    "its state on bro2 returned the entry ('1.weight', (10, 64), 'float32', True): not a StateEntry"),
+    "bad_dtype": (lambda spec, shape, classes: [StateEntry("1.weight", (10, 64), "torch.float32", True)],
+                  "its dtype must be a numpy-style name"),
+    "twice": (lambda spec, shape, classes: [StateEntry("1.bias", (10,), "float32", False)] * 2,
+              "returned the key '1.bias' twice"),
+}
+
+
+@pytest.mark.parametrize("broken", sorted(BROKEN_STATES))
+def test_a_bug_in_a_family_state_is_one_line_naming_it(registry, broken):
+    namespace: dict = {}
+    exec(compile(_BROKEN_BASE, "bro.py", "exec"), namespace)
+    state, message = BROKEN_STATES[broken]
+    family = Family(name="bro", parse=namespace["parse"], build=namespace["build"], layout=namespace["layout"],
+                    state=state)
+    registry.register_family(family, provider="my_lab.bro")
+    with pytest.raises(FamilyError) as caught:
+        registry.state_shapes(registry.resolve_arch("bro2"), (1, 8, 8), 10)
+    text = str(caught.value)
+    assert "\n" not in text and text.startswith("family bro from my_lab.bro: ") and message in text, text
+
+
+def test_a_family_state_that_is_not_a_function_is_refused(registry):
+    namespace: dict = {}
+    exec(compile(_BROKEN_BASE, "bro.py", "exec"), namespace)
+    family = Family(name="bro", parse=namespace["parse"], build=namespace["build"], layout=namespace["layout"],
+                    state=[])
+    with pytest.raises(FamilyError, match="state must be a function or None, got list"):
+        registry.register_family(family, provider="my_lab.bro")
+
+
+def test_docs_families_state_is_the_resmlp_models(tmp_path, registry, monkeypatch):
+    """docs/families.md, "The state dict without torch": its function added to the page's resmlp.py gives the
+    model's state dict exactly, and state_shapes answers from it without building the model."""
+    page = (Path(__file__).resolve().parents[1] / "docs" / "families.md").read_text()
+    python = [block.split("```")[0] for block in page.split("```python\n")[1:]]
+    state_code = next(b for b in python if "def state(" in b)
+    module = python[0].replace("\nFAMILY = Family(", state_code + "\n\nFAMILY = Family(\n    state=state,", 1)
+    (tmp_path / "resmlp.py").write_text(module)
+    monkeypatch.chdir(tmp_path)
+    archs.use_family_module("resmlp.py")
+    spec = archs.resolve_arch("resmlp3-w16")
+    family = archs.family_of(spec)
+    model = family.build(spec, (1, 8, 8), 10)
+    entries = family.state(spec, (1, 8, 8), 10)
+    assert [(e.key, e.shape) for e in entries] == [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
+    assert [e.key for e in entries if e.prunable] == archs.prunable_keys_of(model)
+    archs.FAMILIES["resmlp"] = dataclasses.replace(family, build=None)  # state_shapes must not build it
+    found = archs.state_shapes(spec, (1, 8, 8), 10)
+    assert found.prunable == tuple(archs.prunable_keys_of(model)) and set(found.dtypes.values()) == {"float32"}

@@ -1,14 +1,16 @@
 """The architecture registry: every family, name resolution, model building and block layouts.
 
 This is the public family API (docs/families.md): :class:`Family`, :class:`ArchSpec`,
-:class:`BlockLayout` and :class:`ParamCount` describe a family; :func:`register_family` adds one from
-Python; installed distributions register theirs under the entry-point group ``elth.families`` and
-:func:`use_family_module` (``--family-module``, ``ELTH_FAMILIES``) adds a module's for one command.
+:class:`BlockLayout`, :class:`ParamCount` and :class:`StateEntry` (written with :class:`StateTally`)
+describe a family; :func:`register_family` adds one from Python; installed distributions register
+theirs under the entry-point group ``elth.families`` and :func:`use_family_module` (``--family-module``,
+``ELTH_FAMILIES``) adds a module's for one command.
 
-Importing the registry does not import torch: names, layouts, parameter counts and forward MACs
-are worked out from the spec (a family without an analytic count is counted on its model). ``build_model``, ``expected_state``, ``prunable_keys`` and the
-torch helpers (``prunable_keys_of``, ``open_lth_init``, ``meta_state``) import torch when first
-used.
+Importing the registry does not import torch: names, layouts, parameter counts, forward MACs and the
+state dict's keys, shapes and dtypes (:func:`state_shapes`) are worked out from the spec (a family without
+an analytic count or state is read off its model). ``build_model``, ``expected_state`` (torch's dtype
+objects) and the torch helpers (``prunable_keys_of``, ``open_lth_init``, ``meta_state``) import torch when
+first used; ``prunable_keys`` does not where the family has a ``state``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from elth_cli.archs import cifar_resnet, imagenet_resnet, mlp, mobilenet, plugins, timm_family, vgg, vgg_fc, vit
-from elth_cli.archs.base import ArchSpec, BlockLayout, Family, ParamCount
+from elth_cli.archs.base import ArchSpec, BlockLayout, Family, ParamCount, StateEntry, StateShapes, StateTally
 from elth_cli.archs.plugins import ENTRY_POINT_GROUP, ENV_VAR, FamilyError
 from elth_cli.archs.units import Probe, UnitGroup, Units, UnitsBuilder, check_units
 from elth_cli.errors import UsageError
@@ -54,6 +56,10 @@ __all__ = [
     "name_family_module",
     "load_plugins",
     "ParamCount",
+    "StateEntry",
+    "StateShapes",
+    "StateTally",
+    "state_shapes",
     "resolve_arch",
     "resolve_target",
     "family_of",
@@ -244,25 +250,49 @@ def build_model(
     return model
 
 
+def state_shapes(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int) -> StateShapes:
+    """Every state-dict key of the model, in ``state_dict()`` order, with its shape and dtype name, and the keys a
+    ticket masks (every conv and Linear weight), for a (channels, height, width) input and ``num_classes``.
+
+    Worked out from the spec (``Family.state``) where the family describes its state, without torch; otherwise
+    read off the model built on the meta device (torch imported then). The answer is cached and shared: read it,
+    do not change its dicts.
+    """
+    return _state_shapes(spec, tuple(input_shape), int(num_classes))
+
+
 @functools.lru_cache(maxsize=64)
-def _expected(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int):
+def _state_shapes(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int) -> StateShapes:
+    family = family_of(spec)
+    if family.state is not None:
+        return StateShapes.of(family.state(spec, input_shape, num_classes))
+    return _meta_state_shapes(spec, input_shape, num_classes)
+
+
+def _meta_state_shapes(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int) -> StateShapes:
+    """The state of a family without ``Family.state``, read off its model built on the meta device."""
     from elth_cli.archs.nets.common import meta_state
 
-    state, prunable = meta_state(lambda: build_model(spec, tuple(input_shape), num_classes, initialise=False))
-    shapes = {k: (tuple(v.shape), v.dtype) for k, v in state.items()}
-    return shapes, tuple(prunable)
+    state, prunable = meta_state(lambda: build_model(spec, input_shape, num_classes, initialise=False))
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    dtypes = {k: str(v.dtype).removeprefix("torch.") for k, v in state.items()}
+    return StateShapes(shapes, dtypes, tuple(prunable))
 
 
 def expected_state(
     spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int
 ) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-    """Every state-dict key of the model with its shape and dtype (computed on the meta device)."""
-    return dict(_expected(spec, tuple(input_shape), num_classes)[0])
+    """Every state-dict key of the model with its shape and torch dtype (:func:`state_shapes`; imports torch for
+    the dtype objects)."""
+    import torch
+
+    found = state_shapes(spec, tuple(input_shape), num_classes)
+    return {k: (shape, getattr(torch, found.dtypes[k])) for k, shape in found.shapes.items()}
 
 
 def prunable_keys(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int) -> list[str]:
     """Keys a ticket masks: every conv and Linear weight (stem, shortcuts and fc included)."""
-    return list(_expected(spec, tuple(input_shape), num_classes)[1])
+    return list(state_shapes(spec, tuple(input_shape), num_classes).prunable)
 
 
 @dataclass(frozen=True)

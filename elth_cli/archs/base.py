@@ -157,6 +157,80 @@ class ParamTally:
         return ParamCount(self.parameters, self.prunable, self.macs)
 
 
+class StateEntry(NamedTuple):
+    """One tensor of a model's state dict, worked out from its spec: its key, shape, dtype (numpy's name:
+    ``"float32"``, ``"int64"``) and whether a ticket masks it (every conv and Linear weight)."""
+
+    key: str
+    shape: tuple[int, ...]
+    dtype: str
+    prunable: bool
+
+
+@dataclass(frozen=True)
+class StateShapes:
+    """A model's state dict without the model: every key's shape and dtype name in ``state_dict()`` order, and
+    the keys a ticket masks (every conv and Linear weight, in the model's order)."""
+
+    shapes: dict[str, tuple[int, ...]]
+    dtypes: dict[str, str]
+    prunable: tuple[str, ...]
+
+    @classmethod
+    def of(cls, entries: list[StateEntry]) -> StateShapes:
+        return cls({e.key: tuple(e.shape) for e in entries}, {e.key: e.dtype for e in entries},
+                   tuple(e.key for e in entries if e.prunable))
+
+
+class StateTally:
+    """Writes down a model's state dict layer by layer, as torch's modules name and shape it, without building it.
+
+    Each method takes the layer's module name (``"layer1.0.conv1"``; ``""`` for the model itself) and appends
+    its tensors in the order ``state_dict()`` gives them; :meth:`done` returns the list.
+    """
+
+    def __init__(self) -> None:
+        self.entries: list[StateEntry] = []
+
+    def add(self, key: str, shape: tuple[int, ...], dtype: str = "float32", prunable: bool = False) -> None:
+        """One tensor (a parameter or a buffer) under its full key."""
+        self.entries.append(StateEntry(key, tuple(shape), dtype, prunable))
+
+    def _param(self, module: str, name: str, shape: tuple[int, ...], dtype: str = "float32",
+               prunable: bool = False) -> None:
+        self.add(f"{module}.{name}" if module else name, shape, dtype, prunable)
+
+    def conv(self, module: str, f_in: int, f_out: int, kernel: int, bias: bool = False, groups: int = 1) -> None:
+        """A square Conv2d: its weight (masked), then its bias if it has one."""
+        self._param(module, "weight", (f_out, f_in // groups, kernel, kernel), prunable=True)
+        if bias:
+            self._param(module, "bias", (f_out,))
+
+    def bn(self, module: str, features: int) -> None:
+        """A BatchNorm2d: weight, bias, running_mean, running_var and the int64 num_batches_tracked counter."""
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            self._param(module, name, (features,))
+        self._param(module, "num_batches_tracked", (), "int64")
+
+    def linear(self, module: str, f_in: int, f_out: int, bias: bool = True) -> None:
+        """A Linear layer: its weight (masked), then its bias."""
+        self._param(module, "weight", (f_out, f_in), prunable=True)
+        if bias:
+            self._param(module, "bias", (f_out,))
+
+    def norm(self, module: str, features: int) -> None:
+        """A LayerNorm (or any affine norm without running statistics): weight and bias."""
+        self._param(module, "weight", (features,))
+        self._param(module, "bias", (features,))
+
+    def tensor(self, key: str, shape: tuple[int, ...]) -> None:
+        """A parameter of the network itself, never masked (a transformer's class token, position embedding)."""
+        self.add(key, shape)
+
+    def done(self) -> list[StateEntry]:
+        return list(self.entries)
+
+
 @dataclass(frozen=True)
 class Family:
     """One architecture family: how names parse, how models are built, how blocks are laid out.
@@ -167,7 +241,8 @@ class Family:
 
     ``parse`` returns None for a name that is not of this family, and raises UsageError for a
     name that is of this family but invalid (e.g. resnet21). ``build`` imports torch when
-    called; every other field works without torch.
+    called; every other field works without torch (``count`` and ``state`` describe the built
+    model from its spec).
     """
 
     name: str
@@ -207,3 +282,7 @@ class Family:
     # its units are permuted (``elth align``) or widened and narrowed (``elth widen``, ``elth narrow``);
     # ``units(spec, shapes)`` with every state-dict key's shape. None: the family offers neither.
     units: Callable[[ArchSpec, Mapping[str, tuple[int, ...]]], Units] | None = None
+    # The state dict of ``build(spec, input_shape, num_classes)`` without building it: every key in
+    # ``state_dict()`` order with its shape, dtype name and whether a ticket masks it (``StateTally`` writes
+    # it layer by layer). None: read off the model, built on the meta device (exact, but it needs torch).
+    state: Callable[[ArchSpec, tuple[int, int, int], int], list[StateEntry]] | None = None

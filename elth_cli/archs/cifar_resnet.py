@@ -11,7 +11,15 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from elth_cli.archs.base import ArchSpec, BlockLayout, Family, ParamCount, ParamTally
+from elth_cli.archs.base import (
+    ArchSpec,
+    BlockLayout,
+    Family,
+    ParamCount,
+    ParamTally,
+    StateEntry,
+    StateTally,
+)
 from elth_cli.archs.units import Shape, Units, residual_units
 from elth_cli.errors import UsageError
 
@@ -83,6 +91,28 @@ def count(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int) -
     return tally.total()
 
 
+def state(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int) -> list[StateEntry]:
+    """The state dict of ``build(spec, ...)`` in ``nets.cifar_resnet_net``'s order, without building it."""
+    tally = StateTally()
+    current = spec.width
+    tally.conv("conv", input_shape[0], current, 3)
+    tally.bn("bn", current)
+    i = 0
+    for stage, filters in enumerate((spec.width, 2 * spec.width, 4 * spec.width)):
+        for b in range(spec.depths[0]):
+            p = f"blocks.{i}."
+            tally.conv(p + "conv1", current, filters, 3)
+            tally.bn(p + "bn1", filters)
+            tally.conv(p + "conv2", filters, filters, 3)
+            tally.bn(p + "bn2", filters)
+            if (stage > 0 and b == 0) or current != filters:  # the 1x1 conv + BN shortcut
+                tally.conv(p + "shortcut.0", current, filters, 1)
+                tally.bn(p + "shortcut.1", filters)
+            current, i = filters, i + 1
+    tally.linear("fc", current, num_classes)
+    return tally.done()
+
+
 def layout(spec: ArchSpec) -> BlockLayout:
     stages, i = [], 0
     for n in spec.depths:
@@ -111,4 +141,5 @@ FAMILY = Family(
     native_input=((3, 32, 32), 10),
     reference_mapping="one",
     units=units,
+    state=state,
 )

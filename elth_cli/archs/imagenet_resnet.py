@@ -1,4 +1,4 @@
-"""ImageNet ResNets built on torchvision's ResNet class, so state-dict keys are torchvision's.
+"""ImageNet ResNets with torchvision's ResNet modules and state-dict keys (built without torchvision).
 
 imagenet-resnet18/26/34 use basic blocks (2/2/2/2, 2/3/4/3 as in the E-LTH paper, 3/4/6/3),
 imagenet-resnet50/101/152 bottleneck blocks. The ``imagenet-`` prefix keeps them apart from the
@@ -12,7 +12,16 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from elth_cli.archs.base import ArchSpec, BlockLayout, Family, ParamCount, ParamTally, pool_size
+from elth_cli.archs.base import (
+    ArchSpec,
+    BlockLayout,
+    Family,
+    ParamCount,
+    ParamTally,
+    StateEntry,
+    StateTally,
+    pool_size,
+)
 from elth_cli.archs.units import Shape, Units, residual_units
 from elth_cli.errors import UsageError
 
@@ -69,18 +78,17 @@ def resolve_target(source: ArchSpec, name: str) -> ArchSpec | None:
 
 
 def build(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    """torchvision's ResNet with ``spec``'s width (``nets.imagenet_resnet_net``: its keys, without torchvision)."""
     in_channels = input_shape[0]
-    # Imported here: torch and torchvision.models take seconds to import, and most runs never need them.
+    # Imported here: the modules need torch, and resolving names or counting parameters must not.
     from torch import nn
-    from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+
+    from elth_cli.archs.nets.imagenet_resnet_net import BasicBlock, Bottleneck, ResNet
 
     block = BasicBlock if spec.variant == "basic" else Bottleneck
-    if spec.width == DEFAULT_WIDTH:
-        model = ResNet(block, list(spec.depths), num_classes=num_classes)
-    else:
-        from elth_cli.archs.nets.imagenet_resnet_net import WidthResNet
-
-        model = WidthResNet(block, list(spec.depths), num_classes, spec.width)
+    # torchvision's pass at width 64 only, and conv1 replaced after the fact: the random draws (and so a
+    # seeded model) are those of torchvision's class and of the WidthResNet the family used before.
+    model = ResNet(block, list(spec.depths), num_classes, spec.width, torchvision_init=spec.width == DEFAULT_WIDTH)
     if in_channels != 3:
         model.conv1 = nn.Conv2d(in_channels, spec.width, kernel_size=7, stride=2, padding=3, bias=False)
     return model
@@ -118,6 +126,34 @@ def count(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int) -
     return tally.total()
 
 
+def state(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int) -> list[StateEntry]:
+    """The state dict of ``build(spec, ...)`` in torchvision's order (``nets.imagenet_resnet_net``), without
+    building it: conv1, bn1, then per block its convs and BNs and, where the shape changes, ``downsample``."""
+    expansion, w = (1 if spec.variant == "basic" else 4), spec.width
+    tally = StateTally()
+    tally.conv("conv1", input_shape[0], w, 7)
+    tally.bn("bn1", w)
+    inplanes = w
+    for stage, n in enumerate(spec.depths):
+        planes = w * 2**stage
+        for b in range(n):
+            p = f"layer{stage + 1}.{b}."
+            # (f_in, f_out, kernel) of conv1, conv2(, conv3), each followed by its BN.
+            if spec.variant == "basic":
+                convs = [(inplanes, planes, 3), (planes, planes, 3)]
+            else:
+                convs = [(inplanes, planes, 1), (planes, planes, 3), (planes, planes * expansion, 1)]
+            for j, (f_in, f_out, kernel) in enumerate(convs, start=1):
+                tally.conv(f"{p}conv{j}", f_in, f_out, kernel)
+                tally.bn(f"{p}bn{j}", f_out)
+            if (stage > 0 and b == 0) or inplanes != planes * expansion:
+                tally.conv(p + "downsample.0", inplanes, planes * expansion, 1)
+                tally.bn(p + "downsample.1", planes * expansion)
+            inplanes = planes * expansion
+    tally.linear("fc", 8 * w * expansion, num_classes)
+    return tally.done()
+
+
 def layout(spec: ArchSpec) -> BlockLayout:
     stages = tuple(tuple(f"layer{s + 1}.{b}." for b in range(n)) for s, n in enumerate(spec.depths))
     return BlockLayout(stem=("conv1.", "bn1."), stages=stages, head=("fc.",))
@@ -145,4 +181,5 @@ FAMILY = Family(
     reference_prefix="model.",
     reference_mapping="per-stage",
     units=units,
+    state=state,
 )

@@ -15,7 +15,15 @@ import math
 import re
 from typing import TYPE_CHECKING
 
-from elth_cli.archs.base import ArchSpec, BlockLayout, Family, ParamCount, ParamTally
+from elth_cli.archs.base import (
+    ArchSpec,
+    BlockLayout,
+    Family,
+    ParamCount,
+    ParamTally,
+    StateEntry,
+    StateTally,
+)
 from elth_cli.archs.units import Shape, Units, chain_units, numbered
 from elth_cli.errors import UsageError
 
@@ -104,6 +112,17 @@ def count(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int) -
     return tally.total()
 
 
+def state(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int) -> list[StateEntry]:
+    """The state dict of ``build(spec, ...)``: ``fc_layers.<i>`` on the flattened input, then ``fc``."""
+    tally = StateTally()
+    current = math.prod(input_shape)
+    for i, size in enumerate(sizes(spec)):
+        tally.linear(f"fc_layers.{i}", current, size)
+        current = size
+    tally.linear("fc", current, num_classes)
+    return tally.done()
+
+
 def layout(spec: ArchSpec) -> BlockLayout:
     n = spec.depths[0]
     return BlockLayout(stem=(), stages=(tuple(f"fc_layers.{i}." for i in range(n)),),
@@ -128,4 +147,5 @@ FAMILY = Family(
     native_input=((1, 28, 28), 10),
     reference_mapping="fc_layers",
     units=units,
+    state=state,
 )

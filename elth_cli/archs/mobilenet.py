@@ -14,7 +14,15 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from elth_cli.archs.base import ArchSpec, BlockLayout, Family, ParamCount, ParamTally
+from elth_cli.archs.base import (
+    ArchSpec,
+    BlockLayout,
+    Family,
+    ParamCount,
+    ParamTally,
+    StateEntry,
+    StateTally,
+)
 from elth_cli.archs.units import Shape, Units, chain_units, numbered
 from elth_cli.errors import UsageError
 
@@ -67,6 +75,26 @@ def count(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int) -
     return tally.total()
 
 
+def state(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int) -> list[StateEntry]:
+    """The state dict of ``build(spec, ...)``: ``conv``, ``bn``, each part's blocks (a depthwise ``conv1`` and a
+    pointwise ``conv2``, each with BN), ``fc``."""
+    tally = StateTally()
+    tally.conv("conv", input_shape[0], 32, 3)
+    tally.bn("bn", 32)
+    channels = 32
+    parts = (("layers_part1", PART1), ("layers_part2", ((512, 1),) * spec.depths[0]), ("layers_part3", PART3))
+    for part, plan in parts:
+        for i, (out, _) in enumerate(plan):
+            p = f"{part}.{i}."
+            tally.conv(p + "conv1", channels, channels, 3, groups=channels)
+            tally.bn(p + "bn1", channels)
+            tally.conv(p + "conv2", channels, out, 1)
+            tally.bn(p + "bn2", out)
+            channels = out
+    tally.linear("fc", channels, num_classes)
+    return tally.done()
+
+
 def layout(spec: ArchSpec) -> BlockLayout:
     blocks = tuple(f"layers_part2.{i}." for i in range(spec.depths[0]))
     return BlockLayout(stem=("conv.", "bn.", "layers_part1."), stages=(blocks,), head=("layers_part3.", "fc."),
@@ -97,4 +125,5 @@ FAMILY = Family(
     native_input=((3, 32, 32), 10),
     reference_mapping="one",
     units=units,
+    state=state,
 )

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from elth_cli.archs.base import ArchSpec, BlockLayout, Family
+from elth_cli.archs.base import ArchSpec, BlockLayout, Family, StateEntry
 from elth_cli.archs.units import Units
 from elth_cli.errors import UsageError
 
@@ -31,6 +31,7 @@ ENTRY_POINT_GROUP = "elth.families"
 ENV_VAR = "ELTH_FAMILIES"
 INITS = ("open_lth", "model")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.:-]*$")
+_DTYPE = re.compile(r"^(float|int|uint|bfloat|complex)\d+$|^bool$")
 
 
 class FamilyError(UsageError):
@@ -140,6 +141,7 @@ def checked(family: Family, provider: str, version: str) -> Family:
         resolve_target=family.resolve_target and _guard(family, provider, "resolve_target", family.resolve_target,
                                                         _check_spec),
         units=family.units and _guard(family, provider, "units", family.units, _check_units),
+        state=family.state and _guard(family, provider, "state", family.state, _check_state),
     )
 
 
@@ -148,7 +150,7 @@ def _field_problem(family: Family) -> str:
     for field in ("parse", "build", "layout"):
         if not callable(getattr(family, field)):
             return f"{field} must be a function, got {type(getattr(family, field)).__name__}"
-    for field in ("count", "resolve_target", "units"):
+    for field in ("count", "resolve_target", "units", "state"):
         value = getattr(family, field)
         if value is not None and not callable(value):
             return f"{field} must be a function or None, got {type(value).__name__}"
@@ -231,4 +233,33 @@ def _check_count(family: Family, count: Any) -> str:
 def _check_units(family: Family, units: Any) -> str:
     if not isinstance(units, Units):
         return f"returned a {type(units).__name__}, not a Units (build it with elth_cli.archs.UnitsBuilder)"
+    return ""
+
+
+def _check_state(family: Family, state: Any) -> str:
+    if not isinstance(state, list) or not state:
+        return f"returned a {type(state).__name__}, not a non-empty list of StateEntry(key, shape, dtype, prunable)"
+    keys = set()
+    for entry in state:
+        problem = _entry_problem(entry)
+        if problem:
+            return f"returned the entry {entry!r:.80}: {problem}"
+        if entry.key in keys:
+            return f"returned the key {entry.key!r} twice"
+        keys.add(entry.key)
+    return ""
+
+
+def _entry_problem(entry: Any) -> str:
+    """What is wrong with one entry of a family's ``state``, or ``""``."""
+    if not isinstance(entry, StateEntry):
+        return "not a StateEntry(key, shape, dtype, prunable)"
+    if not isinstance(entry.key, str) or not entry.key:
+        return "its key must be a non-empty string"
+    if not isinstance(entry.shape, tuple) or not all(isinstance(d, int) and d >= 0 for d in entry.shape):
+        return "its shape must be a tuple of whole numbers"
+    if not isinstance(entry.dtype, str) or not _DTYPE.match(entry.dtype):
+        return "its dtype must be a numpy-style name such as 'float32' or 'int64'"
+    if not isinstance(entry.prunable, bool):
+        return "its prunable must be True or False"
     return ""

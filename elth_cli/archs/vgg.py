@@ -11,9 +11,17 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from elth_cli.archs.base import ArchSpec, BlockLayout, Family, ParamCount, ParamTally
+from elth_cli.archs.base import (
+    ArchSpec,
+    BlockLayout,
+    Family,
+    ParamCount,
+    ParamTally,
+    StateEntry,
+    StateTally,
+)
 from elth_cli.archs.units import Shape, Units, chain_units, numbered
-from elth_cli.archs.vgg_plan import CONVS_PER_STAGE, tally_convs
+from elth_cli.archs.vgg_plan import CONVS_PER_STAGE, state_convs, tally_convs
 from elth_cli.errors import UsageError
 
 if TYPE_CHECKING:
@@ -65,6 +73,14 @@ def count(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int) -
     return tally.total()
 
 
+def state(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int) -> list[StateEntry]:
+    """The state dict of ``build(spec, ...)`` (``layers.<i>.conv``/``bn``, max-pools numbered too; ``fc``)."""
+    tally = StateTally()
+    filters = state_convs(tally, spec.depths, spec.width, input_shape[0])
+    tally.linear("fc", filters, num_classes)
+    return tally.done()
+
+
 def layout(spec: ArchSpec) -> BlockLayout:
     stages, index = [], 0
     for stage, n in enumerate(spec.depths):
@@ -92,4 +108,5 @@ FAMILY = Family(
     recipe="cifar",
     native_input=((3, 32, 32), 10),
     units=units,
+    state=state,
 )

@@ -15,9 +15,17 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from elth_cli.archs.base import ArchSpec, BlockLayout, Family, ParamCount, ParamTally
+from elth_cli.archs.base import (
+    ArchSpec,
+    BlockLayout,
+    Family,
+    ParamCount,
+    ParamTally,
+    StateEntry,
+    StateTally,
+)
 from elth_cli.archs.units import Shape, Units, chain_units, numbered
-from elth_cli.archs.vgg_plan import CONVS_PER_STAGE, tally_convs
+from elth_cli.archs.vgg_plan import CONVS_PER_STAGE, state_convs, tally_convs
 from elth_cli.errors import UsageError
 
 if TYPE_CHECKING:
@@ -92,6 +100,16 @@ def count(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int) -
     return tally.total()
 
 
+def state(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int) -> list[StateEntry]:
+    """The state dict of ``build(spec, ...)``: VGG's convolutions, ``classifier.0``, ``classifier.2``, ..., ``fc``."""
+    tally = StateTally()
+    filters = state_convs(tally, CONVS_PER_STAGE[int(spec.variant)], spec.width, input_shape[0])
+    for i in range(spec.depths[0]):
+        tally.linear(f"classifier.{2 * i}", filters, filters)
+    tally.linear("fc", filters, num_classes)
+    return tally.done()
+
+
 def layout(spec: ArchSpec) -> BlockLayout:
     hidden = tuple(f"classifier.{2 * i}." for i in range(spec.depths[0]))
     return BlockLayout(stem=("layers.",), stages=(hidden,), head=("fc.",), free_first=(True,))
@@ -117,4 +135,5 @@ FAMILY = Family(
     native_input=((3, 32, 32), 10),
     reference_mapping="classifier",
     units=units,
+    state=state,
 )

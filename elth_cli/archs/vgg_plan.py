@@ -6,7 +6,7 @@ plan without importing each other.
 
 from __future__ import annotations
 
-from elth_cli.archs.base import ParamTally, pool_size
+from elth_cli.archs.base import ParamTally, StateTally, pool_size
 
 CONVS_PER_STAGE: dict[int, tuple[int, ...]] = {
     11: (1, 1, 2, 2, 2),
@@ -30,4 +30,18 @@ def tally_convs(tally: ParamTally, convs_per_stage: tuple[int, ...], width: int,
             size = tally.conv(filters, width * STAGE_SCALE[stage], 3, size, padding=1, bias=True)
             tally.bn(width * STAGE_SCALE[stage])
             filters = width * STAGE_SCALE[stage]
+    return filters
+
+
+def state_convs(tally: StateTally, convs_per_stage: tuple[int, ...], width: int, in_channels: int) -> int:
+    """Write VGG's convolutions into ``tally`` (``layers.<i>.conv`` with bias, ``layers.<i>.bn``; each max-pool
+    before a stage takes an index too, as in ``nn.Sequential``). Returns the channels of the last stage."""
+    filters, index = in_channels, 0
+    for stage, n in enumerate(convs_per_stage):
+        if stage > 0:
+            index += 1  # the max-pool
+        for _ in range(n):
+            tally.conv(f"layers.{index}.conv", filters, width * STAGE_SCALE[stage], 3, bias=True)
+            tally.bn(f"layers.{index}.bn", width * STAGE_SCALE[stage])
+            filters, index = width * STAGE_SCALE[stage], index + 1
     return filters

@@ -25,7 +25,15 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from elth_cli.archs.base import ArchSpec, BlockLayout, Family, ParamCount, ParamTally
+from elth_cli.archs.base import (
+    ArchSpec,
+    BlockLayout,
+    Family,
+    ParamCount,
+    ParamTally,
+    StateEntry,
+    StateTally,
+)
 from elth_cli.archs.units import Probe, Shape, Units, UnitsBuilder, numbered
 from elth_cli.errors import UsageError
 
@@ -170,6 +178,28 @@ def count(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int) -
     return tally.total()
 
 
+def state(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int) -> list[StateEntry]:
+    """The state dict of ``build(spec, ...)`` (``nets.vit_net``): the model's own ``cls_token`` and ``pos_embed``
+    first (a module's parameters come before its children's), then ``patch_embed``, the blocks, ``norm``, ``head``."""
+    n, d = tokens(spec, input_shape), spec.width
+    hidden = MLP_RATIO * d
+    tally = StateTally()
+    tally.tensor("cls_token", (1, 1, d))
+    tally.tensor("pos_embed", (1, n, d))
+    tally.conv("patch_embed.proj", input_shape[0], d, patch(spec), bias=True)
+    for i in range(spec.depths[0]):
+        p = f"blocks.{i}."
+        tally.norm(p + "norm1", d)
+        tally.linear(p + "attn.qkv", d, 3 * d)
+        tally.linear(p + "attn.proj", d, d)
+        tally.norm(p + "norm2", d)
+        tally.linear(p + "mlp.fc1", d, hidden)
+        tally.linear(p + "mlp.fc2", hidden, d)
+    tally.norm("norm", d)
+    tally.linear("head", d, num_classes)
+    return tally.done()
+
+
 def layout(spec: ArchSpec) -> BlockLayout:
     blocks = tuple(f"blocks.{i}." for i in range(spec.depths[0]))
     return BlockLayout(stem=("patch_embed.", "cls_token", "pos_embed"), stages=(blocks,), head=("norm.", "head."),
@@ -225,4 +255,5 @@ FAMILY = Family(
     init="model",
     reference_mapping="none",  # ElasticLTH has no ViT
     units=units,
+    state=state,
 )
