@@ -357,16 +357,3 @@ def standard_archs() -> list[ArchSpec]:
     return [resolve_arch(n) for f in families().values() for n in f.standard_names]
 
 
-
-# TEMPORARY shim until the analytic state shapes land (branch shapes).
-@dataclass(frozen=True)
-class StateShapes:
-    shapes: dict
-    dtypes: dict
-    prunable: tuple
-
-
-@functools.lru_cache(maxsize=64)
-def state_shapes(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int) -> StateShapes:
-    shapes, prunable = _expected(spec, tuple(input_shape), num_classes)
-    return StateShapes({k: v[0] for k, v in shapes.items()}, {k: str(v[1]).removeprefix("torch.") for k, v in shapes.items()}, tuple(prunable))
