@@ -8,6 +8,7 @@ the specification; this module is the one place that reads and writes it.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import hashlib
 import io
@@ -212,6 +213,14 @@ class Ticket:
         model = archs.build_model(self.spec, self.input_shape, self.num_classes)
         model.load_state_dict(self.state(weights), strict=True)
         return model.to(device)
+
+    def masks_only(self) -> "Ticket":
+        """This ticket with its masks (copied) and records, its weights let go: what a comparison of many big
+        tickets keeps of each once it has been read and checked, so that one file at a time is held. It says
+        whether it is trained, but it holds no weights and cannot be saved."""
+        return dataclasses.replace(self, masks={k: m.copy() if isinstance(m, np.ndarray) else m.clone()
+                                                for k, m in self.masks.items()},
+                                   init={}, trained=None if self.trained is None else {})
 
     def identity(self) -> dict[str, Any]:
         """What a ticket is, as JSON-ready fields (shared by ``elth info`` and ``elth compare``)."""

@@ -76,7 +76,8 @@ def compare(
     names = ["stdin" if p == STDIO else p for p in tickets]
     if interpolate:  # it trains nothing but evaluates networks: torch (a compare alone reads with numpy)
         stops.import_torch()
-    loaded = [Ticket.load(p, arrays="torch" if interpolate else "numpy") for p in tickets]
+    # Without --interpolate only masks and records are compared: each file is let go once read and checked.
+    loaded = [Ticket.load(p) if interpolate else Ticket.load(p, arrays="numpy").masks_only() for p in tickets]
     doc = cmp.compare_tickets(loaded, names)
     log = Log(quiet)
     for first, later in doc["duplicates"]:  # the same run twice: not a seed replicate, not an interpolation
