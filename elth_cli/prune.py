@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Iterable
+from typing import Callable, Iterable, Iterator, Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -93,25 +94,31 @@ def erk_layer_counts(shapes: dict[str, tuple[int, ...]], sparsity: float, dense:
 
 # ----- exact pruning by scores ---------------------------------------------------------------------
 def prune_lowest(
-    scores: dict[str, Tensor], masks: dict[str, Tensor], n_prune: int, exclude: Iterable[str] = ()
+    scores: Mapping[str, Tensor], masks: dict[str, Tensor], n_prune: int, exclude: Iterable[str] = ()
 ) -> dict[str, Tensor]:
     """New masks with the ``n_prune`` lowest-scoring surviving weights removed, over all tensors together.
 
     Only weights that survive in ``masks`` and whose key is not in ``exclude`` compete. The
-    threshold comes from ``torch.kthvalue`` on the device (no full sort, no host copy of the
-    weights); ties at the threshold are broken by position, so exactly ``n_prune`` weights go.
+    threshold is the exact ``n_prune``-th smallest surviving score: ``torch.kthvalue`` on a GPU (no
+    host copy of the weights), a two-pass radix selection on the CPU (:func:`kth_smallest`: no copy of
+    all the scores at once). Ties at the threshold are broken by position, so exactly ``n_prune``
+    weights go. ``scores`` may compute each tensor's scores when asked (it is asked twice per key).
     """
     excluded = set(exclude)
     keys = [k for k in masks if k not in excluded]
     if n_prune <= 0 or not keys:
         return {k: m.clone() for k, m in masks.items()}
-    alive = [scores[k][masks[k]].float() for k in keys]
-    flat = torch.cat([a.reshape(-1) for a in alive])
-    if n_prune > flat.numel():
-        raise UsageError(f"cannot prune {n_prune} weights: only {flat.numel()} prunable weights remain")
-    threshold = torch.kthvalue(flat, n_prune).values
+    available = sum(int(masks[k].sum()) for k in keys)
+    if n_prune > available:
+        raise UsageError(f"cannot prune {n_prune} weights: only {available} prunable weights remain")
+    alive = lambda: (scores[k][masks[k]].float() for k in keys)  # noqa: E731 - one layer's survivors at a time
+    if masks[keys[0]].device.type == "cpu":
+        threshold, below_total = kth_smallest(alive, n_prune)
+    else:
+        flat = torch.cat([a.reshape(-1) for a in alive()])
+        threshold = torch.kthvalue(flat, n_prune).values
+        below_total = int((flat < threshold).sum())
     # Everything strictly below the threshold goes; of the ties, only as many as still needed (in order).
-    below_total = int((flat < threshold).sum())
     ties_to_prune = n_prune - below_total
     out = {k: m.clone() for k, m in masks.items()}
     for key in keys:
@@ -127,15 +134,40 @@ def prune_lowest(
     return out
 
 
+def _sortable(values: Tensor) -> np.ndarray:
+    """float32 values as uint32 keys in the same order (negatives' bits flipped, positives' sign bit set);
+    -0.0 gets +0.0's key, as the two compare equal."""
+    bits = (values + 0.0).contiguous().numpy().view(np.uint32)
+    return np.where(bits >> 31, ~bits, bits | np.uint32(0x80000000))
+
+
+def kth_smallest(parts: Callable[[], Iterator[Tensor]], k: int) -> tuple[Tensor, int]:
+    """The exact ``k``-th smallest (1-based) of float32 CPU values given in parts, and how many are strictly
+    smaller: what ``torch.kthvalue`` of their concatenation gives, in two passes over the parts that never
+    hold more than one part's keys (a histogram of the keys' high 16 bits, then of the low 16 bits of
+    those in the bucket found)."""
+    high = np.zeros(1 << 16, np.int64)
+    for part in parts():
+        high += np.bincount(_sortable(part) >> 16, minlength=1 << 16)
+    bucket = int(np.searchsorted(np.cumsum(high), k))  # the first bucket whose running count reaches k
+    below = int(high[:bucket].sum())
+    low = np.zeros(1 << 16, np.int64)
+    for part in parts():
+        keys = _sortable(part)
+        low += np.bincount(keys[(keys >> 16) == bucket] & 0xFFFF, minlength=1 << 16)
+    rest = int(np.searchsorted(np.cumsum(low), k - below))
+    key = np.uint32((bucket << 16) | rest)
+    bits = key & np.uint32(0x7FFFFFFF) if key >> 31 else ~key
+    return torch.tensor(np.array([bits], np.uint32).view(np.float32)[0]), below + int(low[:rest].sum())
+
+
 def prune_lowest_per_layer(
     scores: dict[str, Tensor], masks: dict[str, Tensor], counts: dict[str, int]
 ) -> dict[str, Tensor]:
     """Remove ``counts[key]`` lowest-scoring surviving weights from each tensor separately."""
-    out = {k: m.clone() for k, m in masks.items()}
-    for key, n in counts.items():
-        if n > 0:
-            out[key] = prune_lowest({key: scores[key]}, {key: masks[key]}, n)[key]
-    return out
+    # Layer by layer, in order (random scores may be drawn as they are asked for), one new mask at a time.
+    return {key: prune_lowest({key: scores[key]}, {key: m}, counts[key])[key] if counts.get(key, 0) > 0 else m.clone()
+            for key, m in masks.items()}
 
 
 def count_pruned(masks: dict[str, Tensor]) -> tuple[int, int]:
@@ -168,9 +200,28 @@ def prune_to_sparsity(
 
 
 # ----- scores: higher = more important ------------------------------------------------------------
-def magnitude_scores(state: dict[str, Tensor], keys: Iterable[str]) -> dict[str, Tensor]:
-    """|w|: IMP's and one-shot magnitude pruning's criterion."""
-    return {k: state[k].detach().abs() for k in keys}
+def magnitude_scores(state: dict[str, Tensor], keys: Iterable[str]) -> Mapping[str, Tensor]:
+    """|w|: IMP's and one-shot magnitude pruning's criterion, worked out for a tensor when asked (a
+    network's worth of scores is never held at once)."""
+    return _Computed(list(keys), lambda k: state[k].detach().abs())
+
+
+class _Computed(Mapping[str, Tensor]):
+    """A mapping whose values are computed on each access by a pure function of the key."""
+
+    def __init__(self, keys: list[str], compute: Callable[[str], Tensor]) -> None:
+        self._keys, self._compute = keys, compute
+
+    def __getitem__(self, key: str) -> Tensor:
+        if key not in self._keys:
+            raise KeyError(key)
+        return self._compute(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
 
 
 def _masked_params(model: nn.Module, keys: Iterable[str]) -> dict[str, nn.Parameter]:

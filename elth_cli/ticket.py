@@ -539,3 +539,11 @@ def apply_masks(state: dict[str, Tensor], masks: dict[str, Tensor]) -> dict[str,
         # where() rather than a product, so pruned entries are +0.0 and not -0.0.
         out[key] = torch.where(m, state[key], torch.zeros((), dtype=state[key].dtype))
     return out
+
+
+def apply_masks_(state: dict[str, Tensor], masks: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Zero every masked weight of ``state`` where its mask is 0, in place (+0.0, as :func:`apply_masks`);
+    return ``state``."""
+    for key, m in masks.items():
+        state[key].masked_fill_(~m, 0.0)
+    return state

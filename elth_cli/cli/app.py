@@ -20,6 +20,7 @@ from elth_cli.cli.examples import SUMMARIES, epilog
 from elth_cli.cli.family_option import FAMILY_MODULE, take_family_modules
 from elth_cli.errors import ElthError
 from elth_cli.fileio import check_input_path, check_output_path, stdout_left_unread
+from elth_cli.runtime.memory import map_large_blocks
 
 # typer >= 0.20 vendors click and derives its errors from TyperException; older typer uses click itself.
 _PARSE_ERRORS: tuple[type[BaseException], ...] = ()
@@ -74,6 +75,8 @@ class PanelledCommand(typer.core.TyperCommand):
     before_torch: Callable[[dict[str, Any]], None] | None = None
 
     def invoke(self, ctx: Any) -> Any:
+        if self.name in _NO_TRAINING:
+            map_large_blocks()
         if self.name not in _TORCH_FREE:
             check_files(ctx.params)
             if self.before_torch is not None:
@@ -253,6 +256,9 @@ EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader of stdout closed the pipe be
 # Commands that answer without torch (and every --help): they read, check, transform and write tickets with
 # numpy (compare imports torch only for --interpolate).
 _TORCH_FREE = ("archs", "info", "stretch", "squeeze", "compare")
+# Commands that never train: big blocks they free go back to the system (find does the same for its methods that
+# do not train).
+_NO_TRAINING = (*_TORCH_FREE, "import", "export", "align", "widen", "narrow")
 # The parameters of the other commands that name input tickets (True: a run folder is one too), checked with
 # the output before torch is imported: a typo costs a fraction of a second, not torch's two.
 _TICKET_PARAMS = {"source": False, "ticket": False, "ticket_path": False, "ticket_paths": True, "init_from": False,

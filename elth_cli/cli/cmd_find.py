@@ -239,9 +239,11 @@ def _find_baseline(request: Any, setup: Any, run: Any, output: Optional[str], ou
     """``find --method random|magnitude|snip|grasp|synflow``: prune once, no training; ``reinit``: a ticket's
     mask with new weights."""
     from elth_cli.find.baselines import baseline_job
+    from elth_cli.runtime.memory import map_large_blocks
 
     if output is None:
         raise UsageError(f"{request.method} writes one ticket: pass -o FILE")
+    map_large_blocks()  # no training: what pruning frees goes back to the system
     result = baseline_job(request, output, setup, run.allow_empty_layers, force)
     ticket = result.ticket
     if json_out:

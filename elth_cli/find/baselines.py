@@ -22,7 +22,7 @@ from elth_cli.prune import (
     RANDOM_DISTRIBUTIONS, allocate_counts, check_sparsity, erk_layer_counts, grasp_scores, magnitude_scores,
     prune_lowest_per_layer, prune_to_sparsity, snip_scores, synflow_masks,
 )
-from elth_cli.ticket import Ticket, apply_masks, sha256_hex
+from elth_cli.ticket import Ticket, apply_masks, apply_masks_, sha256_hex
 from elth_cli.train.job import Setup
 
 
@@ -57,7 +57,8 @@ def random_ticket(
     dense = fresh_ticket(arch, input_shape, num_classes, seed, dataset)
     if sparsity == 0:
         return dense
-    return prune_baseline(dense, BaselineOptions("random", sparsity=sparsity, distribution=distribution, seed=seed))
+    return prune_baseline(dense, BaselineOptions("random", sparsity=sparsity, distribution=distribution, seed=seed),
+                          consume=True)
 
 
 def default_exclude(spec: archs.ArchSpec) -> tuple[str, ...]:
@@ -72,14 +73,15 @@ def _layer_targets(like: Ticket, masks: dict[str, Tensor]) -> dict[str, int]:
     return {k: pruned for k, (pruned, _) in like.layer_sparsity().items()}
 
 
-def prune_baseline(source: Ticket, options: BaselineOptions, bundle=None) -> Ticket:
+def prune_baseline(source: Ticket, options: BaselineOptions, bundle=None, consume: bool = False) -> Ticket:
     """Prune ``source`` once at its init (rewind) weights with a baseline criterion.
 
     ``random`` shuffles masks (layer-wise at the same rate, or globally), ``magnitude`` keeps the
     largest |w| globally, ``snip`` and ``grasp`` score with gradients of a few batches of
     ``bundle``, ``synflow`` is iterative and data-free (``bundle`` is never touched). Already
     pruned weights of ``source`` stay pruned; give a dense ticket (e.g. IMP's round 0, which
-    holds the dense rewind weights) to prune from scratch.
+    holds the dense rewind weights) to prune from scratch. ``consume``: ``source`` is not used again (a
+    fresh network made for this), so its init weights are pruned in place rather than copied.
     """
     _check_options(options)
     spec = source.spec
@@ -104,10 +106,38 @@ def prune_baseline(source: Ticket, options: BaselineOptions, bundle=None) -> Tic
     else:
         if options.method == "random" and layer_targets is None and options.distribution != "global":
             layer_targets = layer_distribution(masks, sparsity, exclude, options.distribution)
-        new_masks = _prune_by_scores(_scores(source, options, bundle), masks, sparsity, exclude, layer_targets)
+        scores = _scores(source, options, bundle, per_layer=layer_targets is not None)
+        new_masks = _prune_by_scores(scores, masks, sparsity, exclude, layer_targets)
     new_masks = {k: m.to("cpu") for k, m in new_masks.items()}
     refuse_empty_layers(new_masks, f"sparsity {sparsity:g}", "lower --sparsity", allow=options.allow_empty_layers)
-    return _baseline_ticket(source, options, new_masks, sparsity, exclude, time.perf_counter() - t0)
+    init = apply_masks_(source.init, new_masks) if consume else apply_masks(source.init, new_masks)
+    return _baseline_ticket(source, options, new_masks, init, sparsity, exclude, time.perf_counter() - t0)
+
+
+class _DrawnInOrder(Mapping[str, Tensor]):
+    """Uniform random scores, drawn from ``gen`` layer after layer in key order when each layer is asked for
+    (the same numbers as drawing them all at once); a layer skipped is drawn and dropped, one asked for twice
+    or out of order is an error."""
+
+    def __init__(self, shapes: dict[str, torch.Size], gen: torch.Generator) -> None:
+        self._shapes, self._gen, self._next = shapes, gen, 0
+
+    def __getitem__(self, key: str) -> Tensor:
+        keys = list(self._shapes)
+        if keys.index(key) < self._next:
+            raise RuntimeError(f"random scores of {key} were drawn already: they are drawn once, in order")
+        while True:
+            k = keys[self._next]
+            self._next += 1
+            scores = torch.rand(self._shapes[k], generator=self._gen)
+            if k == key:
+                return scores
+
+    def __iter__(self):
+        return iter(self._shapes)
+
+    def __len__(self) -> int:
+        return len(self._shapes)
 
 
 def _check_options(options: BaselineOptions) -> None:
@@ -122,12 +152,16 @@ def _check_options(options: BaselineOptions) -> None:
                          f"{', '.join(RANDOM_DISTRIBUTIONS)}")
 
 
-def _scores(source: Ticket, options: BaselineOptions, bundle: Any) -> dict[str, Tensor]:
-    """Every prunable weight's score (random, magnitude, snip, grasp): the lowest are pruned."""
+def _scores(source: Ticket, options: BaselineOptions, bundle: Any, per_layer: bool) -> Mapping[str, Tensor]:
+    """Every prunable weight's score (random, magnitude, snip, grasp): the lowest are pruned. ``per_layer``: each
+    layer's are asked for once, in order (random ones are then drawn a layer at a time)."""
     keys = list(source.masks)
     if options.method == "random":
         gen = torch.Generator().manual_seed(options.seed + 7_000_003)
-        return {k: torch.rand(source.masks[k].shape, generator=gen) for k in keys}
+        shapes = {k: source.masks[k].shape for k in keys}
+        if not per_layer:  # one threshold over every layer: all the scores at once
+            return {k: torch.rand(shape, generator=gen) for k, shape in shapes.items()}
+        return _DrawnInOrder(shapes, gen)  # a threshold per layer: one layer's scores at a time
     if options.method == "magnitude":
         return magnitude_scores(source.init, keys)
     if bundle is None:
@@ -149,15 +183,15 @@ def _prune_by_scores(scores: dict[str, Tensor], masks: dict[str, Tensor], sparsi
     return prune_lowest_per_layer(scores, masks, counts)
 
 
-def _baseline_ticket(source: Ticket, options: BaselineOptions, masks: dict[str, Tensor], sparsity: float,
-                     exclude: tuple[str, ...], seconds: float) -> Ticket:
+def _baseline_ticket(source: Ticket, options: BaselineOptions, masks: dict[str, Tensor], init: dict[str, Tensor],
+                     sparsity: float, exclude: tuple[str, ...], seconds: float) -> Ticket:
     """The pruned ticket, with what made it: the baseline's options, its source and like, and its cost."""
     method = options.method
     cost = dict(source.cost)
     cost["prune_seconds"] = round(cost.get("prune_seconds", 0.0) + seconds, 6)
     return Ticket(
         arch=source.arch, input_shape=source.input_shape, num_classes=source.num_classes, masks=masks,
-        init=apply_masks(source.init, masks), method=method, rewind_step=source.rewind_step, dataset=source.dataset,
+        init=init, method=method, rewind_step=source.rewind_step, dataset=source.dataset,
         # A source that was never a file (a fresh network) is not a parent.
         parents=[t.parent_record() for t in (source, options.like) if t is not None and t.sha256 is not None],
         hparams={
@@ -290,7 +324,9 @@ def baseline_job(request: FindRequest, output: str, setup: Setup, allow_empty_la
         distribution=request.distribution or "layerwise", exclude=request.exclude, seed=request.seed,
         batches=request.batches, batch_size=request.batch_size or 128, synflow_iterations=request.iterations,
         allow_empty_layers=allow_empty_layers)
-    return _saved(prune_baseline(source, options, _batches_for(request, setup, source)), output, force)
+    # A fresh network is made for this alone: pruned in place.
+    ticket = prune_baseline(source, options, _batches_for(request, setup, source), consume=request.from_ticket is None)
+    return _saved(ticket, output, force)
 
 
 def _saved(ticket: Ticket, output: str, force: bool) -> BaselineResult:

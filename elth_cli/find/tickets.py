@@ -123,7 +123,7 @@ def fresh_ticket(arch: str, input_shape: tuple[int, int, int], num_classes: int,
     with ``pretrained``, the weights of that file instead (checked against the model)."""
     spec = archs.resolve_arch(arch)
     model = archs.build_model(spec, input_shape, num_classes, seed=seed)
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    state = {k: v.detach() for k, v in model.state_dict().items()}  # the model goes: no copy needed
     hparams: dict[str, Any] = {"seed": seed, "init": INIT_NOTES[archs.family_of(spec).init]}
     if pretrained is not None:
         state = read_pretrained(pretrained, spec, state, num_classes)
