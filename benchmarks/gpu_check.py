@@ -278,6 +278,11 @@ def run_step(step: Step, opts: Options, env: dict, deadline: float, results: dic
             if results[cmd.name]["rc"] != 0:
                 break
         ok, figures, message = step.evaluate(results)
+        failed = [results[c.name] | {"name": c.name} for c in step.commands
+                  if c.name in results and results[c.name]["rc"] != 0]
+        if failed:
+            last = (failed[0]["stderr"].strip().splitlines() or ["(nothing on stderr)"])[-1]
+            message = f"{failed[0]['name']} exited {failed[0]['rc']}: {last[:300]}" + (f"; {message}" if message else "")
         record["results"] = {c.name: results[c.name] for c in step.commands if c.name in results}
         status = "timeout" if timed_out else "passed" if ok else "failed"
         if timed_out:
@@ -301,11 +306,18 @@ print(json.dumps({"python": platform.python_version(), "torch": torch.__version_
 """
 
 
-def environment(opts: Options) -> dict:
-    """torch and CUDA versions, the GPUs (asked in a child process: this one stays off the GPU), the machine."""
-    proc = subprocess.run([opts.python, "-c", _ENV_PROBE], capture_output=True, text=True, env=child_env(opts.root),
-                          timeout=120)
-    env = json.loads(proc.stdout) if proc.returncode == 0 else {"probe_error": proc.stderr.strip()[-TAIL:]}
+def environment(opts: Options, in_process: bool = False) -> dict:
+    """torch and CUDA versions, the GPUs, the machine. A real run asks a child process (this one stays off the
+    GPU); a dry run, on the CPU, asks this one."""
+    if in_process:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            exec(_ENV_PROBE, {})
+        env = json.loads(out.getvalue())
+    else:
+        proc = subprocess.run([opts.python, "-c", _ENV_PROBE], capture_output=True, text=True,
+                              env=child_env(opts.root), timeout=120)
+        env = json.loads(proc.stdout) if proc.returncode == 0 else {"probe_error": proc.stderr.strip()[-TAIL:]}
     git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=opts.root, capture_output=True, text=True)
     from elth_cli import __version__
 
@@ -368,7 +380,6 @@ def check_script(argv: list[str]) -> str:
 def check_elth(args: list[str]) -> str:
     """elth's own parser (typer/click) accepts ``args`` (``CMD OPTIONS...``): types, names, arguments; and the
     device and precision are values elth knows. Nothing runs."""
-    import click
     import typer
 
     from elth_cli.cli import app
@@ -380,7 +391,9 @@ def check_elth(args: list[str]) -> str:
     try:
         with group.commands[name].make_context(f"elth {name}", list(args[1:])) as ctx:
             values = ctx.params
-    except click.ClickException as e:
+    except Exception as e:  # click's errors, or those of the click typer vendors (typer >= 0.20)
+        if not hasattr(e, "format_message"):
+            raise
         raise CheckError(f"elth {name}: {e.format_message()}") from None
     device, precision = values.get("device") or "auto", values.get("precision") or "auto"
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
@@ -455,12 +468,13 @@ def dry_run_step(step: Step, opts: Options, env: dict) -> dict:
 
 
 def check_out_folder(out: Path) -> None:
-    """Create ``out`` and prove it writable (CheckError otherwise)."""
+    """Create ``out`` and the folders the commands write into, and prove them writable (CheckError otherwise)."""
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".gpu-check-write-test"
-        probe.write_text("ok")
-        probe.unlink()
+        for folder in (out, out / "logs", out / "training"):
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / ".gpu-check-write-test"
+            probe.write_text("ok")
+            probe.unlink()
     except OSError as e:
         raise CheckError(f"{out}: not a writable folder ({e.strerror or e})") from None
 
@@ -471,7 +485,7 @@ def run_check(opts: Options, steps: list[Step] | None = None, dry_run: bool = Fa
     start = time.monotonic()
     check_out_folder(opts.out)
     steps = plan(opts) if steps is None else steps
-    env = environment(opts)
+    env = environment(opts, in_process=dry_run)
     echo(f"GPU check{' (dry run)' if dry_run else ''}: {len(steps)} steps, budget {opts.budget_s:.0f} s, "
          f"results in {opts.out}; torch {env.get('torch')}, CUDA {env.get('cuda')}, "
          f"{env.get('gpu_count', 0)} GPU(s) {', '.join(env.get('gpus', []))}")
