@@ -99,6 +99,7 @@ def plan(opts: Options) -> list[Step]:
     ticket = str(out / "training" / "ticket.safetensors")
 
     def train(name: str, device: str, precision: str) -> list[str]:
+        """``elth train``'s arguments for one run of the training step."""
         return ["train", ticket, "--dataset", "digits", "--epochs", str(opts.epochs), "--seed", "0",
                 "--device", device, "--precision", precision, "-o", str(out / "training" / f"{name}.safetensors"),
                 "--force", "--restart", "--json", "--quiet"]
@@ -339,6 +340,7 @@ class _Parsed(Exception):
     """Raised by the patched ``ArgumentParser.parse_args`` once a script's options have parsed."""
 
     def __init__(self, namespace: argparse.Namespace) -> None:
+        """Carry the parsed options."""
         super().__init__("parsed")
         self.namespace = namespace
 
@@ -349,6 +351,7 @@ def _stop_after_parsing() -> Iterator[None]:
     original = argparse.ArgumentParser.parse_args
 
     def parse(self: argparse.ArgumentParser, args=None, namespace=None):  # type: ignore[no-untyped-def]
+        """Parse as argparse does, then stop the script."""
         raise _Parsed(original(self, args, namespace))
 
     argparse.ArgumentParser.parse_args = parse  # type: ignore[method-assign]
