@@ -19,7 +19,8 @@ from elth_cli import __version__, stops
 from elth_cli.cli.examples import SUMMARIES, epilog
 from elth_cli.cli.family_option import FAMILY_MODULE, take_family_modules
 from elth_cli.errors import ElthError
-from elth_cli.fileio import check_input_path, check_output_path, stdout_left_unread
+from elth_cli.cli.preflight import NO_TRAINING, TORCH_FREE, check_files
+from elth_cli.fileio import stdout_left_unread
 from elth_cli.runtime.memory import map_large_blocks
 
 # typer >= 0.20 vendors click and derives its errors from TyperException; older typer uses click itself.
@@ -75,9 +76,9 @@ class PanelledCommand(typer.core.TyperCommand):
     before_torch: Callable[[dict[str, Any]], None] | None = None
 
     def invoke(self, ctx: Any) -> Any:
-        if self.name in _NO_TRAINING:
+        if self.name in NO_TRAINING:
             map_large_blocks()
-        if self.name not in _TORCH_FREE:
+        if self.name not in TORCH_FREE:
             check_files(ctx.params)
             if self.before_torch is not None:
                 self.before_torch(ctx.params)
@@ -253,30 +254,6 @@ _command = "elth"  # "elth train" once the command is known: the prefix of every
 INTERRUPTED = "interrupted by Ctrl-C"
 COMPLETE_VAR = "_ELTH_COMPLETE"  # what the script of `elth --show-completion` sets
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader of stdout closed the pipe before the end
-# Commands that answer without torch (and every --help): they read, check, transform and write tickets with
-# numpy (compare imports torch only for --interpolate).
-_TORCH_FREE = ("archs", "info", "stretch", "squeeze", "compare")
-# Commands that never train: big blocks they free go back to the system (find does the same for its methods that
-# do not train).
-_NO_TRAINING = (*_TORCH_FREE, "import", "export", "align", "widen", "narrow")
-# The parameters of the other commands that name input tickets (True: a run folder is one too), checked with
-# the output before torch is imported: a typo costs a fraction of a second, not torch's two.
-_TICKET_PARAMS = {"source": False, "ticket": False, "ticket_path": False, "ticket_paths": True, "init_from": False,
-                  "from_ticket": False, "like": False, "to": True}
-
-
-def check_files(params: dict[str, Any]) -> None:
-    """A command's input tickets exist and its output can be written (the checks the command itself makes
-    again later, made early)."""
-    for name, folder_ok in _TICKET_PARAMS.items():
-        given = params.get(name)
-        for path in given if isinstance(given, (list, tuple)) else [given]:
-            if isinstance(path, str):
-                check_input_path(path, folder_ok)
-    if isinstance(params.get("output"), str):
-        check_output_path(params["output"], bool(params.get("force")))
-
-
 def _fail(message: str, code: int, local: bool = False, prefix: str = "error:") -> None:
     """Print the error and exit. With several processes every rank fails alike and rank 0 alone reports it,
     except for a failure only this rank saw (``local``), which it reports under its rank."""

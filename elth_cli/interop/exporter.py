@@ -25,7 +25,8 @@ from elth_cli.fileio import check_writable_folder, current_umask
 from elth_cli.interop.importer import import_record
 from elth_cli.interop.run_layout import MASK_FILE, REPORT_FILE, Step, parse_step_spec, to_reference_keys
 from elth_cli.masks import kept_and_total
-from elth_cli.ticket import Ticket, validate
+from elth_cli.ticket import Ticket
+from elth_cli.ticket_checks import validate
 
 
 @dataclass

@@ -26,7 +26,8 @@ from elth_cli.interop.run_layout import (
     parse_step_spec,
 )
 from elth_cli.masks import kept_and_total
-from elth_cli.ticket import Ticket, apply_masks, validate
+from elth_cli.ticket import Ticket, apply_masks
+from elth_cli.ticket_checks import validate
 
 IMPORT_KEY = "imported_from"  # metadata key recording where an imported ticket came from
 

@@ -18,7 +18,8 @@ import torch
 
 from elth_cli.errors import UsageError
 from elth_cli.fileio import check_output_path, write_bytes_atomic
-from elth_cli.ticket import Ticket, apply_masks, validate
+from elth_cli.ticket import Ticket, apply_masks
+from elth_cli.ticket_checks import validate
 
 FORMAT = "elth.state_dict"
 SUFFIX = ".safetensors"
