@@ -32,7 +32,11 @@ def layer_counts(masks: Mapping[str, Tensor]) -> dict[str, tuple[int, int]]:
 
 def count_nonzero(t: Any) -> int:
     """The nonzero entries of a torch tensor or numpy array."""
-    return int(np.count_nonzero(t)) if isinstance(t, np.ndarray) else int(t.count_nonzero())
+    if isinstance(t, np.ndarray):
+        return int(np.count_nonzero(t))
+    if t.device.type == "cpu" and str(t.dtype) != "torch.bfloat16":  # numpy counts several times faster
+        return int(np.count_nonzero(t.detach().numpy()))
+    return int(t.count_nonzero())
 
 
 def kept_and_total(masks: Mapping[str, Tensor]) -> tuple[int, int]:

@@ -99,14 +99,14 @@ def export(
         return
     if weights is not None:
         raise UsageError("--weights chooses the weights of --format state-dict; an open-lth run folder holds both")
-    ticket = Ticket.load(ticket_path)
-    plan = interop.export_ticket(ticket, out_dir, force=force, trained_step=trained_step)
-    doc = {"ticket": ticket_path, "sha256": ticket.sha256, "output": str(out_dir), "files": plan.files,
-           **interop.summary(ticket)}
+    holder = [Ticket.load(ticket_path)]  # export lets the ticket go once its weights are written
+    facts = {"sha256": holder[0].sha256, **interop.summary(holder[0])}
+    plan = interop.export_ticket(holder, out_dir, force=force, trained_step=trained_step)
+    doc = {"ticket": ticket_path, "sha256": facts.pop("sha256"), "output": str(out_dir), "files": plan.files, **facts}
     if json_out:
         print_json(doc)
         return
-    Log(quiet).info(f"exported {ticket.arch} ({fmt_pct(ticket.sparsity)} sparse) to {out_dir}: {', '.join(plan.files)}")
+    Log(quiet).info(f"exported {doc['arch']} ({fmt_pct(doc['sparsity'])} sparse) to {out_dir}: {', '.join(plan.files)}")
 
 
 def _export_state_dict(ticket_path: str, out: str, weights: Optional[str], trained_step: Optional[str], force: bool,

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import io
 import json
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from torch import Tensor
@@ -100,31 +99,62 @@ def _check_out_dir(out: Path, force: bool) -> None:
     check_writable_folder(out.parent, out, create=True)  # the finished folder is renamed into its parent
 
 
+class _KeepsErrors:
+    """A file whose write errors are kept: torch.save reports one as a RuntimeError without its errno."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self.file, self.error = file, None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
 def _save(obj: dict[str, Tensor], path: Path) -> None:
-    # Independent contiguous CPU tensors: torch.save writes whole storages, so never a view of a larger one.
-    # Serialised in memory, then written as plain bytes: a full disk is then an OSError with its errno, where
-    # torch.save onto a file raises a RuntimeError ("file write failed") with none.
-    buffer = io.BytesIO()
-    torch.save({k: v.detach().to("cpu").contiguous().clone() for k, v in obj.items()}, buffer)
+    """``torch.save`` straight into the file (a full disk is an OSError with its errno), flushed to the disk."""
+    tensors = {}
+    for k, v in obj.items():
+        t = v.detach().to("cpu").contiguous()
+        # torch.save writes whole storages: a view of a larger one is copied out, anything else written as it is.
+        whole = t.storage_offset() == 0 and t.untyped_storage().nbytes() == t.numel() * t.element_size()
+        tensors[k] = t if whole else t.clone()
     with open(path, "wb") as f:
-        f.write(buffer.getbuffer())
+        out = _KeepsErrors(f)
+        try:
+            torch.save(tensors, out)
+        except RuntimeError:
+            if out.error is not None:
+                raise out.error from None
+            raise
         f.flush()
         os.fsync(f.fileno())
 
 
-def export_ticket(ticket: Ticket, out_dir: str | os.PathLike[str], force: bool = False,
+def export_ticket(ticket: Ticket | list[Ticket], out_dir: str | os.PathLike[str], force: bool = False,
                   trained_step: str | None = None) -> ExportPlan:
-    """Write a ticket as an open_lth run folder; atomic: a temporary folder renamed into place."""
+    """Write a ticket as an open_lth run folder; atomic: a temporary folder renamed into place.
+
+    ``ticket`` may come in a one-element list, which export empties once the weights are written: where
+    the list held the only reference, the ticket's memory goes before the int 0/1 masks (as big as the
+    weights) are made, so that one file's worth of tensors is held at a time.
+    """
     out = Path(out_dir)
     _check_out_dir(out, force)
-    validate(ticket)
-    plan = plan_export(ticket, trained_step)
+    holder = ticket if isinstance(ticket, list) else [ticket]
+    validate(holder[0])
+    plan = plan_export(holder[0], trained_step)
     out.parent.mkdir(parents=True, exist_ok=True)  # OUT_DIR is a folder to create, as find's --out-dir
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     # mkdtemp makes the folder private (0700): give it the permissions a plain mkdir would.
     os.chmod(tmp, 0o777 & ~current_umask())
     try:
-        _write_export(ticket, plan, tmp)
+        _write_export(holder, plan, tmp)
         _replace_dir(tmp, out)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -139,15 +169,20 @@ def export_ticket(ticket: Ticket, out_dir: str | os.PathLike[str], force: bool =
     return plan
 
 
-def _write_export(ticket: Ticket, plan: ExportPlan, tmp: Path) -> None:
-    """The run folder's files, in ``tmp``."""
-    # open_lth's Mask.save: every prunable key, int32 0/1 (v.cpu().int()).
+def _write_export(holder: list[Ticket], plan: ExportPlan, tmp: Path) -> None:
+    """The run folder's files, in ``tmp``: the weights, then (the ticket let go, where ``holder`` held the only
+    reference) the masks."""
+    ticket = holder[0]
     spec = ticket.spec
-    _save(to_reference_keys({k: m.to(torch.int32) for k, m in ticket.masks.items()}, spec), tmp / MASK_FILE)
     _save(to_reference_keys(ticket.init, spec), tmp / plan.init.filename)
     if plan.trained is not None:
         _save(to_reference_keys(ticket.trained, spec), tmp / plan.trained.filename)
-    unpruned, total = kept_and_total(ticket.masks)
+    masks = {k: m.clone() for k, m in ticket.masks.items()}
+    unpruned, total = kept_and_total(masks)
+    holder.clear()
+    del ticket
+    # open_lth's Mask.save: every prunable key, int32 0/1 (v.cpu().int()).
+    _save(to_reference_keys({k: m.to(torch.int32) for k, m in masks.items()}, spec), tmp / MASK_FILE)
     (tmp / REPORT_FILE).write_text(json.dumps({"total": float(total), "unpruned": float(unpruned)}, indent=4))
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -26,8 +27,8 @@ from elth_cli.interop.run_layout import (
     parse_step_spec,
 )
 from elth_cli.masks import kept_and_total
-from elth_cli.ticket import Ticket, apply_masks
-from elth_cli.ticket_checks import validate
+from elth_cli.ticket import Ticket, apply_masks_
+from elth_cli.ticket_checks import as_array, validate
 
 IMPORT_KEY = "imported_from"  # metadata key recording where an imported ticket came from
 
@@ -67,7 +68,7 @@ def _read_mask(path: Path, spec: archs.ArchSpec, shape: tuple[int, int, int], cl
         want = expected[key][0]
         if tuple(t.shape) != want:
             raise ElthError(f"{path}: {key} has shape {list(t.shape)} but {spec.name} needs {list(want)}; is --arch right?")
-        if t.is_complex() or bool(((t != 0) & (t != 1)).any()):
+        if t.is_complex() or (t.dtype != torch.bool and t.numel() and not _zero_one(t)):
             raise ElthError(f"{path}: {key} holds values other than 0 and 1; not a mask")
     for key in prunable:
         if key in raw:
@@ -77,6 +78,13 @@ def _read_mask(path: Path, spec: archs.ArchSpec, shape: tuple[int, int, int], cl
             masks[key] = torch.ones(expected[key][0], dtype=torch.bool)
             dense.append(key)
     return masks, dense, raw
+
+
+def _zero_one(t: Tensor) -> bool:
+    """Whether every value is 0 or 1 (a NaN is neither): min and max, no array of flags as big as the tensor."""
+    a = as_array(t)
+    lo, hi = a.min(), a.max()
+    return bool(lo >= 0 and hi <= 1) and (a.dtype.kind != "f" or not np.any((a != 0) & (a != 1)))
 
 
 def _check_report(run_dir: Path, raw_mask: dict[str, Tensor]) -> dict[str, Any] | None:
@@ -133,16 +141,21 @@ def _conform_state(state: dict[str, Tensor], where: str, spec: archs.ArchSpec, s
                             f"is --arch {spec.name} right?")
         if t.dtype.is_floating_point != dtype.is_floating_point:
             raise ElthError(f"{where}: {key} has dtype {t.dtype} where {spec.name} has {dtype}")
-        if t.dtype.is_floating_point and not bool(torch.isfinite(t).all()):
+        a = as_array(t) if t.dtype.is_floating_point and t.numel() else None
+        if a is not None and not (np.isfinite(a.min()) and np.isfinite(a.max())):
             raise ElthError(f"{where}: {key} holds NaN or infinite values")
-        out[key] = t.to(dtype).contiguous().clone()
+        t = t.to(dtype).contiguous()
+        # Independent tensors (pruning writes into them): a view of a storage the file shares with others is copied.
+        owns = t.storage_offset() == 0 and t.untyped_storage().nbytes() == t.numel() * t.element_size()
+        out[key] = t if owns else t.clone()
     return out
 
 
 def _masked(state: dict[str, Tensor], masks: dict[str, Tensor]) -> tuple[dict[str, Tensor], int]:
-    """The state with pruned weights zeroed, and how many nonzero pruned entries that zeroed."""
-    nonzero = sum(int((state[k][~m] != 0).sum()) for k, m in masks.items())
-    return apply_masks(state, masks), nonzero
+    """The state (its own tensors, from :func:`_conform_state`) with pruned weights zeroed in place, and how many
+    nonzero pruned entries that zeroed."""
+    nonzero = sum(int(np.count_nonzero(np.logical_and(as_array(state[k]), ~as_array(m)))) for k, m in masks.items())
+    return apply_masks_(state, masks), nonzero
 
 
 def _read_logger(run_dir: Path, trained: Step, spe: int | None) -> dict[str, Any] | None:
@@ -228,12 +241,17 @@ def _read_run(root: Path, init: Step, trained: Step | None, spec: archs.ArchSpec
     shape, classes = tuple(info.input_shape), info.num_classes
     expected = archs.expected_state(spec, shape, classes)
     init_where = str(root / init.filename)
-    init_raw = from_reference_keys(load_tensor_dict(root / init.filename, "model file"), spec)
-    # A wrong --dataset shows first in the stem and the classifier: say so before any shape complaint.
-    _check_io(init_raw, init_where, spec, shape, classes, info.name)
+    # A wrong --dataset shows first in the stem and the classifier: say so before any shape complaint (from a
+    # mapping of the file: only those two tensors are read).
+    _check_io(from_reference_keys(load_tensor_dict(root / init.filename, "model file", mmap=True), spec), init_where,
+              spec, shape, classes, info.name)
+    # One file's tensors at a time: the int 0/1 mask (as big as the weights) goes once made bool.
     masks, dense, raw_mask = _read_mask(root / MASK_FILE, spec, shape, classes, expected)
     report = _check_report(root, raw_mask)
+    del raw_mask
+    init_raw = from_reference_keys(load_tensor_dict(root / init.filename, "model file"), spec)
     init_state, zeroed_init = _masked(_conform_state(init_raw, init_where, spec, shape, classes, info.name), masks)
+    del init_raw
     trained_state, zeroed_trained = None, 0
     if trained is not None:
         trained_state = _conform_state(from_reference_keys(load_tensor_dict(root / trained.filename, "model file"), spec),

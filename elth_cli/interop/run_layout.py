@@ -136,14 +136,20 @@ def _reason(e: BaseException, path: Path) -> str:
     return sentence if len(sentence) <= 200 else f"{type(e).__name__} while reading it"
 
 
-def load_tensor_dict(path: Path, what: str) -> dict[str, Tensor]:
-    """A ``.pth`` file holding a dict of name -> tensor, loaded with ``weights_only=True`` only.
+def load_tensor_dict(path: Path, what: str, mmap: bool = False) -> dict[str, Tensor]:
+    """A ``.pth`` file holding a dict of name -> tensor, loaded with ``weights_only=True`` only; ``mmap``: its
+    tensors map the file (nothing read until used) where its format allows (torch's zip format), else read.
 
     Anything else (a pickled object of another type, a function reference, a list, a non-tensor
     value, a file that is not a torch file) is refused with a one-line ElthError.
     """
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except RuntimeError:
+            if not mmap:
+                raise
+            obj = torch.load(path, map_location="cpu", weights_only=True)  # an old (pre-zip) file cannot be mapped
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
         glob = _weights_only_detail(str(e))
         if glob is not None:
