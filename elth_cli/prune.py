@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from elth_cli.errors import UsageError
-from elth_cli.masks import kept_and_total
+from elth_cli.masks import count_nonzero, kept_and_total
+from elth_cli.ticket_checks import as_array
 
 RANDOM_DISTRIBUTIONS = ("layerwise", "global", "erk")
 
@@ -100,27 +101,46 @@ def prune_lowest(
 
     Only weights that survive in ``masks`` and whose key is not in ``exclude`` compete. The
     threshold is the exact ``n_prune``-th smallest surviving score: ``torch.kthvalue`` on a GPU (no
-    host copy of the weights), a two-pass radix selection on the CPU (:func:`kth_smallest`: no copy of
-    all the scores at once). Ties at the threshold are broken by position, so exactly ``n_prune``
-    weights go. ``scores`` may compute each tensor's scores when asked (it is asked twice per key).
+    host copy of the weights); on the CPU, with numpy, a partition of one layer's survivors or a
+    two-pass radix selection over several layers (:func:`kth_smallest`: no copy of all the scores at
+    once). Ties at the threshold are broken by position, so exactly ``n_prune`` weights go. ``scores``
+    may compute each tensor's scores when asked (it is asked twice per key).
     """
     excluded = set(exclude)
     keys = [k for k in masks if k not in excluded]
+    out = {k: m.clone() for k, m in masks.items()}
     if n_prune <= 0 or not keys:
-        return {k: m.clone() for k, m in masks.items()}
-    available = sum(int(masks[k].sum()) for k in keys)
+        return out
+    available = sum(count_nonzero(masks[k]) for k in keys)
     if n_prune > available:
         raise UsageError(f"cannot prune {n_prune} weights: only {available} prunable weights remain")
-    alive = lambda: (scores[k][masks[k]].float() for k in keys)  # noqa: E731 - one layer's survivors at a time
-    if masks[keys[0]].device.type == "cpu":
-        threshold, below_total = kth_smallest(alive, n_prune)
+    if masks[keys[0]].device.type != "cpu":
+        return _prune_on_device(scores, out, keys, n_prune)
+    if len(keys) > 1:
+        threshold, below = kth_smallest(lambda: _survivors(scores, masks, keys), n_prune)
+        threshold = np.float32(threshold.item())
     else:
-        flat = torch.cat([a.reshape(-1) for a in alive()])
-        threshold = torch.kthvalue(flat, n_prune).values
-        below_total = int((flat < threshold).sum())
-    # Everything strictly below the threshold goes; of the ties, only as many as still needed (in order).
-    ties_to_prune = n_prune - below_total
-    out = {k: m.clone() for k, m in masks.items()}
+        values = next(_survivors(scores, masks, keys))
+        threshold = np.partition(values, n_prune - 1)[n_prune - 1]  # (on a copy: the scores keep their order)
+        below = int(np.count_nonzero(values < threshold))
+    ties = n_prune - below  # everything strictly below the threshold goes; of the ties, as many as still needed
+    for key in keys:
+        score, m = as_array(scores[key]).astype(np.float32, copy=False), out[key].numpy()
+        drop = (score < threshold) & m
+        if ties > 0:
+            tied = np.flatnonzero((score == threshold) & m)[:ties]
+            ties -= tied.size
+            drop.reshape(-1)[tied] = True
+        m[drop] = False  # (m shares the new mask tensor's memory)
+    return out
+
+
+def _prune_on_device(scores: Mapping[str, Tensor], out: dict[str, Tensor], keys: list[str], n_prune: int
+                     ) -> dict[str, Tensor]:
+    """:func:`prune_lowest` with torch on the masks' device (a GPU): kthvalue of every survivor."""
+    flat = torch.cat([scores[k][out[k]].float().reshape(-1) for k in keys])
+    threshold = torch.kthvalue(flat, n_prune).values
+    ties_to_prune = n_prune - int((flat < threshold).sum())
     for key in keys:
         score = scores[key].float()
         m = out[key]
@@ -134,26 +154,40 @@ def prune_lowest(
     return out
 
 
-def _sortable(values: Tensor) -> np.ndarray:
+def _survivors(scores: Mapping[str, Tensor], masks: Mapping[str, Tensor], keys: list[str]) -> Iterator[np.ndarray]:
+    """Each layer's surviving scores as float32 numpy values, one layer at a time (numpy selects several times
+    faster than torch; a layer with nothing pruned yet is taken whole, without a copy)."""
+    for k in keys:
+        values = as_array(scores[k]).astype(np.float32, copy=False).reshape(-1)
+        alive = as_array(masks[k]).reshape(-1)
+        yield values if alive.all() else values[alive]
+
+
+def _sortable(values: np.ndarray) -> np.ndarray:
     """float32 values as uint32 keys in the same order (negatives' bits flipped, positives' sign bit set);
     -0.0 gets +0.0's key, as the two compare equal."""
-    bits = (values + 0.0).contiguous().numpy().view(np.uint32)
-    return np.where(bits >> 31, ~bits, bits | np.uint32(0x80000000))
+    bits = (np.asarray(values, np.float32) + np.float32(0.0)).view(np.uint32)  # (-0.0 + 0.0 is +0.0)
+    keys = bits >> 31
+    np.negative(keys, out=keys)  # all ones for a negative value, zero otherwise
+    keys |= np.uint32(0x80000000)
+    keys ^= bits
+    return keys
 
 
-def kth_smallest(parts: Callable[[], Iterator[Tensor]], k: int) -> tuple[Tensor, int]:
-    """The exact ``k``-th smallest (1-based) of float32 CPU values given in parts, and how many are strictly
+def kth_smallest(parts: Callable[[], Iterable[Any]], k: int) -> tuple[Tensor, int]:
+    """The exact ``k``-th smallest (1-based) of float32 values given in parts (numpy arrays or CPU tensors),
+    and how many are strictly
     smaller: what ``torch.kthvalue`` of their concatenation gives, in two passes over the parts that never
     hold more than one part's keys (a histogram of the keys' high 16 bits, then of the low 16 bits of
     those in the bucket found)."""
     high = np.zeros(1 << 16, np.int64)
     for part in parts():
-        high += np.bincount(_sortable(part) >> 16, minlength=1 << 16)
+        high += np.bincount(_sortable(as_array(part)) >> 16, minlength=1 << 16)
     bucket = int(np.searchsorted(np.cumsum(high), k))  # the first bucket whose running count reaches k
     below = int(high[:bucket].sum())
     low = np.zeros(1 << 16, np.int64)
     for part in parts():
-        keys = _sortable(part)
+        keys = _sortable(as_array(part))
         low += np.bincount(keys[(keys >> 16) == bucket] & 0xFFFF, minlength=1 << 16)
     rest = int(np.searchsorted(np.cumsum(low), k - below))
     key = np.uint32((bucket << 16) | rest)
