@@ -156,14 +156,11 @@ class Case:
 def measure(argv: list[str], stdout: Path | None = None) -> tuple[float, float]:
     """(wall seconds, peak resident MB) of one fresh process ``argv`` (stdout to the file ``stdout``)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    out = open(stdout, "wb") if stdout else subprocess.DEVNULL
-    with tempfile.TemporaryFile() as err:
+    with open(stdout or os.devnull, "wb") as out, tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
         proc = subprocess.Popen(argv, stdout=out, stderr=err, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
-        if stdout:
-            out.close()
         proc.returncode = os.waitstatus_to_exitcode(status)
         if proc.returncode != 0:
             err.seek(0)
