@@ -17,16 +17,16 @@ how far the command is from what this machine allows:
 
 - ``find``: ``import torch``, build the network's initial weights with elth's own builder
   (``elth_cli.archs.build_model(spec, input_shape, num_classes, seed=0)``) and write its state dict
-  with ``safetensors.torch.save_file`` into the same folder.
+  with ``safetensors.torch.save_file`` into the same folder, then fsync it.
 - ``stretch``, ``squeeze``, ``info``, ``compare`` (safetensors in, safetensors or text out): plain
   Python, no torch: read every input file fully (``open().read()``), sha256 it (hashlib), and write
   as many bytes as the command's output (its ticket, or for info/compare its stdout) to a file in
-  the same folder (write + flush; no fsync, although elth's atomic writes fsync).
+  the same folder (write, flush and fsync: every elth output is flushed to the disk before its rename).
 - ``export`` (safetensors in, torch .pth out): ``import torch``, read + sha256 the input ticket,
   then ``torch.save`` tensors with the same keys, shapes and dtypes (zero-filled) as every .pth file
-  the command wrote (and as many bytes as its other files), into a folder beside it.
+  the command wrote (and as many bytes as its other files), into a folder beside it, each fsynced.
 - ``import`` (torch .pth in, safetensors out): ``import torch``, ``torch.load(weights_only=True)``
-  every .pth file of the run folder, then write as many bytes as the command's output ticket.
+  every .pth file of the run folder, then write (and fsync) as many bytes as the command's output ticket.
 
 Memory: ``mem ratio = (peak - baseline) / largest file`` (largest input or output file). The baseline
 is the peak RSS of a fresh ``python -c "import torch"``, except for info, stretch, squeeze and compare,
@@ -71,7 +71,7 @@ TORCH_FREE = ("info", "stretch", "squeeze", "compare")
 TIME_TARGET, MEMORY_TARGET = 2.0, 1.5
 
 LIMIT_FIND = """
-import sys
+import os, sys
 import torch
 from safetensors.torch import save_file
 from elth_cli.archs import build_model, resolve_arch
@@ -80,10 +80,13 @@ arch, dataset, out = sys.argv[1:]
 info = get_dataset_info(dataset)
 model = build_model(resolve_arch(arch), info.input_shape, info.num_classes, seed=0)
 save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out)
+fd = os.open(out, os.O_RDONLY)
+os.fsync(fd)
+os.close(fd)
 """
 
 LIMIT_SAFETENSORS = """
-import hashlib, sys
+import hashlib, os, sys
 out, size, *inputs = sys.argv[1:]
 for path in inputs:
     with open(path, "rb") as f:
@@ -93,6 +96,7 @@ for path in inputs:
 with open(out, "wb") as f:
     f.write(bytes(int(size)))
     f.flush()
+    os.fsync(f.fileno())
 """
 
 LIMIT_EXPORT = """
@@ -106,9 +110,14 @@ for name, entry in json.load(open(manifest)).items():
     if isinstance(entry, int):
         with open(os.path.join(out, name), "wb") as f:
             f.write(bytes(entry))
+            f.flush()
+            os.fsync(f.fileno())
         continue
     tensors = {k: torch.zeros(shape, dtype=getattr(torch, dtype)) for k, (shape, dtype) in entry.items()}
-    torch.save(tensors, os.path.join(out, name))
+    with open(os.path.join(out, name), "wb") as f:
+        torch.save(tensors, f)
+        f.flush()
+        os.fsync(f.fileno())
     del tensors
 """
 
@@ -122,6 +131,7 @@ for name in sorted(os.listdir(run_dir)):
 with open(out, "wb") as f:
     f.write(bytes(int(size)))
     f.flush()
+    os.fsync(f.fileno())
 """
 
 MANIFEST = """
