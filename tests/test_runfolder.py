@@ -4,11 +4,14 @@ extended with more rounds, each round's epoch records."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import assert_clean_error, run_in_process
+from conftest import ROOT, assert_clean_error, run_in_process
 from elth_cli.find.runfolder import RunFolder, run_summary
 from elth_cli.ticket import Ticket
 
@@ -166,3 +169,13 @@ def test_a_round_with_a_wrongly_typed_metric_is_one_line(capsys, tmp_path, short
     path.write_bytes(save_with_digest(st_load(raw), meta))
     r = run_in_process(capsys, *IMP, "--rounds", "2", "--out-dir", run)
     assert_clean_error(r, codes=(1,), contains="metadata 'metrics.train_flops' must be a number")
+
+
+def test_info_of_a_run_folder_never_imports_torch(short_run):
+    script = ("import contextlib, io, sys\nfrom elth_cli import cli\n"
+              "with contextlib.redirect_stdout(io.StringIO()):\n"
+              "    try:\n        cli.main(['info', sys.argv[1]])\n    except SystemExit as e:\n        assert not e.code\n"
+              "print('torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", script, str(short_run)], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stderr

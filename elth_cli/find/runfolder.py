@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from elth_cli import schema
+from elth_cli import schema, stops
 from elth_cli.errors import ElthError, UsageError
 from elth_cli.fileio import WriterLock, write_bytes_atomic
 from elth_cli.train.identity import run_differences
@@ -155,7 +155,6 @@ def run_summary(path: str | Path) -> dict[str, Any]:
     """What ``elth info DIR`` shows of an IMP run: its options, every finished round (round, sparsity,
     test accuracy, steps, seconds, file) and the round in progress, if any (JSON-ready)."""
     from elth_cli.ticket import Ticket
-    from elth_cli.train.checkpoint import read_checkpoint
 
     folder = RunFolder(Path(path))
     if not folder.is_run():
@@ -168,9 +167,12 @@ def run_summary(path: str | Path) -> dict[str, Any]:
     for r in range(last + 1):
         ticket_file = folder.round_ticket(r)
         if ticket_file.exists():
-            rec = records.get(r) or record_from_ticket(r, Ticket.load(ticket_file), ticket_file)
+            rec = records.get(r) or record_from_ticket(r, Ticket.load(ticket_file, arrays="numpy"), ticket_file)
             rounds.append({**rec.as_dict(), "path": str(ticket_file)})
         elif folder.round_checkpoint(r).exists() and in_progress is None:
+            stops.import_torch()  # a checkpoint is read (and checked) with torch; info imports it only here
+            from elth_cli.train.checkpoint import read_checkpoint
+
             ckpt = read_checkpoint(folder.round_checkpoint(r))
             in_progress = {"round": r, "step": ckpt.step, "checkpoint": str(folder.round_checkpoint(r))}
     return {"run": str(path), "method": identity.get("method", "imp"), "arch": imp.get("arch"),
