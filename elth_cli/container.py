@@ -18,17 +18,18 @@ import hashlib
 import json
 import os
 import math
+import mmap
 import re
+import stat
 import struct
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, BinaryIO, Mapping
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, BinaryIO, Iterable, Mapping
 
 from elth_cli.errors import TicketError
 
 if TYPE_CHECKING:
+    import numpy as np
     from torch import Tensor
 
 FILE_DIGEST_KEY = "file_sha256"
@@ -178,13 +179,15 @@ def save_with_digest(tensors: dict[str, Tensor], metadata: dict[str, str]) -> by
     return data[:at] + _digest_field(digest) + data[at + len(_digest_field(digest)):]
 
 
-def check_integrity(data: bytes, meta: dict[str, str], source: str, whole_file: bool) -> str:
+def check_integrity(data: bytes, meta: dict[str, str], source: str, whole_file: bool,
+                    digest: str | None = None) -> str:
     """Refuse data that does not match its digest; return how it was checked (:data:`WHOLE_FILE`,
     :data:`PAYLOAD_ONLY` or :data:`UNCHECKED`).
 
     ``whole_file``: the file's format version carries the file digest, so it must have one. A file
     that has one is checked by it whatever its version says. Older versions are checked by their
-    tensor digest where they have one.
+    tensor digest where they have one. ``digest``: the file digest of ``data`` worked out already
+    (:func:`both_digests`).
     """
     # A file that carries the file digest is checked by it whatever its version says: an edited
     # format_version ("2" -> "1") must not turn the check off (the digest covers the version too).
@@ -193,7 +196,7 @@ def check_integrity(data: bytes, meta: dict[str, str], source: str, whole_file: 
         if recorded is None:
             raise TicketError(f"{source} is damaged: it lacks its digest ({FILE_DIGEST_KEY}), which every file of "
                               "its format version has; re-create it or copy it again")
-        if not _HEX64.fullmatch(recorded) or file_digest(data, recorded) != recorded:
+        if not _HEX64.fullmatch(recorded) or (digest or file_digest(data, recorded)) != recorded:
             raise TicketError(f"{source} is damaged: its bytes do not match its digest ({FILE_DIGEST_KEY}); "
                               "re-create it or copy it again")
         return WHOLE_FILE
@@ -235,6 +238,8 @@ class TensorFile:
 def _entry_array(data: Any, start: int, name: str, entry: Any, source: str) -> tuple[np.ndarray, bool, int, int]:
     """One header entry's tensor as an array over ``data`` (payload ``start``), checked as safetensors
     checks it: a known dtype, a shape of whole numbers, offsets that hold exactly its bytes."""
+    import numpy as np
+
     bad = f"{source} is not a readable safetensors file (tensor {name!r}: {{}}); the file may be truncated"
     if not isinstance(entry, dict) or entry.get("dtype") not in NUMPY_DTYPES:
         raise TicketError(bad.format(f"unknown dtype {entry.get('dtype') if isinstance(entry, dict) else entry!r}"))
@@ -287,6 +292,8 @@ def read_tensors(data: bytes | bytearray | memoryview, source: str = "<bytes>") 
 def as_numpy(tensor: Any) -> tuple[np.ndarray, str]:
     """A tensor (numpy, or torch on any device) as a C-contiguous numpy array of its bytes and its safetensors
     dtype name; a CPU torch tensor is shared, not copied (bfloat16: its uint16 bits)."""
+    import numpy as np
+
     if isinstance(tensor, np.ndarray):
         array = tensor if tensor.flags.c_contiguous else tensor.copy(order="C")  # (ascontiguousarray makes 0-d 1-d)
         return array, _SAFETENSORS_DTYPES[array.dtype.name]
@@ -300,6 +307,8 @@ def as_numpy(tensor: Any) -> tuple[np.ndarray, str]:
 
 
 def _bytes_of(array: np.ndarray) -> memoryview:
+    import numpy as np
+
     return array.reshape(-1).view(np.uint8).data
 
 
@@ -342,3 +351,79 @@ def write_tensors(out: BinaryIO, tensors: Mapping[str, Any], metadata: dict[str,
     finally:
         hasher.join()
     return whole.hexdigest()
+
+
+# ----- digests worked out ahead ---------------------------------------------------------------------
+def file_key(path: str | os.PathLike[str]) -> tuple[int, int, int, int] | None:
+    """What identifies a file's bytes between two looks at it (device, inode, size, modification time in ns);
+    None when it is not a regular file. elth replaces a file by a rename, which gives it a new inode."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) if stat.S_ISREG(st.st_mode) else None
+
+
+def both_digests(data: bytes | memoryview | Any) -> tuple[str, str | None]:
+    """The sha256 of ``data`` and its file digest (:func:`file_digest` of the digest its header records; None
+    where it records none, or not once), side by side on two threads."""
+    whole = Sha256Beside(data)
+    try:
+        recorded = read_header(data).get(FILE_DIGEST_KEY)
+        zeroed = file_digest(data, recorded) if recorded is not None and _HEX64.fullmatch(recorded) else None
+    except TicketError:
+        zeroed = None
+    return whole.result(), zeroed
+
+
+class Sha256Beside:
+    """The sha256 of a buffer, worked out on a thread of its own (hashlib lets go of the interpreter)."""
+
+    def __init__(self, data: bytes | bytearray | memoryview | Any) -> None:
+        self._hash = hashlib.sha256()
+        self._thread = threading.Thread(target=self._hash.update, args=(memoryview(data),))
+        self._thread.start()
+
+    def result(self) -> str:
+        self._thread.join()
+        return self._hash.hexdigest()
+
+
+_AHEAD: dict[tuple[int, int, int, int], "_DigestsAhead"] = {}
+AHEAD_FROM = 16 << 20  # a file smaller than this is hashed by the command when it reads it
+
+
+class _DigestsAhead:
+    """:func:`both_digests` of a file, worked out on a thread of its own from a mapping of it."""
+
+    def __init__(self, path: str) -> None:
+        self._result: tuple[str, str | None] | None = None
+        self._thread = threading.Thread(target=self._run, args=(path,), daemon=True)
+        self._thread.start()
+
+    def _run(self, path: str) -> None:
+        try:
+            with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                self._result = both_digests(data)
+        except (OSError, ValueError):  # gone, unreadable, empty: the command finds out when it reads it
+            self._result = None
+
+    def result(self) -> tuple[str, str | None] | None:
+        self._thread.join()
+        return self._result
+
+
+def hash_ahead(paths: Iterable[str]) -> None:
+    """Start working out the digests of the big files among ``paths`` (those that exist), each on a thread of
+    its own, while the command starts: hashing lets go of the interpreter, so it runs beside the imports. A
+    command that only reads tickets calls it with its arguments before it parses them."""
+    for path in paths:
+        key = file_key(path)
+        if key is not None and key[2] >= AHEAD_FROM and key not in _AHEAD:
+            _AHEAD[key] = _DigestsAhead(path)
+
+
+def digests_ahead(key: tuple[int, int, int, int] | None) -> tuple[str, str | None] | None:
+    """The digests :func:`hash_ahead` worked out for the file of this :func:`file_key`, if it did (once)."""
+    ahead = _AHEAD.pop(key, None) if key is not None else None
+    return ahead.result() if ahead is not None else None

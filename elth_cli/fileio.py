@@ -278,19 +278,22 @@ _READ_PIECE = 64 << 20
 def read_buffer(path: str | os.PathLike[str], writable: bool = False) -> bytes | memoryview:
     """Read a whole input file (or stdin for ``-``) into one buffer that numpy and torch arrays can share.
 
-    Read-only: the file's bytes, read the fastest way there is here (one ``read``). ``writable``: an anonymous
-    mapping filled in 64 MiB pieces, memory of its own that arrays may write to (a numpy array's memory is
-    slower: for a big one numpy asks for huge pages, whose faults can stall; 1.5 GB took 4.8 s that way, 1.3 s
-    so and 0.9 s by ``read``, on the 2-core machine).
+    Read-only: the file mapped (no copy; 302 MB mapped and hashed in 0.30 s where a read alone took 0.30 s and
+    its hash 0.29 s more, on the 2-core machine). ``writable``: an anonymous mapping filled in 64 MiB pieces,
+    memory of its own that arrays may write to and that a later change of the file cannot touch (a numpy
+    array's memory is slower: for a big one numpy asks for huge pages, whose faults can stall; 1.5 GB took
+    4.8 s that way, 1.3 s so).
     """
     check_input_path(path)
     if str(path) == STDIO:
         data = sys.stdin.buffer.read()
         return memoryview(bytearray(data)) if writable else data
     with open(path, "rb", buffering=0) as f:
-        if not writable:
-            return f.read()
         size = os.fstat(f.fileno()).st_size
+        if not writable:
+            # A read-only mapping: no copy at all, the page cache's own pages (a command that only reads maps its
+            # tickets for the few seconds it runs; elth replaces files by rename, which leaves a mapping intact).
+            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
         if size == 0:
             return memoryview(bytearray())
         buffer = mmap.mmap(-1, size)

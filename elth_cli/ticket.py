@@ -14,7 +14,6 @@ import hashlib
 import io
 import json
 import math
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal
@@ -23,8 +22,8 @@ import numpy as np
 
 from elth_cli import __version__, archs, schema
 from elth_cli.archs import ArchSpec
-from elth_cli.container import (DIGEST_KEYS, WHOLE_FILE, TensorFile, check_integrity, read_header, read_tensors,
-                                write_tensors)
+from elth_cli.container import (DIGEST_KEYS, WHOLE_FILE, Sha256Beside, TensorFile, check_integrity, digests_ahead,
+                                file_key, read_header, read_tensors, write_tensors)
 from elth_cli.errors import TicketError, UsageError
 from elth_cli.fileio import STDIO, check_output_path, read_buffer, write_atomic
 from elth_cli.masks import kept_and_total, layer_counts
@@ -301,19 +300,25 @@ class Ticket:
         return self.sha256
 
     @classmethod
-    def from_bytes(cls, data: bytes | bytearray, source: str = "<bytes>", arrays: Arrays = "torch") -> "Ticket":
+    def from_bytes(cls, data: bytes | bytearray, source: str = "<bytes>", arrays: Arrays = "torch",
+                   digests: tuple[str, str | None] | None = None) -> "Ticket":
         """Parse and validate ticket bytes; raise TicketError naming ``source`` when they are not a valid ticket.
 
         ``arrays="numpy"`` keeps the tensors as numpy arrays over ``data`` and never imports torch (a
         bfloat16 tensor, which numpy cannot hold, makes it read them as torch tensors after all).
+        ``digests``: the sha256 and the file digest of ``data``, worked out already
+        (:func:`elth_cli.container.both_digests`).
         """
         meta = _typed_metadata(read_header(data, source), source)
-        # The digest check and the file's sha256 read the same bytes: side by side, on two cores.
-        whole = _Sha256(data)
-        try:
-            integrity = check_integrity(data, meta, source, meta["format_version"] >= WHOLE_FILE_DIGEST_SINCE)
-        finally:
-            sha256 = whole.result()
+        whole_file = meta["format_version"] >= WHOLE_FILE_DIGEST_SINCE
+        if digests is not None:
+            sha256, integrity = digests[0], check_integrity(data, meta, source, whole_file, digest=digests[1])
+        else:
+            whole = Sha256Beside(data)  # the digest check and the file's sha256 side by side, on two cores
+            try:
+                integrity = check_integrity(data, meta, source, whole_file)
+            finally:
+                sha256 = whole.result()
         masks, init, trained = _split_tensors(_arrays(read_tensors(data, source), arrays), source)
         _require_family(meta, source)
         ticket = cls(
@@ -340,20 +345,11 @@ class Ticket:
     def load(cls, path: str | Path, arrays: Arrays = "torch") -> "Ticket":
         """Read and validate a ticket file (``-`` for stdin); ``arrays`` as in :meth:`from_bytes`."""
         source = "stdin" if str(path) == STDIO else str(path)
-        return cls.from_bytes(read_buffer(path, writable=arrays == "torch"), source, arrays)
-
-
-class _Sha256:
-    """The sha256 of a buffer, worked out on a thread of its own (hashlib lets go of the GIL)."""
-
-    def __init__(self, data: bytes | bytearray) -> None:
-        self._hash = hashlib.sha256()
-        self._thread = threading.Thread(target=self._hash.update, args=(memoryview(data),))
-        self._thread.start()
-
-    def result(self) -> str:
-        self._thread.join()
-        return self._hash.hexdigest()
+        key = file_key(path) if str(path) != STDIO else None
+        data = read_buffer(path, writable=arrays == "torch")
+        # Digests worked out while the command started (container.hash_ahead), if they are of these bytes.
+        ahead = digests_ahead(key) if key is not None and file_key(path) == key else None
+        return cls.from_bytes(data, source, arrays, ahead)
 
 
 def _arrays(file: TensorFile, arrays: Arrays) -> dict[str, Any]:
