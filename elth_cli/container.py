@@ -389,28 +389,78 @@ class Sha256Beside:
         return self._hash.hexdigest()
 
 
+_PIECE = 64 << 20  # a multiple of mmap.ALLOCATIONGRANULARITY
 _AHEAD: dict[tuple[int, int, int, int], "_DigestsAhead"] = {}
 AHEAD_FROM = 16 << 20  # a file smaller than this is hashed by the command when it reads it
 
 
 class _DigestsAhead:
-    """:func:`both_digests` of a file, worked out on a thread of its own from a mapping of it."""
+    """:func:`both_digests` of a file, worked out on two threads of their own that read it in pieces (a few
+    MiB of memory, however big the file: a comparison of several big tickets holds none of them twice)."""
 
     def __init__(self, path: str) -> None:
-        self._result: tuple[str, str | None] | None = None
-        self._thread = threading.Thread(target=self._run, args=(path,), daemon=True)
-        self._thread.start()
+        self.path = path
+        self._whole: str | None = None
+        self._zeroed: str | None = None
+        self._failed = False
+        self._threads = [threading.Thread(target=self._guarded, args=(job,), daemon=True)
+                         for job in (self._hash_whole, self._hash_zeroed)]
+        for thread in self._threads:
+            thread.start()
 
-    def _run(self, path: str) -> None:
+    def _guarded(self, job: Any) -> None:
         try:
-            with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-                self._result = both_digests(data)
-        except (OSError, ValueError):  # gone, unreadable, empty: the command finds out when it reads it
-            self._result = None
+            job()
+        except Exception:  # noqa: BLE001 - only a head start: the command reads the file itself and says what is wrong
+            self._failed = True
+
+    def _pieces(self, f: BinaryIO, start: int = 0) -> Iterable[memoryview]:
+        """The file from ``start`` to its end, mapped a window at a time (no copy; one window resident)."""
+        size = os.fstat(f.fileno()).st_size
+        for offset in range(start - start % _PIECE, size, _PIECE):
+            with mmap.mmap(f.fileno(), min(_PIECE, size - offset), offset=offset, access=mmap.ACCESS_READ) as window:
+                view = memoryview(window)
+                piece = view[max(start - offset, 0):]
+                try:
+                    yield piece
+                finally:
+                    piece.release()
+                    view.release()
+
+    def _hash_whole(self) -> None:
+        whole = hashlib.sha256()
+        with open(self.path, "rb", buffering=0) as f:
+            for piece in self._pieces(f):
+                whole.update(piece)
+        self._whole = whole.hexdigest()
+
+    def _hash_zeroed(self) -> None:
+        with open(self.path, "rb", buffering=0) as f:
+            head = f.read(8)
+            (n,) = struct.unpack("<Q", head) if len(head) == 8 else (0,)
+            if not 0 < n <= MAX_HEADER:
+                return
+            header = head + f.read(n)
+            meta = json.loads(header[8:].decode("utf-8"))
+            meta = meta.get("__metadata__") if isinstance(meta, dict) else None
+            recorded = meta.get(FILE_DIGEST_KEY) if isinstance(meta, dict) else None
+            if not isinstance(recorded, str) or not _HEX64.fullmatch(recorded):
+                return
+            field = _digest_field(recorded)
+            at = header.find(field, 8)
+            if at < 0 or header.find(field, at + 1) >= 0:
+                return
+            zeroed = hashlib.sha256(header[:at])
+            zeroed.update(_digest_field(_ZEROS))
+            zeroed.update(header[at + len(field):])
+            for piece in self._pieces(f, 8 + n):
+                zeroed.update(piece)
+        self._zeroed = zeroed.hexdigest()
 
     def result(self) -> tuple[str, str | None] | None:
-        self._thread.join()
-        return self._result
+        for thread in self._threads:
+            thread.join()
+        return None if self._failed or self._whole is None else (self._whole, self._zeroed)
 
 
 def hash_ahead(paths: Iterable[str]) -> None:

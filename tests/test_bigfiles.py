@@ -75,7 +75,7 @@ def test_numpy_and_torch_loads_hold_the_same_ticket(tmp_path) -> None:
     assert a.sha256 == b.sha256 and list(a.init) == list(b.init) and list(a.masks) == list(b.masks)
     assert a.sparsity == b.sparsity and a.layer_sparsity() == b.layer_sparsity()
     for k in b.init:
-        assert torch.equal(torch.from_numpy(a.init[k]), b.init[k])
+        assert np.array_equal(a.init[k], b.init[k].numpy())
     # Written back from numpy arrays: the same tensors, a file that loads as torch tensors.
     a.save(tmp_path / "again.safetensors")
     again = Ticket.load(tmp_path / "again.safetensors")
