@@ -42,9 +42,9 @@ def main() -> None:
     except KeyboardInterrupt:  # a Ctrl-C even before that (a busy machine makes the moment long)
         _interrupted_while_loading(command)
     if command in _HASH_AHEAD:
-        from elth_cli import container  # (no numpy, no torch)
+        from elth_cli import digests  # (no numpy, no torch)
 
-        container.hash_ahead(a for i, a in enumerate(sys.argv) if i > 1 and sys.argv[i - 1] not in ("-o", "--output"))
+        digests.hash_ahead(a for i, a in enumerate(sys.argv) if i > 1 and sys.argv[i - 1] not in ("-o", "--output"))
     try:
         from elth_cli.cli import main as run
     except KeyboardInterrupt:

@@ -18,13 +18,11 @@ import hashlib
 import json
 import os
 import math
-import mmap
 import re
-import stat
 import struct
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, BinaryIO, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, BinaryIO, Mapping
 
 from elth_cli.errors import TicketError
 
@@ -36,8 +34,8 @@ FILE_DIGEST_KEY = "file_sha256"
 # The digest of format version 1 (tickets and checkpoints): the tensor bytes only.
 PAYLOAD_DIGEST_KEY = "payload_sha256"
 DIGEST_KEYS = (FILE_DIGEST_KEY, PAYLOAD_DIGEST_KEY)
-_ZEROS = "0" * 64
-_HEX64 = re.compile(r"[0-9a-f]{64}")
+ZEROS = "0" * 64
+HEX64 = re.compile(r"[0-9a-f]{64}")
 # A header larger than this is not an elth header (safetensors itself caps it at 100 MB).
 MAX_HEADER = 100_000_000
 
@@ -143,7 +141,8 @@ def payload_digest(data: bytes) -> str:
     return hashlib.sha256(memoryview(data)[8 + header_length(data, "data"):]).hexdigest()
 
 
-def _digest_field(digest: str) -> bytes:
+def digest_field(digest: str) -> bytes:
+    """The bytes that record ``digest`` in a header."""
     # How safetensors writes the pair in its compact JSON header; the key is unique in the header, and
     # inside a metadata value its quotes would be escaped, so these bytes occur once.
     return f'"{FILE_DIGEST_KEY}":"{digest}"'.encode()
@@ -153,13 +152,13 @@ def file_digest(data: bytes, recorded: str) -> str | None:
     """sha256 of ``data`` with the recorded ``file_sha256`` digits zeroed (None when they are not in the
     header exactly once, as written)."""
     n = header_length(data, "data")
-    field = _digest_field(recorded)
+    field = digest_field(recorded)
     header = bytes(data[: 8 + n])
     at = header.find(field, 8)
     if at < 0 or header.find(field, at + 1) >= 0:
         return None
     h = hashlib.sha256(memoryview(data)[:at])
-    h.update(_digest_field(_ZEROS))
+    h.update(digest_field(ZEROS))
     h.update(memoryview(data)[at + len(field):])
     return h.hexdigest()
 
@@ -169,14 +168,14 @@ def save_with_digest(tensors: dict[str, Tensor], metadata: dict[str, str]) -> by
     from safetensors.torch import save as st_save
 
     meta = {k: v for k, v in metadata.items() if k not in DIGEST_KEYS}
-    meta[FILE_DIGEST_KEY] = _ZEROS
+    meta[FILE_DIGEST_KEY] = ZEROS
     data = st_save(tensors, metadata=meta)
     n = header_length(data, "data")
-    at = data.find(_digest_field(_ZEROS), 8, 8 + n)
+    at = data.find(digest_field(ZEROS), 8, 8 + n)
     assert at >= 0, "safetensors wrote the header in an unexpected form"
     digest = hashlib.sha256(data).hexdigest()
     # Same length, so no offset moves.
-    return data[:at] + _digest_field(digest) + data[at + len(_digest_field(digest)):]
+    return data[:at] + digest_field(digest) + data[at + len(digest_field(digest)):]
 
 
 def check_integrity(data: bytes, meta: dict[str, str], source: str, whole_file: bool,
@@ -187,7 +186,7 @@ def check_integrity(data: bytes, meta: dict[str, str], source: str, whole_file: 
     ``whole_file``: the file's format version carries the file digest, so it must have one. A file
     that has one is checked by it whatever its version says. Older versions are checked by their
     tensor digest where they have one. ``digest``: the file digest of ``data`` worked out already
-    (:func:`both_digests`).
+    (:func:`elth_cli.digests.both_digests`).
     """
     # A file that carries the file digest is checked by it whatever its version says: an edited
     # format_version ("2" -> "1") must not turn the check off (the digest covers the version too).
@@ -196,7 +195,7 @@ def check_integrity(data: bytes, meta: dict[str, str], source: str, whole_file: 
         if recorded is None:
             raise TicketError(f"{source} is damaged: it lacks its digest ({FILE_DIGEST_KEY}), which every file of "
                               "its format version has; re-create it or copy it again")
-        if not _HEX64.fullmatch(recorded) or (digest or file_digest(data, recorded)) != recorded:
+        if not HEX64.fullmatch(recorded) or (digest or file_digest(data, recorded)) != recorded:
             raise TicketError(f"{source} is damaged: its bytes do not match its digest ({FILE_DIGEST_KEY}); "
                               "re-create it or copy it again")
         return WHOLE_FILE
@@ -335,12 +334,12 @@ def write_tensors(out: BinaryIO, tensors: Mapping[str, Any], metadata: dict[str,
     # safetensors' order: wider dtypes first, then by name; every tensor then starts aligned for its dtype.
     entries.sort(key=lambda e: (-e[1].dtype.itemsize, e[0]))
     meta = {k: v for k, v in metadata.items() if k not in DIGEST_KEYS}
-    meta[FILE_DIGEST_KEY] = _ZEROS
+    meta[FILE_DIGEST_KEY] = ZEROS
     zeroed = _header_bytes(entries, meta)
     digest = hashlib.sha256(zeroed)
     for _, array, _ in entries:
         digest.update(_bytes_of(array))
-    head = zeroed.replace(_digest_field(_ZEROS), _digest_field(digest.hexdigest()), 1)
+    head = zeroed.replace(digest_field(ZEROS), digest_field(digest.hexdigest()), 1)
     whole = hashlib.sha256(head)
     hasher = threading.Thread(target=lambda: [whole.update(_bytes_of(a)) for _, a, _ in entries])
     hasher.start()  # hashlib and file writes let go of the GIL: both cores work
@@ -351,129 +350,3 @@ def write_tensors(out: BinaryIO, tensors: Mapping[str, Any], metadata: dict[str,
     finally:
         hasher.join()
     return whole.hexdigest()
-
-
-# ----- digests worked out ahead ---------------------------------------------------------------------
-def file_key(path: str | os.PathLike[str]) -> tuple[int, int, int, int] | None:
-    """What identifies a file's bytes between two looks at it (device, inode, size, modification time in ns);
-    None when it is not a regular file. elth replaces a file by a rename, which gives it a new inode."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) if stat.S_ISREG(st.st_mode) else None
-
-
-def both_digests(data: bytes | memoryview | Any) -> tuple[str, str | None]:
-    """The sha256 of ``data`` and its file digest (:func:`file_digest` of the digest its header records; None
-    where it records none, or not once), side by side on two threads."""
-    whole = Sha256Beside(data)
-    try:
-        recorded = read_header(data).get(FILE_DIGEST_KEY)
-        zeroed = file_digest(data, recorded) if recorded is not None and _HEX64.fullmatch(recorded) else None
-    except TicketError:
-        zeroed = None
-    return whole.result(), zeroed
-
-
-class Sha256Beside:
-    """The sha256 of a buffer, worked out on a thread of its own (hashlib lets go of the interpreter)."""
-
-    def __init__(self, data: bytes | bytearray | memoryview | Any) -> None:
-        self._hash = hashlib.sha256()
-        self._thread = threading.Thread(target=self._hash.update, args=(memoryview(data),))
-        self._thread.start()
-
-    def result(self) -> str:
-        self._thread.join()
-        return self._hash.hexdigest()
-
-
-_PIECE = 64 << 20  # a multiple of mmap.ALLOCATIONGRANULARITY
-_AHEAD: dict[tuple[int, int, int, int], "_DigestsAhead"] = {}
-AHEAD_FROM = 16 << 20  # a file smaller than this is hashed by the command when it reads it
-
-
-class _DigestsAhead:
-    """:func:`both_digests` of a file, worked out on two threads of their own that read it in pieces (a few
-    MiB of memory, however big the file: a comparison of several big tickets holds none of them twice)."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._whole: str | None = None
-        self._zeroed: str | None = None
-        self._failed = False
-        self._threads = [threading.Thread(target=self._guarded, args=(job,), daemon=True)
-                         for job in (self._hash_whole, self._hash_zeroed)]
-        for thread in self._threads:
-            thread.start()
-
-    def _guarded(self, job: Any) -> None:
-        try:
-            job()
-        except Exception:  # noqa: BLE001 - only a head start: the command reads the file itself and says what is wrong
-            self._failed = True
-
-    def _pieces(self, f: BinaryIO, start: int = 0) -> Iterable[memoryview]:
-        """The file from ``start`` to its end, mapped a window at a time (no copy; one window resident)."""
-        size = os.fstat(f.fileno()).st_size
-        for offset in range(start - start % _PIECE, size, _PIECE):
-            with mmap.mmap(f.fileno(), min(_PIECE, size - offset), offset=offset, access=mmap.ACCESS_READ) as window:
-                view = memoryview(window)
-                piece = view[max(start - offset, 0):]
-                try:
-                    yield piece
-                finally:
-                    piece.release()
-                    view.release()
-
-    def _hash_whole(self) -> None:
-        whole = hashlib.sha256()
-        with open(self.path, "rb", buffering=0) as f:
-            for piece in self._pieces(f):
-                whole.update(piece)
-        self._whole = whole.hexdigest()
-
-    def _hash_zeroed(self) -> None:
-        with open(self.path, "rb", buffering=0) as f:
-            head = f.read(8)
-            (n,) = struct.unpack("<Q", head) if len(head) == 8 else (0,)
-            if not 0 < n <= MAX_HEADER:
-                return
-            header = head + f.read(n)
-            meta = json.loads(header[8:].decode("utf-8"))
-            meta = meta.get("__metadata__") if isinstance(meta, dict) else None
-            recorded = meta.get(FILE_DIGEST_KEY) if isinstance(meta, dict) else None
-            if not isinstance(recorded, str) or not _HEX64.fullmatch(recorded):
-                return
-            field = _digest_field(recorded)
-            at = header.find(field, 8)
-            if at < 0 or header.find(field, at + 1) >= 0:
-                return
-            zeroed = hashlib.sha256(header[:at])
-            zeroed.update(_digest_field(_ZEROS))
-            zeroed.update(header[at + len(field):])
-            for piece in self._pieces(f, 8 + n):
-                zeroed.update(piece)
-        self._zeroed = zeroed.hexdigest()
-
-    def result(self) -> tuple[str, str | None] | None:
-        for thread in self._threads:
-            thread.join()
-        return None if self._failed or self._whole is None else (self._whole, self._zeroed)
-
-
-def hash_ahead(paths: Iterable[str]) -> None:
-    """Start working out the digests of the big files among ``paths`` (those that exist), each on a thread of
-    its own, while the command starts: hashing lets go of the interpreter, so it runs beside the imports. A
-    command that only reads tickets calls it with its arguments before it parses them."""
-    for path in paths:
-        key = file_key(path)
-        if key is not None and key[2] >= AHEAD_FROM and key not in _AHEAD:
-            _AHEAD[key] = _DigestsAhead(path)
-
-
-def digests_ahead(key: tuple[int, int, int, int] | None) -> tuple[str, str | None] | None:
-    """The digests :func:`hash_ahead` worked out for the file of this :func:`file_key`, if it did (once)."""
-    ahead = _AHEAD.pop(key, None) if key is not None else None
-    return ahead.result() if ahead is not None else None

@@ -22,8 +22,8 @@ import numpy as np
 
 from elth_cli import __version__, archs, schema
 from elth_cli.archs import ArchSpec
-from elth_cli.container import (DIGEST_KEYS, WHOLE_FILE, Sha256Beside, TensorFile, check_integrity, digests_ahead,
-                                file_key, read_header, read_tensors, write_tensors)
+from elth_cli.container import DIGEST_KEYS, WHOLE_FILE, TensorFile, check_integrity, read_header, read_tensors, write_tensors
+from elth_cli.digests import Sha256Beside, digests_ahead, file_key
 from elth_cli.errors import TicketError, UsageError
 from elth_cli.fileio import STDIO, check_output_path, read_buffer, write_atomic
 from elth_cli.masks import kept_and_total, layer_counts
@@ -307,7 +307,7 @@ class Ticket:
         ``arrays="numpy"`` keeps the tensors as numpy arrays over ``data`` and never imports torch (a
         bfloat16 tensor, which numpy cannot hold, makes it read them as torch tensors after all).
         ``digests``: the sha256 and the file digest of ``data``, worked out already
-        (:func:`elth_cli.container.both_digests`).
+        (:func:`elth_cli.digests.both_digests`).
         """
         meta = _typed_metadata(read_header(data, source), source)
         whole_file = meta["format_version"] >= WHOLE_FILE_DIGEST_SINCE
@@ -347,7 +347,7 @@ class Ticket:
         source = "stdin" if str(path) == STDIO else str(path)
         key = file_key(path) if str(path) != STDIO else None
         data = read_buffer(path, writable=arrays == "torch")
-        # Digests worked out while the command started (container.hash_ahead), if they are of these bytes.
+        # Digests worked out while the command started (digests.hash_ahead), if they are of these bytes.
         ahead = digests_ahead(key) if key is not None and file_key(path) == key else None
         return cls.from_bytes(data, source, arrays, ahead)
 

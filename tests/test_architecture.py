@@ -14,7 +14,7 @@ MAX_BODY = 60
 MAX_MODULE, MAX_FRONT_END = 450, 300
 
 # The verified model layer: it never reaches for training, data, devices or processes.
-MODEL_LAYER = ("elth_cli.archs", "elth_cli.ticket", "elth_cli.ticket_checks", "elth_cli.elastic", "elth_cli.prune", "elth_cli.masks",
+MODEL_LAYER = ("elth_cli.archs", "elth_cli.ticket", "elth_cli.ticket_checks", "elth_cli.digests", "elth_cli.elastic", "elth_cli.prune", "elth_cli.masks",
                "elth_cli.flops", "elth_cli.symmetry", "elth_cli.width")
 NOT_FOR_THE_MODEL_LAYER = ("elth_cli.train", "elth_cli.data", "elth_cli.runtime", "elth_cli.find", "elth_cli.demo",
                            "elth_cli.compare", "elth_cli.interpolation", "elth_cli.interop", "elth_cli.cli",

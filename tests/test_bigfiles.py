@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load as st_load_torch
 
 from conftest import ROOT, make_ticket
-from elth_cli import container, elastic
+from elth_cli import container, digests, elastic
 from elth_cli.errors import TicketError
 from elth_cli.find.baselines import BaselineOptions, layer_distribution, prune_baseline
 from elth_cli.find.tickets import fresh_ticket
@@ -203,17 +203,17 @@ def test_pruning_layer_by_layer_gives_the_masks_of_all_scores_at_once() -> None:
 
 # ----- digests worked out ahead -------------------------------------------------------------------
 def test_digests_worked_out_ahead_are_those_of_the_bytes_read(tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr(container, "AHEAD_FROM", 0)
+    monkeypatch.setattr(digests, "AHEAD_FROM", 0)
     path = tmp_path / "t.safetensors"
     make_ticket("resnet20-w4", 0.5).save(path)
     data = path.read_bytes()
     meta = container.read_header(data)
-    assert container.both_digests(data) == (hashlib.sha256(data).hexdigest(),
+    assert digests.both_digests(data) == (hashlib.sha256(data).hexdigest(),
                                             container.file_digest(data, meta[container.FILE_DIGEST_KEY]))
-    container.hash_ahead([str(path), str(tmp_path / "missing"), "--json"])
+    digests.hash_ahead([str(path), str(tmp_path / "missing"), "--json"])
     assert Ticket.load(path, arrays="numpy").sha256 == hashlib.sha256(data).hexdigest()
     # Replaced after its digests were worked out (a new file, as elth writes): they are not used.
-    container.hash_ahead([str(path)])
+    digests.hash_ahead([str(path)])
     damaged = bytearray(data)
     damaged[-1] ^= 1
     (tmp_path / "new").write_bytes(bytes(damaged))
@@ -223,12 +223,12 @@ def test_digests_worked_out_ahead_are_those_of_the_bytes_read(tmp_path, monkeypa
 
 
 def test_a_damaged_file_hashed_ahead_is_refused(tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr(container, "AHEAD_FROM", 0)
+    monkeypatch.setattr(digests, "AHEAD_FROM", 0)
     path = tmp_path / "t.safetensors"
     make_ticket("resnet20-w4", 0.5).save(path)
     damaged = bytearray(path.read_bytes())
     damaged[len(damaged) // 2] ^= 4
     path.write_bytes(bytes(damaged))
-    container.hash_ahead([str(path)])
+    digests.hash_ahead([str(path)])
     with pytest.raises(TicketError, match="do not match its digest"):
         Ticket.load(path, arrays="numpy")
