@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = ("archs", "info", "stretch", "squeeze", "compare", "import", "export", "train", "eval", "find", "demo")
 
 
-def run_once(args: list[str], status: int = 0) -> tuple[float, float]:
-    """(wall seconds, peak resident MB) of one fresh ``python -m elth_cli ARGS`` that must exit with ``status``."""
+def run_once(args: list[str], expect: int = 0) -> tuple[float, float]:
+    """(wall seconds, peak resident MB) of one fresh ``python -m elth_cli ARGS`` that must exit with ``expect``."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "elth_cli", *args], stdout=subprocess.DEVNULL,
@@ -36,8 +36,8 @@ def run_once(args: list[str], status: int = 0) -> tuple[float, float]:
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != status:
-        sys.exit(f"error: elth {' '.join(args)} exited with {proc.returncode}, not {status}")
+    if proc.returncode != expect:
+        sys.exit(f"error: elth {' '.join(args)} exited with {proc.returncode}, not {expect}")
     return wall, usage.ru_maxrss / 1024  # Linux reports kilobytes
 
 
