@@ -16,6 +16,7 @@ from typing import Annotated, Any, Callable, Iterator, Optional
 import typer
 
 from elth_cli import __version__, stops
+from elth_cli.cli import typer_fixes
 from elth_cli.cli.examples import SUMMARIES, epilog
 from elth_cli.cli.family_option import FAMILY_MODULE, take_family_modules
 from elth_cli.errors import ElthError
@@ -38,15 +39,7 @@ try:
 except ImportError:  # pragma: no cover
     pass
 
-def _plain_argument_help() -> None:
-    """typer >= 0.2x prints an argument's Python type after its name in --help (``TICKET <list[str]>``,
-    ``SRC <str>``); the metavar already says what the argument is. Show the name alone."""
-    argument = getattr(getattr(typer, "core", None), "TyperArgument", None)
-    if argument is not None and hasattr(argument, "display_type_rich"):
-        argument.display_type_rich = lambda self, ctx: None
-
-
-_plain_argument_help()
+typer_fixes.apply()
 _HELP_OPTIONS = ("-h", "--help")
 _CONTEXT_SETTINGS = {"help_option_names": list(_HELP_OPTIONS)}
 app = typer.Typer(
