@@ -15,6 +15,7 @@ they still load, with that weaker check (or none, when they predate it too), and
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import math
@@ -28,7 +29,6 @@ from elth_cli.errors import TicketError
 
 if TYPE_CHECKING:
     import numpy as np
-    from torch import Tensor
 
 FILE_DIGEST_KEY = "file_sha256"
 # The digest of format version 1 (tickets and checkpoints): the tensor bytes only.
@@ -163,19 +163,12 @@ def file_digest(data: bytes, recorded: str) -> str | None:
     return h.hexdigest()
 
 
-def save_with_digest(tensors: dict[str, Tensor], metadata: dict[str, str]) -> bytes:
-    """Safetensors bytes of ``tensors`` whose metadata records the digest of the whole file."""
-    from safetensors.torch import save as st_save
-
-    meta = {k: v for k, v in metadata.items() if k not in DIGEST_KEYS}
-    meta[FILE_DIGEST_KEY] = ZEROS
-    data = st_save(tensors, metadata=meta)
-    n = header_length(data, "data")
-    at = data.find(digest_field(ZEROS), 8, 8 + n)
-    assert at >= 0, "safetensors wrote the header in an unexpected form"
-    digest = hashlib.sha256(data).hexdigest()
-    # Same length, so no offset moves.
-    return data[:at] + digest_field(digest) + data[at + len(digest_field(digest)):]
+def save_with_digest(tensors: Mapping[str, Any], metadata: dict[str, str]) -> bytes:
+    """Safetensors bytes of ``tensors`` whose metadata records the digest of the whole file (what
+    :func:`write_tensors` writes, as bytes)."""
+    buffer = io.BytesIO()
+    write_tensors(buffer, tensors, metadata)
+    return buffer.getvalue()
 
 
 def check_integrity(data: bytes, meta: dict[str, str], source: str, whole_file: bool,

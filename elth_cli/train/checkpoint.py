@@ -22,9 +22,9 @@ from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
 from elth_cli import schema
-from elth_cli.container import DIGEST_KEYS, UNCHECKED, check_integrity, peek_format, read_header, save_with_digest
+from elth_cli.container import DIGEST_KEYS, UNCHECKED, check_integrity, peek_format, read_header, write_tensors
 from elth_cli.errors import ElthError, UsageError
-from elth_cli.fileio import check_side_file, write_bytes_atomic
+from elth_cli.fileio import check_side_file, write_atomic
 
 CHECKPOINT_FORMAT = "elth.checkpoint"
 # 2: the digest covers the whole file (file_sha256); 1: the tensor bytes only (payload_sha256), or nothing.
@@ -211,7 +211,7 @@ def save_checkpoint(path: Path, identity: dict[str, Any], model: nn.Module, opti
         "extra": json.dumps(run.extra, sort_keys=True),
         "cpu_threads": str(torch.get_num_threads()),
     }
-    write_bytes_atomic(path, save_with_digest(tensors, meta))
+    write_atomic(path, lambda f: write_tensors(f, tensors, meta))  # streamed: no copy of the state in bytes
 
 
 def read_checkpoint(path: Path) -> Checkpoint:
