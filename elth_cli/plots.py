@@ -24,6 +24,8 @@ PLOT_MISSING = "--plot needs matplotlib: pip install 'elth[plot]'"
 FORMATS = {".png": "png", ".pdf": "pdf", ".svg": "svg"}
 KINDS = ("auto", "accuracy", "layers", "interpolation")
 MARKERS, DASHES = "os^Dv<>pXh", ("-", "--", "-.", ":")
+# The figures' type sizes: small enough for a panel in a two-column paper, still legible.
+STYLE = {"font.size": 9, "axes.titlesize": 10, "legend.fontsize": 8}
 
 
 def require_matplotlib() -> None:
@@ -88,28 +90,40 @@ def panels(doc: dict[str, Any], kind: str) -> list[str]:
 def plot_comparison(doc: dict[str, Any], path: str | Path, kind: str = "auto") -> list[str]:
     """Draw ``kind`` (see :func:`panels`) into ``path`` in the format of its extension; return the panels."""
     require_matplotlib()
-    fmt = plot_format(path)
+    plot_format(path)  # an unknown extension is refused before any drawing
     fig, chosen = draw(doc, kind)
-    import matplotlib.pyplot as plt
-
     try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=fmt, dpi=200 if fmt == "png" else None)
+        save_figure(fig, path)
     finally:
-        plt.close(fig)
+        pyplot().close(fig)
     return chosen
 
 
-def draw(doc: dict[str, Any], kind: str = "auto") -> tuple[Any, list[str]]:
-    """The figure of ``kind``'s panels, side by side (a matplotlib Figure), and which panels they are."""
-    chosen = panels(doc, kind)
+def pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend, imported only when a figure is drawn (the CLI's start-up
+    must not pay for matplotlib)."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed; must precede pyplot
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save_figure(fig: Any, path: str | Path) -> None:
+    """Write ``fig`` to ``path`` atomically (a temporary file beside it, then a rename), in the format
+    of its extension; PNG at 200 dpi, the vector formats at their own resolution."""
+    fmt = plot_format(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=fmt, dpi=200 if fmt == "png" else None)
+
+
+def draw(doc: dict[str, Any], kind: str = "auto") -> tuple[Any, list[str]]:
+    """The figure of ``kind``'s panels, side by side (a matplotlib Figure), and which panels they are."""
+    chosen = panels(doc, kind)
+    plt = pyplot()
     widths = [_layers_width(doc) if p == "layers" else 5.5 for p in chosen]
-    with plt.rc_context({"font.size": 9, "axes.titlesize": 10, "legend.fontsize": 8}):
+    with plt.rc_context(STYLE):
         fig, axes = plt.subplots(1, len(chosen), figsize=(sum(widths), 4.4), squeeze=False,
                                  gridspec_kw={"width_ratios": widths})
         for ax, p in zip(axes[0], chosen):
