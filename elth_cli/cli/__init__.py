@@ -13,6 +13,6 @@ Importing this package registers every command, in the order ``elth --help`` lis
 """
 
 from elth_cli.cli.app import app, main
-from elth_cli.cli import cmd_tickets, cmd_units, cmd_compare, cmd_interop, cmd_train, cmd_find, cmd_demo  # noqa: F401,E402 - register
+from elth_cli.cli import cmd_tickets, cmd_units, cmd_compare, cmd_interop, cmd_train, cmd_find, cmd_demo, cmd_run  # noqa: F401,E402 - register
 
 __all__ = ["app", "main"]

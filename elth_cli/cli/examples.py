@@ -36,6 +36,7 @@ SUMMARIES: dict[str, str] = {
     "eval": "A ticket's test (or train) accuracy and loss.",
     "find": "Find a ticket: IMP, early-bird, RigL/SET/DPF or a baseline.",
     "demo": "The E-LTH experiment in miniature on the digits set.",
+    "run": "An experiment file: its jobs on this machine or on SLURM.",
 }
 
 EXAMPLES: dict[str, tuple[Example, ...]] = {
@@ -120,6 +121,12 @@ EXAMPLES: dict[str, tuple[Example, ...]] = {
     "demo": (
         Example("elth demo --out-dir demo-out", "the E-LTH comparison on digits (docs/demo.md); --full adds "
                 "early-bird IMP and RigL, --quick checks an installation"),
+    ),
+    "run": (
+        Example("elth run --show cifar10-table3", "print a shipped experiment file (the paper's Table 3), to copy and "
+                "edit"),
+        Example("elth run demo --out-dir demo-out --plan", "the demo's 78 jobs and what a run would do with each, "
+                "running nothing"),
     ),
 }
 
