@@ -1,4 +1,4 @@
-"""``elth demo``: the digits experiment of ``make demo`` (:mod:`elth_cli.demo`)."""
+"""``elth demo``: the digits experiment of ``make demo`` (:mod:`elth_cli.demo`, the shipped demo.toml)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from elth_cli.cli.params import JsonOpt, QuietOpt
 from elth_cli.errors import UsageError
 from elth_cli.report import Log, print_json
 from elth_cli.runtime.launch import detect_launch
-from elth_cli.train.config import check_seed
 
 
 @command("demo")
@@ -26,8 +25,9 @@ def demo(
                     "target and level, about half as much work again.")] = False,
     jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Worker processes side by side, each with "
                     "cores/N threads (default: one per core, at most 8; 1: everything in this process).")] = None,
-    epochs: Annotated[int, typer.Option("--epochs", help="Epochs of every training (IMP rounds included); the "
-                      "digits recipe's 30 takes twice as long.")] = 15,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Epochs of every training (IMP rounds included; "
+                      "default 15, 8 with --quick); the digits recipe's 30 takes twice as long.",
+                      show_default=False)] = None,
     seeds: Annotated[int, typer.Option("--seeds", help="Run the whole comparison for N seeds (--seed, --seed + 1, "
                      "...; each in OUT_DIR/seed-S) and print mean +- standard deviation per row.")] = 1,
     vit: Annotated[bool, typer.Option("--vit/--no-vit", help="Also the vision transformer pair (vit-d4-w32 and "
@@ -40,25 +40,20 @@ def demo(
     """The E-LTH experiment in miniature on the embedded digits set: IMP on resnet20 and resnet32 (width 4), on
     MLP-2 and MLP-4 and on a 4- and an 8-block ViT, stretch and squeeze within each pair, random and magnitude
     baselines, the reinit control (the IMP mask with new weights), with --full early-bird IMP and RigL too,
-    and the comparison table with each ticket's FLOPs. IMP chains and trainings run side by side (--jobs).
+    and the comparison table with each ticket's FLOPs. It is the shipped experiment file demo.toml (elth run
+    --show demo) with these options applied; IMP chains and trainings run side by side (--jobs).
     """
     from elth_cli import demo as demo_mod
+    from elth_cli.experiment.results import print_results
 
     if detect_launch().distributed:  # every rank would write the same files at once
         raise UsageError("elth demo runs in one process; start it without torchrun or srun")
-    pair = {} if vit else {"vit": None}
-    config = demo_mod.DemoConfig(seed=seed, full=full, seeds=seeds, epochs=epochs, **pair)
-    if quick:
-        config = demo_mod.DemoConfig(rounds=4, levels=(3, 4), epochs=8, seed=seed, full=full, seeds=seeds, **pair)
-    check_seed(seed)
-    demo_mod.seeds_of(config)  # a bad --seeds is the first thing to report
+    options = demo_mod.DemoOptions(quick=quick, full=full, seeds=seeds, seed=seed, epochs=epochs, vit=vit)
+    exp = demo_mod.demo_experiment(options)  # a bad --seeds or --seed is the first thing to report
     with report_stop("demo"):
-        rows = demo_mod.run_demo(out_dir, config, Log(quiet), jobs)
+        res = demo_mod.run_demo(out_dir, options, Log(quiet), jobs)
     if json_out:
         print_json(json.loads((out_dir / "table.json").read_text()))
         return
-    if seeds > 1:
-        demo_mod.print_summary(demo_mod.summarize(rows))
-    else:
-        demo_mod.print_table(rows)
-    Log(quiet).info(f"tickets, table.txt and table.json in {out_dir}")
+    print_results(exp, res.rows)
+    Log(quiet).info(f"tickets, table.txt, table.json and figures in {out_dir}")

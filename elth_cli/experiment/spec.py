@@ -260,7 +260,7 @@ class _Reader:
     def _rows(self, table: str, choices: tuple[str, ...], key: str, networks: tuple[str, ...]) -> dict[str, Any]:
         t = self.table(table)
         self.keys(table, t, (key, "networks"))
-        kinds = self.get(table, t, key, _choices(choices), choices if t else ())
+        kinds = self.get(table, t, key, _choices(choices), choices if table in self.doc else ())
         where = self.get(table, t, "networks", lambda v: tuple(_member(networks)(x) for x in _str_list(v)), networks)
         if table == "baselines":
             return {"baselines": kinds, "baseline_networks": where}
