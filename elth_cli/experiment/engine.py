@@ -180,18 +180,22 @@ def run_job(opened: Opened, name: str) -> str:
 
 
 def job_states(opened: Opened) -> list[tuple[Node, str, str]]:
-    """Each job's state from its record (done, failed with its log, stopped, running, changed, not run)."""
-    out = []
+    """Each job's state from its record: done, failed (with its log), stopped, running, queued, changed, not
+    run, or blocked (a job it reads failed)."""
+    out: list[tuple[Node, str, str]] = []
+    seen: dict[str, str] = {}
     for p in plan(opened.out, opened.nodes):
         rec = read_record(opened.out, p.node) or {}
-        state = rec.get("state", "not run")
+        state, detail = rec.get("state", "not run"), p.why
+        broken = [a for a in p.node.after if seen.get(a) in (FAILED, "blocked")]
         if p.action in (CHANGED, FOLLOWS):
-            state, detail = "changed", p.why
+            state = "changed"
         elif state == FAILED:
             detail = f"{rec.get('error', '')} (log: {rec.get('log', '')})"
         elif state == DONE and p.action == REUSE:
             detail = str(rec.get("summary", ""))
-        else:
-            detail = p.why
+        elif broken:
+            state, detail = "blocked", f"needs {', '.join(broken)}, which failed"
+        seen[p.node.name] = state
         out.append((p.node, state, detail))
     return out
