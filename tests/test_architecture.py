@@ -18,18 +18,21 @@ MODEL_LAYER = ("elth_cli.archs", "elth_cli.ticket", "elth_cli.ticket_checks", "e
                "elth_cli.flops", "elth_cli.symmetry", "elth_cli.width")
 NOT_FOR_THE_MODEL_LAYER = ("elth_cli.train", "elth_cli.data", "elth_cli.runtime", "elth_cli.find", "elth_cli.demo",
                            "elth_cli.compare", "elth_cli.interpolation", "elth_cli.interop", "elth_cli.cli",
-                           "elth_cli.align")
+                           "elth_cli.align", "elth_cli.experiment")
 # The layers above the model layer, each of which may import only the ones below it.
 LAYERS_BELOW = {
-    "elth_cli.runtime": ("elth_cli.train", "elth_cli.find", "elth_cli.data", "elth_cli.cli", "elth_cli.demo"),
-    "elth_cli.data": ("elth_cli.train", "elth_cli.find", "elth_cli.cli", "elth_cli.demo"),
-    "elth_cli.train": ("elth_cli.find", "elth_cli.cli", "elth_cli.demo"),
-    "elth_cli.find": ("elth_cli.cli", "elth_cli.demo"),
+    "elth_cli.runtime": ("elth_cli.train", "elth_cli.find", "elth_cli.data", "elth_cli.cli", "elth_cli.demo",
+                         "elth_cli.experiment"),
+    "elth_cli.data": ("elth_cli.train", "elth_cli.find", "elth_cli.cli", "elth_cli.demo", "elth_cli.experiment"),
+    "elth_cli.train": ("elth_cli.find", "elth_cli.cli", "elth_cli.demo", "elth_cli.experiment"),
+    "elth_cli.find": ("elth_cli.cli", "elth_cli.demo", "elth_cli.experiment"),
+    # Experiments orchestrate finding and training; the command line sits on them.
+    "elth_cli.experiment": ("elth_cli.cli",),
 }
 # What `elth --help` imports must not import torch at module level (the lazy ones may).
 TORCH_FREE = ("elth_cli.cli", "elth_cli.cli.app", "elth_cli.cli.params", "elth_cli.cli.render", "elth_cli.cli.cmd_tickets", "elth_cli.cli.cmd_units",
               "elth_cli.cli.cmd_train", "elth_cli.cli.cmd_find", "elth_cli.cli.cmd_compare", "elth_cli.cli.cmd_interop",
-              "elth_cli.cli.cmd_demo", "elth_cli.find", "elth_cli.find.methods", "elth_cli.train.options", "elth_cli.train.config", "elth_cli.steps", "elth_cli.errors", "elth_cli.fileio",
+              "elth_cli.cli.cmd_demo", "elth_cli.cli.cmd_run", "elth_cli.find", "elth_cli.find.methods", "elth_cli.train.options", "elth_cli.train.config", "elth_cli.steps", "elth_cli.errors", "elth_cli.fileio",
               "elth_cli.report", "elth_cli.runtime.launch", "elth_cli.archs", "elth_cli.archs.base",
               "elth_cli.archs.cifar_resnet", "elth_cli.archs.imagenet_resnet", "elth_cli.archs.vgg",
               "elth_cli.archs.vgg_plan", "elth_cli.archs.vit", "elth_cli.archs.timm_family", "elth_cli.train",

@@ -12,7 +12,7 @@ from conftest import assert_clean_error, run_in_process
 from elth_cli.errors import UsageError
 from elth_cli.experiment import engine, tasks
 from elth_cli.experiment.graph import build_graph
-from elth_cli.experiment.records import read_record
+from elth_cli.experiment.jobstate import read_record
 from elth_cli.experiment.spec import dump_experiment, load_experiment, parse_experiment
 from elth_cli.report import Log
 

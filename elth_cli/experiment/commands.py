@@ -9,7 +9,7 @@ from typing import Any, Mapping
 
 from elth_cli.errors import UsageError
 from elth_cli.experiment import engine
-from elth_cli.experiment.spec import Experiment, SlurmOptions, find_file, load_experiment
+from elth_cli.experiment.spec import Experiment, find_file, load_experiment
 from elth_cli.report import Log
 
 EXECUTORS = ("local", "slurm")
@@ -62,7 +62,7 @@ def run(name: str | Experiment, out_dir: str | Path, log: Log | None = None, *, 
 
 
 def _print_plan(opened: engine.Opened, json_out: bool) -> Any:
-    from elth_cli.experiment.records import plan
+    from elth_cli.experiment.jobstate import plan
 
     planned = plan(opened.out, opened.nodes)
     if json_out:

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 from elth_cli.errors import ElthError, UsageError
 from elth_cli.experiment.graph import Node, build_graph
-from elth_cli.experiment.records import (CHANGED, DONE, FAILED, FOLLOWS, NEW, REUSE, RUNNING, STOPPED, Planned,
+from elth_cli.experiment.jobstate import (CHANGED, DONE, FAILED, FOLLOWS, NEW, REUSE, RUNNING, STOPPED, Planned,
                                          check_folder, clear_outputs, experiment_file, plan, read_record,
                                          write_log, write_record)
 from elth_cli.experiment.spec import Experiment, dump_experiment, load_experiment, parse_experiment

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from elth_cli.experiment.graph import IMP, Node, round_file
-from elth_cli.experiment.records import DONE, read_record
+from elth_cli.experiment.jobstate import DONE, read_record
 from elth_cli.experiment.spec import Experiment
 from elth_cli.fileio import write_bytes_atomic
 from elth_cli.report import fmt_flops, fmt_pct, make_table, stdout_console

@@ -27,7 +27,7 @@ from typing import Any, Sequence
 from elth_cli.errors import ElthError, UsageError
 from elth_cli.experiment import engine
 from elth_cli.experiment.graph import Node, slugify
-from elth_cli.experiment.records import DONE, FAILED, Planned, read_record, write_record
+from elth_cli.experiment.jobstate import DONE, FAILED, Planned, write_record
 from elth_cli.experiment.spec import SlurmOptions
 from elth_cli.fileio import WriterLock, write_bytes_atomic
 from elth_cli.report import Log

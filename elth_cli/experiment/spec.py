@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from elth_cli.errors import UsageError
+from elth_cli.experiment import values
 
 # The rows each kind of job adds to a target's level (the table's "ticket" column).
 BASELINE_KINDS = ("random", "random layer-wise", "magnitude", "reinit")
@@ -156,7 +157,7 @@ class _Reader:
                                  "there (docs/experiments.md)")
             return {}
         if not isinstance(value, dict):
-            raise UsageError(f"{self.where}: {name} must be a table ([{name}]), got {_kind(value)}")
+            raise UsageError(f"{self.where}: {name} must be a table ([{name}]), got {values.kind_of(value)}")
         return value
 
     def keys(self, table: str, values: Mapping[str, Any], known: tuple[str, ...]) -> None:
@@ -196,23 +197,24 @@ class _Reader:
         t = self.table("experiment", required=True)
         self.keys("experiment", t, ("name", "description", "dataset", "networks", "seeds", "device", "tensorboard"))
         g = lambda *a, **k: self.get("experiment", t, *a, **k)  # noqa: E731
-        networks = g("networks", _networks, what="the networks, e.g. networks = [\"resnet20\", \"resnet32\"]")
-        return {"name": g("name", _name, Path(self.where).stem), "description": g("description", _str, ""),
-                "dataset": g("dataset", _dataset, what="the data set, e.g. dataset = \"cifar10\""),
-                "networks": networks, "seeds": g("seeds", _seeds, (0,)), "device": g("device", _str, "auto"),
-                "tensorboard": g("tensorboard", _bool, False)}
+        networks = g("networks", values.networks, what="the networks, e.g. networks = [\"resnet20\", \"resnet32\"]")
+        return {"name": g("name", values.plain_name, Path(self.where).stem),
+                "description": g("description", values.text, ""),
+                "dataset": g("dataset", values.dataset, what="the data set, e.g. dataset = \"cifar10\""),
+                "networks": networks, "seeds": g("seeds", values.seeds, (0,)),
+                "device": g("device", values.text, "auto"), "tensorboard": g("tensorboard", values.flag, False)}
 
     def _imp(self) -> dict[str, Any]:
         t = self.table("imp", required=True)
         self.keys("imp", t, ("rounds", "levels", "rewind", "prune_rate", "early_bird"))
         g = lambda *a, **k: self.get("imp", t, *a, **k)  # noqa: E731
-        rounds = g("rounds", _positive_int, what="the IMP rounds, e.g. rounds = 13")
-        levels = g("levels", _int_list, (rounds,))
+        rounds = g("rounds", values.positive_int, what="the IMP rounds, e.g. rounds = 13")
+        levels = g("levels", values.whole_numbers, (rounds,))
         for level in levels:
             if not 1 <= level <= rounds:
                 raise self.fail("imp", "levels", f"level {level} is not a round of the chain; use rounds 1 to {rounds}")
-        return {"rounds": rounds, "levels": levels, "rewind": g("rewind", _steps, "0it"),
-                "prune_rate": g("prune_rate", _rate, 0.2), "early_bird": g("early_bird", _bool, False)}
+        return {"rounds": rounds, "levels": levels, "rewind": g("rewind", values.steps, "0it"),
+                "prune_rate": g("prune_rate", values.fraction, 0.2), "early_bird": g("early_bird", values.flag, False)}
 
     def _recipe(self) -> dict[str, Any]:
         from elth_cli.train.config import TrainConfig, check_given_options
@@ -236,19 +238,19 @@ class _Reader:
         if isinstance(items, dict):
             items = [items]
         if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
-            raise UsageError(f"{self.where}: transform must be tables ([[transform]]), got {_kind(items)}")
+            raise UsageError(f"{self.where}: transform must be tables ([[transform]]), got {values.kind_of(items)}")
         return tuple(self._transform(i, t, networks) for i, t in enumerate(items, 1))
 
     def _transform(self, index: int, t: dict[str, Any], networks: tuple[str, ...]) -> Transform:
         table = f"[[transform]] number {index}"
         self.keys(table, t, ("source", "target", "strategies"))
-        source = self.get(table, t, "source", _member(networks), what="the network whose IMP tickets move")
-        target = self.get(table, t, "target", _member(networks), what="the network they move to")
+        source = self.get(table, t, "source", values.member_of(networks), what="the network whose IMP tickets move")
+        target = self.get(table, t, "target", values.member_of(networks), what="the network they move to")
         if source == target:
             raise self.fail(table, "target", f"is the source {source}; a transform moves a ticket to another depth")
-        deeper = _depth(target) > _depth(source)
+        deeper = values.depth(target) > values.depth(source)
         default = ("append", "interpolate") if deeper else ("keep-first", "spaced")
-        strategies = self.get(table, t, "strategies", _strategies(deeper), default)
+        strategies = self.get(table, t, "strategies", values.strategies_for(deeper), default)
         try:
             from elth_cli import archs
 
@@ -260,8 +262,9 @@ class _Reader:
     def _rows(self, table: str, choices: tuple[str, ...], key: str, networks: tuple[str, ...]) -> dict[str, Any]:
         t = self.table(table)
         self.keys(table, t, (key, "networks"))
-        kinds = self.get(table, t, key, _choices(choices), choices if table in self.doc else ())
-        where = self.get(table, t, "networks", lambda v: tuple(_member(networks)(x) for x in _str_list(v)), networks)
+        kinds = self.get(table, t, key, values.choices_of(choices), choices if table in self.doc else ())
+        member = values.member_of(networks)
+        where = self.get(table, t, "networks", lambda v: tuple(member(x) for x in values.texts(v)), networks)
         if table == "baselines":
             return {"baselines": kinds, "baseline_networks": where}
         return {"dst": kinds, "dst_networks": where}
@@ -271,161 +274,11 @@ class _Reader:
         names = tuple(f.name for f in dataclasses.fields(SlurmOptions))
         self.keys("slurm", t, names)
         g = lambda *a, **k: self.get("slurm", t, *a, **k)  # noqa: E731
-        return SlurmOptions(partition=g("partition", _str, None), account=g("account", _str, None),
-                            time=g("time", _str, None), gpus=g("gpus", _count, None), cpus=g("cpus", _positive_int, None),
-                            signal_seconds=g("signal_seconds", _positive_int, 90), extra=g("extra", _str_list, ()))
-
-
-# ----- value checks (each raises ValueError with what it wants) ----------------------------------
-def _kind(value: Any) -> str:
-    return {str: "a string", int: "a number", float: "a number", bool: "true/false", list: "a list",
-            dict: "a table"}.get(type(value), type(value).__name__)
-
-
-def _str(v: Any) -> str:
-    if not isinstance(v, str) or not v.strip():
-        raise ValueError("must be a non-empty string")
-    return v
-
-
-def _name(v: Any) -> str:
-    s = _str(v)
-    if "/" in s or s.startswith("."):
-        raise ValueError("must be a plain name (no / and no leading dot)")
-    return s
-
-
-def _bool(v: Any) -> bool:
-    if not isinstance(v, bool):
-        raise ValueError("must be true or false")
-    return v
-
-
-def _positive_int(v: Any) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError("must be a whole number of at least 1")
-    return v
-
-
-def _count(v: Any) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-        raise ValueError("must be a whole number of at least 0")
-    return v
-
-
-def _rate(v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
-        raise ValueError("must be a fraction between 0 and 1, e.g. 0.2")
-    return float(v)
-
-
-def _str_list(v: Any) -> tuple[str, ...]:
-    if not isinstance(v, list) or not all(isinstance(x, str) and x.strip() for x in v):
-        raise ValueError("must be a list of strings, e.g. [\"a\", \"b\"]")
-    return tuple(v)
-
-
-def _int_list(v: Any) -> tuple[int, ...]:
-    if not isinstance(v, list) or not v or any(isinstance(x, bool) or not isinstance(x, int) for x in v):
-        raise ValueError("must be a non-empty list of whole numbers, e.g. [10, 13]")
-    if len(set(v)) != len(v):
-        raise ValueError("must not repeat a value")
-    return tuple(v)
-
-
-def _seeds(v: Any) -> tuple[int, ...]:
-    from elth_cli.train.config import check_seed
-
-    seeds = _int_list(v)
-    for s in seeds:
-        try:
-            check_seed(s)
-        except UsageError as e:
-            raise ValueError(str(e)) from None
-    return seeds
-
-
-def _networks(v: Any) -> tuple[str, ...]:
-    from elth_cli import archs
-
-    names = _str_list(v)
-    if not names:
-        raise ValueError("must name at least one network")
-    try:
-        resolved = tuple(archs.resolve_arch(n).name for n in names)
-    except UsageError as e:
-        raise ValueError(str(e)) from None
-    if len(set(resolved)) != len(resolved):
-        raise ValueError("names a network twice")
-    return resolved
-
-
-def _dataset(v: Any) -> str:
-    from elth_cli.data.datasets import get_dataset_info
-
-    name = _str(v)
-    try:
-        get_dataset_info(name)
-    except UsageError as e:
-        raise ValueError(str(e)) from None
-    return name
-
-
-def _steps(v: Any) -> str:
-    from elth_cli.steps import parse_steps
-
-    s = _str(v)
-    try:
-        parse_steps(s, 1)
-    except UsageError as e:
-        raise ValueError(str(e)) from None
-    return s
-
-
-def _member(networks: tuple[str, ...]) -> Callable[[Any], str]:
-    def check(v: Any) -> str:
-        from elth_cli import archs
-
-        try:
-            name = archs.resolve_arch(_str(v)).name
-        except UsageError as e:
-            raise ValueError(str(e)) from None
-        if name not in networks:
-            raise ValueError(f"is not one of [experiment] networks ({', '.join(networks)})")
-        return name
-    return check
-
-
-def _depth(name: str) -> int:
-    from elth_cli import archs
-
-    return sum(archs.resolve_arch(name).depths)
-
-
-def _choices(choices: tuple[str, ...]) -> Callable[[Any], tuple[str, ...]]:
-    def check(v: Any) -> tuple[str, ...]:
-        items = _str_list(v)
-        for item in items:
-            if item not in choices:
-                raise ValueError(f"{item!r} is not one of {', '.join(choices)}")
-        return items
-    return check
-
-
-def _strategies(deeper: bool) -> Callable[[Any], tuple[str, ...]]:
-    def check(v: Any) -> tuple[str, ...]:
-        from elth_cli.mappings import SQUEEZE_STRATEGIES, STRETCH_STRATEGIES
-
-        allowed = STRETCH_STRATEGIES if deeper else SQUEEZE_STRATEGIES
-        items = _str_list(v)
-        if not items:
-            raise ValueError("must name at least one strategy")
-        for item in items:
-            if item not in allowed:
-                op = "a stretch (the target is deeper)" if deeper else "a squeeze (the target is shallower)"
-                raise ValueError(f"{item!r} is not a strategy of {op}: {', '.join(allowed)}")
-        return items
-    return check
+        return SlurmOptions(partition=g("partition", values.text, None), account=g("account", values.text, None),
+                            time=g("time", values.text, None), gpus=g("gpus", values.count, None),
+                            cpus=g("cpus", values.positive_int, None),
+                            signal_seconds=g("signal_seconds", values.positive_int, 90),
+                            extra=g("extra", values.texts, ()))
 
 
 # ----- writing (the run folder's experiment.toml: the experiment as it ran) ----------------------
@@ -449,9 +302,9 @@ def dump_experiment(exp: Experiment) -> str:
     return "\n".join(p for p in parts if p)
 
 
-def _table(name: str, values: Mapping[str, Any]) -> str:
+def _table(name: str, fields: Mapping[str, Any]) -> str:
     lines = [f"[{name}]"]
-    lines += [f"{k} = {_value(v)}" for k, v in values.items() if v is not None and v != ()]
+    lines += [f"{k} = {_value(v)}" for k, v in fields.items() if v is not None and v != ()]
     return "\n".join(lines) + "\n"
 
 
