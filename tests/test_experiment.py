@@ -187,3 +187,64 @@ def test_a_folder_of_other_files_is_refused(tmp_path, capsys):
 def test_show_prints_a_shipped_file(capsys):
     r = run_in_process(capsys, "run", "--show", "demo")
     assert r.code == 0 and parse_experiment(r.stdout).name == "demo"
+
+
+# ----- on a real SLURM cluster (tests/slurm/cluster.sh; .ci/run starts it) ------------------------
+def _cluster_answers() -> bool:
+    import shutil
+    import subprocess
+
+    if shutil.which("sbatch") is None or shutil.which("squeue") is None:
+        return False
+    return subprocess.run(["squeue", "-h"], capture_output=True, timeout=20).returncode == 0
+
+
+@pytest.mark.slurm
+def test_the_slurm_executor_ends_with_the_table_of_a_local_run(tmp_path, capsys, monkeypatch):
+    """Every job a SLURM job, each after the jobs it reads (afterok), the results written by a last job: the
+    table equals the local pool's, row for row (same seeds, one thread per job)."""
+    import os
+
+    from conftest import ROOT
+
+    if not _cluster_answers():
+        pytest.skip("no SLURM cluster answers here (start one with: bash tests/slurm/cluster.sh start, as root)")
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    path = write(tmp_path, SMALL)
+    local = run_in_process(capsys, "run", path, "--out-dir", tmp_path / "local", "--jobs", "2", "--json")
+    assert local.code == 0, local.stderr
+    r = run_in_process(capsys, "run", path, "--out-dir", tmp_path / "slurm", "--executor", "slurm", "--wait",
+                       "--partition", "debug")
+    assert r.code == 0, r.stderr
+    ids = json.loads((tmp_path / "slurm" / "slurm" / "jobs.json").read_text())
+    assert len(ids) == 5 and "results" in ids  # four jobs and the one that writes the results
+    script = (tmp_path / "slurm" / "slurm" / "s0-mlp-300x3-l1-random.sbatch").read_text()
+    assert "#SBATCH --partition=debug" in script and "--signal=B:USR1@90" in script and "--requeue" in script
+
+    def rows(folder: str) -> list:
+        doc = json.loads((tmp_path / folder / "table.json").read_text())
+        return [{k: v for k, v in row.items() if k not in ("path", "cost_seconds")} for row in doc["rows"]]
+
+    assert rows("slurm") == rows("local") and len(rows("local")) == 4
+    status = run_in_process(capsys, "run", "--status", tmp_path / "slurm", "--json")
+    assert {j["state"] for j in json.loads(status.stdout)["jobs"]} == {"done"}
+    assert os.path.exists(tmp_path / "slurm" / "logs" / "s0-imp-mlp-300x2.log")
+
+
+def test_the_file_and_the_errors_of_docs_experiments_are_what_elth_reads_and_says(tmp_path):
+    """docs/experiments.md: its schema example reads and makes its jobs; its two error lines are elth's."""
+    from conftest import ROOT
+
+    doc = (ROOT / "docs" / "experiments.md").read_text()
+    exp = parse_experiment(doc.split("```toml")[1].split("```")[0], "exp.toml")
+    nodes = build_graph(exp)
+    # 3 seeds x (2 chains + 2 levels x (2 transforms + 4 baselines + 1 rigl)).
+    assert len(nodes) == 3 * (2 + 2 * 7) and exp.slurm.extra == ("--qos=normal",)
+    errors = [line for line in doc.splitlines() if line.startswith("error: exp.toml")]
+    text = dump_experiment(exp).replace('[slurm]', '[slurm]\n', 1)
+    for error, bad in zip(errors, (text.replace("rounds = 13", "round = 13"),
+                                   text.replace('strategies = ["append", "interpolate"]', 'strategies = ["spaced"]'))):
+        with pytest.raises(UsageError) as e:
+            parse_experiment(bad, "exp.toml")
+        assert f"error: {e.value}" == error
