@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# timm: the optional extra, installed so that its tests run (tests/test_timm.py skips without it).
-	$(BIN)/python -m pip install --quiet -e '.[test,timm]'
+	$(BIN)/python -m pip install --quiet -e '.[test,timm,tensorboard]'
 	touch $(STAMP)
 
 test: $(STAMP)
