@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -183,3 +184,19 @@ def test_train_out_dir_writes_one_folder_per_ticket(capsys, tmp_path) -> None:
     for path in sources:
         scalars, _ = read_events(tmp_path / "tb" / path.name)
         assert [step for step, _ in scalars["train/loss"]] == [23]
+
+
+def test_the_tracking_commands_of_docs_training_run_as_written(capsys, tmp_path, monkeypatch) -> None:
+    """docs/training.md, "Tracking": its commands, in order, in one folder (trainings shortened to 2 epochs)."""
+    monkeypatch.chdir(tmp_path)
+    section = (ROOT / "docs" / "training.md").read_text().split("### Tracking")[1].split("\n### ")[0]
+    commands = [line.strip() for line in section.split("```")[1].splitlines() if line.strip().startswith("elth ")]
+    assert len(commands) == 3
+    for command in commands:
+        args = shlex.split(command)[1:]
+        if args[0] == "train" or "imp" in args:
+            args += ["--epochs", "2"]
+        r = run_in_process(capsys, *args)
+        assert r.code == 0, (command, r.stderr)
+    assert [step for step, _ in read_events(tmp_path / "tb" / "r20")[0]["test/acc"]] == [23, 46]
+    assert sorted(p.name for p in (tmp_path / "tb" / "imp").iterdir()) == ["round-00", "round-01"]

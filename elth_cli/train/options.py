@@ -62,7 +62,8 @@ class RunOptions:
     jsonl_path: Optional[Path] = None
     log_dir: Optional[Path] = _flag(
         "--log-dir", "The folder for TensorBoard event files: each epoch's numbers as scalars (train/loss, "
-        "test/acc, lr, ...), which TensorBoard, W&B and MLflow import; needs pip install 'elth[tensorboard]'.",
+        "test/acc, lr, ...) at its step, for TensorBoard, W&B or MLflow (docs/training.md, Tracking); needs "
+        "pip install 'elth[tensorboard]'.",
         Optional[Path], "Output", None)
     log: Optional[Reporter] = None
     stop: Optional[StopFlag] = None
