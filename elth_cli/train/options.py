@@ -47,8 +47,9 @@ class RunOptions:
     processes: every epoch) and on a stop. ``resume``: ``auto`` continues from an existing
     checkpoint, ``require`` insists on one, ``never`` starts over. ``jsonl_path``: one JSON line per
     epoch. ``log_dir``: TensorBoard event files of the epochs (:class:`~elth_cli.train.hooks.TensorBoard`;
-    needs the ``tensorboard`` extra, checked here). ``log``: the progress reporter. ``stop``: a flag someone else's signal handlers set (a
-    pool worker's: then ``handle_signals=False``); ``stop_at_step`` stops as a signal would (tests).
+    needs the ``tensorboard`` extra, checked here). ``log``: the progress reporter. ``stop``: a flag
+    someone else's signal handlers set (a pool worker's: then ``handle_signals=False``);
+    ``stop_at_step`` stops as a signal would (tests).
     ``hooks`` join the standard ones (:mod:`elth_cli.train.hooks`). ``allow_empty_layers``: train a
     mask that leaves a layer without any weight. ``setup``: the device choices, if not the data's.
     """
@@ -63,8 +64,7 @@ class RunOptions:
     log_dir: Optional[Path] = _flag(
         "--log-dir", "The folder for TensorBoard event files: each epoch's numbers as scalars (train/loss, "
         "test/acc, lr, ...) at its step, for TensorBoard, W&B or MLflow (docs/training.md, Tracking); needs "
-        "pip install 'elth[tensorboard]'.",
-        Optional[Path], "Output", None)
+        "pip install 'elth[tensorboard]'.", Optional[Path], "Output", None)
     log: Optional[Reporter] = None
     stop: Optional[StopFlag] = None
     handle_signals: bool = True

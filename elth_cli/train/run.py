@@ -194,10 +194,9 @@ def train_state(
 
     Inside a process group (:mod:`elth_cli.runtime.distributed`) every rank calls this with the same
     arguments: the model trains under DistributedDataParallel on the rank's shard of each global
-    batch, rank 0 alone reads and writes the checkpoint, the JSON lines and the TensorBoard event files and reports
-    progress, a
-    stop requested on any rank stops every rank at the same step, and every rank returns the same
-    state and metrics (timings aside).
+    batch, rank 0 alone reads and writes the checkpoint, the JSON lines and the TensorBoard event
+    files and reports progress, a stop requested on any rank stops every rank at the same step, and
+    every rank returns the same state and metrics (timings aside).
     """
     run = run or RunOptions()
     rank, world_size = distributed.ranks()
