@@ -13,8 +13,9 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	# timm: the optional extra, installed so that its tests run (tests/test_timm.py skips without it).
-	$(BIN)/python -m pip install --quiet -e '.[test,timm]'
+	# timm, tensorboard: the optional extras, installed so that their tests run (tests/test_timm.py and
+	# tests/test_tensorboard.py skip without them).
+	$(BIN)/python -m pip install --quiet -e '.[test,timm,tensorboard]'
 	touch $(STAMP)
 
 test: $(STAMP)

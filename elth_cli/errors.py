@@ -28,3 +28,8 @@ class TicketError(ElthError):
     """A ticket file that cannot be read or does not validate."""
 
     exit_code = 1
+
+
+# An optional extra (pyproject.toml) that an option needs: said in one place, by the option's check
+# (train/options.py, before any work) and by the hook that imports it (train/hooks.py).
+TENSORBOARD_MISSING = "--log-dir needs tensorboard: pip install 'elth[tensorboard]'"

@@ -93,7 +93,7 @@ def test_nothing_in_the_core_imports_the_cli() -> None:
 
 @pytest.mark.parametrize("module", TORCH_FREE)
 def test_help_path_modules_do_not_import_torch_at_module_level(module: str) -> None:
-    heavy = {"torch", "torchvision", "numpy", "safetensors", "timm"} & _imports(module, top_level_only=True)
+    heavy = {"torch", "torchvision", "numpy", "safetensors", "timm", "tensorboard"} & _imports(module, top_level_only=True)
     assert not heavy, f"{module} imports {sorted(heavy)} when it is imported"
 
 

@@ -27,7 +27,7 @@ def test_help_version_and_archs_do_not_import_torch() -> None:
     script = textwrap.dedent(f"""
         import contextlib, io, json, sys
         from elth_cli import cli
-        heavy = ("torch", "torchvision", "numpy", "safetensors")
+        heavy = ("torch", "torchvision", "numpy", "safetensors", "tensorboard")
         seen = {{}}
         for args in ([["--version"], ["--help"], ["archs", "--json"]]
                      + [[c, "--help"] for c in {COMMANDS!r}] + [[c, "-h"] for c in {COMMANDS!r}]):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from elth_cli.fileio import check_input_path, check_output_path
+from elth_cli.train.options import check_log_dir
 
 # Commands that answer without torch (and every --help): they read, check, transform and write tickets with
 # numpy (compare imports torch only for --interpolate).
@@ -24,7 +25,7 @@ TICKET_PARAMS = {"source": False, "ticket": False, "ticket_path": False, "ticket
 
 def check_files(params: dict[str, Any]) -> None:
     """A command's input tickets exist, and its output (``-o``) can be written: not a folder, in a folder that
-    exists and is writable, or stdout that is not a terminal."""
+    exists and is writable, or stdout that is not a terminal; ``--log-dir`` has tensorboard and a folder."""
     for name, folder_ok in TICKET_PARAMS.items():
         given = params.get(name)
         for path in given if isinstance(given, (list, tuple)) else [given]:
@@ -32,3 +33,5 @@ def check_files(params: dict[str, Any]) -> None:
                 check_input_path(path, folder_ok)
     if isinstance(params.get("output"), str):
         check_output_path(params["output"], force=True)  # whether it may be replaced: the command's to say
+    if params.get("log_dir") is not None:
+        check_log_dir(params["log_dir"])

@@ -313,8 +313,11 @@ def _train_round(run: _ImpRun, r: int, masks: dict[str, Tensor] | None, prev: Ti
         masks = dense.masks
     assert masks is not None
     detector = _round_detector(run, r, masks)
+    # Each round is a run of its own (steps from the rewind step again): its own TensorBoard folder, round-NN.
+    log_dir = run.run.log_dir / f"round-{r:02d}" if run.run.log_dir is not None else None
     round_run = run.run.replace(checkpoint_path=run.folder.round_checkpoint(r), jsonl_path=run.folder.round_log(r),
-                                stop_at_step=stop_step, title=f"IMP round {r}/{plan.last} {plan.spec.name}",
+                                log_dir=log_dir, stop_at_step=stop_step,
+                                title=f"IMP round {r}/{plan.last} {plan.spec.name}",
                                 hooks=(*run.run.hooks, *([detector] if detector else [])))
     if r == 0:
         result = train_state(dense.build_model("init"), masks, bundle, cfg, 0, run=round_run,

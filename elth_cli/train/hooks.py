@@ -1,5 +1,5 @@
 """The standard hooks of a training run: divergence check, evaluation, snapshots, checkpoints, JSON lines,
-progress. :func:`standard_hooks` puts them in the order the loop needs (see :mod:`.loop`)."""
+TensorBoard event files, progress. :func:`standard_hooks` puts them in the order the loop needs (see :mod:`.loop`)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from typing import Any, Callable, Iterable, Protocol
 import torch
 
 from elth_cli.runtime import distributed
-from elth_cli.errors import ElthError
+from elth_cli.errors import TENSORBOARD_MISSING, ElthError, UsageError
 from elth_cli.flops import FLOPS_PER_MAC, forward_macs
+from elth_cli.masks import kept_and_total
 from elth_cli.train.checkpoint import cpu_state, save_checkpoint
 from elth_cli.train.config import CHECKPOINT_EVERY_S
 from elth_cli.train.loop import Hook, TrainLoop
@@ -160,6 +161,80 @@ class JsonLines(Hook):
             f.write(json.dumps(record, sort_keys=True) + "\n")
 
 
+class TensorBoard(Hook):
+    """TensorBoard event files in ``log_dir``: each epoch record's numbers as scalars at ``global_step`` = the
+    record's step (the optimizer steps of the whole run, so a ticket rewound to step r starts at r), tagged
+    ``train/loss``, ``test/acc`` (a ``train_``/``test_`` prefix becomes a ``/`` group), ``lr``, ``epoch``,
+    ``seconds``, ...; besides them ``sparsity`` (of the masks in force: DPF's moves) and ``train/flops`` (the run's
+    training FLOPs so far). The run's resolved hyperparameters go once, as a text table (tag ``hparams``), at
+    its start step.
+
+    A resumed run opens its writer with ``purge_step`` = the checkpoint's step + 1: TensorBoard then hides what
+    the stopped run wrote after its checkpoint (epochs a SIGKILL lost), so a stopped and resumed run reads the
+    same scalars at the same steps as an uninterrupted one. A new run purges from its start step: an earlier
+    try of it in the folder is hidden. Pass it on the process that writes (rank 0) only.
+    """
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = Path(log_dir)
+        self.writer: Any = None
+        self._version: int | None = None
+        self._sparsity = 0.0
+
+    def on_run_start(self, loop: TrainLoop) -> None:
+        try:  # imported here: the extra is optional, and a command's start-up must not pay for it
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e:  # RunOptions checked it is there; a broken installation still ends in one line
+            raise UsageError(f"{TENSORBOARD_MISSING} ({e})") from None
+        resumed = loop.resumed_from is not None
+        # The checkpoint's own step is in the history (a stop at an epoch's end): keep it, purge what follows.
+        purge = loop.step + 1 if resumed else loop.step
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.writer = SummaryWriter(str(self.log_dir), purge_step=purge)
+        if not resumed:  # the first segment wrote them, at a step no purge reaches
+            self.writer.add_text("hparams", _hparams_table(loop), global_step=loop.step)
+        self.writer.flush()
+
+    def _scalars(self, loop: TrainLoop, record: dict[str, Any]) -> dict[str, float]:
+        if loop.parts.masks.version != self._version:  # counted once per mask change, not every epoch
+            kept, total = kept_and_total(loop.masks())
+            self._sparsity, self._version = (total - kept) / total if total else 0.0, loop.parts.masks.version
+        values = {**record, "sparsity": self._sparsity, "train_flops": loop.state.flops}
+        return {_tag(k): float(v) for k, v in values.items()
+                if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+    def on_epoch_recorded(self, loop: TrainLoop, record: dict[str, Any]) -> None:
+        for tag, value in self._scalars(loop, record).items():
+            self.writer.add_scalar(tag, value, global_step=record["step"])
+        self.writer.flush()  # once an epoch: a live TensorBoard sees it, and a kill loses nothing recorded
+
+    def _close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()  # flushes
+            self.writer = None
+
+    def on_stop(self, loop: TrainLoop) -> None:
+        self._close()
+
+    def on_run_end(self, loop: TrainLoop) -> None:
+        self._close()
+
+
+def _tag(key: str) -> str:
+    """``train_loss`` -> ``train/loss`` (TensorBoard groups a tag's charts by what comes before its ``/``)."""
+    for group in ("train", "test"):
+        if key.startswith(group + "_"):
+            return f"{group}/{key[len(group) + 1:]}"
+    return key
+
+
+def _hparams_table(loop: TrainLoop) -> str:
+    """The run's resolved hyperparameters (what a trained ticket records) as a markdown table."""
+    hparams = loop.cfg.resolved(loop.steps_per_epoch, loop.step, loop.world_size)
+    rows = [f"| {k} | {json.dumps(v)} |" for k, v in sorted(hparams.items())]
+    return "\n".join([f"**{loop.title}**", "", "| hyperparameter | value |", "|---|---|", *rows])
+
+
 class Progress(Hook):
     """Hands the loop's progress to a :class:`Reporter` (a bar on a terminal, plain lines elsewhere)."""
 
@@ -182,12 +257,13 @@ class Progress(Hook):
 
 def standard_hooks(*, snapshot_steps: Iterable[int] = (), checkpoint: tuple[Path, dict[str, Any]] | None = None,
                    jsonl: Path | None = None, reporter: Reporter | None = None, extra: Iterable[Hook] = (),
-                   macs: dict[str, int] | None = None, checkpoint_every_s: float = CHECKPOINT_EVERY_S) -> list[Hook]:
+                   macs: dict[str, int] | None = None, checkpoint_every_s: float = CHECKPOINT_EVERY_S,
+                   log_dir: Path | None = None) -> list[Hook]:
     """The hooks of a run, in the order their events need: count FLOPs (with ``macs``, the layers'
     forward MACs), measure (divergence, evaluation, then the caller's ``extra`` hooks), then keep
-    and report (snapshots, checkpoint, JSON lines, progress).
+    and report (snapshots, checkpoint, JSON lines, TensorBoard event files in ``log_dir``, progress).
 
-    Pass ``jsonl`` and ``reporter`` on the process that writes (rank 0) only.
+    Pass ``jsonl``, ``log_dir`` and ``reporter`` on the process that writes (rank 0) only.
     """
     hooks: list[Hook] = [FlopCount(macs)] if macs is not None else []
     hooks += [DivergenceCheck(), Evaluation(), *extra]
@@ -197,6 +273,8 @@ def standard_hooks(*, snapshot_steps: Iterable[int] = (), checkpoint: tuple[Path
         hooks.append(Checkpointing(*checkpoint, every_s=checkpoint_every_s))
     if jsonl is not None:
         hooks.append(JsonLines(jsonl))
+    if log_dir is not None:
+        hooks.append(TensorBoard(log_dir))
     if reporter is not None:
         hooks.append(Progress(reporter))
     return hooks

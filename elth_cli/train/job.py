@@ -21,7 +21,7 @@ from elth_cli.errors import ElthError, UsageError
 from elth_cli.fileio import STDIO, check_distinct, check_output_path, check_side_file, is_epoch_log
 from elth_cli.ticket import Ticket
 from elth_cli.train.config import TrainConfig
-from elth_cli.train.options import RunOptions
+from elth_cli.train.options import RunOptions, check_log_dir
 
 DEFAULT_DIST_TIMEOUT_S = 300.0  # several processes: seconds a rank waits for the others
 
@@ -110,6 +110,8 @@ def check_job_paths(job: TrainJob) -> None:
     for role, path in (("checkpoint", job.checkpoint), ("--log-jsonl", job.jsonl)):
         if path is not None:
             check_side_file(path, role)
+    if job.run.log_dir is not None:
+        check_log_dir(job.run.log_dir)
 
 
 def dataset_for(ticket: Ticket, dataset: str | None, where: str = "the ticket") -> str:

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from elth_cli.errors import UsageError
+from elth_cli.errors import TENSORBOARD_MISSING, UsageError
+from elth_cli.fileio import check_writable_folder
 from elth_cli.train.config import CHECKPOINT_EVERY_S, Flag
 
 if TYPE_CHECKING:
@@ -44,8 +46,10 @@ class RunOptions:
     written at an epoch's end every ``checkpoint_every_s`` seconds (0: every epoch; several
     processes: every epoch) and on a stop. ``resume``: ``auto`` continues from an existing
     checkpoint, ``require`` insists on one, ``never`` starts over. ``jsonl_path``: one JSON line per
-    epoch. ``log``: the progress reporter. ``stop``: a flag someone else's signal handlers set (a
-    pool worker's: then ``handle_signals=False``); ``stop_at_step`` stops as a signal would (tests).
+    epoch. ``log_dir``: TensorBoard event files of the epochs (:class:`~elth_cli.train.hooks.TensorBoard`;
+    needs the ``tensorboard`` extra, checked here). ``log``: the progress reporter. ``stop``: a flag
+    someone else's signal handlers set (a pool worker's: then ``handle_signals=False``);
+    ``stop_at_step`` stops as a signal would (tests).
     ``hooks`` join the standard ones (:mod:`elth_cli.train.hooks`). ``allow_empty_layers``: train a
     mask that leaves a layer without any weight. ``setup``: the device choices, if not the data's.
     """
@@ -57,6 +61,10 @@ class RunOptions:
         "one. Several processes write one every epoch.", Optional[float], "Output", CHECKPOINT_EVERY_S)
     resume: str = "auto"
     jsonl_path: Optional[Path] = None
+    log_dir: Optional[Path] = _flag(
+        "--log-dir", "The folder for TensorBoard event files: each epoch's numbers as scalars (train/loss, "
+        "test/acc, lr, ...) at its step, for TensorBoard, W&B or MLflow (docs/training.md, Tracking); needs "
+        "pip install 'elth[tensorboard]'.", Optional[Path], "Output", None)
     log: Optional[Reporter] = None
     stop: Optional[StopFlag] = None
     handle_signals: bool = True
@@ -77,6 +85,10 @@ class RunOptions:
             object.__setattr__(self, "checkpoint_path", Path(self.checkpoint_path))
         if self.jsonl_path is not None and not isinstance(self.jsonl_path, Path):
             object.__setattr__(self, "jsonl_path", Path(self.jsonl_path))
+        if self.log_dir is not None:
+            require_tensorboard()  # here, before any work: the hook that writes starts with the training
+            if not isinstance(self.log_dir, Path):
+                object.__setattr__(self, "log_dir", Path(self.log_dir))
         object.__setattr__(self, "hooks", tuple(self.hooks))
 
     @classmethod
@@ -87,6 +99,26 @@ class RunOptions:
     def replace(self, **changes: Any) -> "RunOptions":
         """A copy with ``changes`` (checked)."""
         return dataclasses.replace(self, **changes)
+
+
+def require_tensorboard() -> None:
+    """Refuse ``--log-dir`` when tensorboard is not installed: an optional extra (pyproject.toml), found here
+    without importing it (the CLI's start-up must not pay for it; the hook imports it when the run starts)."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec("tensorboard") is not None
+    except (ImportError, ValueError):  # a broken installation, or a module set to None to hide it
+        found = False
+    if not found:
+        raise UsageError(TENSORBOARD_MISSING)
+
+
+def check_log_dir(path: str | os.PathLike[str]) -> None:
+    """Before any work: ``--log-dir`` can be had (tensorboard installed) and written (a folder, or one that
+    can be made)."""
+    require_tensorboard()
+    check_writable_folder(path, f"--log-dir {path}", create=True)
 
 
 def run_options(run: RunOptions | None = None, **options: Any) -> RunOptions:

@@ -194,9 +194,9 @@ def train_state(
 
     Inside a process group (:mod:`elth_cli.runtime.distributed`) every rank calls this with the same
     arguments: the model trains under DistributedDataParallel on the rank's shard of each global
-    batch, rank 0 alone reads and writes the checkpoint and the JSON lines and reports progress, a
-    stop requested on any rank stops every rank at the same step, and every rank returns the same
-    state and metrics (timings aside).
+    batch, rank 0 alone reads and writes the checkpoint, the JSON lines and the TensorBoard event
+    files and reports progress, a stop requested on any rank stops every rank at the same step, and
+    every rank returns the same state and metrics (timings aside).
     """
     run = run or RunOptions()
     rank, world_size = distributed.ranks()
@@ -235,7 +235,7 @@ def _loop(parts: TrainParts, bundle: DataBundle, cfg: TrainConfig, state: RunSta
     hooks = standard_hooks(
         snapshot_steps=snapshot_steps, checkpoint=(ckpt, identity) if ckpt is not None else None,
         jsonl=run.jsonl_path if main else None, reporter=run.log if main else None,
-        extra=run.hooks, macs=macs, checkpoint_every_s=run.checkpoint_every_s)
+        extra=run.hooks, macs=macs, checkpoint_every_s=run.checkpoint_every_s, log_dir=run.log_dir if main else None)
     return TrainLoop(parts, bundle, cfg, state, hooks, run.stop or StopFlag(), stop_at_step=run.stop_at_step,
                      rank=rank, world_size=world_size, title=run.title, resumed_from=resumed_from)
 

@@ -2,7 +2,8 @@
 
 Each ticket is one job on the worker pool (:mod:`elth_cli.runtime.pool`). It trains into
 ``DIR/<its file name>`` with its own checkpoint (``.ckpt``), progress log (``.log``) and epoch
-records (``.jsonl``) beside the output, so outputs, logs and failures stay per ticket. Running the
+records (``.jsonl``) beside the output, and its TensorBoard event files in ``--log-dir``'s sub-folder of
+its file name, so outputs, logs and failures stay per ticket. Running the
 same command again reuses every output that already is its ticket's finished training with these
 options, resumes the checkpointed trainings and starts the rest.
 
@@ -50,6 +51,11 @@ class TrainItem:
     @property
     def jsonl(self) -> Path:
         return Path(self.output).with_name(self.name + ".jsonl")
+
+    def log_dir(self, root: Path | None) -> Path | None:
+        """Its TensorBoard event files: ``--log-dir``'s sub-folder of its name (one run per folder, as
+        TensorBoard lists runs), or none."""
+        return None if root is None else Path(root) / self.name
 
 
 def plan_items(sources: Sequence[str], out_dir: str | os.PathLike[str]) -> list[TrainItem]:
@@ -123,7 +129,8 @@ def train_item(worker: Worker, item: TrainItem, job: TrainJob) -> dict[str, Any]
                   f"{_dt.datetime.now().isoformat(timespec='seconds')}\n")
         log.flush()
         # The worker's own signal handlers set its stop flag: the training must not install others.
-        run = job.run.replace(log=TrainProgress(stream=log), stop=worker.stop, handle_signals=False)
+        run = job.run.replace(log=TrainProgress(stream=log), stop=worker.stop, handle_signals=False,
+                              log_dir=item.log_dir(job.run.log_dir))
         mine = job.replace(source=item.source, output=item.output, checkpoint=item.checkpoint, jsonl=item.jsonl,
                            setup=job.setup.replace(device=worker.device), run=run)
         try:
