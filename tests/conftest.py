@@ -36,6 +36,17 @@ def make_ticket(arch: str = "resnet20-w4", sparsity: float = 0.5, seed: int = 0,
     return random_ticket(arch, input_shape, num_classes, sparsity, seed=seed, dataset="digits")
 
 
+@pytest.fixture(scope="session")
+def slurm_cluster() -> None:
+    """The one-node SLURM cluster of tests/slurm/cluster.sh (started here once per session if it
+    is down and this is root); the tests that use it skip, with the reason, when there is none."""
+    from slurm.jobs import cluster_problem
+
+    problem = cluster_problem()
+    if problem:
+        pytest.skip(f"no SLURM cluster: {problem}")
+
+
 @pytest.fixture
 def ticket() -> Ticket:
     return make_ticket()
