@@ -37,14 +37,19 @@ def make_ticket(arch: str = "resnet20-w4", sparsity: float = 0.5, seed: int = 0,
 
 
 @pytest.fixture(scope="session")
-def slurm_cluster() -> None:
-    """The one-node SLURM cluster of tests/slurm/cluster.sh (started here once per session if it
-    is down and this is root); the tests that use it skip, with the reason, when there is none."""
-    from slurm.jobs import cluster_problem
+def slurm_cluster():
+    """The one-node SLURM cluster of tests/slurm/cluster.sh, started here once per session if it is
+    down and this is root (and then stopped at the end); the tests that use it skip, with the
+    reason, when there is none."""
+    from slurm import jobs
 
-    problem = cluster_problem()
+    was_up = jobs.cluster_up()
+    problem = None if was_up else jobs.start_cluster()
     if problem:
         pytest.skip(f"no SLURM cluster: {problem}")
+    yield
+    if not was_up:
+        jobs.stop_cluster()
 
 
 @pytest.fixture

@@ -84,7 +84,8 @@ start_munge() {
 }
 
 start() {
-    local t0=$SECONDS
+    local t0
+    t0=$(date +%s%N)
     if status > /dev/null 2>&1; then echo "cluster already up"; return; fi
     [ "$(id -u)" -eq 0 ] || fail "starting the cluster needs root"
     install
@@ -94,7 +95,7 @@ start() {
     running "$RUN/slurmctld.pid" || /usr/sbin/slurmctld -c || fail "slurmctld did not start: see $STATE/log"
     running "$RUN/slurmd.pid" || /usr/sbin/slurmd || fail "slurmd did not start: see $STATE/log"
     for _ in $(seq 300); do
-        [ "$(node_state)" = idle ] && { echo "cluster up in $((SECONDS - t0)) s"; sinfo; return; }
+        [ "$(node_state)" = idle ] && { echo "cluster up in $(( ($(date +%s%N) - t0) / 1000000 )) ms"; sinfo; return; }
         sleep 0.1
     done
     fail "the node is not idle after 30 s (state: $(node_state)); see $STATE/log"

@@ -24,20 +24,31 @@ def _run(*cmd: str, timeout: float = 30) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
-def cluster_problem() -> str | None:
-    """None when the cluster answers; otherwise starts it (root only) and says why it could not."""
+def cluster_up() -> bool:
+    """Whether the cluster answers and its node is up."""
     try:
-        if _run(str(CLUSTER_SH), "status").returncode == 0:
-            return None
-        if os.geteuid() != 0:
-            return "no SLURM cluster answers, and tests/slurm/cluster.sh start needs root"
+        return _run(str(CLUSTER_SH), "status").returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def start_cluster() -> str | None:
+    """Start the cluster (root only); None once it is up, or why it could not start."""
+    if os.geteuid() != 0:
+        return "no SLURM cluster answers, and tests/slurm/cluster.sh start needs root"
+    try:
         started = _run(str(CLUSTER_SH), "start", timeout=600)  # may apt-get install first
     except (OSError, subprocess.TimeoutExpired) as e:
-        return f"tests/slurm/cluster.sh failed: {e}"
+        return f"tests/slurm/cluster.sh start failed: {e}"
     if started.returncode != 0:
+        stop_cluster()  # whatever part of it did start
         lines = (started.stderr or started.stdout).strip().splitlines()
         return lines[-1] if lines else f"tests/slurm/cluster.sh start exited {started.returncode}"
     return None
+
+
+def stop_cluster() -> None:
+    _run(str(CLUSTER_SH), "stop", timeout=60)
 
 
 def job_env(**extra: str) -> dict[str, str]:
