@@ -36,6 +36,22 @@ def make_ticket(arch: str = "resnet20-w4", sparsity: float = 0.5, seed: int = 0,
     return random_ticket(arch, input_shape, num_classes, sparsity, seed=seed, dataset="digits")
 
 
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """The one-node SLURM cluster of tests/slurm/cluster.sh, started here once per session if it is
+    down and this is root (and then stopped at the end); the tests that use it skip, with the
+    reason, when there is none."""
+    from slurm import jobs
+
+    was_up = jobs.cluster_up()
+    problem = None if was_up else jobs.start_cluster()
+    if problem:
+        pytest.skip(f"no SLURM cluster: {problem}")
+    yield
+    if not was_up:
+        jobs.stop_cluster()
+
+
 @pytest.fixture
 def ticket() -> Ticket:
     return make_ticket()
