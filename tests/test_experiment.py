@@ -190,25 +190,14 @@ def test_show_prints_a_shipped_file(capsys):
 
 
 # ----- on a real SLURM cluster (tests/slurm/cluster.sh; .ci/run starts it) ------------------------
-def _cluster_answers() -> bool:
-    import shutil
-    import subprocess
-
-    if shutil.which("sbatch") is None or shutil.which("squeue") is None:
-        return False
-    return subprocess.run(["squeue", "-h"], capture_output=True, timeout=20).returncode == 0
-
-
 @pytest.mark.slurm
-def test_the_slurm_executor_ends_with_the_table_of_a_local_run(tmp_path, capsys, monkeypatch):
+def test_the_slurm_executor_ends_with_the_table_of_a_local_run(slurm_cluster, tmp_path, capsys, monkeypatch):
     """Every job a SLURM job, each after the jobs it reads (afterok), the results written by a last job: the
     table equals the local pool's, row for row (same seeds, one thread per job)."""
     import os
 
     from conftest import ROOT
 
-    if not _cluster_answers():
-        pytest.skip("no SLURM cluster answers here (start one with: bash tests/slurm/cluster.sh start, as root)")
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     path = write(tmp_path, SMALL)
