@@ -3,6 +3,7 @@ local run that reuses finished jobs and re-runs only the changed ones, failures,
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -148,9 +149,13 @@ def test_a_failed_job_is_reported_with_its_log_and_its_readers_do_not_run(tmp_pa
         return real(worker, node, exp, where)
 
     monkeypatch.setitem(tasks.__dict__, "_imp", broken)
-    opened = engine.load(str(write(tmp_path, SMALL)), out)
+    # With tensorboard = true every training also writes event files, one folder per job (IMP: per round).
+    opened = engine.load(str(write(tmp_path, SMALL.replace('device = "cpu"', 'device = "cpu"\ntensorboard = true'))), out)
     with pytest.raises(Exception, match="failed: IMP mlp-300x2, mlp-300x3 l1 stretch append"):
         engine.run_local(opened, 1, Log(quiet=True))
+    if importlib.util.find_spec("tensorboard") is not None:
+        assert list((out / "tensorboard" / "s0-mlp-300x3-l1-random").glob("events.out.tfevents.*"))
+        assert list((out / "tensorboard" / "s0-imp-mlp-300x3").glob("round-01/events.out.tfevents.*"))
     rec = read_record(out, opened.node("IMP mlp-300x2"))
     assert rec["state"] == "failed" and "vanished" in Path(rec["log"]).read_text()
     capsys.readouterr()
