@@ -13,10 +13,10 @@ from elth_cli.cli.params import JsonOpt, QuietOpt
 from elth_cli.errors import UsageError
 from elth_cli.report import Log, print_json
 
-RESULTS, SLURM = "Results and state", "SLURM (--executor slurm)"
+EXPERIMENT, RESULTS, SLURM = "Experiment", "Results and state", "SLURM (--executor slurm)"
 
 
-def _opt(*decls: str, help: str, panel: str | None = None, **kw: object) -> object:
+def _opt(*decls: str, help: str, panel: str = EXPERIMENT, **kw: object) -> object:
     return typer.Option(*decls, help=help, rich_help_panel=panel, **kw)
 
 

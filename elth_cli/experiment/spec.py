@@ -153,8 +153,9 @@ class _Reader:
         value = self.doc.get(name, None)
         if value is None:
             if required:
-                raise UsageError(f"{self.where}: no [{name}] table; every experiment names its data set and networks "
-                                 "there (docs/experiments.md)")
+                what = {"experiment": "its data set and networks", "imp": "its IMP chains' rounds"}[name]
+                raise UsageError(f"{self.where}: no [{name}] table; every experiment gives {what} there "
+                                 "(docs/experiments.md)")
             return {}
         if not isinstance(value, dict):
             raise UsageError(f"{self.where}: {name} must be a table ([{name}]), got {values.kind_of(value)}")
