@@ -406,7 +406,9 @@ def imp_job(opts: ImpOptions, out_dir: str | Path, setup: Setup, run: RunOptions
             session.on_main(lambda: None if same_bytes(output, final_round) else check_output_path(output, force))
         cfg, bundle = setup.prepare(session, archs.resolve_arch(opts.arch), opts.dataset)
         records, final = find_imp(opts, cfg, bundle, out_dir, run, on_round=on_round)
-        kept = output is not None and same_bytes(output, records[-1].path)
+        # Rank 0 decides for every rank: another rank that looked itself could find the copy rank 0 is
+        # writing, skip the exchange below and leave rank 0 waiting for it.
+        kept = output is not None and session.on_main(lambda: same_bytes(output, records[-1].path))
         if output is not None and not kept:  # a byte-for-byte copy of the final round's file
             session.on_main(lambda: write_bytes_atomic(output, Path(records[-1].path).read_bytes()))
     return ImpResult(records, final, bundle.info.name, kept)
