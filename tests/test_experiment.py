@@ -242,3 +242,20 @@ def test_the_file_and_the_errors_of_docs_experiments_are_what_elth_reads_and_say
         with pytest.raises(UsageError) as e:
             parse_experiment(bad, "exp.toml")
         assert f"error: {e.value}" == error
+
+
+def test_a_slurm_jobs_script_asks_for_its_resources_and_requeues_on_exit_75(tmp_path):
+    """What --executor slurm submits, without a cluster: the [slurm] table and the command line's options,
+    requeue and the signal before the time limit, the one job it runs, and the results job."""
+    from elth_cli.experiment import slurm
+    from elth_cli.experiment.commands import with_slurm_options
+
+    exp = load_experiment(str(write(tmp_path, SMALL + '\n[slurm]\npartition = "gpu"\ngpus = 1\nextra = ["--qos=low"]\n')))
+    opened = engine.open_experiment(with_slurm_options(exp, {"time": "01:00:00", "partition": "short"}), tmp_path / "o")
+    text = slurm.script(opened, opened.node("mlp-300x3 l1 random"), opened.exp.slurm)
+    for line in ("#SBATCH --partition=short", "#SBATCH --gpus=1", "#SBATCH --time=01:00:00", "#SBATCH --qos=low",
+                 "#SBATCH --requeue", "#SBATCH --signal=B:USR1@90", "--job s0-mlp-300x3-l1-random",
+                 'if [ "$status" -eq 75 ]; then', 'scontrol requeue "$SLURM_JOB_ID"'):
+        assert line in text, line
+    results = slurm.script(opened, None, opened.exp.slurm)
+    assert "--report" in results and "--requeue" not in results and "--gpus" not in results
