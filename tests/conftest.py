@@ -79,6 +79,22 @@ def run_elth(*args: str, stdin: bytes | None = None, cwd: Path | None = None, ti
     return Result(proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace"))
 
 
+def run_doc_commands(capsys, block: str, expected: int) -> list[str]:
+    """Run the ``elth ...`` lines of a docs code block in this process, in order, trainings (train, IMP)
+    shortened to 2 epochs; each must exit 0. Their command lines."""
+    import shlex
+
+    commands = [line.strip() for line in block.splitlines() if line.strip().startswith("elth ")]
+    assert len(commands) == expected
+    for command in commands:
+        args = shlex.split(command)[1:]
+        if args[0] == "train" or "imp" in args:
+            args += ["--epochs", "2"]
+        r = run_in_process(capsys, *args)
+        assert r.code == 0, (command, r.stderr)
+    return commands
+
+
 def run_in_process(capsys, *args: str) -> Result:
     """Run the CLI in this process (``cli.main``, the console script's code path, no second torch import)."""
     from elth_cli import cli

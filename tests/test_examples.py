@@ -9,7 +9,7 @@ import shlex
 
 import torch
 
-from conftest import ROOT, run_in_process
+from conftest import ROOT, run_doc_commands, run_in_process
 from elth_cli.cli.examples import EXAMPLES, PIPELINE
 from elth_cli.ticket import Ticket
 
@@ -74,15 +74,7 @@ def test_the_controls_of_docs_find_run_as_written(capsys, tmp_path, monkeypatch)
     the --help examples are)."""
     monkeypatch.chdir(tmp_path)
     section = (ROOT / "docs" / "find.md").read_text().split("### Controls")[1].split("\n## ")[0]
-    block = section.split("```")[1]
-    commands = [line.strip() for line in block.splitlines() if line.strip().startswith("elth ")]
-    assert len(commands) == 6
-    for command in commands:
-        args = shlex.split(command)[1:]
-        if args[0] == "train" or "imp" in args:
-            args += ["--epochs", "2"]
-        r = run_in_process(capsys, *args)
-        assert r.code == 0, (command, r.stderr)
+    run_doc_commands(capsys, section.split("```")[1], expected=6)
     imp, reinit = Ticket.load(tmp_path / "r20.safetensors"), Ticket.load(tmp_path / "r20-reinit-trained.safetensors")
     assert all(torch.equal(imp.masks[k], reinit.masks[k]) for k in imp.masks) and reinit.method == "reinit"
     assert reinit.parents[0]["sha256"] == imp.sha256 and reinit.rewind_step == imp.rewind_step

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import shutil
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import pytest
 pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed (pip install 'elth[tensorboard]')")
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
-from conftest import ROOT, assert_clean_error, make_ticket, run_in_process  # noqa: E402
+from conftest import ROOT, assert_clean_error, make_ticket, run_doc_commands, run_in_process  # noqa: E402
 from elth_cli import data, train  # noqa: E402
 from elth_cli.errors import TENSORBOARD_MISSING, UsageError  # noqa: E402
 from elth_cli.train.options import RunOptions  # noqa: E402
@@ -190,13 +189,6 @@ def test_the_tracking_commands_of_docs_training_run_as_written(capsys, tmp_path,
     """docs/training.md, "Tracking": its commands, in order, in one folder (trainings shortened to 2 epochs)."""
     monkeypatch.chdir(tmp_path)
     section = (ROOT / "docs" / "training.md").read_text().split("### Tracking")[1].split("\n### ")[0]
-    commands = [line.strip() for line in section.split("```")[1].splitlines() if line.strip().startswith("elth ")]
-    assert len(commands) == 3
-    for command in commands:
-        args = shlex.split(command)[1:]
-        if args[0] == "train" or "imp" in args:
-            args += ["--epochs", "2"]
-        r = run_in_process(capsys, *args)
-        assert r.code == 0, (command, r.stderr)
+    run_doc_commands(capsys, section.split("```")[1], expected=3)
     assert [step for step, _ in read_events(tmp_path / "tb" / "r20")[0]["test/acc"]] == [23, 46]
     assert sorted(p.name for p in (tmp_path / "tb" / "imp").iterdir()) == ["round-00", "round-01"]

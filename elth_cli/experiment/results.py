@@ -62,23 +62,20 @@ class Results:
 def collect(exp: Experiment, nodes: Sequence[Node], out: Path) -> Results:
     """The rows of every finished job in the table's order (per seed, level and target: its own IMP ticket,
     then the others in the graph's order), and the unfinished ones."""
-    done = {n.name: n for n in nodes if _done(out, n)}
-    rows, missing = [], []
+    done = {n.name for n in nodes if _done(out, n)}
+    chains = {(n.seed, n.params["arch"]): n.name for n in nodes if n.kind == IMP and not n.params["early_bird"]}
+    by_cell: dict[tuple[int, str, int], list[Node]] = {}
+    for n in nodes:
+        if n.row is not None and n.name in done:
+            by_cell.setdefault((n.seed, n.row[0], n.row[1]), []).append(n)
+    rows = []
     for seed in exp.seeds:
-        chains = {n.params["arch"]: n for n in nodes if n.kind == IMP and n.seed == seed and not n.params["early_bird"]}
         for level in exp.levels:
             for target in exp.networks:
-                chain = chains[target]
-                if chain.name in done:
+                if chains[(seed, target)] in done:
                     rows.append(_own_row(out, seed, target, level))
-                for n in nodes:
-                    if n.seed == seed and n.row is not None and n.row[:2] == (target, level):
-                        if n.name in done:
-                            rows.append(_node_row(out, n))
-    for n in nodes:
-        if n.name not in done:
-            rec = read_record(out, n)
-            missing.append((n.name, rec.get("state", "not run") if rec else "not run"))
+                rows.extend(_node_row(out, n) for n in by_cell.get((seed, target, level), []))
+    missing = [(n.name, (read_record(out, n) or {}).get("state", "not run")) for n in nodes if n.name not in done]
     return Results(rows, missing)
 
 
